@@ -1,0 +1,4 @@
+//! The workstation half of tailor: read an elastic teacher checkpoint, slice
+//! it into per-budget sub-networks and write them as a bundle of ONNX graphs.
+
+pub mod checkpoint;

@@ -1,0 +1,322 @@
+//! The bundle manifest: what a bundle holds, as the exporter writes it and
+//! the runtime reads it.
+//!
+//! One set of types serves both encodings: `manifest.json` (for people and
+//! scripts) and `manifest.postcard` (compact, decoded on the device without
+//! allocating: strings borrow from the input buffer, lists are `heapless`).
+
+use core::fmt;
+
+use heapless::Vec;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The most sub-networks a manifest may list (POA's ResNet grid has 465).
+pub const MAX_SUBNETS: usize = 512;
+/// The most blocks a sub-network may keep.
+pub const MAX_BLOCKS: usize = 64;
+/// The most weight files one graph may reference.
+pub const MAX_WEIGHT_FILES: usize = 4;
+
+/// A bundle's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest<'a> {
+    /// Always [`FORMAT_VERSION`] for manifests this build writes.
+    pub format_version: u32,
+    /// The teacher the bundle was sliced from.
+    #[serde(borrow)]
+    pub teacher: Teacher<'a>,
+    /// Every sub-network in the bundle, in grid order (width, then depth).
+    #[serde(borrow)]
+    pub subnets: Vec<Subnet<'a>, MAX_SUBNETS>,
+}
+
+/// The teacher checkpoint's identity and the geometry of its grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Teacher<'a> {
+    /// The checkpoint's file name (no directories).
+    pub file: &'a str,
+    /// sha256 of the checkpoint file's bytes.
+    pub sha256: Sha256,
+    /// The elastic family, e.g. `"vit"`.
+    pub family: &'a str,
+    /// The geometry the sub-networks were sliced with.
+    pub config: TeacherConfig,
+}
+
+/// The teacher geometry that every sub-network shares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TeacherConfig {
+    /// Full width D (embedding dimension).
+    pub max_width: u32,
+    /// Full depth Lmax (number of blocks).
+    pub max_depth: u32,
+    /// Channels per attention head; widths are multiples of it.
+    pub head_dim: u32,
+    /// Side of a square patch, in pixels.
+    pub patch_size: u32,
+    /// Side of the square input image, in pixels.
+    pub image_size: u32,
+    /// Hidden width of the MLP as a multiple of the width.
+    pub mlp_ratio: u32,
+}
+
+/// One sub-network of the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet<'a> {
+    /// Stable identifier, e.g. `w384-d12`.
+    pub id: &'a str,
+    /// Embedding width w.
+    pub width: u32,
+    /// Number of blocks L.
+    pub depth: u32,
+    /// Teacher block indices kept, in order.
+    pub block_idx: Vec<u16, MAX_BLOCKS>,
+    /// The ONNX graph, relative to the bundle directory.
+    pub onnx: &'a str,
+    /// sha256 of the graph file.
+    pub onnx_sha256: Sha256,
+    /// The external-data files the graph references.
+    #[serde(borrow)]
+    pub weights: Vec<WeightFile<'a>, MAX_WEIGHT_FILES>,
+    /// Parameters in the sub-network.
+    pub params: u64,
+    /// Multiply-accumulates per image at the teacher's resolution.
+    pub macs: u64,
+    /// Bytes of the weights this graph reads.
+    pub weight_bytes: u64,
+    /// Estimated peak activation memory at batch 1, in bytes.
+    pub activation_bytes: u64,
+    /// Calibrated quality score, higher is better, if calibration ran.
+    pub quality: Option<f32>,
+}
+
+/// An external-data file a graph references.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightFile<'a> {
+    /// Path relative to the bundle directory.
+    pub path: &'a str,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// sha256 of the file.
+    pub sha256: Sha256,
+}
+
+/// A sha256 digest: lowercase hex in human-readable encodings, 32 raw bytes
+/// in postcard.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Sha256(pub [u8; 32]);
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+impl Sha256 {
+    /// Parses 64 hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(Sha256(out))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let mut hex = heapless::String::<64>::new();
+            fmt::write(&mut hex, format_args!("{self}")).map_err(serde::ser::Error::custom)?;
+            s.serialize_str(&hex)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let hex = <&str>::deserialize(d)?;
+            Sha256::from_hex(hex)
+                .ok_or_else(|| serde::de::Error::custom("expected 64 hex digits of a sha256"))
+        } else {
+            <[u8; 32]>::deserialize(d).map(Sha256)
+        }
+    }
+}
+
+/// Why a manifest could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not a manifest (truncated, corrupted, or too many entries).
+    Malformed,
+    /// A manifest of a format version this build does not read.
+    UnsupportedVersion(u32),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Malformed => f.write_str("not a valid manifest (truncated or corrupted)"),
+            DecodeError::UnsupportedVersion(v) => write!(
+                f,
+                "manifest format version {v} is not supported (this build reads version {FORMAT_VERSION})"
+            ),
+        }
+    }
+}
+
+impl<'a> Manifest<'a> {
+    /// Decodes `manifest.postcard` bytes without allocating.
+    pub fn from_postcard(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        // The version leads the encoding, so an unknown version is named as
+        // such rather than reported as garbage.
+        let (version, _) =
+            postcard::take_from_bytes::<u32>(bytes).map_err(|_| DecodeError::Malformed)?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let (manifest, rest) =
+            postcard::take_from_bytes::<Manifest<'a>>(bytes).map_err(|_| DecodeError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed);
+        }
+        Ok(manifest)
+    }
+
+    /// Looks a sub-network up by id.
+    pub fn subnet(&self, id: &str) -> Option<&Subnet<'a>> {
+        self.subnets.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(feature = "std")]
+impl Manifest<'_> {
+    /// Encodes the compact on-device form.
+    pub fn to_postcard(&self) -> std::vec::Vec<u8> {
+        postcard::to_stdvec(self).expect("a manifest always encodes")
+    }
+
+    /// Decodes `manifest.json`, checking the format version first.
+    pub fn from_json(text: &str) -> Result<Manifest<'_>, JsonError> {
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version = serde_json::from_str(text).map_err(JsonError::Syntax)?;
+        if v.format_version != FORMAT_VERSION {
+            return Err(JsonError::Decode(DecodeError::UnsupportedVersion(v.format_version)));
+        }
+        serde_json::from_str(text).map_err(JsonError::Syntax)
+    }
+}
+
+/// Why `manifest.json` could not be read.
+#[cfg(feature = "std")]
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("{0}")]
+    Syntax(serde_json::Error),
+    #[error("{0}")]
+    Decode(DecodeError),
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for DecodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest<'static> {
+        let mut weights = Vec::new();
+        weights
+            .push(WeightFile { path: "weights/w32.bin", bytes: 10, sha256: Sha256([7; 32]) })
+            .unwrap();
+        let mut subnets = Vec::new();
+        subnets
+            .push(Subnet {
+                id: "w32-d2",
+                width: 32,
+                depth: 2,
+                block_idx: Vec::from_slice(&[0, 3]).unwrap(),
+                onnx: "graphs/w32-d2.onnx",
+                onnx_sha256: Sha256([1; 32]),
+                weights,
+                params: 100,
+                macs: 1000,
+                weight_bytes: 400,
+                activation_bytes: 64,
+                quality: None,
+            })
+            .unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            teacher: Teacher {
+                file: "teacher.pth",
+                sha256: Sha256([9; 32]),
+                family: "vit",
+                config: TeacherConfig {
+                    max_width: 64,
+                    max_depth: 4,
+                    head_dim: 16,
+                    patch_size: 8,
+                    image_size: 32,
+                    mlp_ratio: 4,
+                },
+            },
+            subnets,
+        }
+    }
+
+    #[test]
+    fn postcard_round_trips() {
+        let m = sample();
+        let bytes = m.to_postcard();
+        assert_eq!(Manifest::from_postcard(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn json_round_trips_with_hex_digests() {
+        let m = sample();
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(&"07".repeat(32)), "{text}");
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn truncated_postcard_is_malformed() {
+        let bytes = sample().to_postcard();
+        for len in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(Manifest::from_postcard(&bytes[..len]), Err(DecodeError::Malformed));
+        }
+    }
+
+    #[test]
+    fn unknown_versions_are_named() {
+        let mut m = sample();
+        m.format_version = 99;
+        let bytes = m.to_postcard();
+        assert_eq!(Manifest::from_postcard(&bytes), Err(DecodeError::UnsupportedVersion(99)));
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(matches!(
+            Manifest::from_json(&text),
+            Err(JsonError::Decode(DecodeError::UnsupportedVersion(99)))
+        ));
+    }
+}

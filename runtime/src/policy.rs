@@ -1,0 +1,1 @@
+//! Selection policy (no_std core).
