@@ -1,5 +1,5 @@
-"""POA's elastic ("dynamic") ViT forward, written from the slicing rules in
-docs: /work/shared/reference/poa-elastic-rules.md, independently of the Rust exporter.
+"""POA's elastic ("dynamic") ViT forward, written from the slicing rules
+(poa-elastic-rules.md), independently of the Rust exporter.
 
 The model is a full-size DINOv2-style ViT (LayerScale, exact GELU, LayerNorm eps
 1e-6, qkv/proj/fc biases, one CLS token, no registers). Like POA's own code, a
