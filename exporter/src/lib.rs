@@ -1,4 +1,9 @@
 //! The workstation half of tailor: read an elastic teacher checkpoint, slice
 //! it into per-budget sub-networks and write them as a bundle of ONNX graphs.
 
+pub mod bundle;
 pub mod checkpoint;
+pub mod config;
+pub mod family;
+pub mod onnx;
+pub mod plan;

@@ -1,0 +1,384 @@
+//! Writing a bundle: one external-data file per width (the full depth,
+//! shared by every depth variant), one ONNX graph per sub-network, and the
+//! manifest, all in a temporary directory renamed into place at the end.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use indicatif::ProgressBar;
+use protobuf::Message;
+use sha2::{Digest, Sha256 as Hasher};
+use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
+
+use crate::family::vit::VitError;
+use crate::onnx::ExternalData;
+use crate::plan::{Plan, PlannedSubnet};
+
+/// Graphs live here, relative to the bundle.
+pub const GRAPHS_DIR: &str = "graphs";
+/// External data lives here, relative to the graphs (ONNX refuses data
+/// outside the graph's directory).
+pub const WEIGHTS_DIR: &str = "weights";
+/// Tensors start at multiples of this, so engines can map them in place.
+const ALIGN: u64 = 64;
+
+/// How to write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Replace an existing bundle directory.
+    pub force: bool,
+    /// Widths written at once.
+    pub jobs: usize,
+    /// Advanced by bytes written.
+    pub progress: ProgressBar,
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub subnets: usize,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Why a bundle could not be written. Nothing is left at the destination.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{0} already exists (pass --force to replace it)")]
+    Exists(PathBuf),
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("slicing the teacher: {0}")]
+    Slice(#[from] VitError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The bytes needed to write `plan`, for progress bars and disk checks.
+pub fn planned_bytes(plan: &Plan) -> u64 {
+    let mut widths: Vec<u32> = plan.subnets.iter().map(|s| s.spec.width).collect();
+    widths.dedup();
+    widths
+        .iter()
+        .map(|&w| {
+            let full = crate::family::SubnetSpec {
+                width: w,
+                depth: plan.geometry.max_depth,
+            };
+            4 * plan.geometry.costs(full).params
+        })
+        .sum()
+}
+
+/// Writes the bundle for `plan` at `out`, atomically.
+pub fn write(plan: &Plan, out: &Path, opts: &WriteOptions) -> Result<Summary, BundleError> {
+    if out.exists() && !opts.force {
+        return Err(BundleError::Exists(out.to_owned()));
+    }
+    let staging = Staging::new(out)?;
+    let graphs = staging.path.join(GRAPHS_DIR);
+    fs::create_dir_all(graphs.join(WEIGHTS_DIR)).map_err(io_err(&graphs))?;
+
+    let mut widths: Vec<u32> = plan.subnets.iter().map(|s| s.spec.width).collect();
+    widths.dedup();
+    let next = AtomicUsize::new(0);
+    let (teacher_sha256, written) = std::thread::scope(|scope| {
+        let teacher = scope.spawn(|| sha256_file(plan.teacher()));
+        let workers: Vec<_> = (0..opts.jobs.clamp(1, widths.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(&w) = widths.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        done.extend(write_width(plan, w, &graphs, &opts.progress)?);
+                    }
+                    Ok::<_, BundleError>(done)
+                })
+            })
+            .collect();
+        let mut written = Vec::new();
+        for worker in workers {
+            written.extend(worker.join().expect("writer thread panicked")?);
+        }
+        let hash = teacher
+            .join()
+            .expect("hash thread panicked")
+            .map_err(io_err(plan.teacher()))?;
+        Ok::<_, BundleError>((hash, written))
+    })?;
+    let mut written = written;
+    written.sort_by_key(|s: &WrittenSubnet| s.planned.spec);
+    write_manifest(plan, teacher_sha256, &written, &staging.path)?;
+    let files = fs::read_dir(&graphs).map_err(io_err(&graphs))?.count()
+        + fs::read_dir(graphs.join(WEIGHTS_DIR))
+            .map_err(io_err(&graphs))?
+            .count()
+        + 1;
+    let bytes = dir_bytes(&staging.path).map_err(io_err(&staging.path))?;
+    staging.commit(out, opts.force)?;
+    Ok(Summary {
+        subnets: written.len(),
+        files,
+        bytes,
+    })
+}
+
+/// A sub-network whose graph is on disk.
+struct WrittenSubnet {
+    planned: PlannedSubnet,
+    onnx_sha256: Sha256,
+    weights: WeightRecord,
+}
+
+#[derive(Clone)]
+struct WeightRecord {
+    path: String,
+    bytes: u64,
+    sha256: Sha256,
+}
+
+/// Writes width `w`'s weight file and the graphs of all its depths.
+fn write_width(
+    plan: &Plan,
+    w: u32,
+    graphs: &Path,
+    progress: &ProgressBar,
+) -> Result<Vec<WrittenSubnet>, BundleError> {
+    let file_name = format!("w{w}.bin");
+    let path = graphs.join(WEIGHTS_DIR).join(&file_name);
+    let mut sink = HashingWriter::create(&path).map_err(io_err(&path))?;
+    let mut index: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut buf = Vec::new();
+    for param in plan.geometry.params() {
+        plan.geometry.slice(&plan.checkpoint, param, w, &mut buf)?;
+        let pad = sink.written.next_multiple_of(ALIGN) - sink.written;
+        sink.write_all(&[0; ALIGN as usize][..pad as usize])
+            .map_err(io_err(&path))?;
+        let offset = sink.written;
+        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        sink.write_all(&bytes).map_err(io_err(&path))?;
+        progress.inc(bytes.len() as u64);
+        index.insert(param.teacher_name(), (offset, bytes.len() as u64));
+    }
+    let (bytes, sha256) = sink.finish().map_err(io_err(&path))?;
+    let weights = WeightRecord {
+        path: format!("{GRAPHS_DIR}/{WEIGHTS_DIR}/{file_name}"),
+        bytes,
+        sha256,
+    };
+    let location = format!("{WEIGHTS_DIR}/{file_name}");
+    let locate = |name: &str| {
+        let (offset, length) = index[name];
+        ExternalData {
+            location: location.clone(),
+            offset,
+            length,
+        }
+    };
+    plan.subnets
+        .iter()
+        .filter(|s| s.spec.width == w)
+        .map(|&planned| {
+            let model = plan.geometry.graph(planned.spec, &locate);
+            let path = graphs.join(format!("{}.onnx", planned.spec.id()));
+            let mut sink = HashingWriter::create(&path).map_err(io_err(&path))?;
+            model
+                .write_to_writer(&mut sink)
+                .map_err(|e| BundleError::Io {
+                    path: path.clone(),
+                    source: io::Error::other(e),
+                })?;
+            let (_, onnx_sha256) = sink.finish().map_err(io_err(&path))?;
+            Ok(WrittenSubnet {
+                planned,
+                onnx_sha256,
+                weights: weights.clone(),
+            })
+        })
+        .collect()
+}
+
+fn write_manifest(
+    plan: &Plan,
+    teacher_sha256: Sha256,
+    written: &[WrittenSubnet],
+    dir: &Path,
+) -> Result<(), BundleError> {
+    let ids: Vec<(String, String)> = written
+        .iter()
+        .map(|s| {
+            let id = s.planned.spec.id();
+            let onnx = format!("{GRAPHS_DIR}/{id}.onnx");
+            (id, onnx)
+        })
+        .collect();
+    let file_name = plan
+        .teacher()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut subnets = heapless::Vec::new();
+    for (s, (id, onnx)) in written.iter().zip(&ids) {
+        let spec = s.planned.spec;
+        let mut weights = heapless::Vec::new();
+        let _ = weights.push(WeightFile {
+            path: &s.weights.path,
+            bytes: s.weights.bytes,
+            sha256: s.weights.sha256,
+        });
+        let block_idx = plan.geometry.block_indices(spec.depth);
+        let subnet = Subnet {
+            id,
+            width: spec.width,
+            depth: spec.depth,
+            block_idx: heapless::Vec::from_slice(&block_idx)
+                .map_err(|_| too_many(dir, "blocks"))?,
+            onnx,
+            onnx_sha256: s.onnx_sha256,
+            weights,
+            params: s.planned.costs.params,
+            macs: s.planned.costs.macs,
+            weight_bytes: 4 * s.planned.costs.params,
+            activation_bytes: s.planned.costs.activation_bytes,
+            quality: None,
+        };
+        subnets
+            .push(subnet)
+            .map_err(|_| too_many(dir, "sub-networks"))?;
+    }
+    let m = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        teacher: Teacher {
+            file: &file_name,
+            sha256: teacher_sha256,
+            family: "vit",
+            config: plan.geometry.to_config(),
+        },
+        subnets,
+    };
+    let json_path = dir.join("manifest.json");
+    let json = serde_json::to_vec_pretty(&m).expect("manifests serialise");
+    fs::write(&json_path, json).map_err(io_err(&json_path))?;
+    let postcard_path = dir.join("manifest.postcard");
+    fs::write(&postcard_path, m.to_postcard()).map_err(io_err(&postcard_path))
+}
+
+fn too_many(dir: &Path, what: &str) -> BundleError {
+    BundleError::Io {
+        path: dir.join("manifest.json"),
+        source: io::Error::other(format!("too many {what} for one manifest")),
+    }
+}
+
+/// A file writer that hashes what it writes.
+struct HashingWriter {
+    file: BufWriter<File>,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl HashingWriter {
+    fn create(path: &Path) -> io::Result<Self> {
+        Ok(HashingWriter {
+            file: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            hasher: Hasher::new(),
+            written: 0,
+        })
+    }
+
+    fn finish(mut self) -> io::Result<(u64, Sha256)> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        Ok((self.written, Sha256(self.hasher.finalize().into())))
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// sha256 of a whole file.
+pub fn sha256_file(path: &Path) -> io::Result<Sha256> {
+    let mut hasher = Hasher::new();
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(Sha256(hasher.finalize().into()))
+}
+
+fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// The temporary directory a bundle is built in; removed unless committed.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self, BundleError> {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
+        let path = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+        fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Ok(Staging { path })
+    }
+
+    /// Moves the finished bundle to `out`, replacing an old one if `force`.
+    fn commit(self, out: &Path, force: bool) -> Result<(), BundleError> {
+        let old = self.path.with_extension("old");
+        let replacing = force && out.exists();
+        if replacing {
+            fs::rename(out, &old).map_err(io_err(out))?;
+        }
+        fs::rename(&self.path, out).map_err(io_err(out))?;
+        if replacing {
+            let _ = if old.is_dir() {
+                fs::remove_dir_all(&old)
+            } else {
+                fs::remove_file(&old)
+            };
+        }
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,109 @@
+//! A bundle directory on the device: its manifest, and integrity checks of
+//! the files a sub-network needs before an engine touches them.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256 as Hasher};
+
+use crate::manifest::{DecodeError, Manifest, Sha256, Subnet};
+
+/// The compact manifest the runtime reads.
+pub const MANIFEST_POSTCARD: &str = "manifest.postcard";
+/// The same manifest for people and scripts.
+pub const MANIFEST_JSON: &str = "manifest.json";
+
+/// An opened bundle.
+#[derive(Debug)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest_bytes: Vec<u8>,
+    manifest_sha256: Sha256,
+}
+
+/// Why a bundle or one of its files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Manifest { path: PathBuf, source: DecodeError },
+    #[error("{path} is corrupted: sha256 is {actual}, the manifest says {expected}")]
+    Corrupted { path: PathBuf, expected: Sha256, actual: Sha256 },
+    #[error("{path} has {actual} bytes, the manifest says {expected}")]
+    Size { path: PathBuf, expected: u64, actual: u64 },
+    #[error("{dir} has no sub-network `{id}`")]
+    UnknownSubnet { dir: PathBuf, id: String },
+}
+
+impl Bundle {
+    /// Reads and decodes `dir/manifest.postcard`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
+        let dir = dir.as_ref().to_owned();
+        let path = dir.join(MANIFEST_POSTCARD);
+        let manifest_bytes =
+            std::fs::read(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
+        Manifest::from_postcard(&manifest_bytes)
+            .map_err(|source| BundleError::Manifest { path: path.clone(), source })?;
+        let manifest_sha256 = Sha256(Hasher::digest(&manifest_bytes).into());
+        Ok(Bundle { dir, manifest_bytes, manifest_sha256 })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest, borrowed from the bytes read at open.
+    pub fn manifest(&self) -> Manifest<'_> {
+        Manifest::from_postcard(&self.manifest_bytes).expect("decoded at open")
+    }
+
+    /// Identifies the bundle's content: the sha256 of its manifest, which
+    /// holds the sha256 of every file.
+    pub fn identity(&self) -> Sha256 {
+        self.manifest_sha256
+    }
+
+    /// Looks up a sub-network by id.
+    pub fn subnet(&self, id: &str) -> Result<Subnet<'_>, BundleError> {
+        self.manifest()
+            .subnets
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| BundleError::UnknownSubnet { dir: self.dir.clone(), id: id.to_owned() })
+    }
+
+    /// The graph file of a sub-network.
+    pub fn graph_path(&self, subnet: &Subnet<'_>) -> PathBuf {
+        self.dir.join(subnet.onnx)
+    }
+
+    /// Checks the sizes and sha256 of the graph and weight files of `subnet`
+    /// (a corrupted flash is common on boards).
+    pub fn verify(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
+        check_file(&self.dir.join(subnet.onnx), None, subnet.onnx_sha256)?;
+        for w in &subnet.weights {
+            check_file(&self.dir.join(w.path), Some(w.bytes), w.sha256)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), BundleError> {
+    let io_err = |source| BundleError::Io { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(io_err)?;
+    if let Some(expected) = size {
+        let actual = file.metadata().map_err(io_err)?.len();
+        if actual != expected {
+            return Err(BundleError::Size { path: path.to_owned(), expected, actual });
+        }
+    }
+    let mut hasher = Hasher::new();
+    io::copy(&mut file, &mut hasher).map_err(io_err)?;
+    let actual = Sha256(hasher.finalize().into());
+    if actual != expected {
+        return Err(BundleError::Corrupted { path: path.to_owned(), expected, actual });
+    }
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Selection policy (no_std core).
