@@ -10,6 +10,8 @@ pub mod manifest;
 pub mod policy;
 
 #[cfg(feature = "std")]
+pub mod bundle;
+#[cfg(feature = "std")]
 pub mod cache;
 #[cfg(feature = "std")]
 pub mod engine;
