@@ -28,7 +28,8 @@
 //!    is a ray from the origin through it — an over-prediction on any
 //!    device with fixed overhead — and its margin is unbounded.
 //! 4. **Search.** The first measurement is the cheapest candidate (fewest
-//!    MACs): if it misses the latency limit nothing can fit. Otherwise,
+//!    MACs); if it and the next cheapest miss the latency limit, nothing
+//!    fits (one check more than a monotone curve needs). Otherwise,
 //!    given the best measured candidate that fits, the *open* candidates
 //!    are the unmeasured ones ranked above it whose prediction is within
 //!    the margin of the limit. The next measurement is the best-ranked open
@@ -44,8 +45,8 @@
 //!    memory exceeds the limit, is out and the search goes on. While no
 //!    measured candidate fits, the search continues past the budget, best
 //!    predicted first within the budget and cheapest first beyond it, until
-//!    one fits or the cheapest candidate that runs within memory has missed
-//!    the latency limit ([`Shortfall::Missed`]).
+//!    one fits or the two cheapest candidates that run within memory have
+//!    missed the latency limit ([`Shortfall::Missed`]).
 //!
 //! The winner is always a candidate that was measured and fit, never one
 //! that was only predicted to.
@@ -63,6 +64,11 @@ use model::{LatencyModel, Point};
 
 /// Measurements a search may spend before settling for the best that fit.
 pub const DEFAULT_BUDGET: usize = 8;
+
+/// Nothing fits once this many of the cheapest candidates that run within
+/// memory have missed the latency limit: one more than a monotone curve
+/// needs, in case the cheapest is an anomaly.
+const FLOOR_CHECKS: usize = 2;
 
 /// Predicted footprints are the tensors' bytes times this ratio.
 const FOOTPRINT_SAFETY: (u64, u64) = (5, 4);
@@ -91,7 +97,9 @@ impl Candidate {
             .weight_bytes
             .saturating_add(self.activation_bytes.saturating_mul(u64::from(batch)));
         let (num, den) = FOOTPRINT_SAFETY;
-        (tensors / den).saturating_mul(num).saturating_add(tensors % den * num / den)
+        (tensors / den)
+            .saturating_mul(num)
+            .saturating_add(tensors % den * num / den)
     }
 }
 
@@ -175,7 +183,10 @@ pub enum Step {
     /// Measure this candidate and [`Selector::record`] the observation.
     Measure(usize),
     /// The best candidate that was measured and fit.
-    Chosen { index: usize, measurement: Measurement },
+    Chosen {
+        index: usize,
+        measurement: Measurement,
+    },
     /// No candidate fits.
     NothingFits(Shortfall),
 }
@@ -187,10 +198,16 @@ pub enum Shortfall {
     Quality,
     /// Every candidate good enough is predicted to exceed the memory limit;
     /// `smallest` is predicted to need the least.
-    Memory { smallest: usize, predicted_bytes: u64 },
+    Memory {
+        smallest: usize,
+        predicted_bytes: u64,
+    },
     /// `smallest`, the cheapest candidate that ran within memory (or, if
     /// none did, the cheapest that ran), missed the limits.
-    Missed { smallest: usize, measurement: Measurement },
+    Missed {
+        smallest: usize,
+        measurement: Measurement,
+    },
     /// Every eligible candidate failed to load or run.
     Failed,
 }
@@ -281,14 +298,23 @@ impl<const N: usize> Selector<N> {
             return Err(PolicyError::NoCandidates);
         }
         if candidates.len() > N {
-            return Err(PolicyError::TooManyCandidates { count: candidates.len(), capacity: N });
+            return Err(PolicyError::TooManyCandidates {
+                count: candidates.len(),
+                capacity: N,
+            });
         }
         for (index, c) in candidates.iter().enumerate() {
             if c.macs == 0 {
-                return Err(PolicyError::InvalidCandidate { index, problem: "zero MACs" });
+                return Err(PolicyError::InvalidCandidate {
+                    index,
+                    problem: "zero MACs",
+                });
             }
             if c.quality.is_some_and(|q| !q.is_finite()) {
-                return Err(PolicyError::InvalidCandidate { index, problem: "quality is not finite" });
+                return Err(PolicyError::InvalidCandidate {
+                    index,
+                    problem: "quality is not finite",
+                });
             }
         }
         let by_quality = candidates.iter().all(|c| c.quality.is_some());
@@ -306,10 +332,20 @@ impl<const N: usize> Selector<N> {
                     Some(q) if by_quality => f64::from(q),
                     _ => candidate.macs as f64,
                 };
-                Entry { candidate, score, state }
+                Entry {
+                    candidate,
+                    score,
+                    state,
+                }
             })
             .collect();
-        Ok(Selector { entries, limits, budget: DEFAULT_BUDGET, spent: 0, model: None })
+        Ok(Selector {
+            entries,
+            limits,
+            budget: DEFAULT_BUDGET,
+            spent: 0,
+            model: None,
+        })
     }
 
     /// Sets how many measurements the search may spend before settling.
@@ -335,8 +371,10 @@ impl<const N: usize> Selector<N> {
     /// Records what measuring candidate `index` gave.
     pub fn record(&mut self, index: usize, obs: Observation) -> Result<(), PolicyError> {
         let count = self.entries.len();
-        let entry =
-            self.entries.get_mut(index).ok_or(PolicyError::UnknownCandidate { index, count })?;
+        let entry = self
+            .entries
+            .get_mut(index)
+            .ok_or(PolicyError::UnknownCandidate { index, count })?;
         if matches!(entry.state, State::BelowQuality | State::OverMemory) {
             return Err(PolicyError::Ineligible { index });
         }
@@ -361,23 +399,37 @@ impl<const N: usize> Selector<N> {
 
     /// Every observation recorded so far, by candidate index.
     pub fn measured(&self) -> impl Iterator<Item = (usize, Observation)> + '_ {
-        self.entries.iter().enumerate().filter_map(|(i, e)| match e.state {
-            State::Ran(m) => Some((i, Observation::Measured(m))),
-            State::Failed => Some((i, Observation::Failed)),
-            _ => None,
-        })
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.state {
+                State::Ran(m) => Some((i, Observation::Measured(m))),
+                State::Failed => Some((i, Observation::Failed)),
+                _ => None,
+            })
     }
 
     fn points(&self) -> impl Iterator<Item = Point> + '_ {
-        self.entries.iter().enumerate().filter_map(|(id, e)| match e.state {
-            State::Ran(m) => Some(Point { id, macs: e.candidate.macs, latency_ms: m.latency_ms }),
-            _ => None,
-        })
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, e)| match e.state {
+                State::Ran(m) => Some(Point {
+                    id,
+                    macs: e.candidate.macs,
+                    latency_ms: m.latency_ms,
+                }),
+                _ => None,
+            })
     }
 
     /// Why nothing fits before anything runs, if every candidate is excluded.
     fn ineligible_shortfall(&self) -> Option<Shortfall> {
-        if self.entries.iter().any(|e| !matches!(e.state, State::BelowQuality | State::OverMemory)) {
+        if self
+            .entries
+            .iter()
+            .any(|e| !matches!(e.state, State::BelowQuality | State::OverMemory))
+        {
             return None;
         }
         let batch = self.limits.batch;
@@ -402,7 +454,9 @@ impl<const N: usize> Selector<N> {
         });
         fitting
             .max_by(|(_, a, am), (_, b, bm)| {
-                a.score.total_cmp(&b.score).then(bm.latency_ms.total_cmp(&am.latency_ms))
+                a.score
+                    .total_cmp(&b.score)
+                    .then(bm.latency_ms.total_cmp(&am.latency_ms))
             })
             .map(|(i, _, m)| (i, m))
     }
@@ -414,22 +468,19 @@ impl<const N: usize> Selector<N> {
             return None;
         }
         let model = self.model?;
-        let limit = f64::from(self.limits.latency_ms);
+        let limit = self.latency_limit();
         let reach = limit * (1.0 + model.margin());
         let best_score = self.entries[best].score;
         let best_latency = f64::from(best_measured.latency_ms);
-        let open = self.unmeasured().filter_map(|(i, e)| {
-            let predicted = model.predict(e.candidate.macs);
+        let open = self.predicted(model).filter(|&(_, e, predicted)| {
             let above = match e.score.total_cmp(&best_score) {
                 Ordering::Greater => true,
                 Ordering::Equal => predicted < best_latency,
                 Ordering::Less => false,
             };
-            (above && predicted <= reach).then_some((i, e, predicted))
+            above && predicted <= reach
         });
-        let predicted_to_fit = open.clone().filter(|&(_, _, p)| p <= limit);
-        predicted_to_fit
-            .max_by(|a, b| rank(a, b))
+        best_predicted_to_fit(open.clone(), limit)
             .or_else(|| open.min_by(|(_, _, a), (_, _, b)| a.total_cmp(b)))
             .map(|(i, _, _)| i)
     }
@@ -437,33 +488,48 @@ impl<const N: usize> Selector<N> {
     /// The next candidate to measure while none fits, or why none can.
     fn step_down(&self) -> Step {
         let memory = self.limits.memory_bytes;
-        let runnable = self.indexed().filter(|(_, e)| match e.state {
-            State::Unmeasured => true,
-            State::Ran(m) => m.memory_bytes <= memory,
-            _ => false,
+        let cheapest = self.unmeasured().min_by_key(|(_, e)| e.candidate.macs);
+        let floor = cheapest.map_or(u64::MAX, |(_, e)| e.candidate.macs);
+        // Candidates at the floor that ran within memory: all too slow.
+        let too_slow = self.indexed().filter_map(|(i, e)| match e.state {
+            State::Ran(m) if m.memory_bytes <= memory && e.candidate.macs <= floor => {
+                Some((i, e.candidate.macs, m))
+            }
+            _ => None,
         });
-        let Some((cheapest, floor)) = runnable.min_by_key(|(_, e)| e.candidate.macs) else {
+        let Some((cheapest, _)) = cheapest.filter(|_| too_slow.clone().count() < FLOOR_CHECKS)
+        else {
             let ran = self.indexed().filter_map(|(i, e)| match e.state {
                 State::Ran(m) => Some((i, e.candidate.macs, m)),
                 _ => None,
             });
-            return Step::NothingFits(match ran.min_by_key(|&(_, macs, _)| macs) {
-                Some((smallest, _, measurement)) => Shortfall::Missed { smallest, measurement },
+            let smallest = too_slow.min_by_key(|&(_, macs, _)| macs);
+            return Step::NothingFits(match smallest.or_else(|| ran.min_by_key(|&(_, m, _)| m)) {
+                Some((smallest, _, measurement)) => Shortfall::Missed {
+                    smallest,
+                    measurement,
+                },
                 None => Shortfall::Failed,
             });
         };
-        if let State::Ran(measurement) = floor.state {
-            // The cheapest candidate that runs within memory is too slow.
-            return Step::NothingFits(Shortfall::Missed { smallest: cheapest, measurement });
-        }
-        let best_predicted = self.model.filter(|_| self.spent < self.budget).and_then(|model| {
-            let limit = f64::from(self.limits.latency_ms);
-            self.unmeasured()
-                .map(|(i, e)| (i, e, model.predict(e.candidate.macs)))
-                .filter(|&(_, _, p)| p <= limit)
-                .max_by(|a, b| rank(a, b))
-        });
+        let best_predicted = self
+            .model
+            .filter(|_| self.spent < self.budget)
+            .and_then(|model| best_predicted_to_fit(self.predicted(model), self.latency_limit()));
         Step::Measure(best_predicted.map_or(cheapest, |(i, _, _)| i))
+    }
+
+    fn latency_limit(&self) -> f64 {
+        f64::from(self.limits.latency_ms)
+    }
+
+    /// Unmeasured candidates with their predicted latency.
+    fn predicted(
+        &self,
+        model: LatencyModel,
+    ) -> impl Iterator<Item = (usize, &Entry, f64)> + Clone + '_ {
+        self.unmeasured()
+            .map(move |(i, e)| (i, e, model.predict(e.candidate.macs)))
     }
 
     fn indexed(&self) -> impl Iterator<Item = (usize, &Entry)> + Clone + '_ {
@@ -475,8 +541,19 @@ impl<const N: usize> Selector<N> {
     }
 }
 
+/// The best-ranked of `candidates` predicted to fit under `limit`.
+fn best_predicted_to_fit<'a>(
+    candidates: impl Iterator<Item = (usize, &'a Entry, f64)>,
+    limit: f64,
+) -> Option<(usize, &'a Entry, f64)> {
+    candidates.filter(|&(_, _, p)| p <= limit).max_by(rank)
+}
+
 /// Orders `(index, entry, predicted latency)` by the objective, then by lower
 /// latency, then by lower index: `Greater` ranks better.
 fn rank(a: &(usize, &Entry, f64), b: &(usize, &Entry, f64)) -> Ordering {
-    a.1.score.total_cmp(&b.1.score).then(b.2.total_cmp(&a.2)).then(b.0.cmp(&a.0))
+    a.1.score
+        .total_cmp(&b.1.score)
+        .then(b.2.total_cmp(&a.2))
+        .then(b.0.cmp(&a.0))
 }

@@ -6,10 +6,11 @@ use heapless::Vec;
 
 /// The margin of a line that passes exactly through its points: a measured
 /// latency is a percentile of a few runs, never exact.
-const MIN_MARGIN: f64 = 0.05;
-/// A point this far (relative) from the line through the others is an
-/// anomaly of that one candidate (a slow kernel, a cache cliff), not a trait
-/// of the device, and is left out of the fit. Noise of a few percent never is.
+const MIN_MARGIN: f64 = 0.02;
+/// A point this much slower (relative) than the line through the others is
+/// an anomaly of that one candidate (a slow kernel, a cache cliff), not a
+/// trait of the device, and is left out of the fit. Noise of a few percent
+/// never is.
 const ANOMALY: f64 = 0.25;
 /// The most points left out as anomalies; the rest of the curve must hold.
 const MAX_ANOMALIES: usize = 8;
@@ -39,18 +40,16 @@ impl LatencyModel {
         let mut anomalies = Vec::<usize, MAX_ANOMALIES>::new();
         loop {
             let kept = || points().filter(|p| !anomalies.contains(&p.id));
-            let line = Line::fit(kept())?;
-            let worst = kept().max_by(|a, b| line.deviation(a).total_cmp(&line.deviation(b)))?;
             if !anomalies.is_full() && kept().count() > MIN_POINTS_TO_JUDGE {
-                let others = Line::fit(kept().filter(|p| p.id != worst.id))?;
-                if others.deviation(&worst) > ANOMALY {
+                if let Some(id) = anomaly(kept) {
                     // Cannot fail: checked `is_full` above.
-                    let _ = anomalies.push(worst.id);
+                    let _ = anomalies.push(id);
                     continue;
                 }
             }
+            let line = Line::fit(kept())?;
             let margin = if line.anchored {
-                MIN_MARGIN + line.deviation(&worst)
+                MIN_MARGIN + line.spread(kept())
             } else {
                 f64::INFINITY
             };
@@ -68,6 +67,20 @@ impl LatencyModel {
     pub fn margin(&self) -> f64 {
         self.margin
     }
+}
+
+/// The slow point whose removal leaves the others closest to a line, if it
+/// is an anomaly against that line. Only slow points qualify: a candidate
+/// can run far slower than its MACs say, never far faster.
+fn anomaly<I: Iterator<Item = Point>>(points: impl Fn() -> I) -> Option<usize> {
+    let (point, _) = points()
+        .filter_map(|p| {
+            let others = || points().filter(move |q| q.id != p.id);
+            let line = Line::fit(others())?;
+            (line.excess(&p) > ANOMALY).then(|| (p, line.spread(others())))
+        })
+        .min_by(|(_, a), (_, b)| a.total_cmp(b))?;
+    Some(point.id)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,19 +113,32 @@ impl Line {
         }
         if sxx > 0.0 {
             let ms_per_mac = (sxy / sxx).max(0.0);
-            Some(Line { intercept_ms: mean_y - ms_per_mac * mean_x, ms_per_mac, anchored: true })
+            Some(Line {
+                intercept_ms: mean_y - ms_per_mac * mean_x,
+                ms_per_mac,
+                anchored: true,
+            })
         } else {
             let ms_per_mac = if mean_x > 0.0 { mean_y / mean_x } else { 0.0 };
             let intercept_ms = if mean_x > 0.0 { 0.0 } else { mean_y };
-            Some(Line { intercept_ms, ms_per_mac, anchored: false })
+            Some(Line {
+                intercept_ms,
+                ms_per_mac,
+                anchored: false,
+            })
         }
     }
 
-    /// How far `p` is from the line, relative to its measured latency.
-    fn deviation(&self, p: &Point) -> f64 {
+    /// The largest deviation of any of `points` from the line.
+    fn spread(&self, points: impl Iterator<Item = Point>) -> f64 {
+        points.map(|p| self.excess(&p).abs()).fold(0.0, f64::max)
+    }
+
+    /// How much slower than the line `p` ran, relative to its measured
+    /// latency (negative if faster).
+    fn excess(&self, p: &Point) -> f64 {
         let y = f64::from(p.latency_ms);
-        let off = y - (self.intercept_ms + self.ms_per_mac * p.macs as f64);
-        off.abs() / y
+        (y - (self.intercept_ms + self.ms_per_mac * p.macs as f64)) / y
     }
 }
 
@@ -121,7 +147,14 @@ mod tests {
     use super::*;
 
     fn points(samples: &[(u64, f32)]) -> impl Iterator<Item = Point> + '_ {
-        samples.iter().enumerate().map(|(id, &(macs, latency_ms))| Point { id, macs, latency_ms })
+        samples
+            .iter()
+            .enumerate()
+            .map(|(id, &(macs, latency_ms))| Point {
+                id,
+                macs,
+                latency_ms,
+            })
     }
 
     fn fit(samples: &[(u64, f32)]) -> LatencyModel {
@@ -159,11 +192,30 @@ mod tests {
     #[test]
     fn an_anomalous_point_is_left_out() {
         // On the line 1 ms/1000 MACs except the third, twice as slow.
-        let samples: [(u64, f32); 5] =
-            [(1_000, 1.0), (2_000, 2.0), (3_000, 6.0), (4_000, 4.0), (8_000, 8.0)];
+        let samples: [(u64, f32); 5] = [
+            (1_000, 1.0),
+            (2_000, 2.0),
+            (3_000, 6.0),
+            (4_000, 4.0),
+            (8_000, 8.0),
+        ];
         let m = fit(&samples);
         assert!((m.predict(6_000) - 6.0).abs() < 1e-6, "{m:?}");
         assert!((m.margin() - MIN_MARGIN).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fast_point_is_not_an_anomaly() {
+        // The third point is half as slow as the line through the others.
+        let samples: [(u64, f32); 5] = [
+            (1_000, 1.0),
+            (2_000, 2.0),
+            (3_000, 1.5),
+            (4_000, 4.0),
+            (8_000, 8.0),
+        ];
+        let m = fit(&samples);
+        assert!(m.margin() > ANOMALY, "{m:?}");
     }
 
     #[test]
