@@ -224,7 +224,11 @@ fn write_manifest(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut subnets = heapless::Vec::new();
+    // Devices decode the manifest into a bounded list.
+    if written.len() > manifest::MAX_SUBNETS {
+        return Err(too_many(dir, "sub-networks"));
+    }
+    let mut subnets = Vec::new();
     for (s, (id, onnx)) in written.iter().zip(&ids) {
         let spec = s.planned.spec;
         let mut weights = heapless::Vec::new();
@@ -249,9 +253,7 @@ fn write_manifest(
             activation_bytes: s.planned.costs.activation_bytes,
             quality: None,
         };
-        subnets
-            .push(subnet)
-            .map_err(|_| too_many(dir, "sub-networks"))?;
+        subnets.push(subnet);
     }
     let m = Manifest {
         format_version: manifest::FORMAT_VERSION,

@@ -3,7 +3,10 @@
 //!
 //! One set of types serves both encodings: `manifest.json` (for people and
 //! scripts) and `manifest.postcard` (compact, decoded on the device without
-//! allocating: strings borrow from the input buffer, lists are `heapless`).
+//! allocating: strings borrow from the input buffer). The list of
+//! sub-networks is a `heapless::Vec` in the `no_std` core and a heap `Vec`
+//! with `std` (hundreds of entries are too big for a thread's stack); both
+//! encode identically.
 
 use core::fmt;
 
@@ -19,6 +22,13 @@ pub const MAX_BLOCKS: usize = 64;
 /// The most weight files one graph may reference.
 pub const MAX_WEIGHT_FILES: usize = 4;
 
+/// The list of sub-networks: bounded and inline without `std`.
+#[cfg(not(feature = "std"))]
+pub type Subnets<'a> = Vec<Subnet<'a>, MAX_SUBNETS>;
+/// The list of sub-networks: on the heap with `std`.
+#[cfg(feature = "std")]
+pub type Subnets<'a> = std::vec::Vec<Subnet<'a>>;
+
 /// A bundle's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest<'a> {
@@ -29,7 +39,7 @@ pub struct Manifest<'a> {
     pub teacher: Teacher<'a>,
     /// Every sub-network in the bundle, in grid order (width, then depth).
     #[serde(borrow)]
-    pub subnets: Vec<Subnet<'a>, MAX_SUBNETS>,
+    pub subnets: Subnets<'a>,
 }
 
 /// The teacher checkpoint's identity and the geometry of its grid.
@@ -248,9 +258,7 @@ mod tests {
         weights
             .push(WeightFile { path: "weights/w32.bin", bytes: 10, sha256: Sha256([7; 32]) })
             .unwrap();
-        let mut subnets = Vec::new();
-        subnets
-            .push(Subnet {
+        let subnets = vec![Subnet {
                 id: "w32-d2",
                 width: 32,
                 depth: 2,
@@ -263,8 +271,7 @@ mod tests {
                 weight_bytes: 400,
                 activation_bytes: 64,
                 quality: None,
-            })
-            .unwrap();
+            }];
         Manifest {
             format_version: FORMAT_VERSION,
             teacher: Teacher {

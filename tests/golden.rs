@@ -1,0 +1,138 @@
+//! Exported sub-networks compute what POA's elastic forward computes: graphs
+//! from the Rust exporter, run in tract (and ONNX Runtime with `--features
+//! ort`), against references from an independent PyTorch implementation
+//! (tools/poa_reference.py).
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_close, export, request, subnets, Reference};
+use ndarray::{Array4, Ix4};
+use tailor::runtime::bundle::Bundle;
+use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+
+const TINY: &str = "tests/fixtures/vit-tiny";
+
+/// Runs every sub-network `ids` of the bundle on the reference input with
+/// each engine and compares with the references under `tag`.
+fn check(bundle: &Path, refs: &Reference, tag: &str, ids: &[&str]) {
+    let input: Array4<f32> = refs.get("input").into_dimensionality::<Ix4>().unwrap();
+    let bundle = Bundle::open(bundle).unwrap();
+    let mut engines = vec![EngineKind::Tract];
+    if cfg!(feature = "ort") {
+        engines.push(EngineKind::Ort);
+    }
+    for id in ids {
+        let subnet = bundle.subnet(id).unwrap();
+        bundle.verify(&subnet).unwrap();
+        for &kind in &engines {
+            let opts = EngineOptions {
+                batch: input.dim().0,
+                ..Default::default()
+            };
+            let mut session = engine::load(kind, &bundle.graph_path(&subnet), &opts).unwrap();
+            let out = session.run(input.view()).unwrap();
+            let what = format!("{kind} {tag}{id}");
+            assert_close(
+                &out.cls_token.into_dyn(),
+                &refs.get(&format!("{tag}{id}.cls_token")),
+                &format!("{what} cls_token"),
+            );
+            assert_close(
+                &out.patch_tokens.into_dyn(),
+                &refs.get(&format!("{tag}{id}.patch_tokens")),
+                &format!("{what} patch_tokens"),
+            );
+        }
+    }
+}
+
+#[test]
+fn poa_checkpoint_matches_the_reference_for_every_subnet() {
+    let req = request(&format!(
+        "{TINY}/output/eval/training_99/teacher_checkpoint.pth"
+    ));
+    let (_dir, bundle) = export(&req);
+    let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
+    let ids: Vec<String> = Bundle::open(&bundle)
+        .unwrap()
+        .manifest()
+        .subnets
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect();
+    // The grid comes from the config found in POA's output layout.
+    assert_eq!(
+        ids,
+        [
+            "w32-d2", "w32-d3", "w32-d4", "w48-d2", "w48-d3", "w48-d4", "w64-d2", "w64-d3",
+            "w64-d4"
+        ]
+    );
+    check(
+        &bundle,
+        &refs,
+        "",
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn fp16_and_chunked_checkpoints_match_their_rounded_references() {
+    let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
+    for teacher in ["teacher-fp16.pth", "teacher-chunked.pth"] {
+        let mut req = request(&format!("{TINY}/{teacher}"));
+        req.config = Some(common::fixture(&format!("{TINY}/output/config.yaml")));
+        req.selection = subnets(&["32x2", "64x4"]);
+        let (_dir, bundle) = export(&req);
+        check(&bundle, &refs, "fp16.", &["w32-d2", "w64-d4"]);
+    }
+}
+
+#[test]
+fn bf16_safetensors_with_plain_names_match() {
+    let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
+    let mut req = request(&format!("{TINY}/teacher-bf16.safetensors"));
+    req.config = Some(common::fixture(&format!("{TINY}/output/config.yaml")));
+    req.selection = subnets(&["32x2", "64x4"]);
+    let (_dir, bundle) = export(&req);
+    check(&bundle, &refs, "bf16.", &["w32-d2", "w64-d4"]);
+}
+
+#[test]
+fn layer_norms_without_bias_match() {
+    let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
+    let mut req = request(&format!("{TINY}/teacher-nobias.safetensors"));
+    req.config = Some(common::fixture(&format!("{TINY}/output/config.yaml")));
+    req.selection = subnets(&["32x2", "48x3", "64x4"]);
+    let (_dir, bundle) = export(&req);
+    check(&bundle, &refs, "nobias.", &["w32-d2", "w48-d3", "w64-d4"]);
+}
+
+#[test]
+fn depth_follows_numpy_linspace_where_the_floor_formula_differs() {
+    let refs = Reference::open("tests/fixtures/vit-deep31/reference.safetensors");
+    let meta = refs.meta();
+    let mut req = request("tests/fixtures/vit-deep31/teacher.safetensors");
+    // No config: head_dim cannot be read off the tensors.
+    req.overrides.head_dim = Some(meta["geometry"]["head_dim"].as_u64().unwrap() as u32);
+    let ids = [
+        "w32-d23", "w16-d23", "w32-d31", "w16-d31", "w32-d12", "w16-d1",
+    ];
+    req.selection = subnets(&ids);
+    let (_dir, bundle) = export(&req);
+    let b = Bundle::open(&bundle).unwrap();
+    let kept: Vec<u64> = b
+        .subnet("w32-d23")
+        .unwrap()
+        .block_idx
+        .iter()
+        .map(|&i| i as u64)
+        .collect();
+    let numpy: Vec<u64> = serde_json::from_value(meta["block_idx"]["23"].clone()).unwrap();
+    let paper: Vec<u64> = serde_json::from_value(meta["paper_block_idx"]["23"].clone()).unwrap();
+    assert_eq!(kept, numpy);
+    assert_ne!(kept, paper, "the fixture must exercise the rounding case");
+    check(&bundle, &refs, "", &ids);
+}
