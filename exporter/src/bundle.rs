@@ -49,9 +49,9 @@ pub struct Summary {
 pub enum BundleError {
     #[error("{0} already exists (pass --force to replace it)")]
     Exists(PathBuf),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("slicing the teacher: {0}")]
+    #[error("slicing the teacher")]
     Slice(#[from] VitError),
 }
 

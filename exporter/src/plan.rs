@@ -57,9 +57,9 @@ pub enum PlanError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Teacher { path: PathBuf, source: VitError },
-    #[error("sub-network {spec}: {source}")]
+    #[error("sub-network {spec}")]
     Subnet { spec: SubnetSpec, source: VitError },
     #[error("no sub-network of the grid fits {0}")]
     Empty(String),

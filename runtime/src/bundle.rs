@@ -25,9 +25,9 @@ pub struct Bundle {
 /// Why a bundle or one of its files cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Manifest { path: PathBuf, source: DecodeError },
     #[error("{path} is corrupted: sha256 is {actual}, the manifest says {expected}")]
     Corrupted { path: PathBuf, expected: Sha256, actual: Sha256 },
