@@ -115,7 +115,7 @@ impl From<&Subnet<'_>> for Candidate {
 }
 
 /// What the user allows on this device.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// Latency at the user's percentile, for a whole batch.
     pub latency_ms: f32,
