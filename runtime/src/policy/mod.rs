@@ -21,10 +21,12 @@
 //!    latency, measured or else predicted.
 //! 3. **Latency model.** `latency ≈ a + b · macs`, refitted by least squares
 //!    over every measured candidate after each measurement (slope kept
-//!    non-negative). A point more than 25% off the line through the others
-//!    (judged once four points exist) is an anomaly of that candidate and is
-//!    left out of the fit. The model's margin is 5% plus the largest
-//!    relative residual of the points it kept. With a single point the model
+//!    non-negative). A point more than 25% *slower* than the line through
+//!    the others (judged once four points exist; up to 8 such points) is an
+//!    anomaly of that candidate and is left out of the fit: a candidate can
+//!    run far slower than its MACs say, never far faster. The model's
+//!    margin is 2% (a percentile's repeatability) plus the largest relative
+//!    residual of the points it kept. With a single point the model
 //!    is a ray from the origin through it — an over-prediction on any
 //!    device with fixed overhead — and its margin is unbounded.
 //! 4. **Search.** The first measurement is the cheapest candidate (fewest
