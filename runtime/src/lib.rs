@@ -16,6 +16,13 @@ pub mod cache;
 #[cfg(feature = "std")]
 pub mod engine;
 #[cfg(feature = "std")]
+pub mod image;
+#[cfg(feature = "std")]
 pub mod probe;
 #[cfg(feature = "std")]
 pub mod profile;
+#[cfg(feature = "std")]
+pub mod select;
+
+#[cfg(feature = "std")]
+pub use select::{Limits, Runtime};

@@ -1,1 +1,400 @@
-fn main() {}
+//! `runtime`: pick the best sub-network of a bundle that fits this device,
+//! measure candidates, run inference, or show what the device is.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tailor_runtime::engine::{EngineKind, EngineOptions, ExecutionProvider};
+use tailor_runtime::probe;
+use tailor_runtime::profile::{MeasureOptions, Measurement};
+use tailor_runtime::select::{
+    render_selection, Chosen, Limits, Percentile, Runtime, RuntimeOptions, SelectError,
+};
+
+/// Exit status when no sub-network fits the limits.
+const EXIT_NOTHING_FITS: u8 = 3;
+
+/// Select and serve the best sub-network of a tailor bundle on this device.
+///
+/// At start-up the runtime measures a few candidates (not all of them),
+/// fits a latency model of this device, and picks the best sub-network that
+/// meets the latency limit at the chosen percentile and the memory limit.
+/// The decision is cached (keyed by device, power mode, engine, bundle and
+/// limits), so the next boot skips the measurements.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:
+  runtime select bundle/ --latency-ms 25 --memory-mb 900
+  runtime select bundle/ --latency-ms 25 --percentile 95 --batch 1 --json
+  runtime profile bundle/ --all --csv
+  runtime run bundle/ --latency-ms 25 --input image.png
+  runtime probe --json
+
+Exit status: 0 success, 1 error, 2 usage error, 3 nothing fits the limits."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Choose the best sub-network within the limits, and say why.
+    Select {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Print one JSON object (a stable contract, see docs/runtime.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure sub-networks: load time, first run, latency percentiles, memory.
+    Profile {
+        #[command(flatten)]
+        common: Common,
+        /// Sub-networks to measure (ids, comma separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "all",
+            required_unless_present = "all"
+        )]
+        subnets: Vec<String>,
+        /// Measure every sub-network.
+        #[arg(long)]
+        all: bool,
+        /// Images per run.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// Print `{"results": [...]}`.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Select, then run one inference on an image.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// A PNG image (resized to the model's input and ImageNet-normalised).
+        #[arg(long)]
+        input: PathBuf,
+        /// Print the choice and the outputs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the runtime sees of this device.
+    Probe {
+        /// Read the device's files under this root instead of `/`.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        sysroot: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The bundle directory written by `exporter`.
+    bundle: PathBuf,
+    /// Inference engine.
+    #[arg(long, default_value = "tract")]
+    engine: EngineKind,
+    /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...).
+    #[arg(long, default_value = "cpu")]
+    provider: ExecutionProvider,
+    /// Engine threads (default: the engine's own default).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// libonnxruntime.so for `--engine ort` (default: $ORT_DYLIB_PATH).
+    #[arg(long, value_name = "PATH")]
+    ort_library: Option<PathBuf>,
+    /// Read the device's files under this root instead of `/`.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    sysroot: PathBuf,
+    /// Decision cache file (default: <bundle>/.tailor-cache/decision.postcard).
+    #[arg(long, value_name = "FILE")]
+    cache: Option<PathBuf>,
+    /// Ignore and do not write the cache: decide afresh.
+    #[arg(long)]
+    no_cache: bool,
+    /// Minimum timed runs per candidate.
+    #[arg(long, value_name = "N")]
+    min_runs: Option<u32>,
+    /// Minimum timed seconds per candidate.
+    #[arg(long, value_name = "SECONDS")]
+    min_time: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Latency limit in milliseconds, at --percentile, for one batch.
+    #[arg(long, value_name = "MS")]
+    latency_ms: f64,
+    /// Latency percentile the limit applies to: 50, 90 or 99.
+    #[arg(long, default_value_t = 90, value_parser = parse_percentile)]
+    percentile: u8,
+    /// Images per inference.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Memory limit in MB (peak resident memory while running).
+    #[arg(long, value_name = "MB", conflicts_with = "memory_fraction")]
+    memory_mb: Option<f64>,
+    /// Memory limit as a fraction of the memory available now (default 0.5).
+    #[arg(long, value_name = "F")]
+    memory_fraction: Option<f64>,
+    /// Lowest acceptable quality score (needs a calibrated bundle).
+    #[arg(long, value_name = "Q")]
+    min_quality: Option<f32>,
+}
+
+fn parse_percentile(s: &str) -> Result<u8, String> {
+    let p: u8 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentile"))?;
+    Percentile::try_from(p).map(|_| p)
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let mut l = Limits::latency_ms(self.latency_ms)
+            .percentile(Percentile::try_from(self.percentile).expect("validated by clap"))
+            .batch(self.batch);
+        if let Some(mb) = self.memory_mb {
+            l = l.memory_mb(mb);
+        }
+        if let Some(f) = self.memory_fraction {
+            l = l.memory_fraction(f);
+        }
+        if let Some(q) = self.min_quality {
+            l = l.min_quality(q);
+        }
+        l
+    }
+}
+
+impl Common {
+    fn open(&self) -> Result<Runtime> {
+        let mut measure = MeasureOptions::default();
+        if let Some(n) = self.min_runs {
+            measure.min_runs = n;
+        }
+        if let Some(s) = self.min_time {
+            anyhow::ensure!(
+                s.is_finite() && s >= 0.0,
+                "--min-time must be a non-negative number of seconds"
+            );
+            measure.min_time = std::time::Duration::from_secs_f64(s);
+        }
+        let options = RuntimeOptions {
+            engine: self.engine,
+            engine_options: EngineOptions {
+                threads: self.threads,
+                batch: 1,
+                provider: self.provider,
+                ort_library: self.ort_library.clone(),
+            },
+            measure,
+            sysroot: self.sysroot.clone(),
+            cache: match (&self.cache, self.no_cache) {
+                (_, true) => None,
+                (Some(path), false) => Some(path.clone()),
+                (None, false) => Some(self.bundle.join(tailor_runtime::cache::IN_BUNDLE)),
+            },
+        };
+        Runtime::with_options(&self.bundle, options)
+            .with_context(|| format!("opening bundle {}", self.bundle.display()))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let nothing_fits = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(SelectError::NothingFits(_))));
+            ExitCode::from(if nothing_fits { EXIT_NOTHING_FITS } else { 1 })
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Select {
+            common,
+            limits,
+            json,
+        } => {
+            let rt = common.open()?;
+            let chosen = rt.select(&limits.limits())?;
+            if json {
+                println!("{:#}", selection_json(&chosen));
+            } else {
+                print!("{}", render_selection(&rt.bundle().manifest(), &chosen));
+            }
+            Ok(())
+        }
+        Command::Profile {
+            common,
+            subnets,
+            all,
+            batch,
+            json,
+            csv,
+        } => {
+            let rt = common.open()?;
+            let ids: Vec<String> = if all {
+                rt.bundle()
+                    .manifest()
+                    .subnets
+                    .iter()
+                    .map(|s| s.id.to_owned())
+                    .collect()
+            } else {
+                subnets
+            };
+            let mut results = Vec::new();
+            if !json && !csv {
+                println!(
+                    "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+                    "id",
+                    "load_ms",
+                    "first_ms",
+                    "p50_ms",
+                    "p90_ms",
+                    "p99_ms",
+                    "mean_ms",
+                    "rss_mb",
+                    "peak_mb"
+                );
+            } else if csv {
+                println!("id,load_ms,first_ms,p50_ms,p90_ms,p99_ms,mean_ms,stdev_ms,rss_mb,peak_mb,noisy");
+            }
+            for id in &ids {
+                let m = rt.profile(id, batch)?;
+                if csv {
+                    println!(
+                        "{id},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{}",
+                        m.load_ms,
+                        m.first_ms,
+                        m.p50_ms,
+                        m.p90_ms,
+                        m.p99_ms,
+                        m.mean_ms,
+                        m.stdev_ms,
+                        m.rss_mb,
+                        m.peak_mb,
+                        m.noisy
+                    );
+                } else if !json {
+                    println!(
+                        "{id:<12} {:>9.2} {:>9.2} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1}{}",
+                        m.load_ms, m.first_ms, m.p50_ms, m.p90_ms, m.p99_ms, m.mean_ms, m.rss_mb, m.peak_mb,
+                        if m.noisy { "  (noisy)" } else { "" }
+                    );
+                }
+                results.push(profile_json(id, &m));
+            }
+            if json {
+                println!("{:#}", json!({ "results": results }));
+            }
+            Ok(())
+        }
+        Command::Run {
+            common,
+            limits,
+            input,
+            json,
+        } => {
+            let rt = common.open()?;
+            let limits = limits.limits();
+            let mut chosen = rt.select(&limits)?;
+            let [_, _, side, _] = rt.input_shape(1);
+            let image = tailor_runtime::image::load_png(&input, side)?;
+            let batch =
+                ndarray::concatenate(ndarray::Axis(0), &vec![image.view(); limits.batch as usize])?;
+            let out = chosen.session().run(batch.view())?;
+            let cls = out.cls_token.row(0);
+            let norm = cls.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if json {
+                let mut obj = selection_json(&chosen);
+                obj["output"] = json!({
+                    "cls_token": cls.to_vec(),
+                    "patch_tokens_shape": out.patch_tokens.shape(),
+                });
+                println!("{obj:#}");
+            } else {
+                print!("{}", render_selection(&rt.bundle().manifest(), &chosen));
+                println!(
+                    "ran {} on {}: cls_token [{}] (L2 norm {norm:.4}), patch_tokens {:?}",
+                    chosen.id,
+                    input.display(),
+                    cls.iter()
+                        .take(4)
+                        .map(|v| format!("{v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + ", ...",
+                    out.patch_tokens.shape()
+                );
+            }
+            Ok(())
+        }
+        Command::Probe { sysroot, json } => {
+            let info = probe::probe(&sysroot);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{info}");
+                println!("fingerprint: {}", info.fingerprint());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn measured_json(m: &Measurement) -> serde_json::Value {
+    json!({
+        "p50_ms": m.p50_ms, "p90_ms": m.p90_ms, "p99_ms": m.p99_ms, "mean_ms": m.mean_ms,
+        "stdev_ms": m.stdev_ms, "noisy": m.noisy, "rss_mb": m.rss_mb, "peak_mb": m.peak_mb,
+    })
+}
+
+fn profile_json(id: &str, m: &Measurement) -> serde_json::Value {
+    let mut v = measured_json(m);
+    v["id"] = json!(id);
+    v["load_ms"] = json!(m.load_ms);
+    v["first_ms"] = json!(m.first_ms);
+    v["runs"] = json!(m.runs);
+    v
+}
+
+/// The `runtime select --json` contract (docs/runtime.md).
+fn selection_json(c: &Chosen) -> serde_json::Value {
+    json!({
+        "subnet": { "id": c.id, "width": c.width, "depth": c.depth },
+        "measured": measured_json(&c.measured),
+        "limits": {
+            "latency_ms": c.limits.latency_ms, "percentile": c.percentile.value(), "batch": c.limits.batch,
+            "memory_mb": c.limits.memory_bytes as f64 / (1024.0 * 1024.0), "min_quality": c.limits.min_quality,
+        },
+        "candidates_measured": c.candidates_measured(),
+        "selection_ms": c.selection_ms,
+        "cache": c.cache,
+        "trials": c.trials.iter().map(|t| json!({
+            "id": t.id, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
+            "measured": t.measured.as_ref().map(measured_json),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,138 @@
+//! The checks both engines need before loading a graph: the file is ONNX, it
+//! has a bundle graph's interface, and all of its external data is there.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+use tract_onnx::pb::type_proto::Value as Type;
+use tract_onnx::pb::{ModelProto, TensorProto, ValueInfoProto};
+use tract_onnx::prelude::Framework;
+
+use super::EngineError;
+
+/// The graph input every bundle graph has.
+pub(super) const INPUT: &str = "pixel_values";
+/// The graph outputs every bundle graph has, in [`Graph::outputs`] order.
+pub(super) const OUTPUTS: [&str; 2] = ["cls_token", "patch_tokens"];
+
+/// A decoded graph whose interface and external data have been checked.
+pub(super) struct Graph {
+    pub path: PathBuf,
+    pub proto: ModelProto,
+    /// `[H, W]` of [`INPUT`].
+    pub image: [usize; 2],
+    /// Where [`OUTPUTS`] sit among the graph's outputs.
+    pub outputs: [usize; 2],
+}
+
+impl Graph {
+    pub fn read(path: &Path) -> Result<Graph, EngineError> {
+        let graph = path.to_owned();
+        if let Err(source) = fs::metadata(path) {
+            return Err(EngineError::Read { graph, source });
+        }
+        let proto = match tract_onnx::onnx().proto_model_for_path(path) {
+            Ok(proto) => proto,
+            Err(e) => return Err(EngineError::NotOnnx { graph, source: e.into() }),
+        };
+        // Protobuf decodes many non-ONNX files into an empty message.
+        let Some(body) = &proto.graph else {
+            return Err(EngineError::NotOnnx { graph, source: "the file holds no graph".into() });
+        };
+        let interface = |problem: String| EngineError::Interface { graph: graph.clone(), problem };
+
+        let initialized: HashSet<&str> = body.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<&ValueInfoProto> =
+            body.input.iter().filter(|i| !initialized.contains(i.name.as_str())).collect();
+        let [input] = inputs[..] else {
+            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(interface(format!("expected the one input `{INPUT}`, found {names:?}")));
+        };
+        if input.name != INPUT {
+            return Err(interface(format!("expected input `{INPUT}`, found `{}`", input.name)));
+        }
+        let image = image_size(input).map_err(interface)?;
+
+        let output = |name: &str| {
+            body.output
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| interface(format!("no output `{name}`")))
+        };
+        let outputs = [output(OUTPUTS[0])?, output(OUTPUTS[1])?];
+
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for tensor in &body.initializer {
+            check_external_data(path, dir, tensor)?;
+        }
+        Ok(Graph { path: graph, proto, image, outputs })
+    }
+}
+
+/// `[H, W]` of a `[batch, 3, H, W]` f32 input with fixed H and W.
+fn image_size(input: &ValueInfoProto) -> Result<[usize; 2], String> {
+    let bad = || format!("input `{INPUT}` must be f32 [batch, 3, H, W] with fixed H and W");
+    let Some(Type::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(bad());
+    };
+    let dims: Vec<Option<i64>> = tensor
+        .shape
+        .iter()
+        .flat_map(|s| &s.dim)
+        .map(|d| match d.value {
+            Some(Dim::DimValue(v)) => Some(v),
+            _ => None,
+        })
+        .collect();
+    match dims[..] {
+        [_, Some(3), Some(h), Some(w)] if tensor.elem_type == DataType::Float as i32 && h > 0 && w > 0 => {
+            Ok([h as usize, w as usize])
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Checks that an initializer's external data file exists and is long enough.
+fn check_external_data(graph: &Path, dir: &Path, tensor: &TensorProto) -> Result<(), EngineError> {
+    if tensor.data_location != Some(DataLocation::External as i32) {
+        return Ok(());
+    }
+    let field = |key: &str| tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+    let malformed = |what: String| EngineError::NotOnnx {
+        graph: graph.to_owned(),
+        source: format!("tensor `{}`: {what}", tensor.name).into(),
+    };
+    let number = |key: &str| -> Result<Option<u64>, EngineError> {
+        field(key)
+            .map(|v| v.parse().map_err(|_| malformed(format!("external data {key} `{v}` is not a number"))))
+            .transpose()
+    };
+    let location = field("location").ok_or_else(|| malformed("external data without a location".into()))?;
+    let data = dir.join(location);
+    let size = match fs::metadata(&data) {
+        Ok(meta) => meta.len(),
+        Err(source) => {
+            return Err(EngineError::MissingExternalData {
+                graph: graph.to_owned(),
+                data,
+                tensor: tensor.name.clone(),
+                source,
+            });
+        }
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let end = offset.saturating_add(number("length")?.unwrap_or(0));
+    if end > size {
+        return Err(EngineError::TruncatedExternalData {
+            graph: graph.to_owned(),
+            data,
+            tensor: tensor.name.clone(),
+            end,
+            size,
+        });
+    }
+    Ok(())
+}
