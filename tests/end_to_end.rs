@@ -1,0 +1,95 @@
+//! Export, select and serve across the crates: the Rust API a deployment
+//! program uses, on the tiny POA fixture teacher.
+
+mod common;
+
+use common::{assert_close, export, request, subnets, Reference};
+use ndarray::Ix4;
+use tailor::runtime::profile::MeasureOptions;
+use tailor::runtime::select::{CacheOutcome, Limits, Runtime, RuntimeOptions, SelectError};
+
+const TEACHER: &str = "tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth";
+
+fn fast(options: &mut RuntimeOptions) {
+    options.measure = MeasureOptions {
+        min_runs: 3,
+        min_time: std::time::Duration::ZERO,
+        ..MeasureOptions::default()
+    };
+}
+
+#[test]
+fn export_select_and_serve_the_reference_outputs() {
+    let (_dir, bundle) = export(&request(TEACHER));
+    let mut options = RuntimeOptions::for_bundle(&bundle);
+    fast(&mut options);
+    let rt = Runtime::with_options(&bundle, options).unwrap();
+    let refs = Reference::open("tests/fixtures/vit-tiny/reference.safetensors");
+
+    // A generous budget gets the largest sub-network, measured, then cached.
+    let limits = Limits::latency_ms(1e5).memory_mb(4096.0).batch(2);
+    let mut chosen = rt.select(&limits).unwrap();
+    assert_eq!(
+        (chosen.id.as_str(), chosen.cache),
+        ("w64-d4", CacheOutcome::Miss)
+    );
+    assert!(chosen.candidates_measured() >= 1 && chosen.candidates_measured() <= 9);
+    let input = refs.get("input").into_dimensionality::<Ix4>().unwrap();
+    let out = chosen.session().run(input.view()).unwrap();
+    assert_close(
+        &out.cls_token.into_dyn(),
+        &refs.get("w64-d4.cls_token"),
+        "served cls_token",
+    );
+
+    let again = rt.select(&limits).unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.cache, again.candidates_measured()),
+        ("w64-d4", CacheOutcome::Hit, 0)
+    );
+
+    // A latency between the smallest and the largest picks something in between,
+    // and what it picks really meets the limit as measured.
+    let smallest = rt.profile("w32-d2", 1).unwrap().p90_ms;
+    let largest = rt.profile("w64-d4", 1).unwrap().p90_ms;
+    let middle =
+        Limits::latency_ms((smallest * largest).sqrt().max(smallest * 1.5)).memory_mb(4096.0);
+    let pick = rt.select(&middle).unwrap();
+    assert!(
+        pick.measured.p90_ms <= middle.latency_ms,
+        "{} measured {} over {}",
+        pick.id,
+        pick.measured.p90_ms,
+        middle.latency_ms
+    );
+
+    // Nothing fits: the error names the smallest candidate.
+    match rt.select(&Limits::latency_ms(1e-6).memory_mb(4096.0)) {
+        Err(SelectError::NothingFits(why)) => assert!(why.contains("w32-d2"), "{why}"),
+        other => panic!("expected NothingFits, got {:?}", other.map(|c| c.id)),
+    }
+}
+
+#[test]
+fn the_committed_runtime_fixture_bundle_is_what_the_exporter_writes_today() {
+    let mut req = request(TEACHER);
+    req.selection = subnets(&["32x2", "32x3", "32x4"]);
+    let (_dir, fresh) = export(&req);
+    let committed = common::fixture("runtime/tests/fixtures/bundle-tiny");
+    for file in [
+        "manifest.json",
+        "manifest.postcard",
+        "graphs/w32-d2.onnx",
+        "graphs/w32-d4.onnx",
+        "graphs/weights/w32.bin",
+    ] {
+        let (a, b) = (
+            std::fs::read(fresh.join(file)).unwrap(),
+            std::fs::read(committed.join(file)).unwrap(),
+        );
+        assert!(
+            a == b,
+            "{file} differs: regenerate runtime/tests/fixtures/bundle-tiny (see tools/README.md)"
+        );
+    }
+}
