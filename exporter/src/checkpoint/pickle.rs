@@ -1,0 +1,706 @@
+//! A safe unpickler for what `torch.save` writes: a stack machine that builds plain values,
+//! calls nothing, and accepts only the handful of globals a state dict needs.
+
+use std::collections::HashMap;
+
+/// What the unpickler builds: plain data, tensors described (not loaded), allowlisted globals.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    /// A dict or OrderedDict, in insertion order.
+    Dict(Vec<(Value, Value)>),
+    /// An allowlisted callable, not called until REDUCE interprets it.
+    Global(Global),
+    /// A persistent id naming a storage entry of the archive.
+    Storage(Storage),
+    Tensor(Tensor),
+}
+
+impl Value {
+    /// Python-ish type name, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::Tuple(_) => "tuple",
+            Value::List(_) => "list",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "global",
+            Value::Storage(_) => "storage",
+            Value::Tensor(_) => "tensor",
+        }
+    }
+}
+
+/// The globals a state dict may reference. Element types are torch's dtype names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    RebuildParameterWithState,
+    /// `torch.FloatStorage` and friends: a storage of one dtype.
+    TypedStorage(&'static str),
+    /// `torch.storage.UntypedStorage`: bytes, typed by `_rebuild_tensor_v3`'s dtype argument.
+    UntypedStorage,
+    /// `torch.float16` and friends, as passed to `_rebuild_tensor_v3`.
+    Dtype(&'static str),
+}
+
+/// Legacy typed storage classes and the dtype each holds.
+const TYPED_STORAGES: [(&str, &str); 12] = [
+    ("FloatStorage", "float32"),
+    ("HalfStorage", "float16"),
+    ("BFloat16Storage", "bfloat16"),
+    ("DoubleStorage", "float64"),
+    ("LongStorage", "int64"),
+    ("IntStorage", "int32"),
+    ("ShortStorage", "int16"),
+    ("CharStorage", "int8"),
+    ("ByteStorage", "uint8"),
+    ("BoolStorage", "bool"),
+    ("ComplexFloatStorage", "complex64"),
+    ("ComplexDoubleStorage", "complex128"),
+];
+
+/// dtypes `_rebuild_tensor_v3` may name (those without a legacy storage class, and the rest).
+const DTYPES: [&str; 19] = [
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+];
+
+impl Global {
+    fn resolve(module: &str, name: &str) -> Result<Global, PickleError> {
+        let global = match (module, name) {
+            ("collections", "OrderedDict") => Global::OrderedDict,
+            ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+            ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+            ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+            ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
+            ("torch.storage", "UntypedStorage") => Global::UntypedStorage,
+            ("torch", name) => {
+                if let Some(&(_, dtype)) = TYPED_STORAGES.iter().find(|(class, _)| *class == name) {
+                    Global::TypedStorage(dtype)
+                } else if let Some(&dtype) = DTYPES.iter().find(|&&dtype| dtype == name) {
+                    Global::Dtype(dtype)
+                } else {
+                    return Err(PickleError::DisallowedGlobal(format!("{module}.{name}")));
+                }
+            }
+            _ => return Err(PickleError::DisallowedGlobal(format!("{module}.{name}"))),
+        };
+        Ok(global)
+    }
+}
+
+/// `('storage', storage_type, key, location, numel)`: the archive entry `data/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// `None` for an untyped storage.
+    pub dtype: Option<&'static str>,
+    pub key: String,
+}
+
+/// A tensor as `_rebuild_tensor_v2/v3` describes it; offsets and strides count elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    /// torch dtype name, e.g. `float32`.
+    pub dtype: &'static str,
+    pub storage_key: String,
+    pub storage_offset: usize,
+    pub shape: Vec<usize>,
+    pub stride: Vec<usize>,
+}
+
+/// Why a pickle was refused; byte offsets are into the pickle stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickleError {
+    #[error("pickle truncated at byte {0}")]
+    Truncated(usize),
+    #[error("unsupported pickle opcode {opcode:#04x} at byte {at}")]
+    Opcode { opcode: u8, at: usize },
+    #[error("global {0} is not allowed (a state dict needs only tensors and containers)")]
+    DisallowedGlobal(String),
+    #[error("malformed pickle at byte {at}: {what}")]
+    Malformed { at: usize, what: String },
+}
+
+/// Runs the pickle in `data` and returns the value STOP leaves on top of the stack.
+pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
+    Machine {
+        data,
+        pos: 0,
+        op_start: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    }
+    .run()
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Start of the opcode being executed, for error messages.
+    op_start: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn run(mut self) -> Result<Value, PickleError> {
+        loop {
+            self.op_start = self.pos;
+            let opcode = self.byte()?;
+            match opcode {
+                b'.' => return self.pop(),
+                0x80 => {
+                    self.byte()?; // PROTO n
+                }
+                0x95 => {
+                    self.take(8)?; // FRAME length: a hint for buffered readers.
+                }
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let top = self.top()?.clone();
+                    self.stack.push(top);
+                }
+                b'N' => self.stack.push(Value::None),
+                0x88 => self.stack.push(Value::Bool(true)),
+                0x89 => self.stack.push(Value::Bool(false)),
+                b'J' => {
+                    let n = i32::from_le_bytes(self.array()?);
+                    self.stack.push(Value::Int(n.into()));
+                }
+                b'K' => {
+                    let n = self.byte()?;
+                    self.stack.push(Value::Int(n.into()));
+                }
+                b'M' => {
+                    let n = u16::from_le_bytes(self.array()?);
+                    self.stack.push(Value::Int(n.into()));
+                }
+                0x8a => {
+                    let len = self.byte()?.into();
+                    self.long(len)?;
+                }
+                0x8b => {
+                    let len = self.len_u32()?;
+                    self.long(len)?;
+                }
+                b'G' => {
+                    let x = f64::from_be_bytes(self.array()?);
+                    self.stack.push(Value::Float(x));
+                }
+                b'X' => {
+                    let len = self.len_u32()?;
+                    self.string(len)?;
+                }
+                0x8c => {
+                    let len = self.byte()?.into();
+                    self.string(len)?;
+                }
+                0x8d => {
+                    let len = self.len_u64()?;
+                    self.string(len)?;
+                }
+                b'B' => {
+                    let len = self.len_u32()?;
+                    self.bytes(len)?;
+                }
+                b'C' => {
+                    let len = self.byte()?.into();
+                    self.bytes(len)?;
+                }
+                0x8e => {
+                    let len = self.len_u64()?;
+                    self.bytes(len)?;
+                }
+                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Tuple(items));
+                }
+                0x85..=0x87 => {
+                    let mut items = (0x84..opcode)
+                        .map(|_| self.pop())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    items.reverse();
+                    self.stack.push(Value::Tuple(items));
+                }
+                b']' => self.stack.push(Value::List(Vec::new())),
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::List(items));
+                }
+                b'a' => {
+                    let item = self.pop()?;
+                    self.extend_list(vec![item])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    self.extend_list(items)?;
+                }
+                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    self.stack.push(Value::Dict(pairs));
+                }
+                b's' => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    self.extend_dict(vec![(key, value)])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    self.extend_dict(pairs)?;
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.stack
+                        .push(Value::Global(Global::resolve(module, name)?));
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err(self.malformed("STACK_GLOBAL needs two strings"));
+                    };
+                    self.stack
+                        .push(Value::Global(Global::resolve(&module, &name)?));
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let value = self.reduce(callable, args)?;
+                    self.stack.push(value);
+                }
+                b'b' => {
+                    let _state = self.pop()?;
+                    // An OrderedDict's state is the state dict's `_metadata` attribute.
+                    let target = self.top()?;
+                    if !matches!(target, Value::Dict(_)) {
+                        return Err(self.malformed(format!("BUILD on a {}", target.kind())));
+                    }
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let storage = self.persistent_load(pid)?;
+                    self.stack.push(Value::Storage(storage));
+                }
+                b'q' => {
+                    let index = self.byte()?.into();
+                    self.put(index)?;
+                }
+                b'r' => {
+                    let index = u32::from_le_bytes(self.array()?).into();
+                    self.put(index)?;
+                }
+                0x94 => {
+                    let index = self.memo.len() as u64;
+                    self.put(index)?;
+                }
+                b'h' => {
+                    let index = self.byte()?.into();
+                    self.get(index)?;
+                }
+                b'j' => {
+                    let index = u32::from_le_bytes(self.array()?).into();
+                    self.get(index)?;
+                }
+                _ => {
+                    return Err(PickleError::Opcode {
+                        opcode,
+                        at: self.op_start,
+                    })
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], PickleError> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.data.len())
+            .ok_or(PickleError::Truncated(self.data.len()))?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
+        let bytes = self.take(N)?;
+        Ok(bytes.try_into().expect("take returns exactly N bytes"))
+    }
+
+    fn byte(&mut self) -> Result<u8, PickleError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn len_u32(&mut self) -> Result<usize, PickleError> {
+        Ok(u32::from_le_bytes(self.array()?) as usize)
+    }
+
+    fn len_u64(&mut self) -> Result<usize, PickleError> {
+        let len = u64::from_le_bytes(self.array()?);
+        // Longer than the address space means longer than the pickle.
+        usize::try_from(len).map_err(|_| PickleError::Truncated(self.data.len()))
+    }
+
+    /// A newline-terminated ASCII line (GLOBAL's operands).
+    fn line(&mut self) -> Result<&'a str, PickleError> {
+        let rest = &self.data[self.pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Truncated(self.data.len()))?;
+        self.pos += len + 1;
+        std::str::from_utf8(&rest[..len]).map_err(|_| self.malformed("GLOBAL operand is not UTF-8"))
+    }
+
+    /// LONG1/LONG4: little-endian two's complement of `len` bytes.
+    fn long(&mut self, len: usize) -> Result<(), PickleError> {
+        let bytes = self.take(len)?;
+        if len > 8 {
+            return Err(self.malformed(format!("{len}-byte integer")));
+        }
+        let fill = if bytes.last().is_some_and(|&b| b & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let mut wide = [fill; 8];
+        wide[..len].copy_from_slice(bytes);
+        self.stack.push(Value::Int(i64::from_le_bytes(wide)));
+        Ok(())
+    }
+
+    fn string(&mut self, len: usize) -> Result<(), PickleError> {
+        let bytes = self.take(len)?.to_vec();
+        let s = String::from_utf8(bytes).map_err(|_| self.malformed("string is not UTF-8"))?;
+        self.stack.push(Value::Str(s));
+        Ok(())
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<(), PickleError> {
+        let bytes = self.take(len)?.to_vec();
+        self.stack.push(Value::Bytes(bytes));
+        Ok(())
+    }
+
+    fn malformed(&self, what: impl Into<String>) -> PickleError {
+        PickleError::Malformed {
+            at: self.op_start,
+            what: what.into(),
+        }
+    }
+
+    fn underflow(&self) -> PickleError {
+        self.malformed("stack underflow")
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        // Values below the innermost MARK belong to an enclosing collection.
+        if self.marks.last() == Some(&self.stack.len()) {
+            return Err(self.underflow());
+        }
+        self.stack.pop().ok_or_else(|| self.underflow())
+    }
+
+    fn top(&self) -> Result<&Value, PickleError> {
+        self.stack.last().ok_or_else(|| self.underflow())
+    }
+
+    fn top_mut(&mut self) -> Result<&mut Value, PickleError> {
+        let underflow = self.underflow();
+        self.stack.last_mut().ok_or(underflow)
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK"))?;
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn pairs(&self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
+        if items.len() % 2 != 0 {
+            return Err(self.malformed("odd number of dict items"));
+        }
+        let mut items = items.into_iter();
+        Ok(std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect())
+    }
+
+    fn extend_list(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
+        match self.top_mut()? {
+            Value::List(list) => {
+                list.extend(items);
+                Ok(())
+            }
+            other => {
+                let kind = other.kind();
+                Err(self.malformed(format!("APPEND to a {kind}")))
+            }
+        }
+    }
+
+    fn extend_dict(&mut self, pairs: Vec<(Value, Value)>) -> Result<(), PickleError> {
+        match self.top_mut()? {
+            Value::Dict(dict) => {
+                for (key, value) in pairs {
+                    match dict.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, old)) => *old = value,
+                        None => dict.push((key, value)),
+                    }
+                }
+                Ok(())
+            }
+            other => {
+                let kind = other.kind();
+                Err(self.malformed(format!("SETITEM on a {kind}")))
+            }
+        }
+    }
+
+    fn put(&mut self, index: u64) -> Result<(), PickleError> {
+        let top = self.top()?.clone();
+        self.memo.insert(index, top);
+        Ok(())
+    }
+
+    fn get(&mut self, index: u64) -> Result<(), PickleError> {
+        let value = self
+            .memo
+            .get(&index)
+            .ok_or_else(|| self.malformed(format!("memo {index} unset")))?;
+        // Values are copies, not shared references: a dict or list memoised before it was
+        // filled would come back stale, so refuse rather than return the wrong contents.
+        if matches!(value, Value::Dict(_) | Value::List(_)) {
+            return Err(self.malformed(format!(
+                "shared reference to a {} (memo {index})",
+                value.kind()
+            )));
+        }
+        self.stack.push(value.clone());
+        Ok(())
+    }
+
+    fn persistent_load(&self, pid: Value) -> Result<Storage, PickleError> {
+        let Value::Tuple(fields) = pid else {
+            return Err(self.malformed(format!("persistent id is a {}", pid.kind())));
+        };
+        match <[Value; 5]>::try_from(fields) {
+            Ok(
+                [Value::Str(tag), Value::Global(storage_type), Value::Str(key), _location, _numel],
+            ) if tag == "storage" => {
+                let dtype = match storage_type {
+                    Global::TypedStorage(dtype) => Some(dtype),
+                    Global::UntypedStorage => None,
+                    _ => return Err(self.malformed("persistent id without a storage type")),
+                };
+                Ok(Storage { dtype, key })
+            }
+            _ => {
+                Err(self.malformed("persistent id is not ('storage', type, key, location, numel)"))
+            }
+        }
+    }
+
+    fn reduce(&self, callable: Value, args: Value) -> Result<Value, PickleError> {
+        let Value::Global(global) = callable else {
+            return Err(self.malformed(format!("REDUCE calls a {}", callable.kind())));
+        };
+        let Value::Tuple(args) = args else {
+            return Err(self.malformed(format!("REDUCE arguments are a {}", args.kind())));
+        };
+        match global {
+            Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Vec::new())),
+            Global::RebuildTensorV2 if (6..=7).contains(&args.len()) => self.tensor(&args, None),
+            Global::RebuildTensorV3 if (7..=8).contains(&args.len()) => match args[6] {
+                Value::Global(Global::Dtype(dtype)) => self.tensor(&args, Some(dtype)),
+                _ => Err(self.malformed("_rebuild_tensor_v3 without a dtype")),
+            },
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                match args.into_iter().next() {
+                    Some(tensor @ Value::Tensor(_)) => Ok(tensor),
+                    _ => Err(self.malformed("_rebuild_parameter of a non-tensor")),
+                }
+            }
+            _ => Err(self.malformed(format!(
+                "cannot call {global:?} with {} arguments",
+                args.len()
+            ))),
+        }
+    }
+
+    /// `_rebuild_tensor_v2/v3(storage, storage_offset, size, stride, ...)`; v3 passes `dtype`.
+    fn tensor(&self, args: &[Value], dtype: Option<&'static str>) -> Result<Value, PickleError> {
+        let [Value::Storage(storage), offset, Value::Tuple(shape), Value::Tuple(stride), ..] = args
+        else {
+            return Err(self.malformed(
+                "_rebuild_tensor arguments are not (storage, offset, size, stride, ...)",
+            ));
+        };
+        let Some(dtype) = dtype.or(storage.dtype) else {
+            return Err(self.malformed("untyped storage outside _rebuild_tensor_v3"));
+        };
+        let shape = self.indices(shape)?;
+        let stride = self.indices(stride)?;
+        if shape.len() != stride.len() {
+            return Err(self.malformed("size and stride differ in length"));
+        }
+        Ok(Value::Tensor(Tensor {
+            dtype,
+            storage_key: storage.key.clone(),
+            storage_offset: self.index(offset)?,
+            shape,
+            stride,
+        }))
+    }
+
+    fn indices(&self, values: &[Value]) -> Result<Vec<usize>, PickleError> {
+        values.iter().map(|v| self.index(v)).collect()
+    }
+
+    fn index(&self, value: &Value) -> Result<usize, PickleError> {
+        match value {
+            Value::Int(n) => {
+                usize::try_from(*n).map_err(|_| self.malformed(format!("negative size {n}")))
+            }
+            other => Err(self.malformed(format!("size is a {}", other.kind()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_containers_and_scalars() {
+        // pickle.dumps({"a": [1, -2, 300, 70000, 2**40, -(2**40)], "b": (1.5, None, True)}, 2)
+        let data = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01J\xfe\xff\xff\xffM,\x01J\x70\x11\x01\x00\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x06\x00\x00\x00\x00\x00\xffeX\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00N\x88\x87q\x04u.";
+        let want = Value::Dict(vec![
+            (
+                Value::Str("a".into()),
+                Value::List(
+                    [1, -2, 300, 70000, 1 << 40, -(1 << 40)]
+                        .map(Value::Int)
+                        .to_vec(),
+                ),
+            ),
+            (
+                Value::Str("b".into()),
+                Value::Tuple(vec![Value::Float(1.5), Value::None, Value::Bool(true)]),
+            ),
+        ]);
+        assert_eq!(unpickle(data), Ok(want));
+    }
+
+    #[test]
+    fn protocol_4_framing_and_memoize() {
+        // pickle.dumps(["x", "x"], 4): the second "x" is a memo reference.
+        let data = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(\x8c\x01x\x94h\x01e.";
+        let x = Value::Str("x".into());
+        assert_eq!(unpickle(data), Ok(Value::List(vec![x.clone(), x])));
+    }
+
+    #[test]
+    fn refuses_disallowed_globals_without_calling_them() {
+        // pickle.dumps of an object whose __reduce__ is (os.system, ("echo pwned",)).
+        let data = b"\x80\x02cposix\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
+        assert_eq!(
+            unpickle(data),
+            Err(PickleError::DisallowedGlobal("posix.system".into()))
+        );
+        let data = b"\x80\x04\x8c\x05torch\x8c\x04load\x93.";
+        assert_eq!(
+            unpickle(data),
+            Err(PickleError::DisallowedGlobal("torch.load".into()))
+        );
+    }
+
+    #[test]
+    fn truncated_and_malformed_streams_are_errors() {
+        assert_eq!(
+            unpickle(b"\x80\x02]q\x00(K\x01"),
+            Err(PickleError::Truncated(8))
+        );
+        assert_eq!(
+            unpickle(b"X\xff\xff\xff\xffab"),
+            Err(PickleError::Truncated(7))
+        );
+        assert_eq!(
+            unpickle(b"\x80\x02\xff."),
+            Err(PickleError::Opcode {
+                opcode: 0xff,
+                at: 2
+            })
+        );
+        assert!(matches!(
+            unpickle(b"\x80\x02."),
+            Err(PickleError::Malformed { at: 2, .. })
+        ));
+        assert!(matches!(
+            unpickle(b"(K\x01s."),
+            Err(PickleError::Malformed { at: 3, .. })
+        ));
+        assert!(matches!(
+            unpickle(b"K\x01h\x07."),
+            Err(PickleError::Malformed { at: 2, .. })
+        ));
+        // BUILD on something that is not an OrderedDict.
+        assert!(matches!(
+            unpickle(b"K\x01}b."),
+            Err(PickleError::Malformed { at: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_memo_references_to_containers() {
+        // A dict memoised empty, filled, then referenced: a copy would be stale.
+        let data = b"}q\x00X\x01\x00\x00\x00aK\x01s0h\x00.";
+        assert!(matches!(
+            unpickle(data),
+            Err(PickleError::Malformed { at: 13, .. })
+        ));
+    }
+}
