@@ -7,3 +7,4 @@ pub mod config;
 pub mod family;
 pub mod onnx;
 pub mod plan;
+pub mod synthetic;
