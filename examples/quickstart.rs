@@ -1,0 +1,104 @@
+//! The whole job on the embedded example teacher: export it into a bundle,
+//! show what the bundle holds, select the best sub-network that fits this
+//! machine under a default budget, and run one inference with it.
+//!
+//!     cargo run --release --example quickstart [-- LATENCY_MS [MEMORY_MB]]
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use ndarray::Array4;
+use tailor::exporter::bundle::{self, WriteOptions};
+use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
+
+/// Default budget: a latency a mid-range CPU core meets with the middle of
+/// the example's grid, and a small board's memory share.
+const DEFAULT_LATENCY_MS: f64 = 4.0;
+const DEFAULT_MEMORY_MB: f64 = 512.0;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let latency_ms = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()
+        .context("LATENCY_MS")?
+        .unwrap_or(DEFAULT_LATENCY_MS);
+    let memory_mb = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()
+        .context("MEMORY_MB")?
+        .unwrap_or(DEFAULT_MEMORY_MB);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let teacher = root.join("examples/poa-vit-tiny/eval/training_1000/teacher_checkpoint.pth");
+    let out = root.join("target/quickstart-bundle");
+
+    // 1. Export every sub-network of the example teacher.
+    let request = Request {
+        teacher,
+        config: None, // found from POA's layout: examples/poa-vit-tiny/config.yaml
+        overrides: Default::default(),
+        selection: Selection::All,
+        max_params: None,
+        max_macs: None,
+    };
+    let plan = Plan::new(&request)?;
+    let options = WriteOptions {
+        force: true,
+        jobs: 2,
+        progress: ProgressBar::hidden(),
+    };
+    let summary = bundle::write(&plan, &out, &options)?;
+    println!(
+        "exported {} sub-networks of {} into {} ({} files, {:.1} MiB)\n",
+        summary.subnets,
+        plan.teacher().display(),
+        out.display(),
+        summary.files,
+        summary.bytes as f64 / (1024.0 * 1024.0)
+    );
+
+    // 2. What the bundle holds.
+    let mut options = RuntimeOptions::for_bundle(&out);
+    options.cache = None; // a fresh decision every time the quickstart runs
+    let rt = Runtime::with_options(&out, options)?;
+    let manifest = rt.bundle().manifest();
+    println!(
+        "{:<10} {:>6} {:>6} {:>10} {:>10}",
+        "id", "width", "depth", "params", "MMACs"
+    );
+    for s in &manifest.subnets {
+        println!(
+            "{:<10} {:>6} {:>6} {:>10} {:>10.1}",
+            s.id,
+            s.width,
+            s.depth,
+            s.params,
+            s.macs as f64 / 1e6
+        );
+    }
+
+    // 3. Start-up selection on this machine.
+    println!("\nselecting on {}:", rt.device().summary());
+    let limits = Limits::latency_ms(latency_ms).memory_mb(memory_mb);
+    let mut chosen = rt.select(&limits)?;
+    print!("{}", render_selection(&manifest, &chosen));
+
+    // 4. One inference with the chosen sub-network.
+    let [b, c, h, w] = rt.input_shape(1);
+    let pixels = Array4::from_shape_fn((b, c, h, w), |(_, c, y, x)| {
+        ((x + y + c) as f32 / 32.0).sin()
+    });
+    let out = chosen.session().run(pixels.view())?;
+    println!(
+        "inference: cls_token {:?}, patch_tokens {:?}, first values {:?}",
+        out.cls_token.shape(),
+        out.patch_tokens.shape(),
+        &out.cls_token.as_slice().unwrap()[..4]
+    );
+    Ok(())
+}
