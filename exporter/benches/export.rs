@@ -2,7 +2,7 @@
 //! weights in the real shapes, generated here) and compares with `cp` of the
 //! same number of bytes, measured in the same run.
 //!
-//! Usage: `cargo bench -p tailor-exporter --bench export [-- --runs N --dir DIR]`
+//! Usage: `cargo bench -p tailor-exporter --bench export [-- --runs N --dir DIR --keep]`
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -15,11 +15,17 @@ use tailor_exporter::synthetic::write_vit_teacher;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut runs, mut dir) = (3usize, std::env::temp_dir().join("tailor-export-bench"));
+    let (mut runs, mut dir, mut keep) = (
+        3usize,
+        std::env::temp_dir().join("tailor-export-bench"),
+        false,
+    );
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
+            // Leave the teacher and the last bundle for inspection.
+            "--keep" => keep = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -52,6 +58,7 @@ fn main() {
     let mut bundle_bytes = 0;
     for run in 0..runs {
         let _ = fs::remove_dir_all(&bundle);
+        settle();
         let (elapsed, peak) = timed_peak_rss(Command::new(exporter).args([
             "--all-subnets",
             teacher.to_str().unwrap(),
@@ -65,6 +72,7 @@ fn main() {
             write_random(&copy_src, bundle_bytes);
         }
         let _ = fs::remove_file(&copy_dst);
+        settle();
         let (cp_elapsed, _) = timed_peak_rss(Command::new("cp").args([&copy_src, &copy_dst]));
         eprintln!(
             "run {run}: export {:.2} s ({:.2} GB/s, peak RSS {:.2} GB), cp {:.2} s",
@@ -101,7 +109,14 @@ fn main() {
         "| peak RSS / teacher size | {:.2}× |",
         r / teacher_bytes as f64
     );
-    let _ = fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Writes back what earlier steps left dirty, so neither side pays for the other.
+fn settle() {
+    assert!(Command::new("sync").status().unwrap().success());
 }
 
 /// Runs `cmd`, returning its wall time and peak RSS (VmHWM, polled every 5 ms

@@ -13,6 +13,7 @@ use protobuf::Message;
 use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
 
+use crate::checkpoint::TensorRef;
 use crate::family::vit::VitError;
 use crate::onnx::ExternalData;
 use crate::plan::{Plan, PlannedSubnet};
@@ -89,6 +90,8 @@ pub fn write(plan: &Plan, out: &Path, opts: &WriteOptions) -> Result<Summary, Bu
 
     let mut widths: Vec<u32> = plan.subnets.iter().map(|s| s.spec.width).collect();
     widths.dedup();
+    // Widest first: the last width a worker takes is then a short one.
+    widths.reverse();
     let next = AtomicUsize::new(0);
     let (teacher_sha256, written) = std::thread::scope(|scope| {
         let teacher = scope.spawn(|| sha256_file(plan.teacher()));
@@ -153,17 +156,17 @@ fn write_width(
 ) -> Result<Vec<WrittenSubnet>, BundleError> {
     let file_name = format!("w{w}.bin");
     let path = graphs.join(WEIGHTS_DIR).join(&file_name);
-    let mut sink = HashingWriter::create(&path).map_err(io_err(&path))?;
+    let mut sink = TensorWriter::create(&path).map_err(io_err(&path))?;
     let mut index: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut buf = Vec::new();
     for param in plan.geometry.params() {
-        plan.geometry.slice(&plan.checkpoint, param, w, &mut buf)?;
-        let pad = sink.written.next_multiple_of(ALIGN) - sink.written;
-        sink.write_all(&[0; ALIGN as usize][..pad as usize])
-            .map_err(io_err(&path))?;
-        let offset = sink.written;
-        write_f32s(&mut sink, &buf).map_err(io_err(&path))?;
-        let length = 4 * buf.len() as u64;
+        let slice = plan.geometry.slice(&plan.checkpoint, param, w)?;
+        sink.align().map_err(io_err(&path))?;
+        let offset = sink.written();
+        for run in slice.runs() {
+            sink.put(&slice.tensor, run, slice.scale())
+                .map_err(io_err(&path))?;
+        }
+        let length = 4 * slice.len() as u64;
         progress.inc(length);
         index.insert(param.teacher_name(), (offset, length));
     }
@@ -279,17 +282,86 @@ fn too_many(dir: &Path, what: &str) -> BundleError {
     }
 }
 
-/// Writes `values` as little-endian f32 without an intermediate copy.
-fn write_f32s(sink: &mut impl Write, values: &[f32]) -> io::Result<()> {
-    if cfg!(target_endian = "little") {
-        // SAFETY: f32 has no padding and any byte pattern is a valid u8.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), 4 * values.len()) };
-        sink.write_all(bytes)
-    } else {
-        values
-            .iter()
-            .try_for_each(|v| sink.write_all(&v.to_le_bytes()))
+/// Floats staged between conversion and the file: small enough that
+/// converting, hashing and writing a stage all hit the cache.
+const STAGE_FLOATS: usize = 64 * 1024;
+
+/// Writes converted tensors as little-endian f32, hashing as it goes.
+struct TensorWriter {
+    file: HashingWriter,
+    stage: Vec<f32>,
+}
+
+impl TensorWriter {
+    fn create(path: &Path) -> io::Result<Self> {
+        Ok(TensorWriter {
+            file: HashingWriter::create(path)?,
+            stage: Vec::with_capacity(STAGE_FLOATS),
+        })
+    }
+
+    /// Bytes written so far, staged ones included.
+    fn written(&self) -> u64 {
+        self.file.written + 4 * self.stage.len() as u64
+    }
+
+    /// Zero-pads to the next multiple of [`ALIGN`].
+    fn align(&mut self) -> io::Result<()> {
+        let pad = (self.written().next_multiple_of(ALIGN) - self.written()) / 4;
+        for _ in 0..pad {
+            self.push_zero()?;
+        }
+        Ok(())
+    }
+
+    fn push_zero(&mut self) -> io::Result<()> {
+        if self.stage.len() == STAGE_FLOATS {
+            self.flush_stage()?;
+        }
+        self.stage.push(0.0);
+        Ok(())
+    }
+
+    /// Appends `tensor`'s elements `run`, times `scale`.
+    fn put(
+        &mut self,
+        tensor: &TensorRef<'_>,
+        run: std::ops::Range<usize>,
+        scale: f32,
+    ) -> io::Result<()> {
+        let mut start = run.start;
+        while start < run.end {
+            if self.stage.len() == STAGE_FLOATS {
+                self.flush_stage()?;
+            }
+            let at = self.stage.len();
+            let n = (run.end - start).min(STAGE_FLOATS - at);
+            self.stage.resize(at + n, 0.0);
+            tensor.read_f32(start, scale, &mut self.stage[at..]);
+            start += n;
+        }
+        Ok(())
+    }
+
+    fn flush_stage(&mut self) -> io::Result<()> {
+        let floats = &self.stage[..];
+        if cfg!(target_endian = "little") {
+            // SAFETY: f32 has no padding and any byte pattern is a valid u8.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(floats.as_ptr().cast::<u8>(), 4 * floats.len())
+            };
+            self.file.write_all(bytes)?;
+        } else {
+            let bytes: Vec<u8> = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.file.write_all(&bytes)?;
+        }
+        self.stage.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(u64, Sha256)> {
+        self.flush_stage()?;
+        self.file.finish()
     }
 }
 
@@ -303,7 +375,7 @@ struct HashingWriter {
 impl HashingWriter {
     fn create(path: &Path) -> io::Result<Self> {
         Ok(HashingWriter {
-            file: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            file: BufWriter::with_capacity(1 << 18, File::create(path)?),
             hasher: Hasher::new(),
             written: 0,
         })
@@ -319,10 +391,11 @@ impl HashingWriter {
 
 impl Write for HashingWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(data)?;
-        self.hasher.update(&data[..n]);
-        self.written += n as u64;
-        Ok(n)
+        // Hash first, while `data` is still in the cache the writer filled.
+        self.hasher.update(data);
+        self.file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

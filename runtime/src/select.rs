@@ -75,9 +75,9 @@ pub struct Limits {
 
 impl Limits {
     /// A latency limit at p90 for batch 1, with half the available memory.
-    pub fn latency_ms(ms: f64) -> Limits {
+    pub fn latency_ms(ms: impl Into<f64>) -> Limits {
         Limits {
-            latency_ms: ms,
+            latency_ms: ms.into(),
             percentile: Percentile::P90,
             batch: 1,
             memory: MemoryLimit::FractionOfAvailable(0.5),
@@ -85,8 +85,8 @@ impl Limits {
         }
     }
 
-    pub fn memory_mb(self, mb: f64) -> Limits {
-        Limits { memory: MemoryLimit::Bytes((mb * 1024.0 * 1024.0) as u64), ..self }
+    pub fn memory_mb(self, mb: impl Into<f64>) -> Limits {
+        Limits { memory: MemoryLimit::Bytes((mb.into() * 1024.0 * 1024.0) as u64), ..self }
     }
 
     pub fn memory_fraction(self, fraction: f64) -> Limits {

@@ -373,19 +373,20 @@ impl Geometry {
         }
     }
 
-    /// Slices teacher tensor `param` for width `w` into `out` (cleared first).
-    pub fn slice(
+    /// The cut of teacher tensor `param` for width `w`: which elements, in
+    /// output order, and the scale they take.
+    pub fn slice<'c>(
         &self,
-        ckpt: &Checkpoint,
+        ckpt: &'c Checkpoint,
         param: Param,
         w: u32,
-        out: &mut Vec<f32>,
-    ) -> Result<Vec<usize>, VitError> {
+    ) -> Result<Slice<'c>, VitError> {
         let name = param.teacher_name();
         let tensor = ckpt.tensor(&name).ok_or(VitError::Missing(name))?;
-        let cut = self.cut(param.kind, w);
-        cut.apply(&tensor, out);
-        Ok(cut.shape)
+        Ok(Slice {
+            tensor,
+            cut: self.cut(param.kind, w),
+        })
     }
 
     /// The ONNX graph of sub-network `s`; `locate` says where each sliced
@@ -530,23 +531,40 @@ impl Cut {
         }
     }
 
-    fn apply(&self, tensor: &TensorRef<'_>, out: &mut Vec<f32>) {
-        let len: usize = self.rows.iter().map(|r| r.len()).sum::<usize>()
-            * self.cols.iter().map(|c| c.len()).sum::<usize>();
-        out.clear();
-        out.resize(len, 0.0);
-        let mut at = 0;
-        for row in self.rows.iter().flat_map(|r| r.clone()) {
-            for col in &self.cols {
-                let next = at + col.len();
-                tensor.read_f32(
-                    row * self.view_cols + col.start,
-                    self.scale,
-                    &mut out[at..next],
-                );
-                at = next;
-            }
-        }
+    /// Contiguous runs of the tensor's elements, in output order.
+    fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.rows
+            .iter()
+            .flat_map(|r| r.clone())
+            .flat_map(move |row| {
+                self.cols.iter().map(move |col| {
+                    row * self.view_cols + col.start..row * self.view_cols + col.end
+                })
+            })
+    }
+}
+
+/// One teacher tensor cut for one width, read run by run so the writer can
+/// stream it without materialising the whole slice.
+pub struct Slice<'c> {
+    pub tensor: TensorRef<'c>,
+    cut: Cut,
+}
+
+impl Slice<'_> {
+    /// Elements of the sliced tensor, in order, as runs of the teacher's.
+    pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.cut.runs()
+    }
+
+    /// The factor every element is multiplied by (a = D/w, or 1).
+    pub fn scale(&self) -> f32 {
+        self.cut.scale
+    }
+
+    /// Elements in the sliced tensor.
+    pub fn len(&self) -> usize {
+        self.cut.shape.iter().product()
     }
 }
 
