@@ -166,7 +166,7 @@ fn write_width(
             sink.put(&slice.tensor, run, slice.scale())
                 .map_err(io_err(&path))?;
         }
-        let length = 4 * slice.len() as u64;
+        let length = 4 * slice.elements() as u64;
         progress.inc(length);
         index.insert(param.teacher_name(), (offset, length));
     }

@@ -205,7 +205,7 @@ pub fn resolve(
     let head_dim = match (overrides.head_dim, student) {
         (Some(h), _) => h,
         (None, Some(s)) => s.head_dim,
-        (None, None) if facts.max_width % 64 == 0 => {
+        (None, None) if facts.max_width.is_multiple_of(64) => {
             assumptions.push("head_dim = 64 (POA's released configs; pass --head-dim)".into());
             64
         }

@@ -5,41 +5,17 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::family::vit::{Geometry, MLP_RATIO};
+use crate::family::vit::Geometry;
 
 /// Writes a safetensors teacher of `g`'s shape with plain DINOv2 names and
 /// small uniform weights (LayerNorm scales around 1); returns its size.
 pub fn write_vit_teacher(path: &Path, g: &Geometry, seed: u64) -> io::Result<u64> {
-    let (d, p, t) = (g.max_width as usize, g.patch_size as usize, g.tokens());
-    let hidden = MLP_RATIO as usize * d;
-    let mut tensors: Vec<(String, Vec<usize>)> = vec![
-        ("cls_token".into(), vec![1, 1, d]),
-        ("pos_embed".into(), vec![1, t, d]),
-        ("patch_embed.proj.weight".into(), vec![d, 3, p, p]),
-        ("patch_embed.proj.bias".into(), vec![d]),
-        ("norm.weight".into(), vec![d]),
-        ("norm.bias".into(), vec![d]),
-    ];
-    for b in 0..g.max_depth {
-        for (name, shape) in [
-            ("norm1.weight", vec![d]),
-            ("norm1.bias", vec![d]),
-            ("attn.qkv.weight", vec![3 * d, d]),
-            ("attn.qkv.bias", vec![3 * d]),
-            ("attn.proj.weight", vec![d, d]),
-            ("attn.proj.bias", vec![d]),
-            ("ls1.gamma", vec![d]),
-            ("norm2.weight", vec![d]),
-            ("norm2.bias", vec![d]),
-            ("mlp.fc1.weight", vec![hidden, d]),
-            ("mlp.fc1.bias", vec![hidden]),
-            ("mlp.fc2.weight", vec![d, hidden]),
-            ("mlp.fc2.bias", vec![d]),
-            ("ls2.gamma", vec![d]),
-        ] {
-            tensors.push((format!("blocks.{b}.{name}"), shape));
-        }
-    }
+    // Every tensor the slicing reads, in the teacher's shapes: vit.rs is the
+    // one place that knows them.
+    let tensors: Vec<(String, Vec<usize>)> = g
+        .params()
+        .map(|p| (p.teacher_name(), g.teacher_shape(p.kind, g.tokens())))
+        .collect();
     let mut offset = 0;
     let entries: Vec<String> = tensors
         .iter()

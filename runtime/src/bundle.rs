@@ -30,9 +30,17 @@ pub enum BundleError {
     #[error("{path}")]
     Manifest { path: PathBuf, source: DecodeError },
     #[error("{path} is corrupted: sha256 is {actual}, the manifest says {expected}")]
-    Corrupted { path: PathBuf, expected: Sha256, actual: Sha256 },
+    Corrupted {
+        path: PathBuf,
+        expected: Sha256,
+        actual: Sha256,
+    },
     #[error("{path} has {actual} bytes, the manifest says {expected}")]
-    Size { path: PathBuf, expected: u64, actual: u64 },
+    Size {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{dir} has no sub-network `{id}`")]
     UnknownSubnet { dir: PathBuf, id: String },
 }
@@ -42,12 +50,20 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_owned();
         let path = dir.join(MANIFEST_POSTCARD);
-        let manifest_bytes =
-            std::fs::read(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
-        Manifest::from_postcard(&manifest_bytes)
-            .map_err(|source| BundleError::Manifest { path: path.clone(), source })?;
+        let manifest_bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Manifest::from_postcard(&manifest_bytes).map_err(|source| BundleError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
         let manifest_sha256 = Sha256(Hasher::digest(&manifest_bytes).into());
-        Ok(Bundle { dir, manifest_bytes, manifest_sha256 })
+        Ok(Bundle {
+            dir,
+            manifest_bytes,
+            manifest_sha256,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -71,7 +87,10 @@ impl Bundle {
             .subnets
             .into_iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| BundleError::UnknownSubnet { dir: self.dir.clone(), id: id.to_owned() })
+            .ok_or_else(|| BundleError::UnknownSubnet {
+                dir: self.dir.clone(),
+                id: id.to_owned(),
+            })
     }
 
     /// The graph file of a sub-network.
@@ -91,19 +110,30 @@ impl Bundle {
 }
 
 fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), BundleError> {
-    let io_err = |source| BundleError::Io { path: path.to_owned(), source };
+    let io_err = |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(io_err)?;
     if let Some(expected) = size {
         let actual = file.metadata().map_err(io_err)?.len();
         if actual != expected {
-            return Err(BundleError::Size { path: path.to_owned(), expected, actual });
+            return Err(BundleError::Size {
+                path: path.to_owned(),
+                expected,
+                actual,
+            });
         }
     }
     let mut hasher = Hasher::new();
     io::copy(&mut file, &mut hasher).map_err(io_err)?;
     let actual = Sha256(hasher.finalize().into());
     if actual != expected {
-        return Err(BundleError::Corrupted { path: path.to_owned(), expected, actual });
+        return Err(BundleError::Corrupted {
+            path: path.to_owned(),
+            expected,
+            actual,
+        });
     }
     Ok(())
 }

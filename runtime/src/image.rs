@@ -21,13 +21,20 @@ pub struct ImageError {
 
 /// Reads `path` as a `[1, 3, side, side]` normalised tensor.
 pub fn load_png(path: &Path, side: usize) -> Result<Array4<f32>, ImageError> {
-    let fail = |message: String| ImageError { path: path.to_owned(), message };
+    let fail = |message: String| ImageError {
+        path: path.to_owned(),
+        message,
+    };
     let file = File::open(path).map_err(|e| fail(e.to_string()))?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| fail(format!("not a readable PNG: {e}")))?;
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| fail(format!("not a readable PNG: {e}")))?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| fail(format!("not a readable PNG: {e}")))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| fail(format!("not a readable PNG: {e}")))?;
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
@@ -83,8 +90,18 @@ mod tests {
         write_png(&path, 7, 5, png::ColorType::Rgb, &data);
         let t = load_png(&path, 4).unwrap();
         assert_eq!(t.dim(), (1, 3, 4, 4));
-        for (c, want) in [(1.0 - MEAN[0]) / STD[0], -MEAN[1] / STD[1], -MEAN[2] / STD[2]].iter().enumerate() {
-            assert!(t.index_axis(ndarray::Axis(1), c).iter().all(|v| (v - want).abs() < 1e-5));
+        for (c, want) in [
+            (1.0 - MEAN[0]) / STD[0],
+            -MEAN[1] / STD[1],
+            -MEAN[2] / STD[2],
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(t
+                .index_axis(ndarray::Axis(1), c)
+                .iter()
+                .all(|v| (v - want).abs() < 1e-5));
         }
     }
 

@@ -230,7 +230,9 @@ impl Manifest<'_> {
         }
         let v: Version = serde_json::from_str(text).map_err(JsonError::Syntax)?;
         if v.format_version != FORMAT_VERSION {
-            return Err(JsonError::Decode(DecodeError::UnsupportedVersion(v.format_version)));
+            return Err(JsonError::Decode(DecodeError::UnsupportedVersion(
+                v.format_version,
+            )));
         }
         serde_json::from_str(text).map_err(JsonError::Syntax)
     }
@@ -256,22 +258,26 @@ mod tests {
     fn sample() -> Manifest<'static> {
         let mut weights = Vec::new();
         weights
-            .push(WeightFile { path: "weights/w32.bin", bytes: 10, sha256: Sha256([7; 32]) })
+            .push(WeightFile {
+                path: "weights/w32.bin",
+                bytes: 10,
+                sha256: Sha256([7; 32]),
+            })
             .unwrap();
         let subnets = vec![Subnet {
-                id: "w32-d2",
-                width: 32,
-                depth: 2,
-                block_idx: Vec::from_slice(&[0, 3]).unwrap(),
-                onnx: "graphs/w32-d2.onnx",
-                onnx_sha256: Sha256([1; 32]),
-                weights,
-                params: 100,
-                macs: 1000,
-                weight_bytes: 400,
-                activation_bytes: 64,
-                quality: None,
-            }];
+            id: "w32-d2",
+            width: 32,
+            depth: 2,
+            block_idx: Vec::from_slice(&[0, 3]).unwrap(),
+            onnx: "graphs/w32-d2.onnx",
+            onnx_sha256: Sha256([1; 32]),
+            weights,
+            params: 100,
+            macs: 1000,
+            weight_bytes: 400,
+            activation_bytes: 64,
+            quality: None,
+        }];
         Manifest {
             format_version: FORMAT_VERSION,
             teacher: Teacher {
@@ -310,7 +316,10 @@ mod tests {
     fn truncated_postcard_is_malformed() {
         let bytes = sample().to_postcard();
         for len in [0, 1, bytes.len() / 2, bytes.len() - 1] {
-            assert_eq!(Manifest::from_postcard(&bytes[..len]), Err(DecodeError::Malformed));
+            assert_eq!(
+                Manifest::from_postcard(&bytes[..len]),
+                Err(DecodeError::Malformed)
+            );
         }
     }
 
@@ -319,7 +328,10 @@ mod tests {
         let mut m = sample();
         m.format_version = 99;
         let bytes = m.to_postcard();
-        assert_eq!(Manifest::from_postcard(&bytes), Err(DecodeError::UnsupportedVersion(99)));
+        assert_eq!(
+            Manifest::from_postcard(&bytes),
+            Err(DecodeError::UnsupportedVersion(99))
+        );
         let text = serde_json::to_string(&m).unwrap();
         assert!(matches!(
             Manifest::from_json(&text),

@@ -23,7 +23,12 @@ pub struct MeasureOptions {
 
 impl Default for MeasureOptions {
     fn default() -> Self {
-        MeasureOptions { warmup_runs: 3, min_runs: 10, min_time: Duration::from_millis(300), max_runs: 10_000 }
+        MeasureOptions {
+            warmup_runs: 3,
+            min_runs: 10,
+            min_time: Duration::from_millis(300),
+            max_runs: 10_000,
+        }
     }
 }
 
@@ -79,17 +84,36 @@ pub fn measure(
         session.run(input)?;
         samples.push(ms(t.elapsed()));
     }
-    let peak_mb = if reset { memory_mb("VmHWM:") } else { memory_mb("VmRSS:") }.unwrap_or(rss_mb).max(rss_mb);
-    Ok((session, Measurement::from_samples(load_ms, first_ms, samples, rss_mb, peak_mb)))
+    let peak_mb = if reset {
+        memory_mb("VmHWM:")
+    } else {
+        memory_mb("VmRSS:")
+    }
+    .unwrap_or(rss_mb)
+    .max(rss_mb);
+    Ok((
+        session,
+        Measurement::from_samples(load_ms, first_ms, samples, rss_mb, peak_mb),
+    ))
 }
 
 impl Measurement {
-    fn from_samples(load_ms: f64, first_ms: f64, mut samples: Vec<f64>, rss_mb: f64, peak_mb: f64) -> Measurement {
+    fn from_samples(
+        load_ms: f64,
+        first_ms: f64,
+        mut samples: Vec<f64>,
+        rss_mb: f64,
+        peak_mb: f64,
+    ) -> Measurement {
         samples.sort_by(f64::total_cmp);
         let n = samples.len() as f64;
         let mean_ms = samples.iter().sum::<f64>() / n;
         let stdev_ms = (samples.iter().map(|s| (s - mean_ms).powi(2)).sum::<f64>() / n).sqrt();
-        let cv = if mean_ms > 0.0 { stdev_ms / mean_ms } else { 0.0 };
+        let cv = if mean_ms > 0.0 {
+            stdev_ms / mean_ms
+        } else {
+            0.0
+        };
         Measurement {
             load_ms,
             first_ms,
@@ -121,7 +145,14 @@ fn ms(d: Duration) -> f64 {
 /// A `/proc/self/status` memory line, in MiB.
 fn memory_mb(key: &str) -> Option<f64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -136,13 +167,19 @@ mod tests {
         assert_eq!(nearest_rank(&samples, 90.0), 90.0);
         assert_eq!(nearest_rank(&samples, 99.0), 99.0);
         let few = [1.0, 2.0, 3.0];
-        assert_eq!((nearest_rank(&few, 50.0), nearest_rank(&few, 99.0)), (2.0, 3.0));
+        assert_eq!(
+            (nearest_rank(&few, 50.0), nearest_rank(&few, 99.0)),
+            (2.0, 3.0)
+        );
     }
 
     #[test]
     fn statistics_and_noise_flag() {
         let steady = Measurement::from_samples(1.0, 2.0, vec![10.0; 20], 5.0, 6.0);
-        assert_eq!((steady.mean_ms, steady.stdev_ms, steady.noisy, steady.runs), (10.0, 0.0, false, 20));
+        assert_eq!(
+            (steady.mean_ms, steady.stdev_ms, steady.noisy, steady.runs),
+            (10.0, 0.0, false, 20)
+        );
         let noisy = Measurement::from_samples(1.0, 2.0, vec![5.0, 15.0, 5.0, 15.0], 5.0, 6.0);
         assert_eq!((noisy.mean_ms, noisy.stdev_ms), (10.0, 5.0));
         assert!(noisy.noisy && noisy.p50_ms == 5.0 && noisy.p99_ms == 15.0);

@@ -86,11 +86,17 @@ impl Limits {
     }
 
     pub fn memory_mb(self, mb: impl Into<f64>) -> Limits {
-        Limits { memory: MemoryLimit::Bytes((mb.into() * 1024.0 * 1024.0) as u64), ..self }
+        Limits {
+            memory: MemoryLimit::Bytes((mb.into() * 1024.0 * 1024.0) as u64),
+            ..self
+        }
     }
 
     pub fn memory_fraction(self, fraction: f64) -> Limits {
-        Limits { memory: MemoryLimit::FractionOfAvailable(fraction), ..self }
+        Limits {
+            memory: MemoryLimit::FractionOfAvailable(fraction),
+            ..self
+        }
     }
 
     pub fn percentile(self, percentile: Percentile) -> Limits {
@@ -102,7 +108,10 @@ impl Limits {
     }
 
     pub fn min_quality(self, q: f32) -> Limits {
-        Limits { min_quality: Some(q), ..self }
+        Limits {
+            min_quality: Some(q),
+            ..self
+        }
     }
 
     /// The policy's limits on this device.
@@ -110,11 +119,15 @@ impl Limits {
         let memory_bytes = match self.memory {
             MemoryLimit::Bytes(b) => b,
             MemoryLimit::FractionOfAvailable(f) if f > 0.0 && f <= 1.0 => {
-                let usable = device.usable_memory_bytes().ok_or(SelectError::UnknownMemory)?;
+                let usable = device
+                    .usable_memory_bytes()
+                    .ok_or(SelectError::UnknownMemory)?;
                 (usable as f64 * f) as u64
             }
             MemoryLimit::FractionOfAvailable(f) => {
-                return Err(SelectError::Limits(format!("memory fraction {f} is not in (0, 1]")))
+                return Err(SelectError::Limits(format!(
+                    "memory fraction {f} is not in (0, 1]"
+                )))
             }
         };
         let limits = policy::Limits {
@@ -125,7 +138,10 @@ impl Limits {
         };
         // The policy validates too; checking here names the user's words.
         if !(self.latency_ms.is_finite() && self.latency_ms > 0.0) {
-            return Err(SelectError::Limits(format!("latency limit {} ms must be positive", self.latency_ms)));
+            return Err(SelectError::Limits(format!(
+                "latency limit {} ms must be positive",
+                self.latency_ms
+            )));
         }
         if memory_bytes == 0 {
             return Err(SelectError::Limits("memory limit must be positive".into()));
@@ -249,10 +265,17 @@ impl Runtime {
         Runtime::with_options(dir, options)
     }
 
-    pub fn with_options(dir: impl AsRef<Path>, options: RuntimeOptions) -> Result<Runtime, SelectError> {
+    pub fn with_options(
+        dir: impl AsRef<Path>,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, SelectError> {
         let bundle = Bundle::open(dir)?;
         let device = probe::probe(&options.sysroot);
-        Ok(Runtime { bundle, options, device })
+        Ok(Runtime {
+            bundle,
+            options,
+            device,
+        })
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -274,8 +297,12 @@ impl Runtime {
             if let Lookup::Hit(decision) = cache.load::<Decision>(&key) {
                 let subnet = self.bundle.subnet(&decision.id)?;
                 self.bundle.verify(&subnet)?;
-                let session = self.load(&self.bundle.graph_path(&subnet), resolved.batch)
-                    .map_err(|source| SelectError::Load { id: decision.id.clone(), source })?;
+                let session = self
+                    .load(&self.bundle.graph_path(&subnet), resolved.batch)
+                    .map_err(|source| SelectError::Load {
+                        id: decision.id.clone(),
+                        source,
+                    })?;
                 return Ok(Chosen {
                     id: decision.id.clone(),
                     width: subnet.width,
@@ -293,12 +320,23 @@ impl Runtime {
         let (index, trials) = self.search(&resolved, limits.percentile)?;
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[index];
-        let measured = trials.iter().find(|t| t.id == subnet.id).and_then(|t| t.measured.clone()).expect("winners are measured");
+        let measured = trials
+            .iter()
+            .find(|t| t.id == subnet.id)
+            .and_then(|t| t.measured.clone())
+            .expect("winners are measured");
         let session = self
             .load(&self.bundle.graph_path(subnet), resolved.batch)
-            .map_err(|source| SelectError::Load { id: subnet.id.to_owned(), source })?;
+            .map_err(|source| SelectError::Load {
+                id: subnet.id.to_owned(),
+                source,
+            })?;
         if let Some(cache) = &cache {
-            let decision = Decision { id: subnet.id.to_owned(), measured: measured.clone(), candidates_measured: trials.len() as u32 };
+            let decision = Decision {
+                id: subnet.id.to_owned(),
+                measured: measured.clone(),
+                candidates_measured: trials.len() as u32,
+            };
             // A cache that cannot be written costs the next boot a search, nothing more.
             let _ = cache.store(&key, &decision);
         }
@@ -309,7 +347,11 @@ impl Runtime {
             measured,
             limits: resolved,
             percentile: limits.percentile,
-            cache: if cache.is_some() { CacheOutcome::Miss } else { CacheOutcome::Disabled },
+            cache: if cache.is_some() {
+                CacheOutcome::Miss
+            } else {
+                CacheOutcome::Disabled
+            },
             trials,
             selection_ms: start.elapsed().as_secs_f64() * 1e3,
             session,
@@ -319,10 +361,18 @@ impl Runtime {
     /// Measures one sub-network (integrity checked first).
     pub fn profile(&self, id: &str, batch: u32) -> Result<Measurement, SelectError> {
         let subnet = self.bundle.subnet(id)?;
-        self.measure(&subnet, batch).map_err(|source| SelectError::Load { id: id.to_owned(), source })
+        self.measure(&subnet, batch)
+            .map_err(|source| SelectError::Load {
+                id: id.to_owned(),
+                source,
+            })
     }
 
-    fn search(&self, limits: &policy::Limits, percentile: Percentile) -> Result<(usize, Vec<Trial>), SelectError> {
+    fn search(
+        &self,
+        limits: &policy::Limits,
+        percentile: Percentile,
+    ) -> Result<(usize, Vec<Trial>), SelectError> {
         let manifest = self.bundle.manifest();
         let candidates: Vec<Candidate> = manifest.subnets.iter().map(Candidate::from).collect();
         let mut selector = BundleSelector::new(&candidates, *limits)?;
@@ -332,21 +382,41 @@ impl Runtime {
                 Step::Measure(i) => {
                     let subnet = &manifest.subnets[i];
                     let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
-                    let (obs, trial) = match self.bundle.verify(subnet).map_err(|e| e.to_string()).and_then(|()| {
-                        self.measure(subnet, limits.batch).map_err(|e| format!("{e:#}"))
-                    }) {
+                    let (obs, trial) = match self
+                        .bundle
+                        .verify(subnet)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            self.measure(subnet, limits.batch)
+                                .map_err(|e| format!("{e:#}"))
+                        }) {
                         Ok(m) => {
                             let point = policy::Measurement {
                                 latency_ms: percentile.of(&m) as f32,
                                 memory_bytes: (m.peak_mb * 1024.0 * 1024.0) as u64,
                             };
                             let fits = limits.admit(&point);
-                            let trial = Trial { id: subnet.id.to_owned(), predicted_ms, measured: Some(m), note: None, fits };
+                            let trial = Trial {
+                                id: subnet.id.to_owned(),
+                                predicted_ms,
+                                measured: Some(m),
+                                note: None,
+                                fits,
+                            };
                             (Observation::Measured(point), trial)
                         }
                         Err(e) => {
                             let note = Some(format!("failed, falling back: {e}"));
-                            (Observation::Failed, Trial { id: subnet.id.to_owned(), predicted_ms, measured: None, note, fits: false })
+                            (
+                                Observation::Failed,
+                                Trial {
+                                    id: subnet.id.to_owned(),
+                                    predicted_ms,
+                                    measured: None,
+                                    note,
+                                    fits: false,
+                                },
+                            )
                         }
                     };
                     trials.push(trial);
@@ -354,13 +424,20 @@ impl Runtime {
                 }
                 Step::Chosen { index, .. } => return Ok((index, trials)),
                 Step::NothingFits(shortfall) => {
-                    return Err(SelectError::NothingFits(self.explain(shortfall, limits, percentile)))
+                    return Err(SelectError::NothingFits(
+                        self.explain(shortfall, limits, percentile),
+                    ))
                 }
             }
         }
     }
 
-    fn explain(&self, shortfall: Shortfall, limits: &policy::Limits, percentile: Percentile) -> String {
+    fn explain(
+        &self,
+        shortfall: Shortfall,
+        limits: &policy::Limits,
+        percentile: Percentile,
+    ) -> String {
         let manifest = self.bundle.manifest();
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         match shortfall {
@@ -384,15 +461,26 @@ impl Runtime {
         }
     }
 
-    fn measure(&self, subnet: &crate::manifest::Subnet<'_>, batch: u32) -> Result<Measurement, EngineError> {
+    fn measure(
+        &self,
+        subnet: &crate::manifest::Subnet<'_>,
+        batch: u32,
+    ) -> Result<Measurement, EngineError> {
         let graph = self.bundle.graph_path(subnet);
         let input = Array4::<f32>::zeros(self.input_shape(batch));
-        let (_, m) = profile::measure(|| self.load(&graph, batch), input.view(), &self.options.measure)?;
+        let (_, m) = profile::measure(
+            || self.load(&graph, batch),
+            input.view(),
+            &self.options.measure,
+        )?;
         Ok(m)
     }
 
     fn load(&self, graph: &Path, batch: u32) -> Result<Box<dyn Session>, EngineError> {
-        let opts = EngineOptions { batch: batch as usize, ..self.options.engine_options.clone() };
+        let opts = EngineOptions {
+            batch: batch as usize,
+            ..self.options.engine_options.clone()
+        };
         engine::load(self.options.engine, graph, &opts)
     }
 
@@ -425,7 +513,8 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
     use std::fmt::Write;
     let mut out = String::new();
     let p = c.percentile.value();
-    let _ = writeln!(out, 
+    let _ = writeln!(
+        out,
         "limits: p{p} latency <= {:.2} ms at batch {}, memory <= {:.0} MB",
         c.limits.latency_ms,
         c.limits.batch,
@@ -434,22 +523,42 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
     if c.trials.is_empty() {
         let _ = writeln!(out, "decision from the cache (same device, power mode, engine, bundle and limits): nothing measured");
     } else {
-        let _ = writeln!(out, "measured {} of {} candidates:", c.trials.len(), m.subnets.len());
-        let _ = writeln!(out, "  {:<12} {:>12} {:>12} {:>9}  verdict", "id", "predicted", format!("p{p} ms"), "peak MB");
+        let _ = writeln!(
+            out,
+            "measured {} of {} candidates:",
+            c.trials.len(),
+            m.subnets.len()
+        );
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>12} {:>12} {:>9}  verdict",
+            "id",
+            "predicted",
+            format!("p{p} ms"),
+            "peak MB"
+        );
         for t in &c.trials {
             let predicted = t.predicted_ms.map_or("-".into(), |v| format!("{v:.3}"));
             let (lat, mem) = t.measured.as_ref().map_or(("-".into(), "-".into()), |m| {
-                (format!("{:.3}", c.percentile.of(m)), format!("{:.1}", m.peak_mb))
+                (
+                    format!("{:.3}", c.percentile.of(m)),
+                    format!("{:.1}", m.peak_mb),
+                )
             });
             let verdict = match (&t.note, t.fits) {
                 (Some(note), _) => note.clone(),
                 (None, true) => "fits".into(),
                 (None, false) => "over the limits".into(),
             };
-            let _ = writeln!(out, "  {:<12} {predicted:>12} {lat:>12} {mem:>9}  {verdict}", t.id);
+            let _ = writeln!(
+                out,
+                "  {:<12} {predicted:>12} {lat:>12} {mem:>9}  {verdict}",
+                t.id
+            );
         }
     }
-    let _ = writeln!(out, 
+    let _ = writeln!(
+        out,
         "chosen: {} (width {}, depth {}): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, peak {:.1} MB; selection took {:.0} ms ({})",
         c.id,
         c.width,

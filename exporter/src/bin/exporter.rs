@@ -277,19 +277,24 @@ fn print_grid(plan: &Plan, json: bool) {
         return;
     }
     println!(
-        "{:<12} {:>6} {:>6} {:>10} {:>10} {:>11} {:>10}",
-        "id", "width", "depth", "params", "MACs", "weights", "act(b=1)"
+        "{}",
+        table_row(
+            ["id", "width", "depth", "params", "MACs", "weights", "act(b=1)"].map(String::from)
+        )
     );
     for s in &plan.subnets {
+        let (c, spec) = (s.costs, s.spec);
         println!(
-            "{:<12} {:>6} {:>6} {:>10} {:>10} {:>11} {:>10}",
-            s.spec.id(),
-            s.spec.width,
-            s.spec.depth,
-            si(s.costs.params),
-            si(s.costs.macs),
-            human_bytes(4 * s.costs.params),
-            human_bytes(s.costs.activation_bytes)
+            "{}",
+            subnet_row(
+                &spec.id(),
+                spec.width,
+                spec.depth,
+                c.params,
+                c.macs,
+                4 * c.params,
+                c.activation_bytes
+            )
         );
     }
     println!(
@@ -340,26 +345,53 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
     );
     println!("teacher sha256 {}", m.teacher.sha256);
     println!(
-        "{:<12} {:>6} {:>6} {:>10} {:>10} {:>11} {:>10}  graph",
-        "id", "width", "depth", "params", "MACs", "weights", "act(b=1)"
+        "{}  graph",
+        table_row(
+            ["id", "width", "depth", "params", "MACs", "weights", "act(b=1)"].map(String::from)
+        )
     );
     for s in &m.subnets {
-        println!(
-            "{:<12} {:>6} {:>6} {:>10} {:>10} {:>11} {:>10}  {}",
+        let row = subnet_row(
             s.id,
             s.width,
             s.depth,
-            si(s.params),
-            si(s.macs),
-            human_bytes(s.weight_bytes),
-            human_bytes(s.activation_bytes),
-            s.onnx
+            s.params,
+            s.macs,
+            s.weight_bytes,
+            s.activation_bytes,
         );
+        println!("{row}  {}", s.onnx);
     }
     if verify {
         println!("verified: every graph and weight file matches its sha256");
     }
     Ok(())
+}
+
+/// One line of the sub-network tables (dry run and inspect).
+fn subnet_row(
+    id: &str,
+    width: u32,
+    depth: u32,
+    params: u64,
+    macs: u64,
+    weight_bytes: u64,
+    act_bytes: u64,
+) -> String {
+    table_row([
+        id.to_owned(),
+        width.to_string(),
+        depth.to_string(),
+        si(params),
+        si(macs),
+        human_bytes(weight_bytes),
+        human_bytes(act_bytes),
+    ])
+}
+
+fn table_row(cells: [String; 7]) -> String {
+    let [id, width, depth, params, macs, weights, act] = cells;
+    format!("{id:<12} {width:>6} {depth:>6} {params:>10} {macs:>10} {weights:>11} {act:>10}")
 }
 
 /// 1234567 -> 1.23M

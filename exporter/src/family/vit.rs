@@ -199,13 +199,13 @@ impl Geometry {
 
     /// Checks the geometry itself is consistent.
     pub fn validate(&self) -> Result<(), VitError> {
-        if self.head_dim == 0 || self.max_width % self.head_dim != 0 {
+        if self.head_dim == 0 || !self.max_width.is_multiple_of(self.head_dim) {
             return Err(VitError::HeadDim {
                 head_dim: self.head_dim,
                 max_width: self.max_width,
             });
         }
-        if self.image_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(VitError::ImageSize {
                 image: self.image_size,
                 patch: self.patch_size,
@@ -222,7 +222,7 @@ impl Geometry {
                 max: self.max_width,
             });
         }
-        if s.width % self.head_dim != 0 {
+        if !s.width.is_multiple_of(self.head_dim) {
             return Err(VitError::WidthNotMultiple {
                 width: s.width,
                 head_dim: self.head_dim,
@@ -315,7 +315,7 @@ impl Geometry {
     }
 
     /// The shape a teacher tensor must have.
-    fn teacher_shape(&self, kind: ParamKind, tokens: usize) -> Vec<usize> {
+    pub fn teacher_shape(&self, kind: ParamKind, tokens: usize) -> Vec<usize> {
         let (d, p) = (self.max_width as usize, self.patch_size as usize);
         let hidden = MLP_RATIO as usize * d;
         use ParamKind::*;
@@ -335,6 +335,8 @@ impl Geometry {
     }
 
     /// How `kind` is cut for width `w`: the rules of POA's elastic forward.
+    // A cut is a list of ranges (qkv needs three); most lists hold one.
+    #[allow(clippy::single_range_in_vec_init)]
     fn cut(&self, kind: ParamKind, w: u32) -> Cut {
         let (d, w) = (self.max_width as usize, w as usize);
         let (p, t, hidden) = (self.patch_size as usize, self.tokens(), MLP_RATIO as usize);
@@ -521,6 +523,7 @@ impl Cut {
     }
 
     /// The first `n` elements of a vector.
+    #[allow(clippy::single_range_in_vec_init)]
     fn prefix(n: usize) -> Cut {
         Cut {
             view_cols: 0,
@@ -563,7 +566,7 @@ impl Slice<'_> {
     }
 
     /// Elements in the sliced tensor.
-    pub fn len(&self) -> usize {
+    pub fn elements(&self) -> usize {
         self.cut.shape.iter().product()
     }
 }

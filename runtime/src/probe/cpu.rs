@@ -199,7 +199,10 @@ fn processor_blocks(text: &str) -> Vec<Block<'_>> {
         let (key, value) = (key.trim(), value.trim());
         if key == "processor" {
             if let Ok(id) = value.parse() {
-                blocks.push(Block { id, fields: Vec::new() });
+                blocks.push(Block {
+                    id,
+                    fields: Vec::new(),
+                });
             }
         } else if let Some(block) = blocks.last_mut() {
             block.fields.push((key, value));

@@ -61,7 +61,9 @@ pub struct ThermalZone {
 }
 
 /// Device nodes that mean an accelerator is there.
-const ACCELERATOR_NODES: &[&str] = &["nvhost-", "nvidia", "rknpu", "hailo", "vchiq", "apex_", "davinci"];
+const ACCELERATOR_NODES: &[&str] = &[
+    "nvhost-", "nvidia", "rknpu", "hailo", "vchiq", "apex_", "davinci",
+];
 /// Directories of device nodes that mean an accelerator is there.
 const ACCELERATOR_DIRS: &[&str] = &["dev/nvgpu", "dev/accel"];
 
@@ -75,8 +77,17 @@ pub fn probe(sysroot: &Path) -> DeviceInfo {
     let accelerators = accelerators(&mut sys);
     let thermal = thermal(&mut sys);
     let arch = cpu.arch.clone().unwrap_or_default();
-    let profile = tailor_targets::match_profile(board.model.as_deref(), &board.compatible, &arch).name;
-    DeviceInfo { cpu, memory, board, accelerators, thermal, profile, notes: sys.into_notes() }
+    let profile =
+        tailor_targets::match_profile(board.model.as_deref(), &board.compatible, &arch).name;
+    DeviceInfo {
+        cpu,
+        memory,
+        board,
+        accelerators,
+        thermal,
+        profile,
+        notes: sys.into_notes(),
+    }
 }
 
 impl DeviceInfo {
@@ -84,7 +95,9 @@ impl DeviceInfo {
     /// cgroup still allows.
     pub fn usable_memory_bytes(&self) -> Option<u64> {
         let m = &self.memory;
-        let cgroup = m.cgroup_limit_bytes.map(|l| l.saturating_sub(m.cgroup_usage_bytes.unwrap_or(0)));
+        let cgroup = m
+            .cgroup_limit_bytes
+            .map(|l| l.saturating_sub(m.cgroup_usage_bytes.unwrap_or(0)));
         match (m.available_bytes, cgroup) {
             (Some(a), Some(c)) => Some(a.min(c)),
             (a, c) => a.or(c),
@@ -112,9 +125,21 @@ impl DeviceInfo {
 
     /// One line: board or CPU, cores, memory.
     pub fn summary(&self) -> String {
-        let what = self.board.model.clone().or_else(|| self.cpu.model.clone()).unwrap_or_else(|| "unknown device".into());
-        let cores = self.cpu.logical_cores.map_or("? cores".into(), |n| format!("{n} cores"));
-        let mem = self.usable_memory_bytes().map_or("memory unknown".into(), |b| format!("{} MiB usable", b >> 20));
+        let what = self
+            .board
+            .model
+            .clone()
+            .or_else(|| self.cpu.model.clone())
+            .unwrap_or_else(|| "unknown device".into());
+        let cores = self
+            .cpu
+            .logical_cores
+            .map_or("? cores".into(), |n| format!("{n} cores"));
+        let mem = self
+            .usable_memory_bytes()
+            .map_or("memory unknown".into(), |b| {
+                format!("{} MiB usable", b >> 20)
+            });
         format!("{what} ({cores}, {mem}, profile {})", self.profile)
     }
 }
@@ -131,24 +156,63 @@ impl fmt::Display for DeviceInfo {
         if let Some(mode) = &self.board.power_mode {
             writeln!(f, "power mode:   {mode}")?;
         }
-        writeln!(f, "cpu:          {} ({})", or(&self.cpu.model), or(&self.cpu.arch))?;
-        writeln!(f, "cores:        {}", self.cpu.logical_cores.map_or("unknown".into(), |n| n.to_string()))?;
+        writeln!(
+            f,
+            "cpu:          {} ({})",
+            or(&self.cpu.model),
+            or(&self.cpu.arch)
+        )?;
+        writeln!(
+            f,
+            "cores:        {}",
+            self.cpu
+                .logical_cores
+                .map_or("unknown".into(), |n| n.to_string())
+        )?;
         for cl in &self.cpu.clusters {
             let mhz = cl.max_mhz.map_or(String::new(), |m| format!(" @ {m} MHz"));
-            writeln!(f, "  cluster:    cpus {:?} {}{mhz}", cl.cpus, cl.core_type.as_deref().unwrap_or("?"))?;
+            writeln!(
+                f,
+                "  cluster:    cpus {:?} {}{mhz}",
+                cl.cpus,
+                cl.core_type.as_deref().unwrap_or("?")
+            )?;
         }
         let features: Vec<_> = self.cpu.features.iter().map(|x| x.name()).collect();
         writeln!(f, "features:     {}", features.join(" "))?;
         if let Some(c) = &self.cpu.clocks {
-            writeln!(f, "clocks:       {} ({})", if c.locked { "locked" } else { "scaling" }, c.governors.join(", "))?;
+            writeln!(
+                f,
+                "clocks:       {} ({})",
+                if c.locked { "locked" } else { "scaling" },
+                c.governors.join(", ")
+            )?;
         }
-        writeln!(f, "memory:       {} total, {} available", mib(self.memory.total_bytes), mib(self.memory.available_bytes))?;
+        writeln!(
+            f,
+            "memory:       {} total, {} available",
+            mib(self.memory.total_bytes),
+            mib(self.memory.available_bytes)
+        )?;
         if self.memory.cgroup_limit_bytes.is_some() {
             writeln!(f, "cgroup limit: {}", mib(self.memory.cgroup_limit_bytes))?;
         }
-        writeln!(f, "accelerators: {}", if self.accelerators.is_empty() { "none".into() } else { self.accelerators.join(" ") })?;
+        writeln!(
+            f,
+            "accelerators: {}",
+            if self.accelerators.is_empty() {
+                "none".into()
+            } else {
+                self.accelerators.join(" ")
+            }
+        )?;
         for t in &self.thermal {
-            writeln!(f, "thermal:      {} {}", t.name, t.celsius.map_or("?".into(), |c| format!("{c:.1} °C")))?;
+            writeln!(
+                f,
+                "thermal:      {} {}",
+                t.name,
+                t.celsius.map_or("?".into(), |c| format!("{c:.1} °C"))
+            )?;
         }
         for n in &self.notes {
             writeln!(f, "note:         {n}")?;
@@ -162,19 +226,31 @@ fn memory(sys: &mut Sysroot<'_>) -> Memory {
     let field = |key: &str| {
         meminfo.lines().find_map(|l| {
             let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-            rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb * 1024)
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|kb| kb * 1024)
         })
     };
     // Our own cgroup, from /proc/self/cgroup (`0::/path`), else the root's files.
     let group = sys
         .optional("proc/self/cgroup")
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(|p| p.trim().trim_matches('/').to_owned())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("0::")
+                    .map(|p| p.trim().trim_matches('/').to_owned())
+            })
+        })
         .filter(|p| !p.is_empty() && sys.exists(&format!("sys/fs/cgroup/{p}/memory.max")));
     let dir = group.map_or("sys/fs/cgroup".to_owned(), |p| format!("sys/fs/cgroup/{p}"));
-    let limit = sys.optional(&format!("{dir}/memory.max")).and_then(|t| match t.trim() {
-        "max" => None,
-        v => v.parse().ok(),
-    });
+    let limit = sys
+        .optional(&format!("{dir}/memory.max"))
+        .and_then(|t| match t.trim() {
+            "max" => None,
+            v => v.parse().ok(),
+        });
     Memory {
         total_bytes: field("MemTotal"),
         available_bytes: field("MemAvailable"),
@@ -185,22 +261,49 @@ fn memory(sys: &mut Sysroot<'_>) -> Memory {
 
 fn board(sys: &mut Sysroot<'_>) -> Board {
     let nul_list = |t: String| -> Vec<String> {
-        t.split('\0').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        t.split('\0')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
-    let model = sys.optional("proc/device-tree/model").map(nul_list).and_then(|v| v.into_iter().next());
-    let compatible = sys.optional("proc/device-tree/compatible").map(nul_list).unwrap_or_default();
+    let model = sys
+        .optional("proc/device-tree/model")
+        .map(nul_list)
+        .and_then(|v| v.into_iter().next());
+    let compatible = sys
+        .optional("proc/device-tree/compatible")
+        .map(nul_list)
+        .unwrap_or_default();
     // "# R36 (release), REVISION: 3.0, GCID: ..." -> 36.3.0
     let l4t_release = sys.optional("etc/nv_tegra_release").and_then(|t| {
         let major = t.split("# R").nth(1)?.split_whitespace().next()?.to_owned();
-        let revision = t.split("REVISION:").nth(1)?.split(',').next()?.trim().to_owned();
+        let revision = t
+            .split("REVISION:")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .trim()
+            .to_owned();
         Some(format!("{major}.{revision}"))
     });
     // nvpmodel writes "pmode:0001 fmode:..." to its status file.
     let power_mode = sys.optional("var/lib/nvpmodel/status").and_then(|t| {
-        let mode = t.split_whitespace().find_map(|w| w.strip_prefix("pmode:"))?;
-        Some(mode.trim_start_matches('0').parse::<u32>().map_or("0".into(), |m| m.to_string()))
+        let mode = t
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pmode:"))?;
+        Some(
+            mode.trim_start_matches('0')
+                .parse::<u32>()
+                .map_or("0".into(), |m| m.to_string()),
+        )
     });
-    Board { model, compatible, l4t_release, power_mode }
+    Board {
+        model,
+        compatible,
+        l4t_release,
+        power_mode,
+    }
 }
 
 fn accelerators(sys: &mut Sysroot<'_>) -> Vec<String> {
@@ -222,8 +325,12 @@ fn thermal(sys: &mut Sysroot<'_>) -> Vec<ThermalZone> {
         .into_iter()
         .filter(|n| n.starts_with("thermal_zone"))
         .map(|zone| {
-            let name = sys.optional(&format!("{base}/{zone}/type")).map_or(zone.clone(), |t| t.trim().to_owned());
-            let celsius = sys.parse::<i64>(&format!("{base}/{zone}/temp")).map(|m| m as f64 / 1000.0);
+            let name = sys
+                .optional(&format!("{base}/{zone}/type"))
+                .map_or(zone.clone(), |t| t.trim().to_owned());
+            let celsius = sys
+                .parse::<i64>(&format!("{base}/{zone}/temp"))
+                .map(|m| m as f64 / 1000.0);
             ThermalZone { name, celsius }
         })
         .collect()

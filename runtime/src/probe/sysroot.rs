@@ -19,7 +19,10 @@ pub(super) struct Sysroot<'a> {
 
 impl<'a> Sysroot<'a> {
     pub(super) fn new(root: &'a Path) -> Self {
-        Sysroot { root, notes: Vec::new() }
+        Sysroot {
+            root,
+            notes: Vec::new(),
+        }
     }
 
     /// The notes taken so far, in the order taken.
@@ -101,9 +104,6 @@ fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Garbage quoted in a note is cut to a readable length.
 pub(super) fn clip(text: &str) -> &str {
-    let end = text
-        .char_indices()
-        .nth(40)
-        .map_or(text.len(), |(i, _)| i);
+    let end = text.char_indices().nth(40).map_or(text.len(), |(i, _)| i);
     &text[..end]
 }
