@@ -7,6 +7,8 @@ mod pickle;
 mod pth;
 mod safetensors;
 mod tensor;
+#[cfg(test)]
+mod tests;
 
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::fmt;

@@ -127,21 +127,25 @@ fn position<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) -> Opti
 }
 
 /// IEEE binary16 to binary32, exact for every input; NaN payloads are kept, as numpy does.
+///
+/// Branch-free (all three cases computed, one selected) so that `read_f32` vectorises.
 pub fn f16_to_f32(half: u16) -> f32 {
     let sign = u32::from(half & 0x8000) << 16;
-    let exponent = u32::from(half >> 10) & 0x1f;
-    let mantissa = u32::from(half & 0x03ff);
-    let bits = match (exponent, mantissa) {
-        (0, 0) => sign,
-        // Subnormal: mantissa · 2^-24. Shift its leading one into the implicit bit.
-        (0, _) => {
-            let shift = mantissa.leading_zeros() - 21;
-            sign | ((113 - shift) << 23) | ((mantissa << shift) & 0x03ff) << 13
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | mantissa << 13,
-        _ => sign | (exponent + 112) << 23 | mantissa << 13,
+    let magnitude = u32::from(half & 0x7fff);
+    // Normal: rebias the exponent from 15 to 127; the mantissa widens by 13 zero bits.
+    let normal = (magnitude << 13) + ((127 - 15) << 23);
+    // Infinity or NaN: all-ones exponent, mantissa (the NaN payload) kept.
+    let special = (magnitude << 13) | 0x7f80_0000;
+    // Zero or subnormal: mantissa · 2^-24, exact in f32 (whose result is normal).
+    let subnormal = (magnitude as f32 * f32::from_bits((127 - 24) << 23)).to_bits();
+    let bits = if magnitude < 0x0400 {
+        subnormal
+    } else if magnitude >= 0x7c00 {
+        special
+    } else {
+        normal
     };
-    f32::from_bits(bits)
+    f32::from_bits(sign | bits)
 }
 
 /// bfloat16 is the top half of a binary32.
