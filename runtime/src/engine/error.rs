@@ -41,9 +41,19 @@ pub enum EngineError {
         graph.display(),
         data.display()
     )]
-    TruncatedExternalData { graph: PathBuf, data: PathBuf, tensor: String, end: u64, size: u64 },
+    TruncatedExternalData {
+        graph: PathBuf,
+        data: PathBuf,
+        tensor: String,
+        end: u64,
+        size: u64,
+    },
     #[error("{}: input of shape {got:?} given to a session loaded for {expected:?}", graph.display())]
-    InputShape { graph: PathBuf, expected: [usize; 4], got: [usize; 4] },
+    InputShape {
+        graph: PathBuf,
+        expected: [usize; 4],
+        got: [usize; 4],
+    },
     #[error("invalid engine options: {0}")]
     Options(&'static str),
     #[error("{}: {engine} failed", graph.display())]
@@ -54,13 +64,20 @@ pub enum EngineError {
         source: BackendError,
     },
     #[error(
-        "{}: execution provider `{requested}` was requested but the graph would run on `{actual}`",
+        "{}: execution provider `{requested}` was requested but the graph would run on `{actual}` ({reason})",
         graph.display()
     )]
-    ProviderFallback { graph: PathBuf, requested: ExecutionProvider, actual: String },
+    ProviderFallback {
+        graph: PathBuf,
+        requested: ExecutionProvider,
+        actual: String,
+        reason: String,
+    },
     #[error("engine `{0}` is not in this build (enable feature `ort` of tailor-runtime)")]
     NotBuilt(EngineKind),
-    #[error("no ONNX Runtime library configured: set ORT_DYLIB_PATH or EngineOptions::ort_library")]
+    #[error(
+        "no ONNX Runtime library configured: set ORT_DYLIB_PATH or EngineOptions::ort_library"
+    )]
     OrtLibraryUnset,
     #[error("ONNX Runtime library {}: cannot load", path.display())]
     OrtLibrary {

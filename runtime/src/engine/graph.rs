@@ -36,23 +36,42 @@ impl Graph {
         }
         let proto = match tract_onnx::onnx().proto_model_for_path(path) {
             Ok(proto) => proto,
-            Err(e) => return Err(EngineError::NotOnnx { graph, source: e.into() }),
+            Err(e) => {
+                return Err(EngineError::NotOnnx {
+                    graph,
+                    source: e.into(),
+                })
+            }
         };
         // Protobuf decodes many non-ONNX files into an empty message.
         let Some(body) = &proto.graph else {
-            return Err(EngineError::NotOnnx { graph, source: "the file holds no graph".into() });
+            return Err(EngineError::NotOnnx {
+                graph,
+                source: "the file holds no graph".into(),
+            });
         };
-        let interface = |problem: String| EngineError::Interface { graph: graph.clone(), problem };
+        let interface = |problem: String| EngineError::Interface {
+            graph: graph.clone(),
+            problem,
+        };
 
         let initialized: HashSet<&str> = body.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<&ValueInfoProto> =
-            body.input.iter().filter(|i| !initialized.contains(i.name.as_str())).collect();
+        let inputs: Vec<&ValueInfoProto> = body
+            .input
+            .iter()
+            .filter(|i| !initialized.contains(i.name.as_str()))
+            .collect();
         let [input] = inputs[..] else {
             let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(interface(format!("expected the one input `{INPUT}`, found {names:?}")));
+            return Err(interface(format!(
+                "expected the one input `{INPUT}`, found {names:?}"
+            )));
         };
         if input.name != INPUT {
-            return Err(interface(format!("expected input `{INPUT}`, found `{}`", input.name)));
+            return Err(interface(format!(
+                "expected input `{INPUT}`, found `{}`",
+                input.name
+            )));
         }
         let image = image_size(input).map_err(interface)?;
 
@@ -68,14 +87,20 @@ impl Graph {
         for tensor in &body.initializer {
             check_external_data(path, dir, tensor)?;
         }
-        Ok(Graph { path: graph, proto, image, outputs })
+        Ok(Graph {
+            path: graph,
+            proto,
+            image,
+            outputs,
+        })
     }
 }
 
 /// `[H, W]` of a `[batch, 3, H, W]` f32 input with fixed H and W.
 fn image_size(input: &ValueInfoProto) -> Result<[usize; 2], String> {
     let bad = || format!("input `{INPUT}` must be f32 [batch, 3, H, W] with fixed H and W");
-    let Some(Type::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    let Some(Type::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
         return Err(bad());
     };
     let dims: Vec<Option<i64>> = tensor
@@ -88,7 +113,9 @@ fn image_size(input: &ValueInfoProto) -> Result<[usize; 2], String> {
         })
         .collect();
     match dims[..] {
-        [_, Some(3), Some(h), Some(w)] if tensor.elem_type == DataType::Float as i32 && h > 0 && w > 0 => {
+        [_, Some(3), Some(h), Some(w)]
+            if tensor.elem_type == DataType::Float as i32 && h > 0 && w > 0 =>
+        {
             Ok([h as usize, w as usize])
         }
         _ => Err(bad()),
@@ -100,17 +127,27 @@ fn check_external_data(graph: &Path, dir: &Path, tensor: &TensorProto) -> Result
     if tensor.data_location != Some(DataLocation::External as i32) {
         return Ok(());
     }
-    let field = |key: &str| tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+    let field = |key: &str| {
+        tensor
+            .external_data
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    };
     let malformed = |what: String| EngineError::NotOnnx {
         graph: graph.to_owned(),
         source: format!("tensor `{}`: {what}", tensor.name).into(),
     };
     let number = |key: &str| -> Result<Option<u64>, EngineError> {
         field(key)
-            .map(|v| v.parse().map_err(|_| malformed(format!("external data {key} `{v}` is not a number"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| malformed(format!("external data {key} `{v}` is not a number")))
+            })
             .transpose()
     };
-    let location = field("location").ok_or_else(|| malformed("external data without a location".into()))?;
+    let location =
+        field("location").ok_or_else(|| malformed("external data without a location".into()))?;
     let data = dir.join(location);
     let size = match fs::metadata(&data) {
         Ok(meta) => meta.len(),

@@ -69,7 +69,11 @@ macro_rules! named {
         impl $ty {
             /// The lowercase name used on command lines and in reports.
             pub fn name(self) -> &'static str {
-                Self::NAMES.iter().find(|(v, _)| *v == self).map(|(_, n)| *n).unwrap_or_default()
+                Self::NAMES
+                    .iter()
+                    .find(|(v, _)| *v == self)
+                    .map(|(_, n)| *n)
+                    .unwrap_or_default()
             }
         }
 
@@ -115,7 +119,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: None, batch: 1, provider: ExecutionProvider::Cpu, ort_library: None }
+        EngineOptions {
+            threads: None,
+            batch: 1,
+            provider: ExecutionProvider::Cpu,
+            ort_library: None,
+        }
     }
 }
 
@@ -151,7 +160,9 @@ pub fn load(
         return Err(EngineError::Options("batch must be at least 1"));
     }
     if opts.threads == Some(0) {
-        return Err(EngineError::Options("threads must be at least 1 (or unset)"));
+        return Err(EngineError::Options(
+            "threads must be at least 1 (or unset)",
+        ));
     }
     let graph = graph::Graph::read(graph)?;
     match kind {
@@ -164,12 +175,20 @@ pub fn load(
 }
 
 /// Checks a run's input against the loaded shape (shared by both engines).
-fn check_input(graph: &Path, expected: [usize; 4], pixels: &ArrayView4<'_, f32>) -> Result<(), EngineError> {
+fn check_input(
+    graph: &Path,
+    expected: [usize; 4],
+    pixels: &ArrayView4<'_, f32>,
+) -> Result<(), EngineError> {
     let got: [usize; 4] = pixels.dim().into();
     if got == expected {
         Ok(())
     } else {
-        Err(EngineError::InputShape { graph: graph.to_owned(), expected, got })
+        Err(EngineError::InputShape {
+            graph: graph.to_owned(),
+            expected,
+            got,
+        })
     }
 }
 
@@ -196,5 +215,8 @@ fn outputs(
         .ok()
         .filter(|p| p.dim().0 == batch && p.dim().2 == cls.ncols())
         .ok_or_else(|| bad(graph::OUTPUTS[1], &patch_shape, "[batch, N, w]"))?;
-    Ok(Outputs { cls_token: cls.to_owned(), patch_tokens: patch.to_owned() })
+    Ok(Outputs {
+        cls_token: cls.to_owned(),
+        patch_tokens: patch.to_owned(),
+    })
 }

@@ -27,6 +27,7 @@ impl TractSession {
                 graph: graph.path,
                 requested: opts.provider,
                 actual: ExecutionProvider::Cpu.to_string(),
+                reason: "tract runs on the CPU only".into(),
             });
         }
         let [h, w] = graph.image;
@@ -36,16 +37,28 @@ impl TractSession {
         let dir = graph.path.parent().and_then(Path::to_str);
         let plan = || -> TractResult<TypedSimpleState> {
             let parsed = tract_onnx::onnx().parse(&graph.proto, dir)?;
-            ensure!(parsed.unresolved_inputs.is_empty(), "unresolved inputs {:?}", parsed.unresolved_inputs);
+            ensure!(
+                parsed.unresolved_inputs.is_empty(),
+                "unresolved inputs {:?}",
+                parsed.unresolved_inputs
+            );
             parsed
                 .model
                 .with_input_fact(0, f32::fact(shape).into())?
                 .into_optimized()?
-                .into_runnable_with_options(&RunOptions { executor, ..RunOptions::default() })?
+                .into_runnable_with_options(&RunOptions {
+                    executor,
+                    ..RunOptions::default()
+                })?
                 .spawn()
         };
         let state = plan().map_err(|e| backend(&graph.path, e))?;
-        Ok(TractSession { graph: graph.path, shape, outputs: graph.outputs, state })
+        Ok(TractSession {
+            graph: graph.path,
+            shape,
+            outputs: graph.outputs,
+            state,
+        })
     }
 }
 
@@ -53,8 +66,15 @@ impl Session for TractSession {
     fn run(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Outputs, EngineError> {
         super::check_input(&self.graph, self.shape, &pixels)?;
         let input = Tensor::from(pixels.as_standard_layout().into_owned());
-        let out = self.state.run(tvec!(input.into_tvalue())).map_err(|e| backend(&self.graph, e))?;
-        let view = |i: usize| out[i].to_plain_array_view::<f32>().map_err(|e| backend(&self.graph, e));
+        let out = self
+            .state
+            .run(tvec!(input.into_tvalue()))
+            .map_err(|e| backend(&self.graph, e))?;
+        let view = |i: usize| {
+            out[i]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| backend(&self.graph, e))
+        };
         let [cls, patch] = self.outputs;
         super::outputs(&self.graph, self.shape[0], view(cls)?, view(patch)?)
     }
@@ -69,5 +89,9 @@ impl Session for TractSession {
 }
 
 fn backend(graph: &Path, e: TractError) -> EngineError {
-    EngineError::Backend { graph: graph.to_owned(), engine: EngineKind::Tract, source: e.into() }
+    EngineError::Backend {
+        graph: graph.to_owned(),
+        engine: EngineKind::Tract,
+        source: e.into(),
+    }
 }
