@@ -45,7 +45,7 @@ impl Default for MeasureOptions {
 }
 
 /// A latency percentile a [`Measurement`] holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Percentile {
     P50,
     P90,
@@ -53,12 +53,30 @@ pub enum Percentile {
 }
 
 impl Percentile {
+    /// The whole percentage, e.g. 90 for [`Percentile::P90`].
+    pub fn value(self) -> u8 {
+        self.percent() as u8
+    }
+
     /// The percentage, e.g. 90.0 for [`Percentile::P90`].
     pub fn percent(self) -> f64 {
         match self {
             Percentile::P50 => 50.0,
             Percentile::P90 => 90.0,
             Percentile::P99 => 99.0,
+        }
+    }
+}
+
+impl TryFrom<u8> for Percentile {
+    type Error = String;
+
+    fn try_from(p: u8) -> Result<Self, String> {
+        match p {
+            50 => Ok(Percentile::P50),
+            90 => Ok(Percentile::P90),
+            99 => Ok(Percentile::P99),
+            _ => Err(format!("percentile {p} is not measured: use 50, 90 or 99")),
         }
     }
 }

@@ -15,45 +15,7 @@ use crate::policy::{self, BundleSelector, Candidate, Observation, PolicyError, S
 use crate::probe::{self, DeviceInfo};
 use crate::profile::{self, MeasureOptions, Measurement};
 
-/// A latency percentile the limit applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Percentile {
-    P50,
-    P90,
-    P99,
-}
-
-impl Percentile {
-    pub fn value(self) -> u8 {
-        match self {
-            Percentile::P50 => 50,
-            Percentile::P90 => 90,
-            Percentile::P99 => 99,
-        }
-    }
-
-    /// The measured latency at this percentile.
-    pub fn of(self, m: &Measurement) -> f64 {
-        match self {
-            Percentile::P50 => m.p50_ms,
-            Percentile::P90 => m.p90_ms,
-            Percentile::P99 => m.p99_ms,
-        }
-    }
-}
-
-impl TryFrom<u8> for Percentile {
-    type Error = String;
-
-    fn try_from(p: u8) -> Result<Self, String> {
-        match p {
-            50 => Ok(Percentile::P50),
-            90 => Ok(Percentile::P90),
-            99 => Ok(Percentile::P99),
-            _ => Err(format!("percentile {p} is not measured: use 50, 90 or 99")),
-        }
-    }
-}
+pub use crate::profile::Percentile;
 
 /// A memory limit: absolute, or a share of what the device has available.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -392,7 +354,7 @@ impl Runtime {
                         }) {
                         Ok(m) => {
                             let point = policy::Measurement {
-                                latency_ms: percentile.of(&m) as f32,
+                                latency_ms: m.percentile_ms(percentile) as f32,
                                 memory_bytes: (m.peak_mb * 1024.0 * 1024.0) as u64,
                             };
                             let fits = limits.admit(&point);
@@ -541,7 +503,7 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
             let predicted = t.predicted_ms.map_or("-".into(), |v| format!("{v:.3}"));
             let (lat, mem) = t.measured.as_ref().map_or(("-".into(), "-".into()), |m| {
                 (
-                    format!("{:.3}", c.percentile.of(m)),
+                    format!("{:.3}", m.percentile_ms(c.percentile)),
                     format!("{:.1}", m.peak_mb),
                 )
             });
