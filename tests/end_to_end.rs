@@ -12,7 +12,7 @@ const TEACHER: &str = "tests/fixtures/vit-tiny/output/eval/training_99/teacher_c
 
 fn fast(options: &mut RuntimeOptions) {
     options.measure = MeasureOptions {
-        min_runs: 3,
+        min_runs: 10,
         min_time: std::time::Duration::ZERO,
         ..MeasureOptions::default()
     };
@@ -52,8 +52,10 @@ fn export_select_and_serve_the_reference_outputs() {
     // and what it picks really meets the limit as measured.
     let smallest = rt.profile("w32-d2", 1).unwrap().p90_ms;
     let largest = rt.profile("w64-d4", 1).unwrap().p90_ms;
+    // Three times the smallest's latency leaves room for this machine's
+    // run-to-run noise (a test asserts behaviour, not speed).
     let middle =
-        Limits::latency_ms((smallest * largest).sqrt().max(smallest * 1.5)).memory_mb(4096.0);
+        Limits::latency_ms((smallest * largest).sqrt().max(smallest * 3.0)).memory_mb(4096.0);
     let pick = rt.select(&middle).unwrap();
     assert!(
         pick.measured.p90_ms <= middle.latency_ms,

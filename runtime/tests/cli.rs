@@ -2,6 +2,10 @@
 //! (runtime/tests/fixtures/bundle-tiny: three depths of width 32 exported
 //! from tests/fixtures/vit-tiny; tests/bundle_fixture.rs keeps it current).
 
+mod common;
+
+use common::copy_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,18 +19,6 @@ fn bundle() -> (tempfile::TempDir, PathBuf) {
     let out = dir.path().join("bundle");
     copy_dir(&fixture(), &out);
     (dir, out)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Quick measuring: the tests check behaviour, not speed.

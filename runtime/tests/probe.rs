@@ -1,6 +1,10 @@
 //! The probe on fixture trees of real boards' files, on broken trees, and
 //! on this machine.
 
+mod common;
+
+use common::copy_dir;
+
 use std::path::{Path, PathBuf};
 
 use tailor_runtime::probe::{probe, DeviceInfo};
@@ -166,18 +170,6 @@ fn broken_trees_become_notes_not_panics() {
         info.notes
     );
     assert!(!info.to_string().is_empty());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]
