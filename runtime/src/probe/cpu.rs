@@ -25,8 +25,13 @@ pub struct Cpu {
     pub clocks: Option<Clocks>,
 }
 
-/// CPUs that share a cluster (topology `cluster_id`) or, without one, the
-/// same capacity, maximum frequency and core type.
+/// CPUs of one kind that are scheduled and clocked together.
+///
+/// On Arm that is the kernel's topology `cluster_id` (the device tree's
+/// `cpu-map`) or, on kernels without one, CPUs of the same capacity, maximum
+/// frequency and core type. On x86 `cluster_id` names the CPUs sharing an L2
+/// cache, one per core on most parts, so there a cluster is the CPUs of one
+/// package and one core kind (hybrid parts' `cpu_core` and `cpu_atom`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
     /// Logical CPU numbers, ascending.
@@ -134,14 +139,24 @@ const ARM_CORES: &[(u32, u32, &str)] = &[
 pub(super) fn read(sys: &mut Sysroot<'_>, soc: Option<&str>) -> Cpu {
     let text = sys.required("proc/cpuinfo").unwrap_or_default();
     let blocks = processor_blocks(&text);
+    let arch = arch(sys, blocks.first());
+    let x86 = arch.as_deref().is_some_and(is_x86);
+    let hybrid = if x86 { hybrid_kinds(sys) } else { Vec::new() };
     let ids = online_cpus(sys, &blocks);
     let cores: Vec<Core> = ids
         .iter()
-        .map(|&id| Core::read(sys, id, blocks.iter().find(|b| b.id == id)))
+        .map(|&id| {
+            let mut core = Core::read(sys, id, blocks.iter().find(|b| b.id == id));
+            core.kind = hybrid
+                .iter()
+                .find(|(_, cpus)| cpus.contains(&id))
+                .map(|(kind, _)| *kind);
+            core
+        })
         .collect();
-    let clusters = clusters(&cores);
+    let clusters = clusters(&cores, x86);
     Cpu {
-        arch: arch(sys, blocks.first()),
+        arch,
         model: model(&blocks, &clusters).or_else(|| soc.map(str::to_owned)),
         logical_cores: (!ids.is_empty()).then_some(ids.len()),
         clusters,
@@ -241,12 +256,36 @@ fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     Some(ids.into_iter().collect())
 }
 
+/// `uname -m` spellings of 32- and 64-bit x86.
+fn is_x86(arch: &str) -> bool {
+    matches!(arch, "x86_64" | "x86" | "i386" | "i486" | "i586" | "i686")
+}
+
+/// Hybrid x86 parts (Alder Lake and later) list their performance and
+/// efficiency cores under the two core PMUs; other parts have neither.
+fn hybrid_kinds(sys: &mut Sysroot<'_>) -> Vec<(&'static str, Vec<u32>)> {
+    let mut kinds = Vec::new();
+    for kind in ["cpu_core", "cpu_atom"] {
+        let path = format!("sys/devices/{kind}/cpus");
+        if let Some(text) = sys.optional(&path) {
+            match parse_cpu_list(text.trim()) {
+                Some(cpus) => kinds.push((kind, cpus)),
+                None => sys.note(format!("/{path}: cannot parse {:?}", clip(text.trim()))),
+            }
+        }
+    }
+    kinds
+}
+
 /// One online CPU's facts from sysfs and its `/proc/cpuinfo` block.
 struct Core {
     id: u32,
     core_type: Option<String>,
-    /// `(physical_package_id, cluster_id)` when the kernel reports a cluster.
-    cluster: Option<(Option<i64>, i64)>,
+    package: Option<i64>,
+    /// The topology `cluster_id`, when the kernel reports one.
+    cluster: Option<i64>,
+    /// x86 hybrid core kind (`cpu_core`, `cpu_atom`).
+    kind: Option<&'static str>,
     capacity: Option<u32>,
     max_khz: Option<u64>,
 }
@@ -255,24 +294,29 @@ impl Core {
     fn read(sys: &mut Sysroot<'_>, id: u32, block: Option<&Block<'_>>) -> Self {
         let dir = format!("sys/devices/system/cpu/cpu{id}");
         let cluster_id: Option<i64> = sys.parse(&format!("{dir}/topology/cluster_id"));
-        let package = sys.parse(&format!("{dir}/topology/physical_package_id"));
         Core {
             id,
             core_type: block.and_then(Block::core_type),
-            cluster: cluster_id.filter(|&c| c >= 0).map(|c| (package, c)),
+            package: sys.parse(&format!("{dir}/topology/physical_package_id")),
+            // -1 is the kernel's "no cluster".
+            cluster: cluster_id.filter(|&c| c >= 0),
+            kind: None,
             capacity: sys.parse(&format!("{dir}/cpu_capacity")),
             max_khz: sys.parse(&format!("{dir}/cpufreq/cpuinfo_max_freq")),
         }
     }
 }
 
-/// Groups cores by topology cluster when every core has one, else by alike
-/// capacity, maximum frequency and core type.
-fn clusters(cores: &[Core]) -> Vec<Cluster> {
+/// Groups cores into clusters (see [`Cluster`]): on x86 by package, hybrid
+/// kind and model; elsewhere by topology cluster when every core has one,
+/// else by alike capacity, maximum frequency and core type.
+fn clusters(cores: &[Core], x86: bool) -> Vec<Cluster> {
     let by_topology = cores.iter().all(|core| core.cluster.is_some());
     let same_cluster = |a: &Core, b: &Core| {
-        if by_topology {
-            a.cluster == b.cluster
+        if x86 {
+            (a.package, a.kind, &a.core_type) == (b.package, b.kind, &b.core_type)
+        } else if by_topology {
+            (a.package, a.cluster) == (b.package, b.cluster)
         } else {
             (a.capacity, a.max_khz, &a.core_type) == (b.capacity, b.max_khz, &b.core_type)
         }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use cpu::{Clocks, Cluster, Cpu, Feature};
-use sysroot::Sysroot;
+use sysroot::{clip, Sysroot};
 
 /// Everything the probe learned (`runtime probe --json` prints this).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,9 +36,12 @@ pub struct Memory {
     pub total_bytes: Option<u64>,
     /// `MemAvailable`: what can be allocated without swapping.
     pub available_bytes: Option<u64>,
-    /// cgroup v2 `memory.max`; `None` when unlimited or absent.
+    /// The binding cgroup memory limit (v2 `memory.max`, v1
+    /// `memory.limit_in_bytes`) of this process's group or an ancestor's;
+    /// `None` when unlimited or absent.
     pub cgroup_limit_bytes: Option<u64>,
-    /// cgroup v2 `memory.current`.
+    /// What the group holding that limit uses (`memory.current`,
+    /// `memory.usage_in_bytes`).
     pub cgroup_usage_bytes: Option<u64>,
 }
 
@@ -66,6 +69,13 @@ const ACCELERATOR_NODES: &[&str] = &[
 ];
 /// Directories of device nodes that mean an accelerator is there.
 const ACCELERATOR_DIRS: &[&str] = &["dev/nvgpu", "dev/accel"];
+/// Drivers of accelerators seen only as a DRM render node, by their
+/// platform driver name (Rockchip's vendor NPU driver, built as DRM GEM,
+/// has no `/dev/rknpu`: its node is `/dev/dri/renderD129`).
+const DRM_ACCELERATOR_DRIVERS: &[&str] = &["rknpu"];
+/// cgroup v1 reports "no limit" as the largest page-aligned `i64`, which
+/// depends on the page size; anything this large is no limit.
+const CGROUP_V1_UNLIMITED: u64 = 1 << 62;
 
 /// Probes the device whose root filesystem is at `sysroot`.
 pub fn probe(sysroot: &Path) -> DeviceInfo {
@@ -234,29 +244,93 @@ fn memory(sys: &mut Sysroot<'_>) -> Memory {
                 .map(|kb| kb * 1024)
         })
     };
-    // Our own cgroup, from /proc/self/cgroup (`0::/path`), else the root's files.
-    let group = sys
-        .optional("proc/self/cgroup")
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("0::")
-                    .map(|p| p.trim().trim_matches('/').to_owned())
-            })
-        })
-        .filter(|p| !p.is_empty() && sys.exists(&format!("sys/fs/cgroup/{p}/memory.max")));
-    let dir = group.map_or("sys/fs/cgroup".to_owned(), |p| format!("sys/fs/cgroup/{p}"));
-    let limit = sys
-        .optional(&format!("{dir}/memory.max"))
-        .and_then(|t| match t.trim() {
-            "max" => None,
-            v => v.parse().ok(),
-        });
+    let (cgroup_limit_bytes, cgroup_usage_bytes) = cgroup_memory(sys);
     Memory {
         total_bytes: field("MemTotal"),
         available_bytes: field("MemAvailable"),
-        cgroup_limit_bytes: limit,
-        cgroup_usage_bytes: sys.parse(&format!("{dir}/memory.current")),
+        cgroup_limit_bytes,
+        cgroup_usage_bytes,
     }
+}
+
+/// One cgroup hierarchy's memory files.
+struct CgroupFiles {
+    /// Where the hierarchy is mounted, under the sysroot.
+    mount: &'static str,
+    limit: &'static str,
+    usage: &'static str,
+}
+
+const CGROUP_V2: CgroupFiles = CgroupFiles {
+    mount: "sys/fs/cgroup",
+    limit: "memory.max",
+    usage: "memory.current",
+};
+const CGROUP_V1: CgroupFiles = CgroupFiles {
+    mount: "sys/fs/cgroup/memory",
+    limit: "memory.limit_in_bytes",
+    usage: "memory.usage_in_bytes",
+};
+
+/// The cgroup memory limit that leaves this process the least room, and
+/// that group's usage. A limit on any ancestor binds too, so every level
+/// from our group (`/proc/self/cgroup`) up to the mount is read. Inside a
+/// container the mount is the container's own group, whatever path
+/// `/proc/self/cgroup` names, so levels that are not there are skipped.
+/// cgroup v1's memory controller is read when mounted (JetPack 5 and other
+/// older systems), else v2.
+fn cgroup_memory(sys: &mut Sysroot<'_>) -> (Option<u64>, Option<u64>) {
+    let membership = sys.optional("proc/self/cgroup").unwrap_or_default();
+    let v1 = sys.exists(&format!("{}/{}", CGROUP_V1.mount, CGROUP_V1.limit));
+    let (files, group) = if v1 {
+        // "4:memory:/docker/<id>": hierarchy ID, controllers, path.
+        let group = membership.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let controllers = parts.nth(1)?;
+            let path = parts.next()?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        });
+        (CGROUP_V1, group)
+    } else {
+        // "0::/system.slice/tailor.service"
+        let group = membership.lines().find_map(|line| line.strip_prefix("0::"));
+        (CGROUP_V2, group)
+    };
+    // The mount, then each group down to ours.
+    let mut levels = vec![files.mount.to_owned()];
+    for part in group.unwrap_or("").trim().split('/') {
+        if !part.is_empty() {
+            let parent = levels.last().expect("starts with the mount");
+            levels.push(format!("{parent}/{part}"));
+        }
+    }
+    let mut tightest: Option<(u64, Option<u64>)> = None;
+    for dir in levels {
+        let limit_path = format!("{dir}/{}", files.limit);
+        let Some(text) = sys.optional(&limit_path) else {
+            continue;
+        };
+        let limit = match text.trim() {
+            "max" => continue,
+            value => match value.parse::<u64>() {
+                Ok(v) if v >= CGROUP_V1_UNLIMITED => continue,
+                Ok(v) => v,
+                Err(_) => {
+                    sys.note(format!("/{limit_path}: cannot parse {:?}", clip(value)));
+                    continue;
+                }
+            },
+        };
+        let usage: Option<u64> = sys.parse(&format!("{dir}/{}", files.usage));
+        let room = |(limit, usage): (u64, Option<u64>)| limit.saturating_sub(usage.unwrap_or(0));
+        if tightest.is_none_or(|t| room((limit, usage)) < room(t)) {
+            tightest = Some((limit, usage));
+        }
+    }
+    tightest.map_or((None, None), |(limit, usage)| (Some(limit), usage))
 }
 
 fn board(sys: &mut Sysroot<'_>) -> Board {
@@ -288,15 +362,16 @@ fn board(sys: &mut Sysroot<'_>) -> Board {
         Some(format!("{major}.{revision}"))
     });
     // nvpmodel writes "pmode:0001 fmode:..." to its status file.
-    let power_mode = sys.optional("var/lib/nvpmodel/status").and_then(|t| {
+    const NVPMODEL: &str = "var/lib/nvpmodel/status";
+    let power_mode = sys.optional(NVPMODEL).and_then(|t| {
         let mode = t
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("pmode:"))?;
-        Some(
-            mode.trim_start_matches('0')
-                .parse::<u32>()
-                .map_or("0".into(), |m| m.to_string()),
-        )
+            .find_map(|w| w.strip_prefix("pmode:"))
+            .and_then(|m| m.parse::<u32>().ok());
+        if mode.is_none() {
+            sys.note(format!("/{NVPMODEL}: no pmode in {:?}", clip(t.trim())));
+        }
+        mode.map(|m| m.to_string())
     });
     Board {
         model,
@@ -315,6 +390,24 @@ fn accelerators(sys: &mut Sysroot<'_>) -> Vec<String> {
         .collect();
     for dir in ACCELERATOR_DIRS {
         found.extend(sys.entries(dir).into_iter().map(|n| format!("/{dir}/{n}")));
+    }
+    // Render nodes whose device's driver is an accelerator's, when the node
+    // itself is there (a container may see the sysfs entry but not the node).
+    for node in sys.entries("sys/class/drm") {
+        if !node.starts_with("renderD") || !sys.exists(&format!("dev/dri/{node}")) {
+            continue;
+        }
+        let uevent = sys
+            .optional(&format!("sys/class/drm/{node}/device/uevent"))
+            .unwrap_or_default();
+        let driver = uevent.lines().find_map(|l| l.strip_prefix("DRIVER="));
+        if driver.is_some_and(|d| {
+            DRM_ACCELERATOR_DRIVERS
+                .iter()
+                .any(|a| d.trim().eq_ignore_ascii_case(a))
+        }) {
+            found.push(format!("/dev/dri/{node}"));
+        }
     }
     found
 }
