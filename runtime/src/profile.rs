@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{EngineError, Session};
 
 /// How long and how often to measure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeasureOptions {
     /// Untimed runs after the first, to settle caches, clocks and allocators.
     pub warmup_runs: u32,

@@ -18,15 +18,16 @@ use crate::profile::{self, MeasureOptions, Measurement};
 pub use crate::profile::Percentile;
 
 /// A memory limit: absolute, or a share of what the device has available.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum MemoryLimit {
     Bytes(u64),
     /// A fraction in (0, 1] of the usable memory the probe reports.
     FractionOfAvailable(f64),
 }
 
-/// What the user allows: `Limits::latency_ms(25.0).memory_mb(900)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What the user allows: `Limits::latency_ms(25.0).memory_mb(900)`, as
+/// written (a memory fraction stays a fraction, so it can key the cache).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub latency_ms: f64,
     pub percentile: Percentile,
