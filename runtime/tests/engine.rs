@@ -269,6 +269,95 @@ fn impossible_options_are_refused() {
 }
 
 #[test]
+fn graph_errors_are_not_systematic() {
+    let (dir, graph) = graph_without_weights();
+    fs::create_dir(dir.path().join("weights")).unwrap();
+    fs::write(dir.path().join("weights/w8.bin"), [0u8; 100]).unwrap();
+    let truncated = load_tract(&graph, &options(1)).err().unwrap();
+    let missing = load_tract(&fixture_dir().join("no-such-graph.onnx"), &options(1))
+        .err()
+        .unwrap();
+    for err in [&truncated, &missing] {
+        assert!(!err.is_systematic(), "{err:?}");
+    }
+    assert_eq!(
+        (truncated.kind(), missing.kind()),
+        ("truncated_external_data", "read")
+    );
+}
+
+#[test]
+fn configuration_errors_are_systematic() {
+    let accelerated = EngineOptions {
+        provider: ExecutionProvider::Cuda,
+        ..options(1)
+    };
+    let fp16 = EngineOptions {
+        fp16: true,
+        ..options(1)
+    };
+    for err in [
+        load_tract(&fixture(), &accelerated).err().unwrap(),
+        load_tract(&fixture(), &options(0)).err().unwrap(),
+        engine::check(EngineKind::Tract, &fp16).unwrap_err(),
+        engine::check(EngineKind::Tract, &accelerated).unwrap_err(),
+    ] {
+        assert!(err.is_systematic(), "{err:?}");
+    }
+}
+
+#[test]
+fn check_on_tract_names_its_version_and_refuses_what_it_cannot_do() {
+    let info = engine::check(EngineKind::Tract, &options(1)).unwrap();
+    assert_eq!(info.to_string(), "tract 0.23.9");
+    let fp16 = EngineOptions {
+        fp16: true,
+        ..options(1)
+    };
+    let err = engine::check(EngineKind::Tract, &fp16).unwrap_err();
+    assert!(matches!(err, EngineError::Options(_)), "{err:?}");
+    assert!(err.to_string().contains("tensorrt"), "{err}");
+    let cuda = EngineOptions {
+        provider: ExecutionProvider::Cuda,
+        ..options(1)
+    };
+    match engine::check(EngineKind::Tract, &cuda) {
+        Err(EngineError::ProviderUnavailable {
+            engine, provider, ..
+        }) => assert_eq!(
+            (engine, provider),
+            (EngineKind::Tract, ExecutionProvider::Cuda)
+        ),
+        other => panic!("expected an unavailable provider, got {other:?}"),
+    }
+}
+
+#[test]
+fn names_and_options_cross_a_process_boundary_as_json() {
+    assert_eq!(
+        serde_json::to_string(&ExecutionProvider::TensorRt).unwrap(),
+        r#""tensorrt""#
+    );
+    assert_eq!(
+        serde_json::from_str::<EngineKind>(r#""ort""#).unwrap(),
+        EngineKind::Ort
+    );
+    let err = serde_json::from_str::<ExecutionProvider>(r#""gpu""#).unwrap_err();
+    assert!(err.to_string().contains("`gpu`"), "{err}");
+    let opts = EngineOptions {
+        threads: Some(3),
+        batch: 4,
+        provider: ExecutionProvider::TensorRt,
+        ort_library: Some("/opt/ort/libonnxruntime.so".into()),
+        cache_dir: Some("/var/cache/tailor/tensorrt".into()),
+        fp16: true,
+    };
+    let json = serde_json::to_value(&opts).unwrap();
+    assert_eq!(json["provider"], "tensorrt");
+    assert_eq!(serde_json::from_value::<EngineOptions>(json).unwrap(), opts);
+}
+
+#[test]
 fn names_round_trip() {
     for kind in [EngineKind::Tract, EngineKind::Ort] {
         assert_eq!(kind.to_string().parse::<EngineKind>().unwrap(), kind);
@@ -313,6 +402,12 @@ fn ort_without_the_feature_says_so() {
         matches!(err, EngineError::NotBuilt(EngineKind::Ort)),
         "{err:?}"
     );
+    let err = engine::check(EngineKind::Ort, &options(1)).unwrap_err();
+    assert!(
+        matches!(err, EngineError::NotBuilt(EngineKind::Ort)) && err.is_systematic(),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("enable feature `ort`"), "{err}");
 }
 
 #[test]
@@ -526,6 +621,56 @@ mod ort {
     }
 
     #[test]
+    fn check_reports_the_library_version() {
+        library();
+        let info = engine::check(EngineKind::Ort, &options(1)).unwrap();
+        assert_eq!(
+            (info.kind, info.version.as_str(), info.provider),
+            (EngineKind::Ort, "1.31.1", ExecutionProvider::Cpu)
+        );
+        assert_eq!(info.to_string(), "ort 1.31.1 cpu");
+    }
+
+    #[test]
+    fn check_finds_a_missing_provider_before_any_graph() {
+        library();
+        for provider in [ExecutionProvider::Cuda, ExecutionProvider::TensorRt] {
+            let opts = EngineOptions {
+                provider,
+                ..options(1)
+            };
+            let err = engine::check(EngineKind::Ort, &opts).unwrap_err();
+            assert!(
+                matches!(&err, EngineError::ProviderUnavailable { provider: p, .. } if *p == provider),
+                "{err:?}"
+            );
+            assert!(err.is_systematic(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_fallback_is_systematic_and_a_broken_graph_is_not() {
+        let cuda = EngineOptions {
+            provider: ExecutionProvider::Cuda,
+            ..options(1)
+        };
+        let fallback = load_ort(&cuda).err().unwrap();
+        assert_eq!(fallback.kind(), "provider_fallback");
+        assert!(fallback.is_systematic(), "{fallback:?}");
+        let (dir, graph) = graph_without_weights();
+        fs::create_dir(dir.path().join("weights")).unwrap();
+        fs::write(dir.path().join("weights/w8.bin"), [0u8; 100]).unwrap();
+        let truncated = engine::load(EngineKind::Ort, &graph, &options(1))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(truncated, EngineError::TruncatedExternalData { .. }),
+            "{truncated:?}"
+        );
+        assert!(!truncated.is_systematic());
+    }
+
+    #[test]
     fn ort_reports_the_same_graph_errors() {
         library();
         let (_dir, graph) = graph_without_weights();
@@ -545,10 +690,15 @@ mod ort {
             ort_library: Some(missing.clone()),
             ..options(1)
         };
-        match engine::load(EngineKind::Ort, &fixture(), &opts) {
-            Err(EngineError::OrtLibrary { path, .. }) => assert_eq!(path, missing),
-            other => panic!("expected a library error, got {:?}", other.err()),
-        }
+        let err = engine::load(EngineKind::Ort, &fixture(), &opts)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, EngineError::OrtLibrary { path, .. } if *path == missing),
+            "{err:?}"
+        );
+        assert!(err.is_systematic());
+        assert!(err.to_string().contains("ORT_DYLIB_PATH"), "{err}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl Common {
                 batch: 1,
                 provider: self.provider,
                 ort_library: self.ort_library.clone(),
+                ..EngineOptions::default()
             },
             measure,
             sysroot: self.sysroot.clone(),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ndarray::{Array2, Array3, ArrayView4, ArrayViewD, Ix2, Ix3};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use error::{EngineError, UnknownName};
 
@@ -63,7 +64,7 @@ impl ExecutionProvider {
     ];
 }
 
-/// Display and FromStr through one name table, so the two never disagree.
+/// Display, FromStr and serde through one name table, so they never disagree.
 macro_rules! named {
     ($ty:ty, $what:literal) => {
         impl $ty {
@@ -98,13 +99,28 @@ macro_rules! named {
                     })
             }
         }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 named!(EngineKind, "engine");
 named!(ExecutionProvider, "execution provider");
 
-/// How to load a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to load a session (serde, so a parent process can hand it to a child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EngineOptions {
     /// Intra-op threads; `None` keeps the engine's default (tract: one thread,
     /// ONNX Runtime: one per physical core).
@@ -115,6 +131,13 @@ pub struct EngineOptions {
     pub provider: ExecutionProvider,
     /// `libonnxruntime.so` to load; `None` reads `ORT_DYLIB_PATH`.
     pub ort_library: Option<PathBuf>,
+    /// Where TensorRT keeps its engine and timing caches, so a graph's engine
+    /// is built once per device rather than once per load; `None`: no caches.
+    /// Other providers keep no cache and ignore it.
+    pub cache_dir: Option<PathBuf>,
+    /// Let TensorRT run in half precision; refused for every other provider,
+    /// which would silently run in full precision.
+    pub fp16: bool,
 }
 
 impl Default for EngineOptions {
@@ -124,6 +147,8 @@ impl Default for EngineOptions {
             batch: 1,
             provider: ExecutionProvider::Cpu,
             ort_library: None,
+            cache_dir: None,
+            fp16: false,
         }
     }
 }
@@ -156,14 +181,7 @@ pub fn load(
     graph: &Path,
     opts: &EngineOptions,
 ) -> Result<Box<dyn Session>, EngineError> {
-    if opts.batch == 0 {
-        return Err(EngineError::Options("batch must be at least 1"));
-    }
-    if opts.threads == Some(0) {
-        return Err(EngineError::Options(
-            "threads must be at least 1 (or unset)",
-        ));
-    }
+    validate(opts)?;
     let graph = graph::Graph::read(graph)?;
     match kind {
         EngineKind::Tract => Ok(Box::new(tract::TractSession::load(graph, opts)?)),
@@ -172,6 +190,64 @@ pub fn load(
         #[cfg(not(feature = "ort"))]
         EngineKind::Ort => Err(EngineError::NotBuilt(kind)),
     }
+}
+
+/// The tract-onnx this crate is built with (`tract_onnx` exports no
+/// version; a unit test holds this to Cargo.lock).
+const TRACT_VERSION: &str = "0.23.9";
+
+/// An engine library as loaded in this process: what a decision measured
+/// with it depends on, so an upgrade is visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    /// tract's crate version, or the version ONNX Runtime reports.
+    pub version: String,
+    /// Always [`ExecutionProvider::Cpu`] for tract.
+    pub provider: ExecutionProvider,
+}
+
+/// `tract 0.23.9`, `ort 1.31.1 cpu`: tract has no provider to name.
+impl fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.version)?;
+        match self.kind {
+            EngineKind::Tract => Ok(()),
+            EngineKind::Ort => write!(f, " {}", self.provider),
+        }
+    }
+}
+
+/// A pre-flight run once before any graph is loaded: validates the options,
+/// loads the engine's library and registers the provider, so every error it
+/// returns is systematic and the search can stop before its first candidate.
+pub fn check(kind: EngineKind, opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
+    validate(opts)?;
+    match kind {
+        EngineKind::Tract => tract::check(opts),
+        #[cfg(feature = "ort")]
+        EngineKind::Ort => ort::check(opts),
+        #[cfg(not(feature = "ort"))]
+        EngineKind::Ort => Err(EngineError::NotBuilt(kind)),
+    }
+}
+
+/// The checks of options that need no engine.
+fn validate(opts: &EngineOptions) -> Result<(), EngineError> {
+    if opts.batch == 0 {
+        return Err(EngineError::Options("batch must be at least 1"));
+    }
+    if opts.threads == Some(0) {
+        return Err(EngineError::Options(
+            "threads must be at least 1 (or unset)",
+        ));
+    }
+    if opts.fp16 && opts.provider != ExecutionProvider::TensorRt {
+        return Err(EngineError::Options(
+            "fp16 is a TensorRT setting: choose provider tensorrt or drop fp16",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a run's input against the loaded shape (shared by both engines).
@@ -219,4 +295,57 @@ fn outputs(
         cls_token: cls.to_owned(),
         patch_tokens: patch.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tract_version_is_the_one_in_cargo_lock() {
+        let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+        let lock = std::fs::read_to_string(&lock).unwrap();
+        let entry = format!("name = \"tract-onnx\"\nversion = \"{TRACT_VERSION}\"\n");
+        assert!(
+            lock.contains(&entry),
+            "Cargo.lock has another tract-onnx than {TRACT_VERSION}"
+        );
+    }
+
+    #[test]
+    fn info_names_the_provider_only_where_there_is_a_choice() {
+        let tract = EngineInfo {
+            kind: EngineKind::Tract,
+            version: "0.23.9".into(),
+            provider: ExecutionProvider::Cpu,
+        };
+        assert_eq!(tract.to_string(), "tract 0.23.9");
+        let ort = EngineInfo {
+            kind: EngineKind::Ort,
+            version: "1.31.1".into(),
+            provider: ExecutionProvider::TensorRt,
+        };
+        assert_eq!(ort.to_string(), "ort 1.31.1 tensorrt");
+    }
+
+    #[test]
+    fn fp16_is_refused_where_it_would_be_ignored() {
+        for provider in [ExecutionProvider::Cpu, ExecutionProvider::Cuda] {
+            let opts = EngineOptions {
+                provider,
+                fp16: true,
+                ..EngineOptions::default()
+            };
+            assert!(
+                matches!(validate(&opts), Err(EngineError::Options(_))),
+                "{provider}"
+            );
+        }
+        let tensorrt = EngineOptions {
+            provider: ExecutionProvider::TensorRt,
+            fp16: true,
+            ..EngineOptions::default()
+        };
+        assert!(validate(&tensorrt).is_ok());
+    }
 }

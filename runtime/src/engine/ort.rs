@@ -4,6 +4,7 @@
 
 use std::ffi::{c_char, CStr, OsString};
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -13,14 +14,50 @@ use ort::ep::{self, ExecutionProviderDispatch};
 use ort::value::TensorRef;
 use ort::AsPointer;
 
+use super::error::BackendError;
 use super::graph::{Graph, INPUT, OUTPUTS};
-use super::{EngineError, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session};
+use super::{
+    EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session,
+};
 
 /// The ONNX Runtime configuration entry that makes node placement queryable.
 const RECORD_ASSIGNMENT: &str = "session.record_ep_graph_assignment_info";
 
-/// The library this process loaded (canonical path) and its environment.
-static RUNTIME: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+/// The library this process loaded.
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// An ONNX Runtime library loaded in this process.
+#[derive(Clone)]
+struct Runtime {
+    /// Canonical, so two spellings of one file are one library.
+    path: PathBuf,
+    /// As the library reports it, e.g. `1.31.1`.
+    version: String,
+    env: Environment,
+}
+
+/// Loads the library and registers the provider without a graph.
+pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
+    let runtime = runtime(opts)?;
+    if let Some(ep) = dispatch(opts)? {
+        ort::session::Session::builder(&runtime.env)
+            .map_err(|e| EngineError::OrtLibrary {
+                path: runtime.path.clone(),
+                source: e.into(),
+            })?
+            .with_execution_providers([ep.error_on_failure()])
+            .map_err(|e| EngineError::ProviderUnavailable {
+                engine: EngineKind::Ort,
+                provider: opts.provider,
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(EngineInfo {
+        kind: EngineKind::Ort,
+        version: runtime.version,
+        provider: opts.provider,
+    })
+}
 
 /// A graph in an ONNX Runtime session whose node placement has been checked.
 pub(super) struct OrtSession {
@@ -33,13 +70,10 @@ pub(super) struct OrtSession {
 
 impl OrtSession {
     pub fn load(graph: Graph, opts: &EngineOptions) -> Result<OrtSession, EngineError> {
-        let env = environment(
-            opts.ort_library.as_deref(),
-            std::env::var_os("ORT_DYLIB_PATH"),
-        )?;
+        let runtime = runtime(opts)?;
         let path = graph.path;
         let backend = |e: ort::Error| backend(&path, e);
-        let mut builder = ort::session::Session::builder(&env)
+        let mut builder = ort::session::Session::builder(&runtime.env)
             .map_err(backend)?
             .with_config_entry(RECORD_ASSIGNMENT, "1")
             .map_err(|e| backend(e.into()))?;
@@ -48,7 +82,7 @@ impl OrtSession {
                 .with_intra_threads(threads)
                 .map_err(|e| backend(e.into()))?;
         }
-        if let Some(ep) = dispatch(opts.provider) {
+        if let Some(ep) = dispatch(opts)? {
             builder = builder
                 .with_execution_providers([ep.error_on_failure()])
                 .map_err(|e| EngineError::ProviderFallback {
@@ -128,53 +162,173 @@ fn library_path(configured: Option<&Path>, env: Option<OsString>) -> Result<Path
         .ok_or(EngineError::OrtLibraryUnset)
 }
 
-/// Loads ONNX Runtime on first use; later calls must name the same library.
-fn environment(
-    configured: Option<&Path>,
-    env: Option<OsString>,
-) -> Result<Environment, EngineError> {
-    let path = library_path(configured, env)?;
+/// Loads ONNX Runtime on first use (the configured library, else
+/// `ORT_DYLIB_PATH`); later calls must name the same library.
+fn runtime(opts: &EngineOptions) -> Result<Runtime, EngineError> {
+    let path = library_path(
+        opts.ort_library.as_deref(),
+        std::env::var_os("ORT_DYLIB_PATH"),
+    )?;
     let library_error = |source| EngineError::OrtLibrary {
         path: path.clone(),
         source,
     };
     let canonical = fs::canonicalize(&path).map_err(|e| library_error(e.into()))?;
-    let mut runtime = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((loaded, env)) = runtime.as_ref() {
-        return if *loaded == canonical {
-            Ok(env.clone())
+    let mut loaded = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(runtime) = loaded.as_ref() {
+        return if runtime.path == canonical {
+            Ok(runtime.clone())
         } else {
             Err(EngineError::OrtLibraryConflict {
-                loaded: loaded.clone(),
+                loaded: runtime.path.clone(),
                 requested: path,
             })
         };
     }
+    // SAFETY: loading runs the library's initialisers, as ort's own load
+    // would; the file was named as ONNX Runtime by the user.
+    let library =
+        unsafe { libloading::Library::new(&canonical) }.map_err(|e| library_error(e.into()))?;
+    let version = library_version(&library).map_err(library_error)?;
+    if !supported(&version) {
+        return Err(EngineError::OrtTooOld {
+            path,
+            found: version,
+            required: required_version(),
+        });
+    }
+    // ort opens the library again while ours keeps it mapped: one image.
     let env = ort::init_from(&canonical)
         .map_err(|e| library_error(e.into()))?
         .build()
         .map_err(|e| library_error(e.into()))?;
-    *runtime = Some((canonical, env.clone()));
-    Ok(env)
+    drop(library);
+    let runtime = Runtime {
+        path: canonical,
+        version,
+        env,
+    };
+    *loaded = Some(runtime.clone());
+    Ok(runtime)
 }
 
-/// ONNX Runtime's registration for a provider (`None`: the CPU is built in).
-fn dispatch(provider: ExecutionProvider) -> Option<ExecutionProviderDispatch> {
-    Some(match provider {
-        ExecutionProvider::Cpu => return None,
+/// The version ONNX Runtime reports, `OrtGetApiBase()->GetVersionString()`.
+fn library_version(library: &libloading::Library) -> Result<String, BackendError> {
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: every ONNX Runtime exports `OrtGetApiBase` with this signature;
+    // the struct it returns and the version string are static in the library,
+    // which outlives this function.
+    unsafe {
+        let get_api_base = library.get::<GetApiBase>(b"OrtGetApiBase")?;
+        let base = get_api_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned nothing".into());
+        }
+        let version = ((*base).GetVersionString)();
+        if version.is_null() {
+            return Err("GetVersionString returned nothing".into());
+        }
+        Ok(CStr::from_ptr(version).to_str()?.to_owned())
+    }
+}
+
+/// The oldest ONNX Runtime `major.minor` ort's API level (`api-N` feature)
+/// works with: ort refuses older ones.
+fn required_version() -> String {
+    format!("1.{}", ort::MINOR_VERSION)
+}
+
+/// Whether a reported version (`1.31.1`) is at least [`required_version`];
+/// one that does not parse is not.
+fn supported(version: &str) -> bool {
+    let mut parts = version.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (1, ort::MINOR_VERSION),
+        _ => false,
+    }
+}
+
+/// ONNX Runtime's registration for the requested provider (`None`: the CPU
+/// is built in).
+fn dispatch(opts: &EngineOptions) -> Result<Option<ExecutionProviderDispatch>, EngineError> {
+    Ok(Some(match opts.provider {
+        ExecutionProvider::Cpu => return Ok(None),
         ExecutionProvider::Cuda => ep::CUDA::default().build(),
-        ExecutionProvider::TensorRt => ep::TensorRT::default().build(),
+        ExecutionProvider::TensorRt => tensorrt(&TensorRtSettings::from(opts))?.build(),
         ExecutionProvider::OpenVino => ep::OpenVINO::default().build(),
         ExecutionProvider::CoreMl => ep::CoreML::default().build(),
         ExecutionProvider::Nnapi => ep::NNAPI::default().build(),
         ExecutionProvider::Qnn => ep::QNN::default().build(),
         ExecutionProvider::XnnPack => ep::XNNPACK::default().build(),
+    }))
+}
+
+/// What tailor asks of TensorRT beyond its defaults.
+#[derive(Debug, PartialEq, Eq)]
+struct TensorRtSettings {
+    fp16: bool,
+    /// Built engines, kept apart per precision: TensorRT does not tell a
+    /// cached fp32 engine from an fp16 one.
+    engine_cache: Option<PathBuf>,
+    /// Kernel timings, which speed up building any engine.
+    timing_cache: Option<PathBuf>,
+}
+
+impl From<&EngineOptions> for TensorRtSettings {
+    fn from(opts: &EngineOptions) -> Self {
+        let precision = if opts.fp16 { "fp16" } else { "fp32" };
+        TensorRtSettings {
+            fp16: opts.fp16,
+            engine_cache: opts.cache_dir.as_ref().map(|dir| dir.join(precision)),
+            timing_cache: opts.cache_dir.clone(),
+        }
+    }
+}
+
+/// The TensorRT provider with `settings`, its cache directories created.
+fn tensorrt(settings: &TensorRtSettings) -> Result<ep::TensorRT, EngineError> {
+    let mut tensorrt = ep::TensorRT::default().with_fp16(settings.fp16);
+    if let Some(dir) = &settings.engine_cache {
+        tensorrt = tensorrt
+            .with_engine_cache(true)
+            .with_engine_cache_path(cache_dir(dir)?);
+    }
+    if let Some(dir) = &settings.timing_cache {
+        tensorrt = tensorrt
+            .with_timing_cache(true)
+            .with_timing_cache_path(cache_dir(dir)?);
+    }
+    Ok(tensorrt)
+}
+
+/// Creates `dir`; TensorRT takes its path as a string.
+fn cache_dir(dir: &Path) -> Result<String, EngineError> {
+    let error = |source| EngineError::CacheDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(error)?;
+    dir.to_str().map(str::to_owned).ok_or_else(|| {
+        error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path is not UTF-8",
+        ))
     })
 }
 
 /// The name ONNX Runtime reports node assignments under.
 fn ort_name(provider: ExecutionProvider) -> &'static str {
-    dispatch(provider).map_or(<ep::CPU as ep::ExecutionProvider>::NAME, |d| d.name())
+    use ep::ExecutionProvider as Ep;
+    match provider {
+        ExecutionProvider::Cpu => ep::CPU::NAME,
+        ExecutionProvider::Cuda => ep::CUDA::NAME,
+        ExecutionProvider::TensorRt => ep::TensorRT::NAME,
+        ExecutionProvider::OpenVino => ep::OpenVINO::NAME,
+        ExecutionProvider::CoreMl => ep::CoreML::NAME,
+        ExecutionProvider::Nnapi => ep::NNAPI::NAME,
+        ExecutionProvider::Qnn => ep::QNN::NAME,
+        ExecutionProvider::XnnPack => ep::XNNPACK::NAME,
+    }
 }
 
 /// `cuda+cpu`-style label of the providers that got nodes, ours named short.
@@ -244,6 +398,83 @@ mod tests {
             library_path(None, Some("".into())),
             Err(EngineError::OrtLibraryUnset)
         ));
+    }
+
+    #[test]
+    fn versions_older_than_the_api_level_are_refused() {
+        assert_eq!(ort::MINOR_VERSION, 24, "ort's api-24 feature");
+        assert_eq!(required_version(), "1.24");
+        for old in ["1.16.3", "1.23.2", "0.99.0", "", "garbage", "1"] {
+            assert!(!supported(old), "{old}");
+        }
+        for new in ["1.24.0", "1.31.1", "1.100.0", "2.0.0", "1.24"] {
+            assert!(supported(new), "{new}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_no_library_is_a_library_error() {
+        let not_a_library = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let opts = EngineOptions {
+            ort_library: Some(not_a_library.clone()),
+            ..EngineOptions::default()
+        };
+        // No other unit test loads a library, so this is the first load.
+        match runtime(&opts).err().unwrap() {
+            EngineError::OrtLibrary { path, .. } => assert_eq!(path, not_a_library),
+            e => panic!("expected a library error, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn tensorrt_caches_live_under_the_cache_dir_apart_per_precision() {
+        let dir = PathBuf::from("/var/cache/tailor/tensorrt");
+        let opts = |fp16| EngineOptions {
+            provider: ExecutionProvider::TensorRt,
+            cache_dir: Some(dir.clone()),
+            fp16,
+            ..EngineOptions::default()
+        };
+        assert_eq!(
+            TensorRtSettings::from(&opts(true)),
+            TensorRtSettings {
+                fp16: true,
+                engine_cache: Some(dir.join("fp16")),
+                timing_cache: Some(dir.clone()),
+            }
+        );
+        let fp32 = TensorRtSettings::from(&opts(false));
+        assert_eq!(
+            (fp32.fp16, fp32.engine_cache),
+            (false, Some(dir.join("fp32")))
+        );
+        let uncached = TensorRtSettings::from(&EngineOptions {
+            cache_dir: None,
+            ..opts(false)
+        });
+        assert_eq!((uncached.engine_cache, uncached.timing_cache), (None, None));
+    }
+
+    #[test]
+    fn the_tensorrt_cache_dirs_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TensorRtSettings {
+            fp16: false,
+            engine_cache: Some(dir.path().join("a/fp32")),
+            timing_cache: Some(dir.path().join("a")),
+        };
+        tensorrt(&settings).unwrap();
+        assert!(dir.path().join("a/fp32").is_dir());
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let blocked = TensorRtSettings {
+            engine_cache: Some(file.join("fp32")),
+            ..settings
+        };
+        match tensorrt(&blocked) {
+            Err(EngineError::CacheDir { dir, .. }) => assert_eq!(dir, file.join("fp32")),
+            other => panic!("expected a cache dir error, got {:?}", other.err()),
+        }
     }
 
     #[test]

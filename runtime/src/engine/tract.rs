@@ -9,7 +9,27 @@ use tract_onnx::tract_core::internal::ensure;
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use super::graph::Graph;
-use super::{EngineError, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session};
+use super::{
+    EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session,
+};
+
+/// Nothing to load: tract is linked in; only an accelerator can be refused.
+pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
+    if opts.provider != ExecutionProvider::Cpu {
+        return Err(EngineError::ProviderUnavailable {
+            engine: EngineKind::Tract,
+            provider: opts.provider,
+            reason: CPU_ONLY.into(),
+        });
+    }
+    Ok(EngineInfo {
+        kind: EngineKind::Tract,
+        version: super::TRACT_VERSION.into(),
+        provider: ExecutionProvider::Cpu,
+    })
+}
+
+const CPU_ONLY: &str = "tract runs on the CPU only";
 
 /// A graph optimised by tract for a fixed `[batch, 3, H, W]` input.
 pub(super) struct TractSession {
@@ -27,7 +47,7 @@ impl TractSession {
                 graph: graph.path,
                 requested: opts.provider,
                 actual: ExecutionProvider::Cpu.to_string(),
-                reason: "tract runs on the CPU only".into(),
+                reason: CPU_ONLY.into(),
             });
         }
         let [h, w] = graph.image;
