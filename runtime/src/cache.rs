@@ -542,8 +542,11 @@ mod tests {
         (dir, cache)
     }
 
+    /// The file's layout, spelled out here rather than taken from the cache.
+    type Layout = (u32, Vec<(CacheKey, Vec<u8>)>, Vec<FileStamp>);
+
     /// The file's entries and stamps, decoded here rather than by the cache.
-    fn decoded(cache: &Cache) -> (u32, Vec<(CacheKey, Vec<u8>)>, Vec<FileStamp>) {
+    fn decoded(cache: &Cache) -> Layout {
         postcard::from_bytes(&fs::read(cache.path()).unwrap()).unwrap()
     }
 
