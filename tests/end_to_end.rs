@@ -20,8 +20,9 @@ fn fast(options: &mut RuntimeOptions) {
 
 #[test]
 fn export_select_and_serve_the_reference_outputs() {
-    let (_dir, bundle) = export(&request(TEACHER));
+    let (dir, bundle) = export(&request(TEACHER));
     let mut options = RuntimeOptions::for_bundle(&bundle);
+    options.cache = Some(dir.path().join("decisions.postcard"));
     fast(&mut options);
     let rt = Runtime::with_options(&bundle, options).unwrap();
     let refs = Reference::open("tests/fixtures/vit-tiny/reference.safetensors");

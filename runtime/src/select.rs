@@ -175,14 +175,15 @@ pub struct RuntimeOptions {
 }
 
 impl RuntimeOptions {
-    /// tract, the default measuring rules, the real `/`, the cache in the bundle.
-    pub fn for_bundle(dir: &Path) -> RuntimeOptions {
+    /// tract, the default measuring rules, the real `/`, the cache at
+    /// [`cache::default_path`](crate::cache::default_path) (never in the bundle).
+    pub fn for_bundle(_dir: &Path) -> RuntimeOptions {
         RuntimeOptions {
             engine: EngineKind::Tract,
             engine_options: EngineOptions::default(),
             measure: MeasureOptions::default(),
             sysroot: PathBuf::from("/"),
-            cache: Some(dir.join(crate::cache::IN_BUNDLE)),
+            cache: crate::cache::default_path(),
         }
     }
 }
@@ -254,7 +255,7 @@ impl Runtime {
     pub fn select(&self, limits: &Limits) -> Result<Chosen, SelectError> {
         let start = Instant::now();
         let resolved = limits.resolve(&self.device)?;
-        let key = self.cache_key(&resolved, limits.percentile);
+        let key = self.cache_key(limits);
         let cache = self.options.cache.as_ref().map(Cache::at);
         if let Some(cache) = &cache {
             if let Lookup::Hit(decision) = cache.load::<Decision>(&key) {
@@ -453,7 +454,7 @@ impl Runtime {
         [batch as usize, 3, side, side]
     }
 
-    fn cache_key(&self, limits: &policy::Limits, percentile: Percentile) -> CacheKey {
+    fn cache_key(&self, limits: &Limits) -> CacheKey {
         let engine = match self.options.engine {
             EngineKind::Tract => "tract".to_owned(),
             other => format!("{other}:{}", self.options.engine_options.provider),
@@ -461,11 +462,13 @@ impl Runtime {
         CacheKey {
             device: self.device.fingerprint(),
             power_mode: self.device.power_mode().map(str::to_owned),
+            clocks: None,
             engine,
+            tailor: env!("CARGO_PKG_VERSION").to_owned(),
             bundle: self.bundle.identity(),
             limits: *limits,
-            percentile: f32::from(percentile.value()),
             threads: self.options.engine_options.threads.unwrap_or(0) as u32,
+            measuring: self.options.measure.clone(),
         }
     }
 }

@@ -13,7 +13,7 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny")
 }
 
-/// A private copy of the bundle (selection writes its cache into it).
+/// A private copy of the bundle, in a temporary directory of its own.
 fn bundle() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
@@ -31,11 +31,26 @@ fn runtime(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The default cache directory of a test: beside its bundle copy, never the
+/// user's own cache.
+fn cache_dir(bundle: &Path) -> PathBuf {
+    bundle.with_file_name("cache")
+}
+
+/// `runtime` with the default cache in [`cache_dir`].
+fn runtime_for(bundle: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runtime"))
+        .args(args)
+        .env("TAILOR_CACHE_DIR", cache_dir(bundle))
+        .output()
+        .unwrap()
+}
+
 fn select(bundle: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["select", bundle.to_str().unwrap()];
     args.extend(FAST);
     args.extend(extra);
-    runtime(&args)
+    runtime_for(bundle, &args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -127,7 +142,7 @@ fn the_cache_hits_then_invalidates_on_any_key_change() {
     assert_eq!(fresh["cache"], "disabled");
     assert!(fresh["candidates_measured"].as_u64().unwrap() > 0);
     // A corrupt cache file is a miss, never an error.
-    std::fs::write(b.join(".tailor-cache/decision.postcard"), b"garbage").unwrap();
+    std::fs::write(cache_dir(&b).join("decisions.postcard"), b"garbage").unwrap();
     assert_eq!(json(&select(&b, &limits))["cache"], "miss");
 }
 
@@ -328,7 +343,7 @@ fn run_selects_then_infers_on_a_png() {
         "--json",
     ];
     args.extend(FAST);
-    let v = json(&runtime(&args));
+    let v = json(&runtime_for(&b, &args));
     let cls = v["output"]["cls_token"].as_array().unwrap();
     assert_eq!(cls.len(), 32);
     assert!(cls.iter().all(|x| x.as_f64().unwrap().is_finite()));
@@ -339,7 +354,7 @@ fn run_selects_then_infers_on_a_png() {
     let mut bad = args.clone();
     let missing = d.path().join("missing.png");
     bad[7] = missing.to_str().unwrap();
-    let o = runtime(&bad);
+    let o = runtime_for(&b, &bad);
     assert!(
         !o.status.success() && stderr(&o).contains("missing.png"),
         "{}",

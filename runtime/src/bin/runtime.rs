@@ -120,7 +120,8 @@ struct Common {
     /// Read the device's files under this root instead of `/`.
     #[arg(long, value_name = "DIR", default_value = "/")]
     sysroot: PathBuf,
-    /// Decision cache file (default: <bundle>/.tailor-cache/decision.postcard).
+    /// Decision cache file (default: decisions.postcard in $TAILOR_CACHE_DIR,
+    /// $CACHE_DIRECTORY, $XDG_CACHE_HOME/tailor or ~/.cache/tailor).
     #[arg(long, value_name = "FILE")]
     cache: Option<PathBuf>,
     /// Ignore and do not write the cache: decide afresh.
@@ -208,7 +209,7 @@ impl Common {
             cache: match (&self.cache, self.no_cache) {
                 (_, true) => None,
                 (Some(path), false) => Some(path.clone()),
-                (None, false) => Some(self.bundle.join(tailor_runtime::cache::IN_BUNDLE)),
+                (None, false) => tailor_runtime::cache::default_path(),
             },
         };
         Runtime::with_options(&self.bundle, options)
