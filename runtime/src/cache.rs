@@ -280,6 +280,7 @@ mod tests {
             measurement: Measurement {
                 latency_ms: 21.5,
                 memory_bytes: 700 << 20,
+                spread: 0.0,
             },
         }
     }
