@@ -286,7 +286,7 @@ impl Runtime {
         let subnet = &manifest.subnets[index];
         let measured = trials
             .iter()
-            .find(|t| t.id == subnet.id)
+            .rfind(|t| t.id == subnet.id)
             .and_then(|t| t.measured.clone())
             .expect("winners are measured");
         let session = self
@@ -344,47 +344,17 @@ impl Runtime {
         loop {
             match selector.next() {
                 Step::Measure(i) => {
-                    let subnet = &manifest.subnets[i];
-                    let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
-                    let (obs, trial) = match self
-                        .bundle
-                        .verify(subnet)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| {
-                            self.measure(subnet, limits.batch)
-                                .map_err(|e| format!("{e:#}"))
-                        }) {
-                        Ok(m) => {
-                            let point = policy::Measurement {
-                                latency_ms: m.percentile_ms(percentile) as f32,
-                                memory_bytes: (m.peak_mb * 1024.0 * 1024.0) as u64,
-                            };
-                            let fits = limits.admit(&point);
-                            let trial = Trial {
-                                id: subnet.id.to_owned(),
-                                predicted_ms,
-                                measured: Some(m),
-                                note: None,
-                                fits,
-                            };
-                            (Observation::Measured(point), trial)
-                        }
-                        Err(e) => {
-                            let note = Some(format!("failed, falling back: {e}"));
-                            (
-                                Observation::Failed,
-                                Trial {
-                                    id: subnet.id.to_owned(),
-                                    predicted_ms,
-                                    measured: None,
-                                    note,
-                                    fits: false,
-                                },
-                            )
-                        }
-                    };
+                    let (obs, trial) = self.try_candidate(&selector, i, limits, percentile);
                     trials.push(trial);
                     selector.record(i, obs)?;
+                }
+                // Measured again with the same options until the driver confirms properly.
+                Step::Confirm { index, rival } => {
+                    for i in std::iter::once(index).chain(rival) {
+                        let (obs, trial) = self.try_candidate(&selector, i, limits, percentile);
+                        trials.push(trial);
+                        selector.record_confirmation(i, obs)?;
+                    }
                 }
                 Step::Chosen { index, .. } => return Ok((index, trials)),
                 Step::NothingFits(shortfall) => {
@@ -392,6 +362,57 @@ impl Runtime {
                         self.explain(shortfall, limits, percentile),
                     ))
                 }
+            }
+        }
+    }
+
+    /// Verifies and measures candidate `i`: what the selector is told, and
+    /// what the report shows.
+    fn try_candidate(
+        &self,
+        selector: &BundleSelector,
+        i: usize,
+        limits: &policy::Limits,
+        percentile: Percentile,
+    ) -> (Observation, Trial) {
+        let subnet = &self.bundle.manifest().subnets[i];
+        let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
+        match self
+            .bundle
+            .verify(subnet)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.measure(subnet, limits.batch)
+                    .map_err(|e| format!("{e:#}"))
+            }) {
+            Ok(m) => {
+                let point = policy::Measurement {
+                    latency_ms: m.percentile_ms(percentile) as f32,
+                    memory_bytes: (m.peak_mb * 1024.0 * 1024.0) as u64,
+                    spread: 0.0,
+                };
+                let fits = limits.admit(&point);
+                let trial = Trial {
+                    id: subnet.id.to_owned(),
+                    predicted_ms,
+                    measured: Some(m),
+                    note: None,
+                    fits,
+                };
+                (Observation::Measured(point), trial)
+            }
+            Err(e) => {
+                let note = Some(format!("failed, falling back: {e}"));
+                (
+                    Observation::Failed,
+                    Trial {
+                        id: subnet.id.to_owned(),
+                        predicted_ms,
+                        measured: None,
+                        note,
+                        fits: false,
+                    },
+                )
             }
         }
     }
@@ -420,6 +441,22 @@ impl Runtime {
                 mb(measurement.memory_bytes),
                 limits.latency_ms,
                 mb(limits.memory_bytes)
+            ),
+            Shortfall::OverMemory { first, second } => format!(
+                "the two smallest, {} and {}, measured {:.0} MB and {:.0} MB, over the {:.0} MB limit",
+                manifest.subnets[first.0].id,
+                manifest.subnets[second.0].id,
+                mb(first.1),
+                mb(second.1),
+                mb(limits.memory_bytes)
+            ),
+            Shortfall::Unconfirmed { closest, measurement } => format!(
+                "{} winners missed the limits when measured again; the closest, {}, measured {:.2} ms (p{}) against {:.2} ms",
+                policy::MAX_CONFIRMATIONS,
+                manifest.subnets[closest].id,
+                measurement.latency_ms,
+                percentile.value(),
+                limits.latency_ms
             ),
             Shortfall::Failed => "every candidate failed to load or run".into(),
         }

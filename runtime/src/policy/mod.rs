@@ -5,8 +5,9 @@
 //! the manifest; on the device each measurement of a candidate's latency
 //! and memory costs seconds. The [`Selector`] is a state machine the driver
 //! steps: [`Selector::next`] says which candidate to measure, the driver
-//! [`Selector::record`]s what it observed, until the selector answers
-//! [`Step::Chosen`] or [`Step::NothingFits`].
+//! [`Selector::record`]s what it observed (and
+//! [`Selector::record_confirmation`] when asked to [`Step::Confirm`]), until
+//! the selector answers [`Step::Chosen`] or [`Step::NothingFits`].
 //!
 //! # Algorithm
 //!
@@ -19,16 +20,23 @@
 //! 2. **Objective.** If every candidate has a `quality`, higher quality
 //!    ranks first; otherwise more MACs rank first. Ties go to the lower
 //!    latency, measured or else predicted.
-//! 3. **Latency model.** `latency ≈ a + b · macs`, refitted by least squares
-//!    over every measured candidate after each measurement (slope kept
-//!    non-negative). A point more than 25% *slower* than the line through
-//!    the others (judged once four points exist; up to 8 such points) is an
-//!    anomaly of that candidate and is left out of the fit: a candidate can
-//!    run far slower than its MACs say, never far faster. The model's
-//!    margin is 2% (a percentile's repeatability) plus the largest relative
-//!    residual of the points it kept. With a single point the model
-//!    is a ray from the origin through it — an over-prediction on any
-//!    device with fixed overhead — and its margin is unbounded.
+//! 3. **Latency model.** `latency ≈ a + b · macs + c · depth + d · depth ·
+//!    width` (a fixed cost, the arithmetic, a per-block cost, the per-block
+//!    element-wise work; see `model` for the measurements behind it),
+//!    refitted after each measurement by least squares in relative error
+//!    with every coefficient non-negative, over every measured candidate
+//!    (a confirmation's measurement in place of the search's). The fit
+//!    uses only the features the points can tell apart, and a fit of more
+//!    than two features needs a point more than it has features; so two
+//!    points give the line `a + b · macs`. A point more than 25% *slower*
+//!    than the fit through the others (judged once four points exist; up
+//!    to 8 such points) is an anomaly of that candidate and is left out: a
+//!    candidate can run far slower than its shape says, never far faster.
+//!    The model's margin is the points' largest measured `spread` (at least
+//!    2%, a percentile's repeatability) plus the largest relative residual
+//!    of the points it kept. With a single point the model is a ray from
+//!    the origin through it — an over-prediction on any device with fixed
+//!    overhead — and its margin is unbounded.
 //! 4. **Search.** The first measurement is the cheapest candidate (fewest
 //!    MACs); if it and the next cheapest miss the latency limit, nothing
 //!    fits (one check more than a monotone curve needs). Otherwise,
@@ -41,17 +49,40 @@
 //!    first; the third lands at the line's boundary; the rest check the
 //!    boundary's better-ranked neighbours. A candidate that misses is out,
 //!    the line is refitted and the search steps down to the best candidate
-//!    still predicted to fit. The search ends with [`Step::Chosen`] when no
-//!    candidate is open or the budget (default 8 measurements) is spent.
-//! 5. **Failures.** A candidate that fails to load or run, or whose measured
+//!    still predicted to fit. The search settles on its best measured fit
+//!    when no candidate is open or the budget (default 8 measurements,
+//!    confirmations not counted) is spent.
+//! 5. **Confirmation.** A measurement that happened to come in under the
+//!    limit is likelier to be the one that wins (winner's curse), so the
+//!    search's winner is measured again before it is chosen:
+//!    [`Step::Confirm`] names it and, as `rival`, the best-ranked candidate
+//!    above it that ran within memory and missed the latency limit by no
+//!    more than its own spread or 5%, whichever is larger; the driver
+//!    measures both interleaved, so drift hits both alike. A confirmation
+//!    *replaces* the search's measurement (it is longer, and unbiased). If
+//!    the rival's confirmation fits, the rival is chosen (it ranks higher);
+//!    else if the winner's does, the winner is; else both are out with
+//!    their confirmed figures and the search steps down to its next best
+//!    measured fit (measuring open candidates above it first, within the
+//!    budget, which each round that missed raises by one measurement, so
+//!    a step down is not stuck with a fit far below), which needs its own
+//!    confirmation. [`Step::Chosen`] carries
+//!    the confirmed measurement. After [`MAX_CONFIRMATIONS`] rounds of
+//!    confirmation without a fit, nothing fits: the device does not repeat
+//!    its measurements near this limit, and [`Shortfall::Unconfirmed`]
+//!    names the confirmed candidate that came closest.
+//! 6. **Failures.** A candidate that fails to load or run, or whose measured
 //!    memory exceeds the limit, is out and the search goes on. While no
 //!    measured candidate fits, the search continues past the budget, best
-//!    predicted first within the budget and cheapest first beyond it, until
-//!    one fits or the two cheapest candidates that run within memory have
-//!    missed the latency limit ([`Shortfall::Missed`]).
+//!    predicted first within the budget and cheapest first beyond it (and
+//!    cheapest first as soon as one of the cheapest ran over memory, since
+//!    memory grows with size), until one fits, or the two cheapest
+//!    candidates that run within memory have missed the latency limit
+//!    ([`Shortfall::Missed`]), or the two cheapest that ran both exceeded
+//!    the memory limit ([`Shortfall::OverMemory`]).
 //!
-//! The winner is always a candidate that was measured and fit, never one
-//! that was only predicted to.
+//! The winner is always a candidate that was measured, confirmed and fit,
+//! never one that was only predicted to or measured once.
 
 mod model;
 
@@ -62,7 +93,7 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Subnet, MAX_SUBNETS};
-use model::{LatencyModel, Point};
+use model::{LatencyModel, Point, Shape};
 
 /// Measurements a search may spend before settling for the best that fit.
 pub const DEFAULT_BUDGET: usize = 8;
@@ -71,6 +102,19 @@ pub const DEFAULT_BUDGET: usize = 8;
 /// memory have missed the latency limit: one more than a monotone curve
 /// needs, in case the cheapest is an anomaly.
 const FLOOR_CHECKS: usize = 2;
+
+/// Rounds of confirmation a search may spend before it gives up on a device
+/// whose measurements do not repeat near the limit.
+pub const MAX_CONFIRMATIONS: usize = 4;
+
+/// A rival missed the limit by at most its spread, or by this much if more:
+/// a percentile's repeatability between two measurements.
+const RIVAL_REACH: f32 = 0.05;
+
+/// Search measurements each round of confirmation that missed adds to the
+/// budget: the step down measures near the limit again rather than settle
+/// for a fit far below it.
+const ROUND_BUDGET: usize = 1;
 
 /// Predicted footprints are the tensors' bytes times this ratio.
 const FOOTPRINT_SAFETY: (u64, u64) = (5, 4);
@@ -83,6 +127,10 @@ pub type BundleSelector = Selector<MAX_SUBNETS>;
 pub struct Candidate {
     /// Multiply-accumulates per image.
     pub macs: u64,
+    /// Blocks: each costs time beyond its MACs (dispatch, element-wise work).
+    pub depth: u32,
+    /// Embedding width: element-wise work per block scales with it.
+    pub width: u32,
     /// Bytes of weights the graph reads.
     pub weight_bytes: u64,
     /// Peak activation bytes at batch 1.
@@ -103,12 +151,22 @@ impl Candidate {
             .saturating_mul(num)
             .saturating_add(tensors % den * num / den)
     }
+
+    fn shape(&self) -> Shape {
+        Shape {
+            macs: self.macs,
+            depth: self.depth,
+            width: self.width,
+        }
+    }
 }
 
 impl From<&Subnet<'_>> for Candidate {
     fn from(s: &Subnet<'_>) -> Self {
         Candidate {
             macs: s.macs,
+            depth: s.depth,
+            width: s.width,
             weight_bytes: s.weight_bytes,
             activation_bytes: s.activation_bytes,
             quality: s.quality,
@@ -168,6 +226,20 @@ pub struct Measurement {
     pub latency_ms: f32,
     /// Peak memory while running.
     pub memory_bytes: u64,
+    /// How far above `latency_ms` the true latency may be, relative (e.g.
+    /// an order-statistic upper bound of the percentile, minus it, over
+    /// it); 0 for exact.
+    #[serde(default)]
+    pub spread: f32,
+}
+
+impl Measurement {
+    fn is_valid(&self) -> bool {
+        self.latency_ms.is_finite()
+            && self.latency_ms > 0.0
+            && self.spread.is_finite()
+            && self.spread >= 0.0
+    }
 }
 
 /// What happened when the driver tried a candidate.
@@ -184,7 +256,12 @@ pub enum Observation {
 pub enum Step {
     /// Measure this candidate and [`Selector::record`] the observation.
     Measure(usize),
-    /// The best candidate that was measured and fit.
+    /// Measure `index`, the search's winner, again with more runs, and
+    /// `rival` (a close miss ranked above it) interleaved with it;
+    /// [`Selector::record_confirmation`] each.
+    Confirm { index: usize, rival: Option<usize> },
+    /// The best candidate that was measured, confirmed and fit, with its
+    /// confirmed measurement.
     Chosen {
         index: usize,
         measurement: Measurement,
@@ -210,6 +287,18 @@ pub enum Shortfall {
         smallest: usize,
         measurement: Measurement,
     },
+    /// The two cheapest candidates that ran (by MACs) each exceeded the
+    /// memory limit: `(index, measured peak bytes)`, cheapest first.
+    OverMemory {
+        first: (usize, u64),
+        second: (usize, u64),
+    },
+    /// [`MAX_CONFIRMATIONS`] winners missed the limits when measured again;
+    /// `closest` is the confirmed candidate with the lowest latency.
+    Unconfirmed {
+        closest: usize,
+        measurement: Measurement,
+    },
     /// Every eligible candidate failed to load or run.
     Failed,
 }
@@ -229,8 +318,14 @@ pub enum PolicyError {
     UnknownCandidate { index: usize, count: usize },
     /// An observation for a candidate excluded before the search.
     Ineligible { index: usize },
-    /// A latency that is not a positive, finite number.
+    /// A latency that is not a positive, finite number, or a spread that is
+    /// negative or not finite.
     InvalidMeasurement { index: usize },
+    /// An observation the selector did not ask for: a confirmation of a
+    /// candidate the current [`Step::Confirm`] does not name (or already
+    /// got), a search measurement while a confirmation is open or of a
+    /// confirmed candidate.
+    NotRequested { index: usize },
 }
 
 impl fmt::Display for PolicyError {
@@ -253,9 +348,14 @@ impl fmt::Display for PolicyError {
                 f,
                 "candidate {index} is excluded (below min_quality or over memory) and is never measured"
             ),
-            PolicyError::InvalidMeasurement { index } => {
-                write!(f, "candidate {index}: latency must be positive and finite")
-            }
+            PolicyError::InvalidMeasurement { index } => write!(
+                f,
+                "candidate {index}: latency must be positive and finite, spread non-negative and finite"
+            ),
+            PolicyError::NotRequested { index } => write!(
+                f,
+                "candidate {index}: observation not requested (follow the selector's last step)"
+            ),
         }
     }
 }
@@ -270,7 +370,28 @@ enum State {
     OverMemory,
     Unmeasured,
     Ran(Measurement),
+    /// Measured again when it won: replaces the search's measurement.
+    Confirmed(Measurement),
     Failed,
+}
+
+impl State {
+    /// The latest measurement, if the candidate ran.
+    fn measurement(&self) -> Option<Measurement> {
+        match *self {
+            State::Ran(m) | State::Confirmed(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// A round of confirmation the driver has started recording.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    index: usize,
+    rival: Option<usize>,
+    /// Whether `index` and `rival` still await their confirmation.
+    awaiting: (bool, bool),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +410,9 @@ pub struct Selector<const N: usize> {
     budget: usize,
     /// Observations recorded, failures included.
     spent: usize,
+    /// Rounds of confirmation completed.
+    confirmations: usize,
+    round: Option<Round>,
     model: Option<LatencyModel>,
 }
 
@@ -346,6 +470,8 @@ impl<const N: usize> Selector<N> {
             limits,
             budget: DEFAULT_BUDGET,
             spent: 0,
+            confirmations: 0,
+            round: None,
             model: None,
         })
     }
@@ -358,71 +484,122 @@ impl<const N: usize> Selector<N> {
 
     /// What to do now; asking again without recording gives the same answer.
     pub fn next(&self) -> Step {
+        if let Some(round) = self.round {
+            return Step::Confirm {
+                index: round.index,
+                rival: round.rival,
+            };
+        }
         if let Some(shortfall) = self.ineligible_shortfall() {
             return Step::NothingFits(shortfall);
         }
         match self.best_fit() {
-            Some((index, measurement)) => match self.step_up(index, &measurement) {
+            Some((index, State::Confirmed(measurement))) => Step::Chosen { index, measurement },
+            Some((index, state)) => match state.measurement().and_then(|m| self.step_up(index, &m))
+            {
                 Some(next) => Step::Measure(next),
-                None => Step::Chosen { index, measurement },
+                None => self.confirm(index),
             },
             None => self.step_down(),
         }
     }
 
-    /// Records what measuring candidate `index` gave.
+    /// Records what measuring candidate `index` gave, as [`Step::Measure`]
+    /// asked.
     pub fn record(&mut self, index: usize, obs: Observation) -> Result<(), PolicyError> {
-        let count = self.entries.len();
-        let entry = self
-            .entries
-            .get_mut(index)
-            .ok_or(PolicyError::UnknownCandidate { index, count })?;
-        if matches!(entry.state, State::BelowQuality | State::OverMemory) {
-            return Err(PolicyError::Ineligible { index });
+        let entry = self.eligible(index)?;
+        if self.round.is_some() || matches!(entry.state, State::Confirmed(_)) {
+            return Err(PolicyError::NotRequested { index });
         }
-        entry.state = match obs {
-            Observation::Measured(m) if m.latency_ms.is_finite() && m.latency_ms > 0.0 => {
-                State::Ran(m)
-            }
-            Observation::Measured(_) => return Err(PolicyError::InvalidMeasurement { index }),
-            Observation::Failed => State::Failed,
-        };
+        let state = observed(index, obs, State::Ran)?;
+        self.entries[index].state = state;
         self.spent += 1;
-        self.model = LatencyModel::fit(|| self.points());
+        self.refit();
+        Ok(())
+    }
+
+    /// Records what measuring candidate `index` again gave, as
+    /// [`Step::Confirm`] asked (for its `index` and its `rival`, in any
+    /// order); it replaces the search's measurement.
+    pub fn record_confirmation(
+        &mut self,
+        index: usize,
+        obs: Observation,
+    ) -> Result<(), PolicyError> {
+        self.eligible(index)?;
+        let mut round = match (self.round, self.next()) {
+            (Some(round), _) => round,
+            (None, Step::Confirm { index, rival }) => Round {
+                index,
+                rival,
+                awaiting: (true, rival.is_some()),
+            },
+            (None, _) => return Err(PolicyError::NotRequested { index }),
+        };
+        if index == round.index && round.awaiting.0 {
+            round.awaiting.0 = false;
+        } else if Some(index) == round.rival && round.awaiting.1 {
+            round.awaiting.1 = false;
+        } else {
+            return Err(PolicyError::NotRequested { index });
+        }
+        let state = observed(index, obs, State::Confirmed)?;
+        self.entries[index].state = state;
+        self.round = if round.awaiting == (false, false) {
+            self.confirmations += 1;
+            None
+        } else {
+            Some(round)
+        };
+        self.refit();
         Ok(())
     }
 
     /// The model's latency for candidate `index`, once any candidate ran
-    /// (a rough ray until two of different MACs have).
+    /// (a rough ray until two of different shapes have).
     pub fn predicted_latency_ms(&self, index: usize) -> Option<f32> {
         let entry = self.entries.get(index)?;
-        Some(self.model?.predict(entry.candidate.macs) as f32)
+        Some(self.model?.predict(&entry.candidate.shape()) as f32)
     }
 
-    /// Every observation recorded so far, by candidate index.
+    /// Every observation recorded so far, by candidate index (a
+    /// confirmation in place of the search's measurement).
     pub fn measured(&self) -> impl Iterator<Item = (usize, Observation)> + '_ {
         self.entries
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match e.state {
-                State::Ran(m) => Some((i, Observation::Measured(m))),
                 State::Failed => Some((i, Observation::Failed)),
-                _ => None,
+                state => state.measurement().map(|m| (i, Observation::Measured(m))),
             })
     }
 
+    /// Candidate `index`, if it exists and may be measured.
+    fn eligible(&self, index: usize) -> Result<&Entry, PolicyError> {
+        let count = self.entries.len();
+        let entry = self
+            .entries
+            .get(index)
+            .ok_or(PolicyError::UnknownCandidate { index, count })?;
+        if matches!(entry.state, State::BelowQuality | State::OverMemory) {
+            return Err(PolicyError::Ineligible { index });
+        }
+        Ok(entry)
+    }
+
+    fn refit(&mut self) {
+        self.model = LatencyModel::fit(|| self.points());
+    }
+
     fn points(&self) -> impl Iterator<Item = Point> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(id, e)| match e.state {
-                State::Ran(m) => Some(Point {
-                    id,
-                    macs: e.candidate.macs,
-                    latency_ms: m.latency_ms,
-                }),
-                _ => None,
+        self.indexed().filter_map(|(id, e)| {
+            e.state.measurement().map(|m| Point {
+                id,
+                shape: e.candidate.shape(),
+                latency_ms: m.latency_ms,
+                spread: m.spread,
             })
+        })
     }
 
     /// Why nothing fits before anything runs, if every candidate is excluded.
@@ -448,11 +625,11 @@ impl<const N: usize> Selector<N> {
         })
     }
 
-    /// The best-ranked measured candidate that fits.
-    fn best_fit(&self) -> Option<(usize, Measurement)> {
-        let fitting = self.indexed().filter_map(|(i, e)| match e.state {
-            State::Ran(m) if self.limits.admit(&m) => Some((i, e, m)),
-            _ => None,
+    /// The best-ranked measured candidate that fits, with its state.
+    fn best_fit(&self) -> Option<(usize, State)> {
+        let fitting = self.indexed().filter_map(|(i, e)| {
+            let m = e.state.measurement()?;
+            self.limits.admit(&m).then_some((i, e, m))
         });
         fitting
             .max_by(|(_, a, am), (_, b, bm)| {
@@ -460,13 +637,60 @@ impl<const N: usize> Selector<N> {
                     .total_cmp(&b.score)
                     .then(bm.latency_ms.total_cmp(&am.latency_ms))
             })
-            .map(|(i, _, m)| (i, m))
+            .map(|(i, e, _)| (i, e.state))
+    }
+
+    /// Confirmation of the search's winner `index`, or why the search gives
+    /// up after [`MAX_CONFIRMATIONS`] rounds.
+    fn confirm(&self, index: usize) -> Step {
+        let closest = self
+            .indexed()
+            .filter_map(|(i, e)| match e.state {
+                State::Confirmed(m) => Some((i, m)),
+                _ => None,
+            })
+            .min_by(|(_, a), (_, b)| a.latency_ms.total_cmp(&b.latency_ms));
+        match closest {
+            Some((closest, measurement)) if self.confirmations >= MAX_CONFIRMATIONS => {
+                Step::NothingFits(Shortfall::Unconfirmed {
+                    closest,
+                    measurement,
+                })
+            }
+            _ => Step::Confirm {
+                index,
+                rival: self.rival(index),
+            },
+        }
+    }
+
+    /// The best-ranked candidate above `winner` whose search measurement ran
+    /// within memory and missed the latency limit by no more than its
+    /// spread (or [`RIVAL_REACH`]).
+    fn rival(&self, winner: usize) -> Option<usize> {
+        let score = self.entries[winner].score;
+        let limit = self.limits.latency_ms;
+        self.indexed()
+            .filter_map(|(i, e)| match e.state {
+                State::Ran(m)
+                    if e.score > score
+                        && m.memory_bytes <= self.limits.memory_bytes
+                        && m.latency_ms > limit
+                        && m.latency_ms <= limit * (1.0 + m.spread.max(RIVAL_REACH)) =>
+                {
+                    Some((i, e, f64::from(m.latency_ms)))
+                }
+                _ => None,
+            })
+            .max_by(rank)
+            .map(|(i, _, _)| i)
     }
 
     /// The next candidate worth measuring above the best fit so far, if any
     /// and if the budget allows.
     fn step_up(&self, best: usize, best_measured: &Measurement) -> Option<usize> {
-        if self.spent >= self.budget {
+        // Each round of confirmation so far missed: it buys a measurement.
+        if self.spent >= self.budget + ROUND_BUDGET * self.confirmations {
             return None;
         }
         let model = self.model?;
@@ -492,19 +716,20 @@ impl<const N: usize> Selector<N> {
         let memory = self.limits.memory_bytes;
         let cheapest = self.unmeasured().min_by_key(|(_, e)| e.candidate.macs);
         let floor = cheapest.map_or(u64::MAX, |(_, e)| e.candidate.macs);
-        // Candidates at the floor that ran within memory: all too slow.
-        let too_slow = self.indexed().filter_map(|(i, e)| match e.state {
-            State::Ran(m) if m.memory_bytes <= memory && e.candidate.macs <= floor => {
-                Some((i, e.candidate.macs, m))
-            }
-            _ => None,
+        // Candidates at the floor (nothing cheaper is unmeasured) that ran.
+        let at_floor = self.indexed().filter_map(move |(i, e)| {
+            let m = e.state.measurement()?;
+            (e.candidate.macs <= floor).then_some((i, e.candidate.macs, m))
         });
+        let too_slow = at_floor
+            .clone()
+            .filter(|(_, _, m)| m.memory_bytes <= memory);
+        let mut over_memory = at_floor.filter(|(_, _, m)| m.memory_bytes > memory);
         let Some((cheapest, _)) = cheapest.filter(|_| too_slow.clone().count() < FLOOR_CHECKS)
         else {
-            let ran = self.indexed().filter_map(|(i, e)| match e.state {
-                State::Ran(m) => Some((i, e.candidate.macs, m)),
-                _ => None,
-            });
+            let ran = self
+                .indexed()
+                .filter_map(|(i, e)| Some((i, e.candidate.macs, e.state.measurement()?)));
             let smallest = too_slow.min_by_key(|&(_, macs, _)| macs);
             return Step::NothingFits(match smallest.or_else(|| ran.min_by_key(|&(_, m, _)| m)) {
                 Some((smallest, _, measurement)) => Shortfall::Missed {
@@ -514,9 +739,22 @@ impl<const N: usize> Selector<N> {
                 None => Shortfall::Failed,
             });
         };
+        let first = over_memory.clone().min_by_key(|&(i, macs, _)| (macs, i));
+        let second = first.and_then(|(first, ..)| {
+            over_memory
+                .clone()
+                .filter(|&(i, ..)| i != first)
+                .min_by_key(|&(i, macs, _)| (macs, i))
+        });
+        if let (Some((i, _, a)), Some((j, _, b))) = (first, second) {
+            return Step::NothingFits(Shortfall::OverMemory {
+                first: (i, a.memory_bytes),
+                second: (j, b.memory_bytes),
+            });
+        }
         let best_predicted = self
             .model
-            .filter(|_| self.spent < self.budget)
+            .filter(|_| self.spent < self.budget && over_memory.next().is_none())
             .and_then(|model| best_predicted_to_fit(self.predicted(model), self.latency_limit()));
         Step::Measure(best_predicted.map_or(cheapest, |(i, _, _)| i))
     }
@@ -531,7 +769,7 @@ impl<const N: usize> Selector<N> {
         model: LatencyModel,
     ) -> impl Iterator<Item = (usize, &Entry, f64)> + Clone + '_ {
         self.unmeasured()
-            .map(move |(i, e)| (i, e, model.predict(e.candidate.macs)))
+            .map(move |(i, e)| (i, e, model.predict(&e.candidate.shape())))
     }
 
     fn indexed(&self) -> impl Iterator<Item = (usize, &Entry)> + Clone + '_ {
@@ -540,6 +778,19 @@ impl<const N: usize> Selector<N> {
 
     fn unmeasured(&self) -> impl Iterator<Item = (usize, &Entry)> + Clone + '_ {
         self.indexed().filter(|(_, e)| e.state == State::Unmeasured)
+    }
+}
+
+/// The state a valid observation of candidate `index` leaves it in.
+fn observed(
+    index: usize,
+    obs: Observation,
+    ran: fn(Measurement) -> State,
+) -> Result<State, PolicyError> {
+    match obs {
+        Observation::Measured(m) if m.is_valid() => Ok(ran(m)),
+        Observation::Measured(_) => Err(PolicyError::InvalidMeasurement { index }),
+        Observation::Failed => Ok(State::Failed),
     }
 }
 
