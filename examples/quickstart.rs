@@ -5,12 +5,14 @@
 //!     cargo run --release --example quickstart [-- LATENCY_MS [MEMORY_MB]]
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use ndarray::Array4;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::runtime::isolate::{self, Isolation};
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
 
 /// Default budget: a latency a mid-range CPU core meets with the middle of
@@ -18,7 +20,21 @@ use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions}
 const DEFAULT_LATENCY_MS: f64 = 4.0;
 const DEFAULT_MEMORY_MB: f64 = 512.0;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    // Candidates are measured in children: this program re-executed.
+    if let Some(code) = isolate::child_main() {
+        return code;
+    }
+    match quickstart() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn quickstart() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let latency_ms = args
         .next()
@@ -63,8 +79,11 @@ fn main() -> Result<()> {
     );
 
     // 2. What the bundle holds.
-    let mut options = RuntimeOptions::for_bundle(&out);
-    options.cache = None; // a fresh decision every time the quickstart runs
+    let options = RuntimeOptions {
+        cache: None, // a fresh decision every time the quickstart runs
+        isolation: Isolation::current_exe()?,
+        ..RuntimeOptions::default()
+    };
     let rt = Runtime::with_options(&out, options)?;
     let manifest = rt.bundle().manifest();
     println!(

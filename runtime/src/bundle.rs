@@ -1,12 +1,20 @@
 //! A bundle directory on the device: its manifest, and integrity checks of
 //! the files a sub-network needs before an engine touches them.
+//!
+//! Each file is hashed at most once per process, and only when a candidate
+//! reads it; files whose size, mtime and inode match a [`FileStamp`] from an
+//! earlier verification are trusted without hashing (a 1.2 GB weight file
+//! costs seconds to hash on a board).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256 as Hasher};
 
+use crate::cache::FileStamp;
 use crate::manifest::{DecodeError, Manifest, Sha256, Subnet};
 
 /// The compact manifest the runtime reads.
@@ -20,6 +28,16 @@ pub struct Bundle {
     dir: PathBuf,
     manifest_bytes: Vec<u8>,
     manifest_sha256: Sha256,
+    /// Files known to hold a digest: hashed by this process, or trusted from
+    /// a stamp that still matches.
+    verified: Mutex<HashMap<PathBuf, Verified>>,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    sha256: Sha256,
+    /// Set when this process hashed the file (so it can be recorded).
+    stamp: Option<FileStamp>,
 }
 
 /// Why a bundle or one of its files cannot be used.
@@ -63,6 +81,7 @@ impl Bundle {
             dir,
             manifest_bytes,
             manifest_sha256,
+            verified: Mutex::default(),
         })
     }
 
@@ -99,12 +118,70 @@ impl Bundle {
     }
 
     /// Checks the sizes and sha256 of the graph and weight files of `subnet`
-    /// (a corrupted flash is common on boards).
+    /// (a corrupted flash is common on boards), each file at most once per
+    /// process.
     pub fn verify(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
-        check_file(&self.dir.join(subnet.onnx), None, subnet.onnx_sha256)?;
+        self.verify_file(subnet.onnx, None, subnet.onnx_sha256)?;
         for w in &subnet.weights {
-            check_file(&self.dir.join(w.path), Some(w.bytes), w.sha256)?;
+            self.verify_file(w.path, Some(w.bytes), w.sha256)?;
         }
+        Ok(())
+    }
+
+    /// Takes the files of `stamps` whose size, mtime and inode are unchanged
+    /// as holding the recorded digest, so [`Bundle::verify`] skips them when
+    /// that digest is the manifest's.
+    pub fn trust(&self, stamps: &[FileStamp]) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        for stamp in stamps.iter().filter(|s| s.still_matches()) {
+            verified.entry(stamp.path.clone()).or_insert(Verified {
+                sha256: stamp.sha256,
+                stamp: None,
+            });
+        }
+    }
+
+    /// Stamps of the files this process hashed, to trust them next time.
+    pub fn stamps(&self) -> Vec<FileStamp> {
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        verified.values().filter_map(|v| v.stamp.clone()).collect()
+    }
+
+    fn verify_file(
+        &self,
+        relative: &str,
+        size: Option<u64>,
+        expected: Sha256,
+    ) -> Result<(), BundleError> {
+        let path =
+            std::path::absolute(self.dir.join(relative)).map_err(|source| BundleError::Io {
+                path: self.dir.join(relative),
+                source,
+            })?;
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&path)
+            .map(|v| v.sha256);
+        if known == Some(expected) {
+            return Ok(());
+        }
+        // Stamped before hashing and checked after: a file changed meanwhile
+        // is not trusted later.
+        let before = FileStamp::of(&path, expected).ok();
+        check_file(&path, size, expected)?;
+        let stamp = before.filter(FileStamp::still_matches);
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                path,
+                Verified {
+                    sha256: expected,
+                    stamp,
+                },
+            );
         Ok(())
     }
 }

@@ -18,11 +18,15 @@ pub mod engine;
 #[cfg(feature = "std")]
 pub mod image;
 #[cfg(feature = "std")]
+pub mod isolate;
+#[cfg(feature = "std")]
 pub mod probe;
 #[cfg(feature = "std")]
 pub mod profile;
 #[cfg(feature = "std")]
 pub mod select;
+#[cfg(feature = "std")]
+pub mod stdout;
 
 #[cfg(feature = "std")]
 pub use select::{Limits, Runtime};

@@ -9,7 +9,10 @@
 //!
 //! Memory is process-wide, read from `/proc/self/status` (`VmRSS` is
 //! `/proc/self/statm`'s resident field, already in kB, so no page size is
-//! needed); see [`MemorySource`] for how the peak is obtained.
+//! needed); see [`MemorySource`] for how the peak is obtained. The peak
+//! window opens before the load, where out-of-memory really happens; to
+//! keep earlier candidates' heap out of it, measure in a child process
+//! ([`crate::isolate`]).
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -116,13 +119,47 @@ pub struct Measurement {
     pub noisy: bool,
     /// Process RSS right after the load.
     pub rss_mb: f64,
-    /// Peak process RSS from the first run to the last, never below `rss_mb`.
+    /// Peak process RSS from just before the load to the last run: the load's
+    /// own peak (where out-of-memory happens) included.
     pub peak_mb: f64,
     /// How `peak_mb` was obtained.
     pub memory: MemorySource,
+    /// The timed runs, ascending; emptied before a decision is cached (only
+    /// a fresh selection needs them).
+    pub samples_ms: Vec<f64>,
 }
 
+/// The confidence of [`Measurement::upper_ms`]: one-sided, for an order
+/// statistic of the runs.
+pub const UPPER_CONFIDENCE: f64 = 0.8;
+
 impl Measurement {
+    /// The statistics of timed runs (at least one), with no load or memory
+    /// figures yet.
+    fn of_runs(mut samples: Vec<f64>) -> Measurement {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len() as f64;
+        let mean = samples.iter().sum::<f64>() / n;
+        let stdev = (samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let cv = if mean > 0.0 { stdev / mean } else { 0.0 };
+        Measurement {
+            load_ms: 0.0,
+            first_ms: 0.0,
+            runs: samples.len() as u32,
+            mean_ms: mean,
+            p50_ms: nearest_rank(&samples, Percentile::P50.percent()),
+            p90_ms: nearest_rank(&samples, Percentile::P90.percent()),
+            p99_ms: nearest_rank(&samples, Percentile::P99.percent()),
+            stdev_ms: stdev,
+            cv,
+            noisy: cv > NOISY_CV,
+            rss_mb: 0.0,
+            peak_mb: 0.0,
+            memory: MemorySource::Unavailable,
+            samples_ms: samples,
+        }
+    }
+
     pub fn percentile_ms(&self, p: Percentile) -> f64 {
         match p {
             Percentile::P50 => self.p50_ms,
@@ -130,7 +167,62 @@ impl Measurement {
             Percentile::P99 => self.p99_ms,
         }
     }
+
+    /// An upper confidence bound of the true percentile `p`, at
+    /// [`UPPER_CONFIDENCE`]: the smallest order statistic that exceeds the
+    /// percentile with that probability, whatever the distribution; the
+    /// slowest run when there are too few runs for one. Without samples
+    /// (a cached measurement) it is the percentile itself.
+    pub fn upper_ms(&self, p: Percentile) -> f64 {
+        match upper_rank(self.samples_ms.len(), p.percent() / 100.0, UPPER_CONFIDENCE) {
+            Some(rank) => self.samples_ms[rank - 1],
+            None => self
+                .samples_ms
+                .last()
+                .copied()
+                .unwrap_or(self.percentile_ms(p)),
+        }
+    }
+
+    /// How far the true percentile may be above the measured one, relative:
+    /// `upper_ms / percentile_ms - 1`.
+    pub fn spread(&self, p: Percentile) -> f64 {
+        let point = self.percentile_ms(p);
+        if point > 0.0 {
+            (self.upper_ms(p) / point - 1.0).max(0.0)
+        } else {
+            0.0
+        }
+    }
 }
+
+/// The 1-based rank `k` of the smallest order statistic of `n` samples that
+/// is at or above the `q`-quantile with probability `confidence`, i.e. the
+/// smallest `k` with `P(Binomial(n, q) < k) >= confidence`; `None` if even
+/// the largest sample is not enough.
+pub fn upper_rank(n: usize, q: f64, confidence: f64) -> Option<usize> {
+    // P(X = 0) = (1-q)^n, then P(X = j) = P(X = j-1) · (n-j+1)/j · q/(1-q).
+    if n == 0 || !(0.0..1.0).contains(&q) {
+        return None;
+    }
+    let mut pmf = (1.0 - q).powi(n as i32);
+    let mut cdf = 0.0;
+    for k in 1..=n {
+        cdf += pmf; // P(X <= k-1)
+        if cdf >= confidence {
+            return Some(k);
+        }
+        let j = k as f64;
+        pmf *= (n as f64 - j + 1.0) / j * q / (1.0 - q);
+    }
+    None
+}
+
+/// A session loader for [`measure`] and [`measure_interleaved`].
+pub type Load<'a> = Box<dyn FnOnce() -> Result<Box<dyn Session>, EngineError> + 'a>;
+
+/// A loaded session with its measurement, handed back for serving.
+pub type Measured = (Box<dyn Session>, Measurement);
 
 /// Loads a session with `load` and measures it on `input`; the session is
 /// handed back for serving.
@@ -138,61 +230,86 @@ pub fn measure(
     load: impl FnOnce() -> Result<Box<dyn Session>, EngineError>,
     input: ArrayView4<'_, f32>,
     opts: &MeasureOptions,
-) -> Result<(Box<dyn Session>, Measurement), EngineError> {
+) -> Result<Measured, EngineError> {
+    let mut measured = measure_interleaved(vec![Box::new(load) as Load<'_>], input, opts)?;
+    Ok(measured.pop().expect("one session loaded"))
+}
+
+/// Loads every session, then times them round-robin (one run of each per
+/// round), so drift, throttling and other load hit all of them alike: the
+/// fair way to compare close candidates. Each session gets the run count and
+/// timed duration of `opts`; the memory figures are the process's, so with
+/// several sessions they cover all of them.
+pub fn measure_interleaved(
+    loads: Vec<Load<'_>>,
+    input: ArrayView4<'_, f32>,
+    opts: &MeasureOptions,
+) -> Result<Vec<Measured>, EngineError> {
     if opts.max_runs == 0 || opts.max_runs < opts.min_runs {
         return Err(EngineError::Options(
             "max_runs must be at least 1 and at least min_runs",
         ));
     }
-    let start = Instant::now();
-    let mut session = load()?;
-    let load_ms = ms(start.elapsed());
-
-    let rss_kb = status_kb("VmRSS:");
-    let mut peak = Peak::start(rss_kb);
-
-    let start = Instant::now();
-    session.run(input)?;
-    let first_ms = ms(start.elapsed());
-    peak.sample();
-    for _ in 0..opts.warmup_runs {
-        session.run(input)?;
+    let mut peak = Peak::start();
+    let mut sessions = Vec::with_capacity(loads.len());
+    let mut load_ms = Vec::with_capacity(loads.len());
+    for load in loads {
+        let start = Instant::now();
+        sessions.push(load()?);
+        load_ms.push(ms(start.elapsed()));
         peak.sample();
     }
+    let rss_mb = status_kb("VmRSS:").map_or(0.0, mb);
 
-    let mut samples = Vec::new();
-    let timed = Instant::now();
-    loop {
+    let mut first_ms = Vec::with_capacity(sessions.len());
+    for session in &mut sessions {
         let start = Instant::now();
         session.run(input)?;
-        samples.push(ms(start.elapsed()));
+        first_ms.push(ms(start.elapsed()));
         peak.sample();
-        let runs = samples.len() as u32;
-        if runs >= opts.max_runs || (runs >= opts.min_runs && timed.elapsed() >= opts.min_time) {
+        for _ in 0..opts.warmup_runs {
+            session.run(input)?;
+            peak.sample();
+        }
+    }
+
+    let count = sessions.len() as u32;
+    let mut samples = vec![Vec::new(); sessions.len()];
+    let min_time = opts.min_time * count;
+    let timed = Instant::now();
+    for runs in 1..=opts.max_runs {
+        for (session, samples) in sessions.iter_mut().zip(&mut samples) {
+            let start = Instant::now();
+            session.run(input)?;
+            samples.push(ms(start.elapsed()));
+            peak.sample();
+        }
+        if runs >= opts.min_runs && timed.elapsed() >= min_time {
             break;
         }
     }
 
-    let latency = Latency::of(samples);
-    let rss_mb = rss_kb.map_or(0.0, mb);
     let (peak_mb, memory) = peak.finish();
-    let measurement = Measurement {
-        load_ms,
-        first_ms,
-        runs: latency.runs,
-        mean_ms: latency.mean,
-        p50_ms: latency.p50,
-        p90_ms: latency.p90,
-        p99_ms: latency.p99,
-        stdev_ms: latency.stdev,
-        cv: latency.cv,
-        noisy: latency.cv > 0.1,
-        rss_mb,
-        peak_mb: peak_mb.max(rss_mb),
-        memory,
-    };
-    Ok((session, measurement))
+    Ok(sessions
+        .into_iter()
+        .zip(samples)
+        .zip(load_ms.into_iter().zip(first_ms))
+        .map(|((session, samples), (load_ms, first_ms))| {
+            let measurement = Measurement {
+                load_ms,
+                first_ms,
+                rss_mb,
+                peak_mb,
+                memory,
+                ..Measurement::of_runs(samples)
+            };
+            (session, measurement)
+        })
+        .collect())
 }
+
+/// A coefficient of variation above this marks a measurement noisy.
+pub const NOISY_CV: f64 = 0.1;
 
 /// The smallest of `sorted` (ascending, non-empty) with at least `percent`%
 /// of the samples at or below it.
@@ -202,37 +319,7 @@ pub fn nearest_rank(sorted: &[f64], percent: f64) -> f64 {
     sorted[rank.clamp(1, n) - 1]
 }
 
-/// Summary statistics of timed runs.
-struct Latency {
-    runs: u32,
-    mean: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    stdev: f64,
-    cv: f64,
-}
-
-impl Latency {
-    /// `samples` holds at least one run.
-    fn of(mut samples: Vec<f64>) -> Latency {
-        samples.sort_by(f64::total_cmp);
-        let n = samples.len() as f64;
-        let mean = samples.iter().sum::<f64>() / n;
-        let stdev = (samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
-        Latency {
-            runs: samples.len() as u32,
-            mean,
-            p50: nearest_rank(&samples, Percentile::P50.percent()),
-            p90: nearest_rank(&samples, Percentile::P90.percent()),
-            p99: nearest_rank(&samples, Percentile::P99.percent()),
-            stdev,
-            cv: if mean > 0.0 { stdev / mean } else { 0.0 },
-        }
-    }
-}
-
-/// Tracks the peak RSS from the first run on.
+/// Tracks the process's peak RSS from just before the first load on.
 struct Peak {
     source: MemorySource,
     /// The highest `VmRSS` sampled, for [`MemorySource::SampledRss`].
@@ -240,7 +327,8 @@ struct Peak {
 }
 
 impl Peak {
-    fn start(rss_kb: Option<u64>) -> Peak {
+    fn start() -> Peak {
+        let rss_kb = status_kb("VmRSS:");
         let source = match rss_kb {
             None => MemorySource::Unavailable,
             // "5" resets the high-water mark to the current RSS (proc(5)).
@@ -314,14 +402,42 @@ mod tests {
     }
 
     #[test]
-    fn latency_sorts_and_uses_the_population_deviation() {
+    fn runs_are_sorted_and_use_the_population_deviation() {
         // Mean 5, population standard deviation exactly 2.
-        let latency = Latency::of(vec![9.0, 2.0, 4.0, 5.0, 4.0, 7.0, 4.0, 5.0]);
-        assert_eq!(latency.runs, 8);
-        assert_eq!(latency.mean, 5.0);
-        assert_eq!(latency.stdev, 2.0);
-        assert_eq!(latency.cv, 0.4);
-        assert_eq!((latency.p50, latency.p90, latency.p99), (4.0, 9.0, 9.0));
+        let m = Measurement::of_runs(vec![9.0, 2.0, 4.0, 5.0, 4.0, 7.0, 4.0, 5.0]);
+        assert_eq!(m.runs, 8);
+        assert_eq!(m.mean_ms, 5.0);
+        assert_eq!(m.stdev_ms, 2.0);
+        assert_eq!(m.cv, 0.4);
+        assert!(m.noisy);
+        assert_eq!((m.p50_ms, m.p90_ms, m.p99_ms), (4.0, 9.0, 9.0));
+        assert_eq!(m.samples_ms, [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+    }
+
+    #[test]
+    fn upper_rank_matches_the_binomial_tail() {
+        // P(Bin(30, 0.9) <= 27) = 0.589, <= 28 = 0.816: the 29th of 30.
+        assert_eq!(upper_rank(30, 0.9, 0.8), Some(29));
+        // Ten runs cannot bound p90 at 80%: P(all ten below) = 0.9^10 = 0.349.
+        assert_eq!(upper_rank(10, 0.9, 0.8), None);
+        // The median of 11 at 80%: P(Bin(11, 0.5) <= 6) = 0.726, <= 7 = 0.887.
+        assert_eq!(upper_rank(11, 0.5, 0.8), Some(8));
+        assert_eq!(upper_rank(0, 0.5, 0.8), None);
+    }
+
+    #[test]
+    fn spread_is_the_upper_bound_over_the_percentile() {
+        let m = Measurement::of_runs((1..=30).map(f64::from).rev().collect());
+        assert_eq!(m.p90_ms, 27.0);
+        assert_eq!(m.upper_ms(Percentile::P90), 29.0);
+        assert!((m.spread(Percentile::P90) - 2.0 / 27.0).abs() < 1e-12);
+        // p99 of 30 runs has no 80% order statistic: the slowest run.
+        assert_eq!(m.upper_ms(Percentile::P99), 30.0);
+        let cached = Measurement {
+            samples_ms: Vec::new(),
+            ..m
+        };
+        assert_eq!(cached.upper_ms(Percentile::P90), 27.0);
     }
 
     #[test]

@@ -5,15 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::Array4;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::cache::{Cache, CacheKey, Lookup};
+use crate::cache::{self, Cache, CacheKey, Lookup};
 use crate::engine::{self, EngineError, EngineKind, EngineOptions, Session};
+use crate::isolate::{self, Failure, Isolation, Job};
+use crate::manifest::Subnet;
 use crate::policy::{self, BundleSelector, Candidate, Observation, PolicyError, Shortfall, Step};
 use crate::probe::{self, DeviceInfo};
-use crate::profile::{self, MeasureOptions, Measurement};
+use crate::profile::{MeasureOptions, Measurement};
 
 pub use crate::profile::Percentile;
 
@@ -129,23 +130,55 @@ pub enum SelectError {
     Policy(#[from] PolicyError),
     #[error("no sub-network fits: {0}")]
     NothingFits(String),
+    /// The engine cannot run here at all: no candidate was tried.
+    #[error("the {engine} engine cannot run here")]
+    Engine {
+        engine: EngineKind,
+        #[source]
+        source: EngineError,
+    },
+    /// A failure that would hit every candidate, or hit two in a row.
+    #[error("stopped the search: {0}")]
+    Stopped(String),
+    #[error("measuring {id}")]
+    Measure {
+        id: String,
+        #[source]
+        failure: Failure,
+    },
     #[error("loading the chosen sub-network {id}")]
     Load { id: String, source: EngineError },
 }
 
-/// Whether the decision came from the cache.
+/// What became of the decision cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheOutcome {
+    /// The decision came from the cache.
     Hit,
+    /// Selected afresh and cached.
     Miss,
+    /// No cache was used.
     Disabled,
+    /// Selected afresh; the cache could not be written (see the notes).
+    Unwritable,
+}
+
+/// Which part of the search a trial belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// A first measurement, to find the boundary.
+    Search,
+    /// A longer, fresh measurement of a would-be winner (and its rival).
+    Confirm,
 }
 
 /// What was measured of one candidate during selection.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trial {
     pub id: String,
+    pub stage: Stage,
     pub predicted_ms: Option<f64>,
     /// `None` when the candidate failed to load or run.
     pub measured: Option<Measurement>,
@@ -158,9 +191,26 @@ pub struct Trial {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Decision {
     id: String,
+    /// The confirmation's measurement, without its samples.
     measured: Measurement,
     candidates_measured: u32,
+    noisy: bool,
 }
+
+/// Which bundle files to hash before a candidate is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Files not verified before, or changed since (size, mtime, inode).
+    #[default]
+    Changed,
+    /// Every file a candidate reads, whatever was recorded.
+    Always,
+}
+
+/// A confirmation is this many times longer than a search measurement.
+pub const CONFIRM_FACTOR: u32 = 3;
+/// A noisy confirmation is repeated this many times, each twice as long.
+pub const NOISY_REPEATS: u32 = 1;
 
 /// How the runtime loads and measures.
 #[derive(Debug, Clone)]
@@ -170,20 +220,24 @@ pub struct RuntimeOptions {
     pub measure: MeasureOptions,
     /// Root of the files the probe reads (`/` on a device).
     pub sysroot: PathBuf,
-    /// Where decisions are cached; `None` disables the cache.
+    /// The decision cache file; `None` disables the cache.
     pub cache: Option<PathBuf>,
+    pub isolation: Isolation,
+    pub verify: Verify,
 }
 
-impl RuntimeOptions {
-    /// tract, the default measuring rules, the real `/`, the cache at
-    /// [`cache::default_path`](crate::cache::default_path) (never in the bundle).
-    pub fn for_bundle(_dir: &Path) -> RuntimeOptions {
+impl Default for RuntimeOptions {
+    /// tract, the default measuring rules, the real `/`, the cache where
+    /// [`cache::default_path`] says, candidates measured in this process.
+    fn default() -> Self {
         RuntimeOptions {
             engine: EngineKind::Tract,
             engine_options: EngineOptions::default(),
             measure: MeasureOptions::default(),
             sysroot: PathBuf::from("/"),
-            cache: crate::cache::default_path(),
+            cache: cache::default_path(),
+            isolation: Isolation::InProcess,
+            verify: Verify::Changed,
         }
     }
 }
@@ -195,6 +249,30 @@ pub struct Runtime {
     device: DeviceInfo,
 }
 
+/// The winner's confirmation, and its rival's when one was close.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confirmed {
+    pub id: String,
+    pub runs: u32,
+    /// The limit's percentile, from the confirmation alone.
+    pub latency_ms: f64,
+    /// Its upper confidence bound ([`profile::UPPER_CONFIDENCE`]).
+    pub upper_ms: f64,
+    pub cv: f64,
+    /// Measurements made for confirmations, the winner's and others'.
+    pub confirmations: u32,
+    /// The close rival measured interleaved with the winner, if any.
+    pub rival: Option<RivalMeasured>,
+}
+
+/// A rival's interleaved confirmation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RivalMeasured {
+    pub id: String,
+    pub latency_ms: f64,
+    pub fits: bool,
+}
+
 /// The selected sub-network, loaded and ready to serve.
 pub struct Chosen {
     pub id: String,
@@ -204,8 +282,17 @@ pub struct Chosen {
     pub limits: policy::Limits,
     pub percentile: Percentile,
     pub cache: CacheOutcome,
+    /// The engine as keyed in the cache, e.g. `tract 0.23.9`.
+    pub engine: String,
     /// Every candidate measured, in order (empty on a cache hit).
     pub trials: Vec<Trial>,
+    /// `None` on a cache hit (the cached decision was confirmed when made).
+    pub confirmed: Option<Confirmed>,
+    /// The winner's measurement stayed noisy after repeats: it holds less.
+    pub noisy: bool,
+    /// What the user should know: a stale cache, an unwritable cache, a
+    /// cached winner that broke.
+    pub notes: Vec<String>,
     pub selection_ms: f64,
     session: Box<dyn Session>,
 }
@@ -218,15 +305,26 @@ impl Chosen {
 
     /// Candidates actually measured for this decision (0 on a cache hit).
     pub fn candidates_measured(&self) -> usize {
-        self.trials.len()
+        let mut ids: Vec<&str> = self.trials.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
     }
+}
+
+/// The search's result.
+struct Found {
+    index: usize,
+    measured: Measurement,
+    trials: Vec<Trial>,
+    confirmed: Confirmed,
+    noisy: bool,
 }
 
 impl Runtime {
     /// Opens `dir` with the default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<Runtime, SelectError> {
-        let options = RuntimeOptions::for_bundle(dir.as_ref());
-        Runtime::with_options(dir, options)
+        Runtime::with_options(dir, RuntimeOptions::default())
     }
 
     pub fn with_options(
@@ -255,164 +353,187 @@ impl Runtime {
     pub fn select(&self, limits: &Limits) -> Result<Chosen, SelectError> {
         let start = Instant::now();
         let resolved = limits.resolve(&self.device)?;
-        let key = self.cache_key(limits);
+        let engine = engine::check(self.options.engine, &self.engine_options(resolved.batch))
+            .map_err(|source| SelectError::Engine {
+                engine: self.options.engine,
+                source,
+            })?;
+        let key = self.cache_key(limits, &engine.to_string());
+        let mut notes = Vec::new();
         let cache = self.options.cache.as_ref().map(Cache::at);
+        // Held until the decision is stored: a second runtime starting at
+        // once waits, then finds this one's decision.
+        let lock = cache.as_ref().map(Cache::lock);
+        if let Some(Err(e)) = &lock {
+            notes.push(format!("{e}: selecting without the cache's lock"));
+        }
         if let Some(cache) = &cache {
-            if let Lookup::Hit(decision) = cache.load::<Decision>(&key) {
-                let subnet = self.bundle.subnet(&decision.id)?;
-                self.bundle.verify(&subnet)?;
-                let session = self
-                    .load(&self.bundle.graph_path(&subnet), resolved.batch)
-                    .map_err(|source| SelectError::Load {
-                        id: decision.id.clone(),
-                        source,
-                    })?;
-                return Ok(Chosen {
-                    id: decision.id.clone(),
-                    width: subnet.width,
-                    depth: subnet.depth,
-                    measured: decision.measured,
-                    limits: resolved,
-                    percentile: limits.percentile,
-                    cache: CacheOutcome::Hit,
-                    trials: Vec::new(),
-                    selection_ms: start.elapsed().as_secs_f64() * 1e3,
-                    session,
-                });
+            if self.options.verify == Verify::Changed {
+                self.bundle.trust(&cache.verified());
+            }
+            match cache.load::<Decision>(&key) {
+                Lookup::Hit(decision) => match self.reuse(&decision, &resolved) {
+                    Ok((subnet, session)) => {
+                        return Ok(Chosen {
+                            id: decision.id,
+                            width: subnet.width,
+                            depth: subnet.depth,
+                            measured: decision.measured,
+                            limits: resolved,
+                            percentile: limits.percentile,
+                            cache: CacheOutcome::Hit,
+                            engine: engine.to_string(),
+                            trials: Vec::new(),
+                            confirmed: None,
+                            noisy: decision.noisy,
+                            notes,
+                            selection_ms: ms(start.elapsed()),
+                            session,
+                        })
+                    }
+                    Err(why) => notes.push(format!(
+                        "the cached choice {} cannot be used ({why}): selecting afresh",
+                        decision.id
+                    )),
+                },
+                Lookup::Miss(_) => {}
             }
         }
-        let (index, trials) = self.search(&resolved, limits.percentile)?;
+
+        let found = self.search(&resolved, limits.percentile)?;
         let manifest = self.bundle.manifest();
-        let subnet = &manifest.subnets[index];
-        let measured = trials
-            .iter()
-            .rfind(|t| t.id == subnet.id)
-            .and_then(|t| t.measured.clone())
-            .expect("winners are measured");
+        let subnet = &manifest.subnets[found.index];
         let session = self
             .load(&self.bundle.graph_path(subnet), resolved.batch)
             .map_err(|source| SelectError::Load {
                 id: subnet.id.to_owned(),
                 source,
             })?;
-        if let Some(cache) = &cache {
-            let decision = Decision {
-                id: subnet.id.to_owned(),
-                measured: measured.clone(),
-                candidates_measured: trials.len() as u32,
-            };
-            // A cache that cannot be written costs the next boot a search, nothing more.
-            let _ = cache.store(&key, &decision);
+        if found.noisy {
+            notes.push(format!(
+                "{} measured noisy (cv {:.2}) even after repeating: the device was busy or throttling; \
+                 the decision is cached marked noisy, select again on a quiet device with --no-cache",
+                subnet.id, found.measured.cv
+            ));
         }
+        let outcome = match &cache {
+            None => CacheOutcome::Disabled,
+            Some(cache) => {
+                let decision = Decision {
+                    id: subnet.id.to_owned(),
+                    measured: Measurement {
+                        samples_ms: Vec::new(),
+                        ..found.measured.clone()
+                    },
+                    candidates_measured: found.trials.len() as u32,
+                    noisy: found.noisy,
+                };
+                let stored = cache
+                    .store(&key, &decision)
+                    .and_then(|()| cache.record_verified(&self.bundle.stamps()));
+                match stored {
+                    Ok(()) => CacheOutcome::Miss,
+                    Err(e) => {
+                        notes.push(format!("decision not cached: {e}"));
+                        CacheOutcome::Unwritable
+                    }
+                }
+            }
+        };
+        drop(lock);
         Ok(Chosen {
             id: subnet.id.to_owned(),
             width: subnet.width,
             depth: subnet.depth,
-            measured,
+            measured: found.measured,
             limits: resolved,
             percentile: limits.percentile,
-            cache: if cache.is_some() {
-                CacheOutcome::Miss
-            } else {
-                CacheOutcome::Disabled
-            },
-            trials,
-            selection_ms: start.elapsed().as_secs_f64() * 1e3,
+            cache: outcome,
+            engine: engine.to_string(),
+            trials: found.trials,
+            confirmed: Some(found.confirmed),
+            noisy: found.noisy,
+            notes,
+            selection_ms: ms(start.elapsed()),
             session,
         })
     }
 
-    /// Measures one sub-network (integrity checked first).
+    /// The cached winner, verified and loaded, if it still fits the memory
+    /// resolved now; else why not.
+    fn reuse(
+        &self,
+        decision: &Decision,
+        limits: &policy::Limits,
+    ) -> Result<(Subnet<'_>, Box<dyn Session>), String> {
+        let subnet = self
+            .bundle
+            .subnet(&decision.id)
+            .map_err(|e| e.to_string())?;
+        let peak = (decision.measured.peak_mb * MB) as u64;
+        if peak > limits.memory_bytes {
+            return Err(format!(
+                "it peaked at {:.0} MB, over the {:.0} MB allowed now",
+                decision.measured.peak_mb,
+                limits.memory_bytes as f64 / MB
+            ));
+        }
+        self.bundle.verify(&subnet).map_err(|e| e.to_string())?;
+        let session = self
+            .load(&self.bundle.graph_path(&subnet), limits.batch)
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        Ok((subnet, session))
+    }
+
+    /// Measures one sub-network, its files verified first.
     pub fn profile(&self, id: &str, batch: u32) -> Result<Measurement, SelectError> {
         let subnet = self.bundle.subnet(id)?;
-        self.measure(&subnet, batch)
-            .map_err(|source| SelectError::Load {
+        self.bundle.verify(&subnet)?;
+        let mut measured = self
+            .measure(&[&subnet], batch, &self.options.measure)
+            .map_err(|failure| SelectError::Measure {
                 id: id.to_owned(),
-                source,
-            })
+                failure,
+            })?;
+        Ok(measured.remove(0))
     }
 
     fn search(
         &self,
         limits: &policy::Limits,
         percentile: Percentile,
-    ) -> Result<(usize, Vec<Trial>), SelectError> {
+    ) -> Result<Found, SelectError> {
         let manifest = self.bundle.manifest();
         let candidates: Vec<Candidate> = manifest.subnets.iter().map(Candidate::from).collect();
         let mut selector = BundleSelector::new(&candidates, *limits)?;
-        let mut trials = Vec::new();
+        let mut search = Search {
+            runtime: self,
+            limits,
+            percentile,
+            trials: Vec::new(),
+            last_failure: None,
+            confirmations: 0,
+        };
         loop {
             match selector.next() {
                 Step::Measure(i) => {
-                    let (obs, trial) = self.try_candidate(&selector, i, limits, percentile);
-                    trials.push(trial);
+                    let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
+                    let obs = search.measure(i, predicted_ms)?;
                     selector.record(i, obs)?;
                 }
-                // Measured again with the same options until the driver confirms properly.
                 Step::Confirm { index, rival } => {
-                    for i in std::iter::once(index).chain(rival) {
-                        let (obs, trial) = self.try_candidate(&selector, i, limits, percentile);
-                        trials.push(trial);
+                    for (i, obs) in search.confirm(index, rival)? {
                         selector.record_confirmation(i, obs)?;
                     }
                 }
-                Step::Chosen { index, .. } => return Ok((index, trials)),
+                Step::Chosen { index, .. } => return search.found(index),
                 Step::NothingFits(shortfall) => {
-                    return Err(SelectError::NothingFits(
-                        self.explain(shortfall, limits, percentile),
-                    ))
+                    let mut why = self.explain(shortfall, limits, percentile);
+                    if let Some(note) = search.trials.iter().rev().find_map(|t| t.note.as_ref()) {
+                        why.push_str(&format!("; the last failure: {note}"));
+                    }
+                    return Err(SelectError::NothingFits(why));
                 }
-            }
-        }
-    }
-
-    /// Verifies and measures candidate `i`: what the selector is told, and
-    /// what the report shows.
-    fn try_candidate(
-        &self,
-        selector: &BundleSelector,
-        i: usize,
-        limits: &policy::Limits,
-        percentile: Percentile,
-    ) -> (Observation, Trial) {
-        let subnet = &self.bundle.manifest().subnets[i];
-        let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
-        match self
-            .bundle
-            .verify(subnet)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                self.measure(subnet, limits.batch)
-                    .map_err(|e| format!("{e:#}"))
-            }) {
-            Ok(m) => {
-                let point = policy::Measurement {
-                    latency_ms: m.percentile_ms(percentile) as f32,
-                    memory_bytes: (m.peak_mb * 1024.0 * 1024.0) as u64,
-                    spread: 0.0,
-                };
-                let fits = limits.admit(&point);
-                let trial = Trial {
-                    id: subnet.id.to_owned(),
-                    predicted_ms,
-                    measured: Some(m),
-                    note: None,
-                    fits,
-                };
-                (Observation::Measured(point), trial)
-            }
-            Err(e) => {
-                let note = Some(format!("failed, falling back: {e}"));
-                (
-                    Observation::Failed,
-                    Trial {
-                        id: subnet.id.to_owned(),
-                        predicted_ms,
-                        measured: None,
-                        note,
-                        fits: false,
-                    },
-                )
             }
         }
     }
@@ -424,65 +545,75 @@ impl Runtime {
         percentile: Percentile,
     ) -> String {
         let manifest = self.bundle.manifest();
-        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let mb = |b: u64| b as f64 / MB;
+        let id = |i: usize| manifest.subnets[i].id;
+        let against = |m: &policy::Measurement| {
+            format!(
+                "{:.2} ms (p{}) and {:.0} MB against limits of {:.2} ms and {:.0} MB",
+                m.latency_ms,
+                percentile.value(),
+                mb(m.memory_bytes),
+                limits.latency_ms,
+                mb(limits.memory_bytes)
+            )
+        };
         match shortfall {
             Shortfall::Quality => "no sub-network reaches the minimum quality".into(),
             Shortfall::Memory { smallest, predicted_bytes } => format!(
                 "the smallest, {}, is predicted to need {:.0} MB, over the {:.0} MB limit",
-                manifest.subnets[smallest].id,
+                id(smallest),
                 mb(predicted_bytes),
                 mb(limits.memory_bytes)
             ),
-            Shortfall::Missed { smallest, measurement } => format!(
-                "the smallest, {}, measured {:.2} ms (p{}) and {:.0} MB against limits of {:.2} ms and {:.0} MB",
-                manifest.subnets[smallest].id,
-                measurement.latency_ms,
-                percentile.value(),
-                mb(measurement.memory_bytes),
-                limits.latency_ms,
-                mb(limits.memory_bytes)
-            ),
             Shortfall::OverMemory { first, second } => format!(
-                "the two smallest, {} and {}, measured {:.0} MB and {:.0} MB, over the {:.0} MB limit",
-                manifest.subnets[first.0].id,
-                manifest.subnets[second.0].id,
+                "the two cheapest candidates measured over the {:.0} MB memory limit: {} peaked at {:.0} MB, {} at {:.0} MB",
+                mb(limits.memory_bytes),
+                id(first.0),
                 mb(first.1),
-                mb(second.1),
-                mb(limits.memory_bytes)
+                id(second.0),
+                mb(second.1)
+            ),
+            Shortfall::Missed { smallest, measurement } => format!(
+                "the smallest, {}, measured {}",
+                id(smallest),
+                against(&measurement)
             ),
             Shortfall::Unconfirmed { closest, measurement } => format!(
-                "{} winners missed the limits when measured again; the closest, {}, measured {:.2} ms (p{}) against {:.2} ms",
+                "{} winners missed the limits when measured again; the closest, {}, measured {}",
                 policy::MAX_CONFIRMATIONS,
-                manifest.subnets[closest].id,
-                measurement.latency_ms,
-                percentile.value(),
-                limits.latency_ms
+                id(closest),
+                against(&measurement)
             ),
             Shortfall::Failed => "every candidate failed to load or run".into(),
         }
     }
 
+    /// Measures `subnets` in one job (round-robin when there are several).
     fn measure(
         &self,
-        subnet: &crate::manifest::Subnet<'_>,
+        subnets: &[&Subnet<'_>],
         batch: u32,
-    ) -> Result<Measurement, EngineError> {
-        let graph = self.bundle.graph_path(subnet);
-        let input = Array4::<f32>::zeros(self.input_shape(batch));
-        let (_, m) = profile::measure(
-            || self.load(&graph, batch),
-            input.view(),
-            &self.options.measure,
-        )?;
-        Ok(m)
+        measure: &MeasureOptions,
+    ) -> Result<Vec<Measurement>, Failure> {
+        let job = Job {
+            graphs: subnets.iter().map(|s| self.bundle.graph_path(s)).collect(),
+            engine: self.options.engine,
+            options: self.engine_options(batch),
+            measure: measure.clone(),
+            input_shape: self.input_shape(batch),
+        };
+        isolate::measure(&self.options.isolation, &job)
     }
 
     fn load(&self, graph: &Path, batch: u32) -> Result<Box<dyn Session>, EngineError> {
-        let opts = EngineOptions {
+        engine::load(self.options.engine, graph, &self.engine_options(batch))
+    }
+
+    fn engine_options(&self, batch: u32) -> EngineOptions {
+        EngineOptions {
             batch: batch as usize,
             ..self.options.engine_options.clone()
-        };
-        engine::load(self.options.engine, graph, &opts)
+        }
     }
 
     /// `[batch, 3, H, W]` for this bundle.
@@ -491,16 +622,12 @@ impl Runtime {
         [batch as usize, 3, side, side]
     }
 
-    fn cache_key(&self, limits: &Limits) -> CacheKey {
-        let engine = match self.options.engine {
-            EngineKind::Tract => "tract".to_owned(),
-            other => format!("{other}:{}", self.options.engine_options.provider),
-        };
+    fn cache_key(&self, limits: &Limits, engine: &str) -> CacheKey {
         CacheKey {
             device: self.device.fingerprint(),
             power_mode: self.device.power_mode().map(str::to_owned),
-            clocks: None,
-            engine,
+            clocks: self.device.clock_state(),
+            engine: engine.to_owned(),
             tailor: env!("CARGO_PKG_VERSION").to_owned(),
             bundle: self.bundle.identity(),
             limits: *limits,
@@ -510,59 +637,315 @@ impl Runtime {
     }
 }
 
+/// The state of one search: its trials and the failure streak.
+struct Search<'r> {
+    runtime: &'r Runtime,
+    limits: &'r policy::Limits,
+    percentile: Percentile,
+    trials: Vec<Trial>,
+    /// The previous trial's failure kind and candidate, if it failed.
+    last_failure: Option<(String, String)>,
+    confirmations: u32,
+}
+
+impl Search<'_> {
+    /// A first measurement of candidate `i`.
+    fn measure(&mut self, i: usize, predicted_ms: Option<f64>) -> Result<Observation, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let subnet = &manifest.subnets[i];
+        let measured = self
+            .verified(subnet)
+            .and_then(|()| {
+                runtime
+                    .measure(&[subnet], self.limits.batch, &runtime.options.measure)
+                    .map_err(|f| self.failed(subnet.id, f))
+            })
+            .map(|mut m| m.remove(0));
+        match measured {
+            Ok(m) => {
+                self.last_failure = None;
+                let point = self.point(&m);
+                let fits = self.limits.admit(&point);
+                self.trials.push(Trial {
+                    id: subnet.id.to_owned(),
+                    stage: Stage::Search,
+                    predicted_ms,
+                    measured: Some(m),
+                    note: None,
+                    fits,
+                });
+                Ok(Observation::Measured(point))
+            }
+            Err(Stop::Search(e)) => Err(e),
+            Err(Stop::Candidate(note)) => {
+                self.trials.push(Trial {
+                    id: subnet.id.to_owned(),
+                    stage: Stage::Search,
+                    predicted_ms,
+                    measured: None,
+                    note: Some(note),
+                    fits: false,
+                });
+                Ok(Observation::Failed)
+            }
+        }
+    }
+
+    /// Fresh, longer measurements of a would-be winner and its rival,
+    /// interleaved; repeated longer while noisy.
+    fn confirm(
+        &mut self,
+        index: usize,
+        rival: Option<usize>,
+    ) -> Result<Vec<(usize, Observation)>, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let indices: Vec<usize> = std::iter::once(index).chain(rival).collect();
+        let subnets: Vec<&Subnet<'_>> = indices.iter().map(|&i| &manifest.subnets[i]).collect();
+        let base = &runtime.options.measure;
+        let mut factor = CONFIRM_FACTOR;
+        let mut measured = Err(Stop::Candidate(String::new()));
+        for attempt in 0..=NOISY_REPEATS {
+            let opts = MeasureOptions {
+                min_runs: base.min_runs.saturating_mul(factor),
+                min_time: base.min_time * factor,
+                max_runs: base.max_runs.saturating_mul(factor),
+                ..base.clone()
+            };
+            self.confirmations += 1;
+            measured = subnets
+                .iter()
+                .try_for_each(|s| self.verified(s))
+                .and_then(|()| {
+                    runtime
+                        .measure(&subnets, self.limits.batch, &opts)
+                        .map_err(|f| self.failed(subnets[0].id, f))
+                });
+            let noisy = matches!(&measured, Ok(m) if m[0].noisy);
+            if !noisy || attempt == NOISY_REPEATS {
+                break;
+            }
+            factor *= 2;
+        }
+        match measured {
+            Ok(ms) => {
+                self.last_failure = None;
+                Ok(indices
+                    .iter()
+                    .zip(ms)
+                    .map(|(&i, mut m)| {
+                        // Interleaved sessions share one process: each keeps
+                        // the memory of its search measurement, made alone.
+                        if let Some(alone) = self.searched(i).filter(|_| indices.len() > 1) {
+                            (m.rss_mb, m.peak_mb) = (alone.rss_mb, alone.peak_mb);
+                        }
+                        let point = self.point(&m);
+                        let fits = self.limits.admit(&point);
+                        self.trials.push(Trial {
+                            id: manifest.subnets[i].id.to_owned(),
+                            stage: Stage::Confirm,
+                            predicted_ms: None,
+                            measured: Some(m),
+                            note: None,
+                            fits,
+                        });
+                        (i, Observation::Measured(point))
+                    })
+                    .collect())
+            }
+            Err(Stop::Search(e)) => Err(e),
+            Err(Stop::Candidate(note)) => {
+                self.trials.push(Trial {
+                    id: manifest.subnets[index].id.to_owned(),
+                    stage: Stage::Confirm,
+                    predicted_ms: None,
+                    measured: None,
+                    note: Some(note),
+                    fits: false,
+                });
+                Ok(indices.iter().map(|&i| (i, Observation::Failed)).collect())
+            }
+        }
+    }
+
+    /// The winner's confirmation, as found.
+    fn found(self, index: usize) -> Result<Found, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let id = manifest.subnets[index].id;
+        let confirmed_trial = |id: &str| {
+            self.trials
+                .iter()
+                .rev()
+                .find(|t| t.id == id && t.stage == Stage::Confirm && t.measured.is_some())
+        };
+        let winner = confirmed_trial(id)
+            .and_then(|t| t.measured.clone())
+            .expect("the policy chooses only confirmed candidates");
+        // The rival measured in the same job as the winner's last confirmation.
+        let last = self
+            .trials
+            .iter()
+            .rposition(|t| t.id == id && t.stage == Stage::Confirm);
+        let rival = last
+            .and_then(|at| self.trials.get(at + 1))
+            .filter(|t| t.stage == Stage::Confirm && t.id != id)
+            .and_then(|t| {
+                let m = t.measured.as_ref()?;
+                Some(RivalMeasured {
+                    id: t.id.clone(),
+                    latency_ms: m.percentile_ms(self.percentile),
+                    fits: t.fits,
+                })
+            });
+        let confirmed = Confirmed {
+            id: id.to_owned(),
+            runs: winner.runs,
+            latency_ms: winner.percentile_ms(self.percentile),
+            upper_ms: winner.upper_ms(self.percentile),
+            cv: winner.cv,
+            confirmations: self.confirmations,
+            rival,
+        };
+        Ok(Found {
+            index,
+            noisy: winner.noisy,
+            measured: winner,
+            trials: self.trials,
+            confirmed,
+        })
+    }
+
+    /// The policy's view of a measurement.
+    fn point(&self, m: &Measurement) -> policy::Measurement {
+        policy::Measurement {
+            latency_ms: m.percentile_ms(self.percentile) as f32,
+            memory_bytes: (m.peak_mb * MB) as u64,
+            spread: m.spread(self.percentile) as f32,
+        }
+    }
+
+    /// Candidate `i`'s search measurement.
+    fn searched(&self, i: usize) -> Option<&Measurement> {
+        let id = self.runtime.bundle.manifest().subnets[i].id;
+        self.trials
+            .iter()
+            .find(|t| t.id == id && t.stage == Stage::Search)
+            .and_then(|t| t.measured.as_ref())
+    }
+
+    /// Checks the files of `subnet`; a corrupted file is that candidate's problem.
+    fn verified(&self, subnet: &Subnet<'_>) -> Result<(), Stop> {
+        self.runtime
+            .bundle
+            .verify(subnet)
+            .map_err(|e| Stop::Candidate(format!("failed, falling back: {e}")))
+    }
+
+    /// What a failure means for the search: a systematic failure, or the
+    /// same failure as the previous candidate's, ends it; out of memory
+    /// twice in a row means nothing fits.
+    fn failed(&mut self, id: &str, failure: Failure) -> Stop {
+        if failure.is_systematic() {
+            return Stop::Search(SelectError::Stopped(format!(
+                "{id}: {failure} (every candidate would fail the same way)"
+            )));
+        }
+        let kind = failure.kind().to_owned();
+        if let Some((previous_kind, previous)) = self.last_failure.take() {
+            if previous_kind == kind {
+                let why =
+                    format!("{previous} and {id} both failed the same way; the last: {failure}");
+                return Stop::Search(match failure {
+                    Failure::ExceedsMemory(_) => SelectError::NothingFits(why),
+                    _ => SelectError::Stopped(why),
+                });
+            }
+        }
+        self.last_failure = Some((kind, id.to_owned()));
+        Stop::Candidate(format!("failed, falling back: {failure}"))
+    }
+}
+
+/// How a failed measurement ends.
+enum Stop {
+    /// The search is over.
+    Search(SelectError),
+    /// This candidate is out; the note says why.
+    Candidate(String),
+}
+
+const MB: f64 = 1024.0 * 1024.0;
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// The human report of a selection: the limits, every candidate measured
-/// with its prediction and verdict, and the choice.
+/// with its prediction and verdict, the confirmation and the choice.
 pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let p = c.percentile.value();
     let _ = writeln!(
         out,
-        "limits: p{p} latency <= {:.2} ms at batch {}, memory <= {:.0} MB",
+        "limits: p{p} latency <= {:.2} ms at batch {}, memory <= {:.0} MB; engine {}",
         c.limits.latency_ms,
         c.limits.batch,
-        c.limits.memory_bytes as f64 / (1024.0 * 1024.0)
+        c.limits.memory_bytes as f64 / MB,
+        c.engine
     );
-    if c.trials.is_empty() {
-        let _ = writeln!(out, "decision from the cache (same device, power mode, engine, bundle and limits): nothing measured");
+    if c.cache == CacheOutcome::Hit {
+        let _ = writeln!(out, "decision from the cache (same device, clocks, engine, bundle, limits and options): nothing measured");
     } else {
         let _ = writeln!(
             out,
             "measured {} of {} candidates:",
-            c.trials.len(),
+            c.candidates_measured(),
             m.subnets.len()
         );
         let _ = writeln!(
             out,
-            "  {:<12} {:>12} {:>12} {:>9}  verdict",
+            "  {:<12} {:<8} {:>10} {:>10} {:>10} {:>9}  verdict",
             "id",
+            "stage",
             "predicted",
             format!("p{p} ms"),
+            "upper ms",
             "peak MB"
         );
         for t in &c.trials {
             let predicted = t.predicted_ms.map_or("-".into(), |v| format!("{v:.3}"));
-            let (lat, mem) = t.measured.as_ref().map_or(("-".into(), "-".into()), |m| {
-                (
-                    format!("{:.3}", m.percentile_ms(c.percentile)),
-                    format!("{:.1}", m.peak_mb),
-                )
-            });
+            let (lat, upper, mem) =
+                t.measured
+                    .as_ref()
+                    .map_or(("-".into(), "-".into(), "-".into()), |m| {
+                        (
+                            format!("{:.3}", m.percentile_ms(c.percentile)),
+                            format!("{:.3}", m.upper_ms(c.percentile)),
+                            format!("{:.1}", m.peak_mb),
+                        )
+                    });
             let verdict = match (&t.note, t.fits) {
                 (Some(note), _) => note.clone(),
                 (None, true) => "fits".into(),
                 (None, false) => "over the limits".into(),
             };
+            let stage = match t.stage {
+                Stage::Search => "search",
+                Stage::Confirm => "confirm",
+            };
             let _ = writeln!(
                 out,
-                "  {:<12} {predicted:>12} {lat:>12} {mem:>9}  {verdict}",
+                "  {:<12} {stage:<8} {predicted:>10} {lat:>10} {upper:>10} {mem:>9}  {verdict}",
                 t.id
             );
         }
     }
     let _ = writeln!(
         out,
-        "chosen: {} (width {}, depth {}): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, peak {:.1} MB; selection took {:.0} ms ({})",
+        "chosen: {} (width {}, depth {}): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, peak {:.1} MB{}; selection took {:.0} ms ({})",
         c.id,
         c.width,
         c.depth,
@@ -570,11 +953,13 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
         c.measured.p90_ms,
         c.measured.p99_ms,
         c.measured.peak_mb,
+        if c.noisy { " (noisy)" } else { "" },
         c.selection_ms,
         match c.cache {
             CacheOutcome::Hit => "cache hit",
             CacheOutcome::Miss => "cache miss, decision cached",
             CacheOutcome::Disabled => "cache disabled",
+            CacheOutcome::Unwritable => "cache miss, cache not writable",
         }
     );
     out

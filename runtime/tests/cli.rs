@@ -7,13 +7,14 @@ mod common;
 use common::copy_dir;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny")
 }
 
-/// A private copy of the bundle, in a temporary directory of its own.
+/// A private copy of the bundle, beside a private decision cache
+/// (`cache_dir`).
 fn bundle() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
@@ -24,33 +25,34 @@ fn bundle() -> (tempfile::TempDir, PathBuf) {
 /// Quick measuring: the tests check behaviour, not speed.
 const FAST: [&str; 4] = ["--min-runs", "3", "--min-time", "0"];
 
-fn runtime(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runtime"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// The default cache directory of a test: beside its bundle copy, never the
-/// user's own cache.
+/// Where the runtime caches decisions for the bundle at `bundle`.
 fn cache_dir(bundle: &Path) -> PathBuf {
     bundle.with_file_name("cache")
 }
 
-/// `runtime` with the default cache in [`cache_dir`].
-fn runtime_for(bundle: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runtime"))
-        .args(args)
-        .env("TAILOR_CACHE_DIR", cache_dir(bundle))
-        .output()
-        .unwrap()
+/// The runtime command with its default cache directory private to the
+/// test (through `$TAILOR_CACHE_DIR`, as a service would set it).
+fn command(bundle: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runtime"));
+    c.env("TAILOR_CACHE_DIR", cache_dir(bundle))
+        .env_remove("CACHE_DIRECTORY");
+    c
 }
 
-fn select(bundle: &Path, extra: &[&str]) -> Output {
+fn runtime(args: &[&str]) -> Output {
+    let bundle = args.get(1).map_or(Path::new("/nonexistent"), Path::new);
+    command(bundle).args(args).output().unwrap()
+}
+
+fn select_args<'a>(bundle: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["select", bundle.to_str().unwrap()];
     args.extend(FAST);
     args.extend(extra);
-    runtime_for(bundle, &args)
+    args
+}
+
+fn select(bundle: &Path, extra: &[&str]) -> Output {
+    runtime(&select_args(bundle, extra))
 }
 
 fn stderr(o: &Output) -> String {
@@ -88,8 +90,17 @@ fn a_generous_budget_selects_the_largest_and_reports_the_contract() {
     assert_eq!(v["cache"], "miss");
     let measured = v["candidates_measured"].as_u64().unwrap();
     assert!((1..=3).contains(&measured), "{v}");
-    assert_eq!(v["trials"].as_array().unwrap().len() as u64, measured);
-    assert!(v["selection_ms"].as_f64().unwrap() > 0.0);
+    // The winner was measured again, longer, before it was returned.
+    let confirmed = &v["confirmed"];
+    assert_eq!(confirmed["id"], "w32-d4", "{v}");
+    let trials = v["trials"].as_array().unwrap();
+    let confirmation = trials
+        .iter()
+        .rfind(|t| t["id"] == "w32-d4" && t["stage"] == "confirm")
+        .expect("a confirmation trial of the winner");
+    assert_eq!(confirmation["measured"]["runs"], confirmed["runs"]);
+    assert!(confirmed["runs"].as_u64().unwrap() >= 3 * 3, "{v}");
+    assert!(confirmed["upper_ms"].as_f64() >= confirmed["latency_ms"].as_f64());
 }
 
 #[test]
@@ -144,6 +155,244 @@ fn the_cache_hits_then_invalidates_on_any_key_change() {
     // A corrupt cache file is a miss, never an error.
     std::fs::write(cache_dir(&b).join("decisions.postcard"), b"garbage").unwrap();
     assert_eq!(json(&select(&b, &limits))["cache"], "miss");
+}
+
+#[test]
+fn the_default_memory_limit_hits_the_cache_on_the_next_boot() {
+    // Half of MemAvailable changes between runs; the key holds the fraction.
+    let (_d, b) = bundle();
+    let limits = ["--latency-ms", "100000", "--json"];
+    assert_eq!(json(&select(&b, &limits))["cache"], "miss");
+    let again = json(&select(&b, &limits));
+    assert_eq!(
+        (&again["cache"], &again["candidates_measured"]),
+        (&"hit".into(), &0.into()),
+        "{again}"
+    );
+    // Each decision keeps its own entry: another limit does not evict it.
+    assert_eq!(
+        json(&select(&b, &["--latency-ms", "90000", "--json"]))["cache"],
+        "miss"
+    );
+    assert_eq!(json(&select(&b, &limits))["cache"], "hit");
+}
+
+/// Every file under `dir` with its length and modification time.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        if meta.is_dir() {
+            files.extend(snapshot(&e.path()));
+        } else {
+            files.push((e.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn selection_never_writes_into_the_bundle() {
+    // Bundles are read-only on devices: the cache lives elsewhere.
+    let (_d, b) = bundle();
+    let before = snapshot(&b);
+    json(&select(&b, &["--latency-ms", "100000", "--json"]));
+    assert_eq!(snapshot(&b), before);
+    assert!(cache_dir(&b).join("decisions.postcard").is_file());
+}
+
+#[test]
+fn an_unwritable_cache_is_a_warning_and_said_so() {
+    let (d, b) = bundle();
+    let blocker = d.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let cache = blocker.join("decisions.postcard");
+    let args = [
+        "--latency-ms",
+        "100000",
+        "--json",
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    for _ in 0..2 {
+        let o = select(&b, &args);
+        let v = json(&o);
+        assert_eq!(v["cache"], "unwritable", "{v}");
+        assert!(v["candidates_measured"].as_u64().unwrap() > 0);
+        let err = stderr(&o);
+        assert!(err.contains("warning") && err.contains("a-file"), "{err}");
+    }
+}
+
+#[test]
+fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
+    let (_d, b) = bundle();
+    let limits = ["--latency-ms", "100000", "--memory-mb", "4096", "--json"];
+    assert_eq!(json(&select(&b, &limits))["subnet"]["id"], "w32-d4");
+    let graph = b.join("graphs/w32-d4.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&graph, bytes).unwrap();
+    let o = select(&b, &limits);
+    let v = json(&o);
+    assert_eq!(
+        (&v["cache"], &v["subnet"]["id"]),
+        (&"miss".into(), &"w32-d3".into()),
+        "{v}"
+    );
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("cached choice w32-d4") && notes.contains("sha256"),
+        "{notes}"
+    );
+    assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
+    // The new decision replaced the broken one.
+    let v = json(&select(&b, &limits));
+    assert_eq!(
+        (&v["cache"], &v["subnet"]["id"]),
+        (&"hit".into(), &"w32-d3".into()),
+        "{v}"
+    );
+}
+
+#[test]
+fn unchanged_files_are_not_hashed_again_unless_asked() {
+    let (_d, b) = bundle();
+    let limits = ["--latency-ms", "100000", "--memory-mb", "4096", "--json"];
+    json(&select(&b, &limits));
+    // Corrupt the weights but keep size, inode and mtime: only a hash sees it.
+    let weights = b.join("graphs/weights/w32.bin");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&weights)
+        .unwrap();
+    let mtime = file.metadata().unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[0] ^= 0xff;
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes[..1], 0).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    // The recorded stamp still matches: the cached boot does not re-hash.
+    assert_eq!(json(&select(&b, &limits))["cache"], "hit");
+    // --verify always hashes what the winner reads, finds the damage, and every
+    // candidate (all read w32.bin) fails.
+    let o = select(&b, &[&limits[..], &["--verify", "always"]].concat());
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(stderr(&o).contains("w32.bin"), "{}", stderr(&o));
+}
+
+#[test]
+fn two_runtimes_starting_at_once_measure_once() {
+    let (_d, b) = bundle();
+    let args = select_args(
+        &b,
+        &["--latency-ms", "100000", "--memory-mb", "4096", "--json"],
+    );
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            command(&b)
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut outcomes: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            json(&c.wait_with_output().unwrap())["cache"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    outcomes.sort();
+    // The second waited for the first's lock, then found its decision.
+    assert_eq!(outcomes, ["hit", "miss"]);
+}
+
+#[test]
+fn an_engine_that_cannot_run_here_stops_before_any_candidate() {
+    let (d, b) = bundle();
+    let not_a_library = d.path().join("libonnxruntime.so");
+    std::fs::write(&not_a_library, b"not a shared object").unwrap();
+    let o = select(
+        &b,
+        &[
+            "--latency-ms",
+            "100000",
+            "--engine",
+            "ort",
+            "--ort-library",
+            not_a_library.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    // Named before any candidate was tried: no fallback notes, no trials.
+    assert!(
+        err.contains("cannot run here") && !err.contains("falling back"),
+        "{err}"
+    );
+    if cfg!(feature = "ort") {
+        assert!(err.contains("libonnxruntime.so"), "{err}");
+    } else {
+        assert!(err.contains("not in this build"), "{err}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // `runtime select ... | head -c0`: the reader is gone before the output.
+    let (_d, b) = bundle();
+    let mut child = command(&b)
+        .args(select_args(&b, &["--latency-ms", "100000", "--json"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_help_examples_run() {
+    let (d, b) = bundle();
+    let help = String::from_utf8(runtime(&["--help"]).stdout).unwrap();
+    let png = d.path().join("image.png");
+    write_png(&png);
+    let examples: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runtime "))
+        .collect();
+    assert!(examples.len() >= 4, "{help}");
+    for example in examples {
+        let mut args: Vec<String> = example
+            .split_whitespace()
+            .map(|a| match a {
+                "bundle/" => b.to_str().unwrap().to_owned(),
+                "image.png" => png.to_str().unwrap().to_owned(),
+                other => other.to_owned(),
+            })
+            .collect();
+        if args[0] != "probe" {
+            args.extend(FAST.iter().map(|s| s.to_string()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = command(&b).args(&args).output().unwrap();
+        assert!(o.status.success(), "runtime {example}: {}", stderr(&o));
+    }
 }
 
 #[test]
@@ -293,7 +542,6 @@ fn profile_reports_every_requested_subnet() {
         ] {
             assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
         }
-        assert!(r["peak_mb"].as_f64() >= r["rss_mb"].as_f64(), "{r}");
         assert!(r["runs"].as_u64().unwrap() >= 3);
     }
     let mut args = vec![
@@ -319,18 +567,26 @@ fn profile_reports_every_requested_subnet() {
         "{}",
         stderr(&o)
     );
+    // Integrity is checked before a graph is measured.
+    let graph = b.join("graphs/w32-d3.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&graph, bytes).unwrap();
+    let mut args = vec!["profile", b.to_str().unwrap(), "--subnets", "w32-d3"];
+    args.extend(FAST);
+    let o = runtime(&args);
+    assert!(
+        !o.status.success() && stderr(&o).contains("w32-d3.onnx") && stderr(&o).contains("sha256"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn run_selects_then_infers_on_a_png() {
     let (d, b) = bundle();
     let png_path = d.path().join("image.png");
-    let file = std::fs::File::create(&png_path).unwrap();
-    let mut enc = png::Encoder::new(file, 40, 24);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let data: Vec<u8> = (0..40 * 24 * 3).map(|i| (i * 7 % 256) as u8).collect();
-    enc.write_header().unwrap().write_image_data(&data).unwrap();
+    write_png(&png_path);
     let mut args = vec![
         "run",
         b.to_str().unwrap(),
@@ -343,7 +599,7 @@ fn run_selects_then_infers_on_a_png() {
         "--json",
     ];
     args.extend(FAST);
-    let v = json(&runtime_for(&b, &args));
+    let v = json(&runtime(&args));
     let cls = v["output"]["cls_token"].as_array().unwrap();
     assert_eq!(cls.len(), 32);
     assert!(cls.iter().all(|x| x.as_f64().unwrap().is_finite()));
@@ -354,10 +610,103 @@ fn run_selects_then_infers_on_a_png() {
     let mut bad = args.clone();
     let missing = d.path().join("missing.png");
     bad[7] = missing.to_str().unwrap();
-    let o = runtime_for(&b, &bad);
+    let o = runtime(&bad);
     assert!(
         !o.status.success() && stderr(&o).contains("missing.png"),
         "{}",
         stderr(&o)
     );
+}
+
+/// A 40×24 RGB test image.
+fn write_png(path: &Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(file, 40, 24);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let data: Vec<u8> = (0..40 * 24 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+}
+
+/// A memory cgroup (v1, as on this project's machines and JetPack 5) of
+/// `limit` bytes under this process's own, removed on drop.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+            .expect("a cgroup v1 memory controller (see /proc/self/cgroup)");
+        let dir = Path::new("/sys/fs/cgroup/memory")
+            .join(path.trim_start_matches('/'))
+            .join(format!("tailor-oom-test-{}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating {} (needs root): {e}", dir.display()));
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        MemoryCgroup(dir)
+    }
+
+    /// `command` run inside the group.
+    fn run(&self, command: &Command) -> Output {
+        let procs = self.0.join("cgroup.procs");
+        let mut argv = vec![command.get_program().to_str().unwrap().to_owned()];
+        argv.extend(command.get_args().map(|a| a.to_str().unwrap().to_owned()));
+        let quoted: Vec<String> = argv.iter().map(|a| format!("'{a}'")).collect();
+        let mut sh = Command::new("sh");
+        sh.args([
+            "-c",
+            &format!(
+                "echo $$ > '{}' && exec {}",
+                procs.display(),
+                quoted.join(" ")
+            ),
+        ]);
+        for (k, v) in command.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        sh.output().unwrap()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn candidates_killed_for_memory_are_findings_not_a_crash() {
+    // 16 MB: the selecting process fits (it runs within 6 MB of anonymous
+    // memory; the kernel reclaims the binary's file pages), a measuring
+    // child running a batch of 1024 (about 100 MB of activations) is
+    // killed by the kernel.
+    let (_d, b) = bundle();
+    let cgroup = MemoryCgroup::new(16 << 20);
+    let mut cmd = command(&b);
+    cmd.args(select_args(
+        &b,
+        &[
+            "--latency-ms",
+            "100000",
+            "--memory-mb",
+            "4096",
+            "--batch",
+            "1024",
+        ],
+    ));
+    let o = cgroup.run(&cmd);
+    let err = stderr(&o);
+    // Two candidates in a row out of memory: nothing fits, said with both.
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("exceeds memory") && err.contains("SIGKILL"),
+        "{err}"
+    );
+    assert!(err.contains("w32-d2") && err.contains("w32-d3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

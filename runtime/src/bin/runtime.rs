@@ -5,34 +5,41 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tailor_runtime::engine::{EngineKind, EngineOptions, ExecutionProvider};
-use tailor_runtime::probe;
+use tailor_runtime::isolate::{self, Isolation};
 use tailor_runtime::profile::{MeasureOptions, Measurement};
 use tailor_runtime::select::{
-    render_selection, Chosen, Limits, Percentile, Runtime, RuntimeOptions, SelectError,
+    render_selection, Chosen, Limits, Percentile, Runtime, RuntimeOptions, SelectError, Verify,
 };
+use tailor_runtime::{cache, outln, probe, stdout};
 
 /// Exit status when no sub-network fits the limits.
 const EXIT_NOTHING_FITS: u8 = 3;
 
 /// Select and serve the best sub-network of a tailor bundle on this device.
 ///
-/// At start-up the runtime measures a few candidates (not all of them),
-/// fits a latency model of this device, and picks the best sub-network that
-/// meets the latency limit at the chosen percentile and the memory limit.
-/// The decision is cached (keyed by device, power mode, engine, bundle and
-/// limits), so the next boot skips the measurements.
+/// At start-up the runtime measures a few candidates (not all of them, each
+/// in a child process of its own), fits a latency model of this device,
+/// confirms the winner with a longer measurement, and picks the best
+/// sub-network that meets the latency limit at the chosen percentile and the
+/// memory limit. The decision is cached (keyed by device, clocks, power
+/// mode, engine and its version, bundle, the limits as written and the
+/// measuring options), so the next boot skips the measurements.
 #[derive(Debug, Parser)]
 #[command(
     version,
     after_help = "Examples:
   runtime select bundle/ --latency-ms 25 --memory-mb 900
-  runtime select bundle/ --latency-ms 25 --percentile 95 --batch 1 --json
+  runtime select bundle/ --latency-ms 25 --percentile 99 --memory-fraction 0.3 --json
   runtime profile bundle/ --all --csv
   runtime run bundle/ --latency-ms 25 --input image.png
   runtime probe --json
+
+Decisions are cached in --cache FILE, else $TAILOR_CACHE_DIR, else
+$CACHE_DIRECTORY (systemd's CacheDirectory=), else $XDG_CACHE_HOME/tailor,
+else ~/.cache/tailor; never inside the bundle, which may be read-only.
 
 Exit status: 0 success, 1 error, 2 usage error, 3 nothing fits the limits."
 )]
@@ -120,10 +127,21 @@ struct Common {
     /// Read the device's files under this root instead of `/`.
     #[arg(long, value_name = "DIR", default_value = "/")]
     sysroot: PathBuf,
-    /// Decision cache file (default: decisions.postcard in $TAILOR_CACHE_DIR,
-    /// $CACHE_DIRECTORY, $XDG_CACHE_HOME/tailor or ~/.cache/tailor).
+    /// Decision cache file (default: see below).
     #[arg(long, value_name = "FILE")]
     cache: Option<PathBuf>,
+    /// Which bundle files to hash before loading: `changed` skips files whose
+    /// size, mtime and inode match an earlier verification; `always` hashes
+    /// every file a candidate reads.
+    #[arg(long, value_enum, default_value = "changed")]
+    verify: VerifyArg,
+    /// Let TensorRT build fp16 engines (`--provider tensorrt` only).
+    #[arg(long)]
+    fp16: bool,
+    /// Measure candidates in this process instead of a child process each
+    /// (for debugging: memory figures then include earlier candidates).
+    #[arg(long)]
+    in_process: bool,
     /// Ignore and do not write the cache: decide afresh.
     #[arg(long)]
     no_cache: bool,
@@ -155,6 +173,12 @@ struct LimitArgs {
     /// Lowest acceptable quality score (needs a calibrated bundle).
     #[arg(long, value_name = "Q")]
     min_quality: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VerifyArg {
+    Changed,
+    Always,
 }
 
 fn parse_percentile(s: &str) -> Result<u8, String> {
@@ -195,6 +219,16 @@ impl Common {
             );
             measure.min_time = std::time::Duration::from_secs_f64(s);
         }
+        let cache = match (&self.cache, self.no_cache) {
+            (_, true) => None,
+            (Some(path), false) => Some(path.clone()),
+            (None, false) => cache::default_path(),
+        };
+        let isolation = if self.in_process {
+            Isolation::InProcess
+        } else {
+            Isolation::current_exe().context("finding this executable to measure in children")?
+        };
         let options = RuntimeOptions {
             engine: self.engine,
             engine_options: EngineOptions {
@@ -202,14 +236,20 @@ impl Common {
                 batch: 1,
                 provider: self.provider,
                 ort_library: self.ort_library.clone(),
-                ..EngineOptions::default()
+                // TensorRT's engine and timing caches live beside the decisions.
+                cache_dir: cache
+                    .as_ref()
+                    .and_then(|c| c.parent())
+                    .map(|dir| dir.join("tensorrt")),
+                fp16: self.fp16,
             },
             measure,
             sysroot: self.sysroot.clone(),
-            cache: match (&self.cache, self.no_cache) {
-                (_, true) => None,
-                (Some(path), false) => Some(path.clone()),
-                (None, false) => tailor_runtime::cache::default_path(),
+            cache,
+            isolation,
+            verify: match self.verify {
+                VerifyArg::Changed => Verify::Changed,
+                VerifyArg::Always => Verify::Always,
             },
         };
         Runtime::with_options(&self.bundle, options)
@@ -218,9 +258,13 @@ impl Common {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = isolate::child_main() {
+        return code;
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if stdout::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             let nothing_fits = e
@@ -240,10 +284,11 @@ fn run(command: Command) -> Result<()> {
         } => {
             let rt = common.open()?;
             let chosen = rt.select(&limits.limits())?;
+            warn(&chosen);
             if json {
-                println!("{:#}", selection_json(&chosen));
+                outln!("{:#}", selection_json(&chosen))?;
             } else {
-                print!("{}", render_selection(&rt.bundle().manifest(), &chosen));
+                outln!(@no_newline "{}", render_selection(&rt.bundle().manifest(), &chosen))?;
             }
             Ok(())
         }
@@ -268,7 +313,7 @@ fn run(command: Command) -> Result<()> {
             };
             let mut results = Vec::new();
             if !json && !csv {
-                println!(
+                outln!(
                     "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
                     "id",
                     "load_ms",
@@ -279,14 +324,14 @@ fn run(command: Command) -> Result<()> {
                     "mean_ms",
                     "rss_mb",
                     "peak_mb"
-                );
+                )?;
             } else if csv {
-                println!("id,load_ms,first_ms,p50_ms,p90_ms,p99_ms,mean_ms,stdev_ms,rss_mb,peak_mb,noisy");
+                outln!("id,load_ms,first_ms,p50_ms,p90_ms,p99_ms,mean_ms,stdev_ms,rss_mb,peak_mb,noisy")?;
             }
             for id in &ids {
                 let m = rt.profile(id, batch)?;
                 if csv {
-                    println!(
+                    outln!(
                         "{id},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{}",
                         m.load_ms,
                         m.first_ms,
@@ -298,18 +343,18 @@ fn run(command: Command) -> Result<()> {
                         m.rss_mb,
                         m.peak_mb,
                         m.noisy
-                    );
+                    )?;
                 } else if !json {
-                    println!(
+                    outln!(
                         "{id:<12} {:>9.2} {:>9.2} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1}{}",
                         m.load_ms, m.first_ms, m.p50_ms, m.p90_ms, m.p99_ms, m.mean_ms, m.rss_mb, m.peak_mb,
                         if m.noisy { "  (noisy)" } else { "" }
-                    );
+                    )?;
                 }
                 results.push(profile_json(id, &m));
             }
             if json {
-                println!("{:#}", json!({ "results": results }));
+                outln!("{:#}", json!({ "results": results }))?;
             }
             Ok(())
         }
@@ -322,6 +367,7 @@ fn run(command: Command) -> Result<()> {
             let rt = common.open()?;
             let limits = limits.limits();
             let mut chosen = rt.select(&limits)?;
+            warn(&chosen);
             let [_, _, side, _] = rt.input_shape(1);
             let image = tailor_runtime::image::load_png(&input, side)?;
             let batch =
@@ -335,10 +381,10 @@ fn run(command: Command) -> Result<()> {
                     "cls_token": cls.to_vec(),
                     "patch_tokens_shape": out.patch_tokens.shape(),
                 });
-                println!("{obj:#}");
+                outln!("{obj:#}")?;
             } else {
-                print!("{}", render_selection(&rt.bundle().manifest(), &chosen));
-                println!(
+                outln!(@no_newline "{}", render_selection(&rt.bundle().manifest(), &chosen))?;
+                outln!(
                     "ran {} on {}: cls_token [{}] (L2 norm {norm:.4}), patch_tokens {:?}",
                     chosen.id,
                     input.display(),
@@ -349,27 +395,35 @@ fn run(command: Command) -> Result<()> {
                         .join(", ")
                         + ", ...",
                     out.patch_tokens.shape()
-                );
+                )?;
             }
             Ok(())
         }
         Command::Probe { sysroot, json } => {
             let info = probe::probe(&sysroot);
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                outln!("{}", serde_json::to_string_pretty(&info)?)?;
             } else {
-                println!("{info}");
-                println!("fingerprint: {}", info.fingerprint());
+                outln!("{info}")?;
+                outln!("fingerprint: {}", info.fingerprint())?;
             }
             Ok(())
         }
     }
 }
 
+/// What the user should know about a selection, on stderr.
+fn warn(chosen: &Chosen) {
+    for note in &chosen.notes {
+        eprintln!("warning: {note}");
+    }
+}
+
 fn measured_json(m: &Measurement) -> serde_json::Value {
     json!({
         "p50_ms": m.p50_ms, "p90_ms": m.p90_ms, "p99_ms": m.p99_ms, "mean_ms": m.mean_ms,
-        "stdev_ms": m.stdev_ms, "noisy": m.noisy, "rss_mb": m.rss_mb, "peak_mb": m.peak_mb,
+        "stdev_ms": m.stdev_ms, "cv": m.cv, "noisy": m.noisy, "runs": m.runs,
+        "rss_mb": m.rss_mb, "peak_mb": m.peak_mb,
     })
 }
 
@@ -391,12 +445,20 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
             "latency_ms": c.limits.latency_ms, "percentile": c.percentile.value(), "batch": c.limits.batch,
             "memory_mb": c.limits.memory_bytes as f64 / (1024.0 * 1024.0), "min_quality": c.limits.min_quality,
         },
+        "engine": c.engine,
         "candidates_measured": c.candidates_measured(),
         "selection_ms": c.selection_ms,
         "cache": c.cache,
+        "confirmed": c.confirmed,
+        "noisy": c.noisy,
+        "notes": c.notes,
         "trials": c.trials.iter().map(|t| json!({
-            "id": t.id, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
-            "measured": t.measured.as_ref().map(measured_json),
+            "id": t.id, "stage": t.stage, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
+            "measured": t.measured.as_ref().map(|m| {
+                let mut v = measured_json(m);
+                v["upper_ms"] = json!(m.upper_ms(c.percentile));
+                v
+            }),
         })).collect::<Vec<_>>(),
     })
 }

@@ -119,6 +119,16 @@ impl DeviceInfo {
         self.board.power_mode.as_deref()
     }
 
+    /// The CPU clock policy (`"locked performance"`, `"scaling schedutil"`),
+    /// its own part of the cache key: latencies measured under one policy
+    /// do not hold under another.
+    pub fn clock_state(&self) -> Option<String> {
+        self.cpu.clocks.as_ref().map(|c| {
+            let pinned = if c.locked { "locked" } else { "scaling" };
+            format!("{pinned} {}", c.governors.join(","))
+        })
+    }
+
     /// A stable digest of what identifies the hardware and software stack,
     /// leaving out what changes between boots (free memory, temperatures).
     pub fn fingerprint(&self) -> String {
