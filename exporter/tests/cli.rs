@@ -177,15 +177,24 @@ fn graphs_pass_the_onnx_checker() {
 
 #[test]
 fn dry_run_prints_the_grid_and_writes_nothing() {
+    // Run from an empty directory with an output path in it: a dry run
+    // must create neither the bundle nor anything else there.
     let dir = tempfile::tempdir().unwrap();
-    let run = exporter(&[
-        "--all-subnets",
-        poa_teacher().to_str().unwrap(),
-        "--dry-run",
-        "--json",
-        "--max-params",
-        "60k",
-    ]);
+    let out = dir.path().join("bundle");
+    let run = Command::new(env!("CARGO_BIN_EXE_exporter"))
+        .current_dir(dir.path())
+        .args([
+            "--all-subnets",
+            poa_teacher().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+            "--max-params",
+            "60k",
+        ])
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let plan: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let subnets = plan["subnets"].as_array().unwrap();
@@ -356,6 +365,11 @@ fn a_failed_write_leaves_no_bundle() {
         out.display()
     );
     let run = Command::new("sh").args(["-c", &cmd]).output().unwrap();
-    assert_fails_cleanly(&run, dir.path(), &["writing", "w"]);
+    // The error names the file whose write failed, and why.
+    assert_fails_cleanly(
+        &run,
+        dir.path(),
+        &["writing", "weights/w96.bin", "File too large"],
+    );
     assert!(!out.exists());
 }

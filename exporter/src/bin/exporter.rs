@@ -12,6 +12,7 @@ use tailor_exporter::config::{GridRange, Overrides};
 use tailor_exporter::family::SubnetSpec;
 use tailor_exporter::plan::{Plan, Request, Selection};
 use tailor_runtime::bundle::Bundle;
+use tailor_runtime::{outln, stdout};
 
 /// Slice a POA elastic teacher into standalone per-budget ONNX graphs.
 ///
@@ -141,6 +142,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `exporter inspect B | head`: the reader has what it wanted.
+        Err(e) if stdout::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -170,7 +173,7 @@ fn export(args: ExportArgs) -> Result<()> {
     let plan = Plan::new(&request)?;
     report_plan(&plan);
     if args.dry_run {
-        print_grid(&plan, args.json);
+        print_grid(&plan, args.json)?;
         return Ok(());
     }
     let out = args
@@ -211,12 +214,12 @@ fn export(args: ExportArgs) -> Result<()> {
     })?;
     progress.finish_and_clear();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "bundle": out, "subnets": summary.subnets, "files": summary.files, "bytes": summary.bytes,
             })
-        );
+        )?;
     } else {
         eprintln!(
             "wrote {} sub-networks to {} ({} files, {})",
@@ -254,7 +257,7 @@ fn report_plan(plan: &Plan) {
 }
 
 /// The dry run's grid: a table, or JSON for scripts.
-fn print_grid(plan: &Plan, json: bool) {
+fn print_grid(plan: &Plan, json: bool) -> Result<()> {
     let rows: Vec<_> = plan
         .subnets
         .iter()
@@ -273,18 +276,18 @@ fn print_grid(plan: &Plan, json: bool) {
             "non_finite": plan.non_finite, "geometry": plan.geometry.to_config(),
             "bundle_bytes": bundle::planned_bytes(plan), "subnets": rows,
         });
-        println!("{plan_json:#}");
-        return;
+        outln!("{plan_json:#}")?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{}",
         table_row(
             ["id", "width", "depth", "params", "MACs", "weights", "act(b=1)"].map(String::from)
         )
-    );
+    )?;
     for s in &plan.subnets {
         let (c, spec) = (s.costs, s.spec);
-        println!(
+        outln!(
             "{}",
             subnet_row(
                 &spec.id(),
@@ -295,13 +298,14 @@ fn print_grid(plan: &Plan, json: bool) {
                 4 * c.params,
                 c.activation_bytes
             )
-        );
+        )?;
     }
-    println!(
+    outln!(
         "{} sub-networks; the bundle would hold {} of weights (each width stored once)",
         plan.subnets.len(),
         human_bytes(bundle::planned_bytes(plan))
-    );
+    )?;
+    Ok(())
 }
 
 fn human_bytes(b: u64) -> String {
@@ -328,11 +332,11 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        outln!("{}", serde_json::to_string_pretty(&m)?)?;
         return Ok(());
     }
     let c = &m.teacher.config;
-    println!(
+    outln!(
         "bundle {}: {} sub-networks of {} {} (width {}, depth {}, head_dim {}, image {})",
         dir.display(),
         m.subnets.len(),
@@ -342,14 +346,14 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         c.max_depth,
         c.head_dim,
         c.image_size
-    );
-    println!("teacher sha256 {}", m.teacher.sha256);
-    println!(
+    )?;
+    outln!("teacher sha256 {}", m.teacher.sha256)?;
+    outln!(
         "{}  graph",
         table_row(
             ["id", "width", "depth", "params", "MACs", "weights", "act(b=1)"].map(String::from)
         )
-    );
+    )?;
     for s in &m.subnets {
         let row = subnet_row(
             s.id,
@@ -360,10 +364,10 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
             s.weight_bytes,
             s.activation_bytes,
         );
-        println!("{row}  {}", s.onnx);
+        outln!("{row}  {}", s.onnx)?;
     }
     if verify {
-        println!("verified: every graph and weight file matches its sha256");
+        outln!("verified: every graph and weight file matches its sha256")?;
     }
     Ok(())
 }
