@@ -23,6 +23,8 @@ pub mod probe;
 pub mod profile;
 #[cfg(feature = "std")]
 pub mod select;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 #[cfg(feature = "std")]
 pub use select::{Limits, Runtime};
