@@ -370,7 +370,10 @@ fn board(sys: &mut Sysroot<'_>) -> Board {
             .find_map(|w| w.strip_prefix("pmode:"))
             .and_then(|m| m.parse::<u32>().ok());
         if mode.is_none() {
-            sys.note(format!("/{NVPMODEL_STATUS}: no pmode in {:?}", clip(t.trim())));
+            sys.note(format!(
+                "/{NVPMODEL_STATUS}: no pmode in {:?}",
+                clip(t.trim())
+            ));
         }
         mode.map(|m| m.to_string())
     });

@@ -149,7 +149,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             "no endpoint {path}; there are {}",
             Endpoint::ALL.map(Endpoint::path).join(", ")
         );
-        state.metrics.request("other", StatusCode::NOT_FOUND.as_u16());
+        state
+            .metrics
+            .request("other", StatusCode::NOT_FOUND.as_u16());
         return ApiError::new(StatusCode::NOT_FOUND, reason).into_response();
     };
     let result = if req.method() != endpoint.method() {
@@ -199,7 +201,9 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
 enum Input {
     Image(Format),
     /// Little-endian float32, `[1, 3, H, W]`, with the shape the client declared.
-    Tensor { declared: Option<Vec<usize>> },
+    Tensor {
+        declared: Option<Vec<usize>>,
+    },
 }
 
 impl Input {
@@ -208,7 +212,13 @@ impl Input {
         let content_type = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -265,17 +275,20 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large()
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
+    .map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        }
+    })?
+    .to_bytes();
     // Taken after the body is in: a re-selection meanwhile is served already.
     let served = state.served();
     let (value, seconds) =
@@ -300,7 +313,9 @@ fn infer(
     let one = [1, channels, height, width];
     let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, reason);
     let image = match input {
-        Input::Image(format) => image::decode(body, format, height).map_err(|e| bad(e.to_string()))?,
+        Input::Image(format) => {
+            image::decode(body, format, height).map_err(|e| bad(e.to_string()))?
+        }
         Input::Tensor { declared } => {
             if declared.as_deref().is_some_and(|d| d != one.as_slice()) {
                 return Err(bad(format!(
@@ -316,7 +331,11 @@ fn infer(
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot fill input {:?} from one image {:?}", served.input_shape, image.dim()),
+                format!(
+                    "cannot fill input {:?} from one image {:?}",
+                    served.input_shape,
+                    image.dim()
+                ),
             )
         })?
         .to_owned();
@@ -335,7 +354,11 @@ fn infer(
     });
     if patch_tokens {
         let tokens = out.patch_tokens.index_axis(Axis(0), 0);
-        value["patch_tokens"] = json!(tokens.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>());
+        value["patch_tokens"] = json!(tokens
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect::<Vec<_>>());
     }
     Ok((value, seconds))
 }

@@ -208,7 +208,12 @@ mod tests {
 
     #[test]
     fn listen_addresses_parse_and_print_back() {
-        for s in ["127.0.0.1:8470", "localhost:0", "[::1]:9000", "unix:/run/tailor.sock"] {
+        for s in [
+            "127.0.0.1:8470",
+            "localhost:0",
+            "[::1]:9000",
+            "unix:/run/tailor.sock",
+        ] {
             assert_eq!(s.parse::<Listen>().unwrap().to_string(), s);
         }
         assert_eq!(
