@@ -27,6 +27,8 @@ pub mod profile;
 pub mod select;
 #[cfg(feature = "std")]
 pub mod stdout;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 #[cfg(feature = "std")]
 pub use select::{Limits, Runtime};

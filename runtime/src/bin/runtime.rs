@@ -35,6 +35,7 @@ const EXIT_NOTHING_FITS: u8 = 3;
   runtime select bundle/ --latency-ms 25 --percentile 99 --memory-fraction 0.3 --json
   runtime profile bundle/ --all --csv
   runtime run bundle/ --latency-ms 25 --input image.png
+  runtime serve bundle/ --latency-ms 25 --listen unix:/run/tailor/sock
   runtime probe --json
 
 Decisions are cached in --cache FILE, else $TAILOR_CACHE_DIR, else
@@ -97,6 +98,16 @@ enum Command {
         /// Print the choice and the outputs as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Select, then serve inference over local HTTP until stopped.
+    #[cfg(feature = "serve")]
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Show what the runtime sees of this device.
     Probe {
@@ -179,6 +190,20 @@ struct LimitArgs {
 enum VerifyArg {
     Changed,
     Always,
+}
+
+#[cfg(feature = "serve")]
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// `host:port` or `unix:PATH`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
+    listen: tailor_runtime::serve::Listen,
+    /// Largest request body accepted, in MiB (413 beyond).
+    #[arg(long, value_name = "MB", default_value_t = 32)]
+    max_body_mb: u64,
+    /// Seconds between reads of the power mode (Jetson's nvpmodel status).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    power_poll: f64,
 }
 
 fn parse_percentile(s: &str) -> Result<u8, String> {
@@ -398,6 +423,30 @@ fn run(command: Command) -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        #[cfg(feature = "serve")]
+        Command::Serve {
+            common,
+            limits,
+            serve,
+        } => {
+            use tailor_runtime::serve::{self as server, Selection, ServeOptions};
+            let options = ServeOptions {
+                max_body_bytes: serve.max_body_mb.saturating_mul(1024 * 1024),
+                power_mode_file: Some(common.sysroot.join(probe::NVPMODEL_STATUS)),
+                power_poll: std::time::Duration::try_from_secs_f64(serve.power_poll)
+                    .context("--power-poll must be a non-negative number of seconds")?,
+            };
+            let limits = limits.limits();
+            // Re-opening re-probes the device, so a new power mode keys the cache.
+            server::serve(&serve.listen, options, move || {
+                let rt = common.open()?;
+                let chosen = rt.select(&limits)?;
+                Ok(Selection {
+                    report: selection_json(&chosen),
+                    chosen,
+                })
+            })
         }
         Command::Probe { sysroot, json } => {
             let info = probe::probe(&sysroot);

@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 pub use cpu::{Clocks, Cluster, Cpu, Feature};
 use sysroot::{clip, Sysroot};
 
+/// Where Jetson's nvpmodel writes `pmode:0001 fmode:...`, relative to the root.
+pub const NVPMODEL_STATUS: &str = "var/lib/nvpmodel/status";
+
 /// Everything the probe learned (`runtime probe --json` prints this).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceInfo {
@@ -371,15 +374,16 @@ fn board(sys: &mut Sysroot<'_>) -> Board {
             .to_owned();
         Some(format!("{major}.{revision}"))
     });
-    // nvpmodel writes "pmode:0001 fmode:..." to its status file.
-    const NVPMODEL: &str = "var/lib/nvpmodel/status";
-    let power_mode = sys.optional(NVPMODEL).and_then(|t| {
+    let power_mode = sys.optional(NVPMODEL_STATUS).and_then(|t| {
         let mode = t
             .split_whitespace()
             .find_map(|w| w.strip_prefix("pmode:"))
             .and_then(|m| m.parse::<u32>().ok());
         if mode.is_none() {
-            sys.note(format!("/{NVPMODEL}: no pmode in {:?}", clip(t.trim())));
+            sys.note(format!(
+                "/{NVPMODEL_STATUS}: no pmode in {:?}",
+                clip(t.trim())
+            ));
         }
         mode.map(|m| m.to_string())
     });

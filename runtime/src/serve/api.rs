@@ -1,0 +1,381 @@
+//! The HTTP side: listeners, routing, and the four endpoints.
+
+use std::convert::Infallible;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ndarray::{Array4, Axis};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+use super::{Listen, Served, State};
+use crate::image::{self, Format};
+
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    pub async fn bind(listen: &Listen) -> io::Result<Listener> {
+        match listen {
+            Listen::Tcp { host, port } => Ok(Listener::Tcp(
+                TcpListener::bind((host.as_str(), *port)).await?,
+            )),
+            Listen::Unix(path) => {
+                // A socket left by a previous run would make bind fail;
+                // anything else at that path is not ours to delete.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path)?))
+            }
+        }
+    }
+}
+
+/// Accepts connections forever, one task each.
+pub async fn accept(listener: Listener, state: Arc<State>) -> Result<()> {
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| connection(s, &state)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| connection(s, &state)),
+        };
+        if let Err(e) = accepted {
+            // Out of file descriptors, typically: wait for some to close.
+            eprintln!("accepting a connection: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn connection<S>(stream: S, state: &Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        });
+        // A connection's errors (resets, timeouts) end that connection only.
+        let _ = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Embed,
+    Health,
+    Selection,
+    Metrics,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 4] = [
+        Endpoint::Embed,
+        Endpoint::Health,
+        Endpoint::Selection,
+        Endpoint::Metrics,
+    ];
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Embed => "/v1/embed",
+            Endpoint::Health => "/v1/health",
+            Endpoint::Selection => "/v1/selection",
+            Endpoint::Metrics => "/metrics",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Embed => Method::POST,
+            _ => Method::GET,
+        }
+    }
+}
+
+/// A request refused, with the reason the client sees as `{"error": ...}`.
+struct ApiError {
+    status: StatusCode,
+    reason: String,
+    allow: Option<Method>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            reason: reason.into(),
+            allow: None,
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = json_response(self.status, &json!({ "error": self.reason }));
+        if let Some(method) = self.allow {
+            if let Ok(v) = HeaderValue::from_str(method.as_str()) {
+                response.headers_mut().insert(ALLOW, v);
+            }
+        }
+        response
+    }
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let Some(endpoint) = Endpoint::ALL.into_iter().find(|e| e.path() == path) else {
+        let reason = format!(
+            "no endpoint {path}; there are {}",
+            Endpoint::ALL.map(Endpoint::path).join(", ")
+        );
+        state
+            .metrics
+            .request("other", StatusCode::NOT_FOUND.as_u16());
+        return ApiError::new(StatusCode::NOT_FOUND, reason).into_response();
+    };
+    let result = if req.method() != endpoint.method() {
+        Err(ApiError {
+            allow: Some(endpoint.method()),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} takes {}", endpoint.path(), endpoint.method()),
+            )
+        })
+    } else {
+        match endpoint {
+            Endpoint::Embed => embed(state, req).await,
+            Endpoint::Health => Ok(json_response(
+                StatusCode::OK,
+                &json!({ "status": "ok", "subnet": state.served().id }),
+            )),
+            Endpoint::Selection => Ok(json_response(StatusCode::OK, &state.served().report)),
+            Endpoint::Metrics => {
+                let text = state.metrics.render(&state.served().id);
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(response)
+            }
+        }
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    state
+        .metrics
+        .request(endpoint.path(), response.status().as_u16());
+    response
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// What an embed request's body holds, from its `Content-Type`.
+enum Input {
+    Image(Format),
+    /// Little-endian float32, `[1, 3, H, W]`, with the shape the client declared.
+    Tensor {
+        declared: Option<Vec<usize>>,
+    },
+}
+
+impl Input {
+    fn from_headers(headers: &HeaderMap) -> Result<Input, ApiError> {
+        const ACCEPTED: &str = "image/png, image/jpeg or application/octet-stream (float32 tensor)";
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("no Content-Type; send {ACCEPTED}"),
+                )
+            })?;
+        match content_type.as_str() {
+            "image/png" => Ok(Input::Image(Format::Png)),
+            "image/jpeg" => Ok(Input::Image(Format::Jpeg)),
+            "application/octet-stream" => {
+                let declared = headers
+                    .get("x-tensor-shape")
+                    .map(|v| {
+                        let text = v.to_str().unwrap_or_default();
+                        text.split([',', 'x'])
+                            .map(|d| d.trim().parse::<usize>())
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|_| {
+                                ApiError::new(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("X-Tensor-Shape `{text}` is not a list of sizes like 1,3,224,224"),
+                                )
+                            })
+                    })
+                    .transpose()?;
+                Ok(Input::Tensor { declared })
+            }
+            other => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type `{other}` is not {ACCEPTED}"),
+            )),
+        }
+    }
+}
+
+async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let input = Input::from_headers(req.headers())?;
+    let patch_tokens = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| matches!(pair, "patch_tokens=1" | "patch_tokens=true"))
+    });
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the {limit}-byte limit (--max-body-mb)"),
+        )
+    };
+    // Refused on the declared length, before a byte of the body is read.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
+    .map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        }
+    })?
+    .to_bytes();
+    // Taken after the body is in: a re-selection meanwhile is served already.
+    let served = state.served();
+    let (value, seconds) =
+        tokio::task::spawn_blocking(move || infer(&served, &body, input, patch_tokens))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference: {e}"))
+            })??;
+    state.metrics.inference(seconds);
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+/// Decodes one image, runs it (repeated to the session's batch) and returns
+/// the response object and the engine's time in seconds.
+fn infer(
+    served: &Served,
+    body: &[u8],
+    input: Input,
+    patch_tokens: bool,
+) -> Result<(Value, f64), ApiError> {
+    let [_, channels, height, width] = served.input_shape;
+    let one = [1, channels, height, width];
+    let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, reason);
+    let image = match input {
+        Input::Image(format) => {
+            image::decode(body, format, height).map_err(|e| bad(e.to_string()))?
+        }
+        Input::Tensor { declared } => {
+            if declared.as_deref().is_some_and(|d| d != one.as_slice()) {
+                return Err(bad(format!(
+                    "X-Tensor-Shape {:?} is not the model's input {one:?}",
+                    declared.unwrap_or_default()
+                )));
+            }
+            tensor(body, one).map_err(bad)?
+        }
+    };
+    let pixels = image
+        .broadcast(served.input_shape)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "cannot fill input {:?} from one image {:?}",
+                    served.input_shape,
+                    image.dim()
+                ),
+            )
+        })?
+        .to_owned();
+    let mut chosen = served.chosen.lock().unwrap_or_else(PoisonError::into_inner);
+    let start = Instant::now();
+    let out = chosen
+        .session()
+        .run(pixels.view())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(chosen);
+    let mut value = json!({
+        "subnet": served.id,
+        "latency_ms": seconds * 1e3,
+        "cls_token": out.cls_token.row(0).to_vec(),
+    });
+    if patch_tokens {
+        let tokens = out.patch_tokens.index_axis(Axis(0), 0);
+        value["patch_tokens"] = json!(tokens
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect::<Vec<_>>());
+    }
+    Ok((value, seconds))
+}
+
+/// One image as little-endian float32 values in `shape`.
+fn tensor(body: &[u8], shape: [usize; 4]) -> Result<Array4<f32>, String> {
+    let values: usize = shape.iter().product();
+    if body.len() != values * 4 {
+        return Err(format!(
+            "a raw tensor must be {values} little-endian float32 values ({} bytes) for shape {shape:?}, got {} bytes",
+            values * 4,
+            body.len()
+        ));
+    }
+    let data = body
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Array4::from_shape_vec(shape, data).map_err(|e| e.to_string())
+}

@@ -1,0 +1,665 @@
+//! `runtime serve` end to end: the real binary on the committed tiny bundle,
+//! driven by a hand-written HTTP/1.1 client over a Unix socket and by curl
+//! over loopback TCP. Outputs are checked against the library's own session
+//! run in this process.
+#![cfg(feature = "serve")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ndarray::Array4;
+use serde_json::Value;
+use tailor_runtime::bundle::Bundle;
+use tailor_runtime::engine::{self, EngineKind, EngineOptions, Outputs};
+
+const TOLERANCE: f32 = 1e-5;
+/// Start-up selects (measures candidates) before it serves.
+const STARTUP: Duration = Duration::from_secs(180);
+const PNG_JPEG_COLOUR: [u8; 3] = [200, 40, 90];
+
+/// A running server, killed when the test ends however it ends.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `runtime serve` on a copy of the tiny bundle, listening on a
+    /// Unix socket unless `args` says otherwise, without waiting for it.
+    fn spawn(args: &[&str], env: &[(&str, &Path)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        common::copy_dir(&fixture_bundle(), &dir.path().join("bundle"));
+        let socket = dir.path().join("sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runtime"));
+        cmd.arg("serve")
+            .arg(dir.path().join("bundle"))
+            .args(["--latency-ms", "10000", "--memory-mb", "4096"])
+            .args(["--min-runs", "2", "--min-time", "0"]);
+        if !args.contains(&"--listen") {
+            cmd.arg("--listen")
+                .arg(format!("unix:{}", socket.display()));
+        }
+        if !args.contains(&"--cache") {
+            cmd.arg("--no-cache");
+        }
+        cmd.args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Server { child, dir, socket }
+    }
+
+    /// Spawns and waits until `/v1/health` answers.
+    fn start(args: &[&str]) -> Server {
+        let server = Server::spawn(args, &[]);
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = try_request(&self.socket, "GET", "/v1/health", &[], b"") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server not healthy in time; log:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let (code, text) = try_request(&self.socket, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()));
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path} answered {code} `{text}`: {e}"));
+        (code, json)
+    }
+
+    fn embed(&self, content_type: &str, query: &str, body: &[u8]) -> (u16, Value) {
+        self.request(
+            "POST",
+            &format!("/v1/embed{query}"),
+            &[("Content-Type", content_type)],
+            body,
+        )
+    }
+
+    fn metrics(&self) -> String {
+        try_request(&self.socket, "GET", "/metrics", &[], b"")
+            .unwrap()
+            .1
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+}
+
+fn fixture_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny")
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: status and body.
+fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    exchange(&mut stream, method, path, headers, body)
+}
+
+fn exchange(
+    stream: &mut (impl Read + Write),
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: tailor\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        head += &format!("Content-Length: {}\r\n", body.len());
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes())?;
+    // A refusal may come (and the server stop reading) before the body is
+    // sent, as real clients allow for: the answer is still there to read.
+    let _ = stream.write_all(body);
+    read_response(stream)
+}
+
+fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head in `{text}`")))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in `{head}`")))?;
+    Ok((code, body.to_owned()))
+}
+
+fn png(colour: [u8; 3], w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let data: Vec<u8> = (0..w * h).flat_map(|_| colour).collect();
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+    out
+}
+
+/// The library's own answer for `pixels` on sub-network `id` of `bundle`.
+fn run_in_process(bundle: &Path, id: &str, pixels: &Array4<f32>) -> Outputs {
+    let bundle = Bundle::open(bundle).unwrap();
+    let subnet = bundle.subnet(id).unwrap();
+    let mut session = engine::load(
+        EngineKind::Tract,
+        &bundle.graph_path(&subnet),
+        &EngineOptions::default(),
+    )
+    .unwrap();
+    session.run(pixels.view()).unwrap()
+}
+
+fn side(bundle: &Path) -> usize {
+    Bundle::open(bundle)
+        .unwrap()
+        .manifest()
+        .teacher
+        .config
+        .image_size as usize
+}
+
+/// A deterministic, non-constant image tensor; `seed` varies it.
+fn tensor(side: usize, seed: usize) -> Array4<f32> {
+    Array4::from_shape_fn((1, 3, side, side), |(_, c, y, x)| {
+        ((c * 31 + y * 7 + x * 3 + seed * 13) % 17) as f32 / 8.0 - 1.0
+    })
+}
+
+fn le_bytes(t: &Array4<f32>) -> Vec<u8> {
+    t.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tolerance, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The value of one exposition line, e.g. `tailor_reselections_total`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn embeds_png_jpeg_and_raw_tensors_as_the_library_does() {
+    let server = Server::start(&[]);
+    let side = side(&server.bundle());
+
+    // A raw tensor: exactly the library's output for the same input.
+    let input = tensor(side, 1);
+    let (code, raw) = server.embed("application/octet-stream", "", &le_bytes(&input));
+    assert_eq!(code, 200, "{raw}");
+    let id = raw["subnet"].as_str().unwrap().to_owned();
+    let want = run_in_process(&server.bundle(), &id, &input);
+    assert_close(
+        &floats(&raw["cls_token"]),
+        want.cls_token.row(0).as_slice().unwrap(),
+        TOLERANCE,
+        "cls_token",
+    );
+    assert!(
+        raw.get("patch_tokens").is_none(),
+        "patch tokens only on request"
+    );
+    assert!(raw["latency_ms"].as_f64().unwrap() > 0.0);
+
+    // patch_tokens on request, with a matching X-Tensor-Shape.
+    let shape = format!("1,3,{side},{side}");
+    let (code, with_patches) = server.request(
+        "POST",
+        "/v1/embed?patch_tokens=1",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("X-Tensor-Shape", &shape),
+        ],
+        &le_bytes(&input),
+    );
+    assert_eq!(code, 200, "{with_patches}");
+    let rows = with_patches["patch_tokens"].as_array().unwrap();
+    let want_patches = want.patch_tokens.index_axis(ndarray::Axis(0), 0);
+    assert_eq!(rows.len(), want_patches.nrows());
+    for (row, want_row) in rows.iter().zip(want_patches.rows()) {
+        assert_close(
+            &floats(row),
+            want_row.as_slice().unwrap(),
+            TOLERANCE,
+            "patch_tokens",
+        );
+    }
+
+    // A PNG: decoded and normalised as `load_png` does for a file.
+    let red = png(PNG_JPEG_COLOUR, 40, 24);
+    let file = server.dir.path().join("in.png");
+    std::fs::write(&file, &red).unwrap();
+    let want = run_in_process(
+        &server.bundle(),
+        &id,
+        &tailor_runtime::image::load_png(&file, side).unwrap(),
+    );
+    let (code, from_png) = server.embed("image/png", "", &red);
+    assert_eq!(code, 200, "{from_png}");
+    let png_cls = floats(&from_png["cls_token"]);
+    assert_close(
+        &png_cls,
+        want.cls_token.row(0).as_slice().unwrap(),
+        TOLERANCE,
+        "PNG cls_token",
+    );
+
+    // A JPEG of the same colour (tools/make_serve_fixtures.py) lands near
+    // the PNG; another colour lands far, so the bound means something.
+    let jpeg = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/serve/colour.jpg"),
+    )
+    .unwrap();
+    let (code, from_jpeg) = server.embed("image/jpeg; charset=binary", "", &jpeg);
+    assert_eq!(code, 200, "{from_jpeg}");
+    let (_, other) = server.embed("image/png", "", &png([20, 200, 90], 8, 8));
+    let far = max_diff(&png_cls, &floats(&other["cls_token"]));
+    let near = max_diff(&png_cls, &floats(&from_jpeg["cls_token"]));
+    assert!(
+        near < far / 10.0,
+        "JPEG vs PNG of one colour differ by {near}, other colour by {far}"
+    );
+}
+
+#[test]
+fn bad_requests_get_a_4xx_with_a_reason_and_the_server_lives_on() {
+    let server = Server::start(&["--max-body-mb", "1"]);
+    let side = side(&server.bundle());
+    let refused = |code: u16, (got, body): (u16, Value)| {
+        assert_eq!(got, code, "{body}");
+        assert!(!body["error"].as_str().unwrap().is_empty(), "{body}");
+    };
+    refused(
+        400,
+        server.embed("image/png", "", b"\x89PNG but not really"),
+    );
+    refused(400, server.embed("image/jpeg", "", b"\xff\xd8 truncated"));
+    refused(415, server.embed("text/plain", "", b"hello"));
+    refused(
+        415,
+        server.request("POST", "/v1/embed", &[], b"no content type"),
+    );
+    refused(400, server.embed("application/octet-stream", "", &[0; 12]));
+    let one = le_bytes(&tensor(side, 0));
+    refused(
+        400,
+        server.request(
+            "POST",
+            "/v1/embed",
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("X-Tensor-Shape", "2,3,8,8"),
+            ],
+            &one,
+        ),
+    );
+    refused(404, server.request("GET", "/v2/nothing", &[], b""));
+    refused(405, server.request("GET", "/v1/embed", &[], b""));
+    refused(405, server.request("POST", "/v1/health", &[], b""));
+
+    // Over the limit by declaration: refused before the body is sent at all,
+    // even when the declared length is absurd.
+    for declared in ["1048577", "1000000000000"] {
+        refused(
+            413,
+            server.request(
+                "POST",
+                "/v1/embed",
+                &[("Content-Type", "image/png"), ("Content-Length", declared)],
+                b"",
+            ),
+        );
+    }
+    // Over the limit in chunks (no declared length): cut off once past it.
+    let mut stream = UnixStream::connect(&server.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(b"POST /v1/embed HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..20 {
+        if stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .is_err()
+            || stream.write_all(&chunk).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break; // the server stopped reading, as it should
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let (code, body) = read_response(&mut stream).unwrap();
+    assert_eq!(code, 413, "{body}");
+
+    // Still serving, and every refusal was counted by endpoint and code.
+    let (code, _) = server.embed("application/octet-stream", "", &one);
+    assert_eq!(code, 200);
+    let m = server.metrics();
+    let count = |endpoint: &str, code: u16| {
+        metric(
+            &m,
+            &format!("tailor_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("/v1/embed", 400), 4.0, "{m}");
+    assert_eq!(count("/v1/embed", 415), 2.0, "{m}");
+    assert_eq!(count("/v1/embed", 413), 3.0, "{m}");
+    assert_eq!(count("/v1/embed", 405), 1.0, "{m}");
+    assert_eq!(count("/v1/health", 405), 1.0, "{m}");
+    assert_eq!(count("other", 404), 1.0, "{m}");
+    assert_eq!(count("/v1/embed", 200), 1.0, "{m}");
+    // Only inferences that ran are timed.
+    assert_eq!(
+        metric(&m, "tailor_inference_seconds_count"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn concurrent_requests_are_all_answered_correctly() {
+    let server = Server::start(&[]);
+    let side = side(&server.bundle());
+    let (_, health) = server.request("GET", "/v1/health", &[], b"");
+    let id = health["subnet"].as_str().unwrap().to_owned();
+    const THREADS: usize = 8;
+    const EACH: usize = 5;
+    let inputs: Vec<Array4<f32>> = (0..THREADS * EACH).map(|i| tensor(side, i)).collect();
+    let wants: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|t| {
+            run_in_process(&server.bundle(), &id, t)
+                .cls_token
+                .row(0)
+                .to_vec()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (server, inputs, wants) = (&server, &inputs, &wants);
+            scope.spawn(move || {
+                for i in (t * EACH)..((t + 1) * EACH) {
+                    let (code, body) =
+                        server.embed("application/octet-stream", "", &le_bytes(&inputs[i]));
+                    assert_eq!(code, 200, "{body}");
+                    assert_close(
+                        &floats(&body["cls_token"]),
+                        &wants[i],
+                        TOLERANCE,
+                        &format!("request {i}"),
+                    );
+                }
+            });
+        }
+    });
+    let m = server.metrics();
+    let total = (THREADS * EACH) as f64;
+    assert_eq!(
+        metric(
+            &m,
+            "tailor_requests_total{endpoint=\"/v1/embed\",code=\"200\"}"
+        ),
+        Some(total),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tailor_inference_seconds_count"),
+        Some(total),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tailor_inference_seconds_bucket{le=\"+Inf\"}"),
+        Some(total),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, &format!("tailor_selected_subnet{{id=\"{id}\"}}")),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+fn wait_for_reselections(server: &Server, n: f64) {
+    let deadline = Instant::now() + STARTUP;
+    while metric(&server.metrics(), "tailor_reselections_total") != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "no re-selection {n}; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_reselects_and_the_service_keeps_answering() {
+    let server = Server::start(&[]);
+    assert_eq!(
+        metric(&server.metrics(), "tailor_reselections_total"),
+        Some(0.0)
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for_reselections(&server, 1.0);
+    let side = side(&server.bundle());
+    let (code, body) = server.embed("application/octet-stream", "", &le_bytes(&tensor(side, 3)));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        server.log().contains("re-selected on SIGHUP"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_power_mode_change_reselects_and_a_mode_seen_before_is_a_cache_hit() {
+    let sysroot = tempfile::tempdir().unwrap();
+    let status = sysroot.path().join("var/lib/nvpmodel/status");
+    std::fs::create_dir_all(status.parent().unwrap()).unwrap();
+    std::fs::write(&status, "pmode:0000 fmode:normal\n").unwrap();
+    let cache = sysroot.path().join("decisions.postcard");
+    let server = Server::start(&[
+        "--sysroot",
+        sysroot.path().to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--power-poll",
+        "0.2",
+    ]);
+    let cache_outcome = || server.request("GET", "/v1/selection", &[], b"").1["cache"].clone();
+    assert_eq!(cache_outcome(), "miss");
+    // A new mode re-probes the device: the key changes, so no stale hit.
+    std::fs::write(&status, "pmode:0001 fmode:normal\n").unwrap();
+    wait_for_reselections(&server, 1.0);
+    assert_eq!(cache_outcome(), "miss", "mode 1 was never seen");
+    // The same mode again (SIGHUP) is taken from the cache.
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for_reselections(&server, 2.0);
+    assert_eq!(cache_outcome(), "hit", "mode 1 was decided before");
+}
+
+#[test]
+fn systemd_hears_ready_only_once_requests_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(STARTUP)).unwrap();
+    let server = Server::spawn(&[], &[("NOTIFY_SOCKET", &notify)]);
+    let mut buf = [0u8; 512];
+    let n = listener
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification: {e}; log:\n{}", server.log()));
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    // No waiting: once READY=1 is out, the selection is made and served.
+    let (code, health) = server.request("GET", "/v1/health", &[], b"");
+    assert_eq!(code, 200);
+    let status = format!("STATUS=serving {}", health["subnet"].as_str().unwrap());
+    assert!(
+        message.lines().any(|l| l == status),
+        "{message} vs {health}"
+    );
+}
+
+#[test]
+fn curl_over_loopback_tcp() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Server::spawn(&["--listen", &addr, "--max-body-mb", "1"], &[]);
+    let url = |path: &str| format!("http://{addr}{path}");
+    let curl = |args: &[&str]| -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "120", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap_or(0), body.to_owned())
+    };
+    let deadline = Instant::now() + STARTUP;
+    while curl(&[&url("/v1/health")]).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not healthy; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let image = server.dir.path().join("in.png");
+    std::fs::write(&image, png(PNG_JPEG_COLOUR, 16, 16)).unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        "Content-Type: image/png",
+        "--data-binary",
+        &format!("@{}", image.display()),
+        &url("/v1/embed?patch_tokens=1"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let id = json["subnet"].as_str().unwrap();
+    let want = run_in_process(
+        &server.bundle(),
+        id,
+        &tailor_runtime::image::load_png(&image, side(&server.bundle())).unwrap(),
+    );
+    assert_close(
+        &floats(&json["cls_token"]),
+        want.cls_token.row(0).as_slice().unwrap(),
+        TOLERANCE,
+        "cls_token",
+    );
+    assert_eq!(
+        json["patch_tokens"].as_array().unwrap().len(),
+        want.patch_tokens.dim().1
+    );
+
+    // curl sends `Expect: 100-continue` for a large body; the server
+    // answers 413 instead of asking for it.
+    let big = server.dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 3 << 20]).unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &url("/v1/embed"),
+    ]);
+    assert_eq!(code, 413, "{body}");
+
+    // The selection is the `select --json` object.
+    let (code, body) = curl(&[&url("/v1/selection")]);
+    assert_eq!(code, 200);
+    let selection: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(selection["subnet"]["id"], id);
+    assert!(
+        selection["limits"]["latency_ms"].as_f64() == Some(10000.0),
+        "{selection}"
+    );
+}
