@@ -731,9 +731,6 @@ mod ort {
         };
         let (_, m) = profile::measure(|| load_ort(&options(2)), r.pixels.view(), &opts).unwrap();
         assert_eq!(m.runs, 5);
-        assert!(
-            m.p50_ms <= m.p99_ms && m.rss_mb > 0.0,
-            "{m:?}"
-        );
+        assert!(m.p50_ms <= m.p99_ms && m.rss_mb > 0.0, "{m:?}");
     }
 }
