@@ -31,7 +31,7 @@ use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tailor::runtime::isolate::{self, Isolation, Job};
 use tailor::runtime::manifest::Subnet;
 use tailor::runtime::profile::{nearest_rank, MeasureOptions};
-use tailor::runtime::select::{CacheOutcome, Limits, Runtime, RuntimeOptions};
+use tailor::runtime::select::{CacheOutcome, EngineChoice, Limits, Runtime, RuntimeOptions};
 use tract_onnx::prelude::*;
 
 /// A DeiT-Ti-like teacher at 64² so 90 candidates measure in seconds.
@@ -103,6 +103,8 @@ fn main() -> ExitCode {
     .unwrap();
 
     let options = RuntimeOptions {
+        // The careful brute force is tract's: so is the selection judged.
+        engine: EngineChoice::Only(EngineKind::Tract),
         cache: None,
         isolation: Isolation::current_exe().unwrap(),
         ..RuntimeOptions::default()
