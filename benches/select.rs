@@ -1,12 +1,23 @@
-//! Start-up selection against brute force, on a bundle of 90 sub-networks,
-//! and the runtime's inference overhead against calling tract directly.
+//! Start-up selection against a careful brute force, on a bundle of 90
+//! sub-networks; the cached boot; and the runtime's inference overhead
+//! against calling tract directly.
 //!
-//! Brute force is measured twice: how often it agrees with itself is the
-//! noise floor any selection is judged against.
+//! The careful brute force times every candidate round-robin (a few runs of
+//! each per round, many rounds), so drift and other load hit every candidate
+//! alike; it is run twice, and how often the two passes pick the same
+//! sub-network is the noise floor. The judge is the pooled p90 of both
+//! passes. Each round of each candidate runs in a fresh process after one
+//! untimed run, as the serving process runs the winner: one sub-network,
+//! loaded after boot, run after run. (Timing all 90 in one process measured
+//! something no deployment sees: the first run of a round after 89 other
+//! sub-networks finds cold caches, and where the allocator happened to
+//! place a session's weights made one sub-network 20% slower than its
+//! neighbours in depth for the whole pass.)
 //!
 //! Usage: `cargo bench --bench select [-- --limits N]`
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -17,8 +28,10 @@ use tailor::exporter::family::vit::Geometry;
 use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::exporter::synthetic::write_vit_teacher;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
-use tailor::runtime::profile::MeasureOptions;
-use tailor::runtime::select::{Limits, Percentile, Runtime, RuntimeOptions};
+use tailor::runtime::isolate::{self, Isolation, Job};
+use tailor::runtime::manifest::Subnet;
+use tailor::runtime::profile::{nearest_rank, MeasureOptions};
+use tailor::runtime::select::{CacheOutcome, EngineChoice, Limits, Runtime, RuntimeOptions};
 use tract_onnx::prelude::*;
 
 /// A DeiT-Ti-like teacher at 64² so 90 candidates measure in seconds.
@@ -31,7 +44,17 @@ const TEACHER: Geometry = Geometry {
     ln_bias: true,
 };
 
-fn main() {
+/// Careful brute force: rounds per pass, runs of each candidate per round.
+const ROUNDS: usize = 10;
+const RUNS_PER_ROUND: usize = 10;
+/// A pick this much over the limit (by the careful measurement) violates it.
+const VIOLATION: f64 = 0.05;
+
+fn main() -> ExitCode {
+    // Selection measures candidates in children: this program re-executed.
+    if let Some(code) = isolate::child_main() {
+        return code;
+    }
     let mut args = std::env::args().skip(1);
     let mut sweep = 16usize;
     while let Some(a) = args.next() {
@@ -79,130 +102,230 @@ fn main() {
     )
     .unwrap();
 
-    let mut options = RuntimeOptions::for_bundle(&out);
-    options.cache = None;
-    options.measure = MeasureOptions {
-        min_runs: 30,
-        min_time: Duration::from_millis(300),
-        ..MeasureOptions::default()
+    let options = RuntimeOptions {
+        // The careful brute force is tract's: so is the selection judged.
+        engine: EngineChoice::Only(EngineKind::Tract),
+        cache: None,
+        isolation: Isolation::current_exe().unwrap(),
+        ..RuntimeOptions::default()
     };
-    let rt = Runtime::with_options(&out, options).unwrap();
+    let rt = Runtime::with_options(&out, options.clone()).unwrap();
     let manifest = rt.bundle().manifest();
     let n = manifest.subnets.len();
+    let shape = rt.input_shape(1);
     eprintln!("bundle: {n} sub-networks");
 
-    // Brute force: measure every candidate (twice, for the noise floor).
-    let brute = || {
-        manifest
-            .subnets
-            .iter()
-            .map(|s| (s.id.to_owned(), s.macs, rt.profile(s.id, 1).unwrap().p50_ms))
-            .collect::<Vec<(String, u64, f64)>>()
-    };
+    // The careful brute force, twice.
     let t0 = Instant::now();
-    let truth = brute();
-    let brute_s = t0.elapsed().as_secs_f64();
-    let again = brute();
-    let (lo, hi) = truth
+    let pass_a = careful(&rt, &manifest.subnets, shape);
+    let pass_b = careful(&rt, &manifest.subnets, shape);
+    let careful_s = t0.elapsed().as_secs_f64();
+    let judge: Vec<Careful> = pass_a
         .iter()
-        .fold((f64::MAX, 0f64), |(lo, hi), t| (lo.min(t.2), hi.max(t.2)));
-    eprintln!("brute force: {n} measured in {brute_s:.1} s; p50 from {lo:.3} to {hi:.3} ms");
-    let best_of = |table: &[(String, u64, f64)], limit: f64| {
-        table
-            .iter()
-            .filter(|t| t.2 <= limit)
-            .max_by_key(|t| t.1)
-            .map(|t| t.0.clone())
-    };
-    let mut self_agree = 0;
+        .zip(&pass_b)
+        .map(|(a, b)| {
+            let mut samples = [a.samples.clone(), b.samples.clone()].concat();
+            samples.sort_by(f64::total_cmp);
+            Careful {
+                p90: nearest_rank(&samples, 90.0),
+                samples,
+                ..a.clone()
+            }
+        })
+        .collect();
+    let (lo, hi) = judge.iter().fold((f64::MAX, 0f64), |(lo, hi), c| {
+        (lo.min(c.p90), hi.max(c.p90))
+    });
+    eprintln!(
+        "careful brute force: {n} candidates x {} runs, twice, in {careful_s:.1} s; p90 from {lo:.3} to {hi:.3} ms",
+        ROUNDS * RUNS_PER_ROUND
+    );
 
-    let (mut same, mut within_noise, mut violations, mut times, mut counts) =
+    let (mut self_agree, mut violations, mut near_best, mut times, mut counts) =
         (0, 0, 0, Vec::new(), Vec::new());
+    let mut rows = Vec::new();
     for k in 0..sweep {
         // Limits spread geometrically from just above the fastest to the slowest.
         let limit = lo * 1.05 * (hi / (lo * 1.05)).powf(k as f64 / (sweep - 1) as f64);
-        let best = truth.iter().filter(|t| t.2 <= limit).max_by_key(|t| t.1);
-        if best_of(&truth, limit) == best_of(&again, limit) {
+        let (best_a, best_b) = (best_within(&pass_a, limit), best_within(&pass_b, limit));
+        if best_a.map(|c| &c.id) == best_b.map(|c| &c.id) {
             self_agree += 1;
         }
+        let best = best_within(&judge, limit);
         let t = Instant::now();
-        let chosen = rt.select(
-            &Limits::latency_ms(limit)
-                .memory_mb(4096)
-                .percentile(Percentile::P50),
-        );
+        let chosen = rt.select(&Limits::latency_ms(limit).memory_mb(4096));
         times.push(t.elapsed().as_secs_f64());
         let chosen = match chosen {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("limit {limit:.3} ms: {e}");
+                rows.push(format!("| {limit:.3} | error: {e} | | | | |"));
                 continue;
             }
         };
         counts.push(chosen.candidates_measured());
-        let truth_of = |id: &str| truth.iter().find(|t| t.0 == id).unwrap();
-        let (_, macs, true_ms) = truth_of(&chosen.id);
-        let verdict = match best {
-            Some(b) if b.0 == chosen.id => {
-                same += 1;
-                "same"
-            }
-            // Another candidate whose brute-force latency is within 5% of the limit: noise decides.
-            Some(b)
-                if (truth_of(&b.0).2 - limit).abs() <= 0.05 * limit
-                    || (true_ms - limit).abs() <= 0.05 * limit =>
-            {
-                within_noise += 1;
-                "differs within noise"
-            }
-            _ => "DIFFERENT",
-        };
-        if *true_ms > limit * 1.05 {
+        let pick = judge.iter().find(|c| c.id == chosen.id).unwrap();
+        let over = pick.p90 / limit - 1.0;
+        if over > VIOLATION {
             violations += 1;
         }
+        let share = best.map_or(1.0, |b| pick.macs as f64 / b.macs as f64);
+        if share >= 0.9 {
+            near_best += 1;
+        }
         eprintln!(
-            "limit {limit:7.3} ms: chose {:<9} ({macs} MACs, brute p50 {true_ms:.3} ms) after {} measurements in {:.2} s; brute force: {}: {verdict}",
+            "limit {limit:7.3} ms: chose {:<9} (careful p90 {:.3} ms, {:+.1}% of the limit, {:.0}% of the best's MACs) after {} candidates in {:.2} s; careful best {}",
             chosen.id,
+            pick.p90,
+            100.0 * over,
+            100.0 * share,
             chosen.candidates_measured(),
             times.last().unwrap(),
-            best.map_or("none", |b| b.0.as_str())
+            best.map_or("none", |b| b.id.as_str())
         );
+        rows.push(format!(
+            "| {limit:.3} | {} | {:.3} ({:+.1}%) | {} | {:.0}% | {:.2} s |",
+            chosen.id,
+            pick.p90,
+            100.0 * over,
+            best.map_or("none".into(), |b| format!("{} ({:.3})", b.id, b.p90)),
+            100.0 * share,
+            times.last().unwrap()
+        ));
     }
     times.sort_by(f64::total_cmp);
     counts.sort();
     let median_select = times[times.len() / 2];
 
+    // The cached boot: open the bundle and select with a decision cached,
+    // against loading the winner alone.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cached = RuntimeOptions {
+        cache: Some(cache_dir.path().join("decisions.postcard")),
+        ..options
+    };
+    let limits = Limits::latency_ms((lo * hi).sqrt());
+    let winner = Runtime::with_options(&out, cached.clone())
+        .unwrap()
+        .select(&limits)
+        .unwrap();
+    let winner_graph = rt
+        .bundle()
+        .graph_path(&rt.bundle().subnet(&winner.id).unwrap());
+    let (mut boots, mut loads) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let t = Instant::now();
+        let hit = Runtime::with_options(&out, cached.clone())
+            .unwrap()
+            .select(&limits)
+            .unwrap();
+        boots.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(hit.cache, CacheOutcome::Hit);
+        let t = Instant::now();
+        drop(engine::load(EngineKind::Tract, &winner_graph, &EngineOptions::default()).unwrap());
+        loads.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    boots.sort_by(f64::total_cmp);
+    loads.sort_by(f64::total_cmp);
+    let (boot_ms, load_ms) = (boots[boots.len() / 2], loads[loads.len() / 2]);
+
     // Inference overhead: our session vs tract called directly, same graph.
     let largest = manifest.subnets.iter().max_by_key(|s| s.macs).unwrap();
     let graph = rt.bundle().graph_path(largest);
-    let ratio = overhead_vs_tract(&graph, rt.input_shape(1));
+    let ratio = overhead_vs_tract(&graph, shape);
 
+    println!("| limit (ms, p90) | pick | careful p90 of the pick (vs limit) | careful best (p90) | pick / best MACs | selection time |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
     println!("| metric | value |");
     println!("|---|---|");
     println!("| sub-networks | {n} |");
-    println!("| latency limits swept | {sweep} ({lo:.2} to {hi:.2} ms, p50) |");
-    println!("| brute force agreeing with itself (noise floor) | {self_agree}/{sweep} |");
-    println!(
-        "| same choice as brute force | {same}/{sweep} ({:.0}%) |",
-        100.0 * same as f64 / sweep as f64
-    );
-    println!("| different, within 5% noise of the limit | {within_noise}/{sweep} |");
-    println!("| choices over the limit by > 5% (brute-force latency) | {violations} |");
+    println!("| latency limits swept | {sweep} ({lo:.2} to {hi:.2} ms, p90) |");
+    println!("| careful brute force agreeing with itself (noise floor) | {self_agree}/{sweep} |");
+    println!("| picks over the limit by > 5% (careful p90) | {violations}/{sweep} (target ≤ 1) |");
+    println!("| picks with ≥ 90% of the careful best's MACs | {near_best}/{sweep} (target ≥ 14) |");
     println!(
         "| candidates measured (median, max) | {}, {} |",
         counts[counts.len() / 2],
         counts.last().unwrap()
     );
-    println!("| selection wall time (median) | {median_select:.2} s |");
-    println!("| brute force wall time | {brute_s:.2} s |");
+    println!("| selection wall time, confirmation included (median) | {median_select:.2} s |");
+    println!("| careful brute force wall time (two passes) | {careful_s:.1} s |");
     println!(
-        "| selection / brute force | {:.1}% |",
-        100.0 * median_select / brute_s
+        "| selection / careful brute force | {:.1}% (target ≤ 15%) |",
+        100.0 * median_select / careful_s
+    );
+    println!(
+        "| cached boot (open + select, median of 9) | {boot_ms:.1} ms, of which the winner's load {load_ms:.1} ms: {:.1} ms beyond it (target ≤ 50) |",
+        boot_ms - load_ms
     );
     println!(
         "| inference call, ours / raw tract ({}) | {ratio:.3}× |",
         largest.id
     );
+    ExitCode::SUCCESS
+}
+
+/// One candidate as the careful brute force measured it.
+#[derive(Debug, Clone)]
+struct Careful {
+    id: String,
+    macs: u64,
+    /// Every timed run, ascending.
+    samples: Vec<f64>,
+    p90: f64,
+}
+
+/// Times every candidate round-robin, each round in a fresh process per
+/// candidate (as the serving process is fresh after each boot).
+fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Careful> {
+    let isolation = Isolation::current_exe().unwrap();
+    let mut samples = vec![Vec::new(); subnets.len()];
+    let bar = ProgressBar::new(ROUNDS as u64);
+    for _ in 0..ROUNDS {
+        for (subnet, samples) in subnets.iter().zip(&mut samples) {
+            let job = Job {
+                graphs: vec![rt.bundle().graph_path(subnet)],
+                engine: EngineKind::Tract,
+                options: EngineOptions::default(),
+                measure: MeasureOptions {
+                    warmup_runs: 1,
+                    min_runs: RUNS_PER_ROUND as u32,
+                    min_time: Duration::ZERO,
+                    max_runs: RUNS_PER_ROUND as u32,
+                },
+                input_shape: shape,
+            };
+            let measured = isolate::measure(&isolation, &job).unwrap();
+            samples.extend_from_slice(&measured[0].samples_ms);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    subnets
+        .iter()
+        .zip(samples)
+        .map(|(s, mut samples)| {
+            samples.sort_by(f64::total_cmp);
+            Careful {
+                id: s.id.to_owned(),
+                macs: s.macs,
+                p90: nearest_rank(&samples, 90.0),
+                samples,
+            }
+        })
+        .collect()
+}
+
+/// The candidate with the most MACs whose p90 is within `limit`.
+fn best_within(table: &[Careful], limit: f64) -> Option<&Careful> {
+    table
+        .iter()
+        .filter(|c| c.p90 <= limit)
+        .max_by_key(|c| c.macs)
 }
 
 /// Median over rounds of (our mean run time / raw tract mean run time).

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::cache::{self, Cache, CacheKey, Lookup};
-use crate::engine::{self, EngineError, EngineKind, EngineOptions, Session};
+use crate::engine::{
+    self, EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Session,
+};
 use crate::isolate::{self, Failure, Isolation, Job};
 use crate::manifest::Subnet;
 use crate::policy::{self, BundleSelector, Candidate, Observation, PolicyError, Shortfall, Step};
@@ -191,6 +193,8 @@ pub struct Trial {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Decision {
     id: String,
+    /// The engine that measured it, and serves it.
+    engine: EngineKind,
     /// The confirmation's measurement, without its samples.
     measured: Measurement,
     candidates_measured: u32,
@@ -212,10 +216,48 @@ pub const CONFIRM_FACTOR: u32 = 3;
 /// A noisy confirmation is repeated this many times, each twice as long.
 pub const NOISY_REPEATS: u32 = 1;
 
+/// Which engine measures and serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// ONNX Runtime when its library loads here and it runs the first
+    /// candidate faster than tract; else tract. A provider other than the
+    /// CPU's asks for ONNX Runtime, which must then be available.
+    #[default]
+    Auto,
+    /// This engine only: an error if it cannot run here.
+    Only(EngineKind),
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+
+    /// `auto`, or an engine's name.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(EngineChoice::Auto);
+        }
+        s.parse()
+            .map(EngineChoice::Only)
+            .map_err(|e: engine::UnknownName| format!("{e}, or auto"))
+    }
+}
+
+/// One engine's measurement of the first candidate, when `auto` compared
+/// engines.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineTrial {
+    /// As keyed in the cache, e.g. `ort 1.31.1 cpu`.
+    pub engine: String,
+    pub id: String,
+    pub measured: Option<Measurement>,
+    /// Why it failed, if it did.
+    pub note: Option<String>,
+}
+
 /// How the runtime loads and measures.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
-    pub engine: EngineKind,
+    pub engine: EngineChoice,
     pub engine_options: EngineOptions,
     pub measure: MeasureOptions,
     /// Root of the files the probe reads (`/` on a device).
@@ -227,11 +269,12 @@ pub struct RuntimeOptions {
 }
 
 impl Default for RuntimeOptions {
-    /// tract, the default measuring rules, the real `/`, the cache where
-    /// [`cache::default_path`] says, candidates measured in this process.
+    /// The faster engine available, the default measuring rules, the real
+    /// `/`, the cache where [`cache::default_path`] says, candidates
+    /// measured in this process.
     fn default() -> Self {
         RuntimeOptions {
-            engine: EngineKind::Tract,
+            engine: EngineChoice::Auto,
             engine_options: EngineOptions::default(),
             measure: MeasureOptions::default(),
             sysroot: PathBuf::from("/"),
@@ -282,8 +325,11 @@ pub struct Chosen {
     pub limits: policy::Limits,
     pub percentile: Percentile,
     pub cache: CacheOutcome,
-    /// The engine as keyed in the cache, e.g. `tract 0.23.9`.
+    /// The engine that measured and serves it, e.g. `tract 0.23.9`.
     pub engine: String,
+    /// With `auto` and two engines available: both engines' measurements of
+    /// the first candidate (empty on a cache hit).
+    pub engine_trials: Vec<EngineTrial>,
     /// Every candidate measured, in order (empty on a cache hit).
     pub trials: Vec<Trial>,
     /// `None` on a cache hit (the cached decision was confirmed when made).
@@ -315,6 +361,8 @@ impl Chosen {
 /// The search's result.
 struct Found {
     index: usize,
+    engine: EngineInfo,
+    engine_trials: Vec<EngineTrial>,
     measured: Measurement,
     trials: Vec<Trial>,
     confirmed: Confirmed,
@@ -353,12 +401,8 @@ impl Runtime {
     pub fn select(&self, limits: &Limits) -> Result<Chosen, SelectError> {
         let start = Instant::now();
         let resolved = limits.resolve(&self.device)?;
-        let engine = engine::check(self.options.engine, &self.engine_options(resolved.batch))
-            .map_err(|source| SelectError::Engine {
-                engine: self.options.engine,
-                source,
-            })?;
-        let key = self.cache_key(limits, &engine.to_string());
+        let engines = self.engines(resolved.batch)?;
+        let key = self.cache_key(limits, &engines);
         let mut notes = Vec::new();
         let cache = self.options.cache.as_ref().map(Cache::at);
         // Held until the decision is stored: a second runtime starting at
@@ -372,8 +416,8 @@ impl Runtime {
                 self.bundle.trust(&cache.verified());
             }
             match cache.load::<Decision>(&key) {
-                Lookup::Hit(decision) => match self.reuse(&decision, &resolved) {
-                    Ok((subnet, session)) => {
+                Lookup::Hit(decision) => match self.reuse(&decision, &resolved, &engines) {
+                    Ok((subnet, engine, session)) => {
                         return Ok(Chosen {
                             id: decision.id,
                             width: subnet.width,
@@ -383,6 +427,7 @@ impl Runtime {
                             percentile: limits.percentile,
                             cache: CacheOutcome::Hit,
                             engine: engine.to_string(),
+                            engine_trials: Vec::new(),
                             trials: Vec::new(),
                             confirmed: None,
                             noisy: decision.noisy,
@@ -400,11 +445,15 @@ impl Runtime {
             }
         }
 
-        let found = self.search(&resolved, limits.percentile)?;
+        let found = self.search(&resolved, limits.percentile, &engines)?;
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[found.index];
         let session = self
-            .load(&self.bundle.graph_path(subnet), resolved.batch)
+            .load(
+                &self.bundle.graph_path(subnet),
+                resolved.batch,
+                found.engine.kind,
+            )
             .map_err(|source| SelectError::Load {
                 id: subnet.id.to_owned(),
                 source,
@@ -421,6 +470,7 @@ impl Runtime {
             Some(cache) => {
                 let decision = Decision {
                     id: subnet.id.to_owned(),
+                    engine: found.engine.kind,
                     measured: Measurement {
                         samples_ms: Vec::new(),
                         ..found.measured.clone()
@@ -449,7 +499,8 @@ impl Runtime {
             limits: resolved,
             percentile: limits.percentile,
             cache: outcome,
-            engine: engine.to_string(),
+            engine: found.engine.to_string(),
+            engine_trials: found.engine_trials,
             trials: found.trials,
             confirmed: Some(found.confirmed),
             noisy: found.noisy,
@@ -459,13 +510,39 @@ impl Runtime {
         })
     }
 
-    /// The cached winner, verified and loaded, if it still fits the memory
-    /// resolved now; else why not.
-    fn reuse(
+    /// The engines to measure with, the default first; `auto` compares
+    /// them on the first candidate.
+    fn engines(&self, batch: u32) -> Result<Vec<EngineInfo>, SelectError> {
+        let options = self.engine_options(batch);
+        let check = |kind| {
+            engine::check(kind, &options).map_err(|source| SelectError::Engine {
+                engine: kind,
+                source,
+            })
+        };
+        Ok(match self.options.engine {
+            EngineChoice::Only(kind) => vec![check(kind)?],
+            EngineChoice::Auto if options.provider != ExecutionProvider::Cpu => {
+                vec![check(EngineKind::Ort)?]
+            }
+            EngineChoice::Auto => std::iter::once(check(EngineKind::Tract)?)
+                .chain(check(EngineKind::Ort).ok())
+                .collect(),
+        })
+    }
+
+    /// The cached winner, verified and loaded with its engine, if it still
+    /// fits the memory resolved now; else why not.
+    fn reuse<'e>(
         &self,
         decision: &Decision,
         limits: &policy::Limits,
-    ) -> Result<(Subnet<'_>, Box<dyn Session>), String> {
+        engines: &'e [EngineInfo],
+    ) -> Result<(Subnet<'_>, &'e EngineInfo, Box<dyn Session>), String> {
+        let engine = engines
+            .iter()
+            .find(|e| e.kind == decision.engine)
+            .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
         let subnet = self
             .bundle
             .subnet(&decision.id)
@@ -480,17 +557,18 @@ impl Runtime {
         }
         self.bundle.verify(&subnet).map_err(|e| e.to_string())?;
         let session = self
-            .load(&self.bundle.graph_path(&subnet), limits.batch)
+            .load(&self.bundle.graph_path(&subnet), limits.batch, engine.kind)
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-        Ok((subnet, session))
+        Ok((subnet, engine, session))
     }
 
     /// Measures one sub-network, its files verified first.
     pub fn profile(&self, id: &str, batch: u32) -> Result<Measurement, SelectError> {
         let subnet = self.bundle.subnet(id)?;
         self.bundle.verify(&subnet)?;
+        let engine = self.engines(batch)?.remove(0);
         let mut measured = self
-            .measure(&[&subnet], batch, &self.options.measure)
+            .measure(&[&subnet], batch, &self.options.measure, engine.kind)
             .map_err(|failure| SelectError::Measure {
                 id: id.to_owned(),
                 failure,
@@ -502,6 +580,7 @@ impl Runtime {
         &self,
         limits: &policy::Limits,
         percentile: Percentile,
+        engines: &[EngineInfo],
     ) -> Result<Found, SelectError> {
         let manifest = self.bundle.manifest();
         let candidates: Vec<Candidate> = manifest.subnets.iter().map(Candidate::from).collect();
@@ -510,6 +589,9 @@ impl Runtime {
             runtime: self,
             limits,
             percentile,
+            engine: engines[0].clone(),
+            contenders: engines[1..].to_vec(),
+            engine_trials: Vec::new(),
             trials: Vec::new(),
             last_failure: None,
             confirmations: 0,
@@ -594,10 +676,11 @@ impl Runtime {
         subnets: &[&Subnet<'_>],
         batch: u32,
         measure: &MeasureOptions,
+        engine: EngineKind,
     ) -> Result<Vec<Measurement>, Failure> {
         let job = Job {
             graphs: subnets.iter().map(|s| self.bundle.graph_path(s)).collect(),
-            engine: self.options.engine,
+            engine,
             options: self.engine_options(batch),
             measure: measure.clone(),
             input_shape: self.input_shape(batch),
@@ -605,8 +688,13 @@ impl Runtime {
         isolate::measure(&self.options.isolation, &job)
     }
 
-    fn load(&self, graph: &Path, batch: u32) -> Result<Box<dyn Session>, EngineError> {
-        engine::load(self.options.engine, graph, &self.engine_options(batch))
+    fn load(
+        &self,
+        graph: &Path,
+        batch: u32,
+        engine: EngineKind,
+    ) -> Result<Box<dyn Session>, EngineError> {
+        engine::load(engine, graph, &self.engine_options(batch))
     }
 
     fn engine_options(&self, batch: u32) -> EngineOptions {
@@ -622,12 +710,19 @@ impl Runtime {
         [batch as usize, 3, side, side]
     }
 
-    fn cache_key(&self, limits: &Limits, engine: &str) -> CacheKey {
+    /// `engines` keyed by name and version: `auto` is keyed by the engines
+    /// it could choose from, so installing ONNX Runtime selects again.
+    fn cache_key(&self, limits: &Limits, engines: &[EngineInfo]) -> CacheKey {
+        let names: Vec<String> = engines.iter().map(EngineInfo::to_string).collect();
+        let engine = match self.options.engine {
+            EngineChoice::Auto => format!("auto: {}", names.join(" | ")),
+            EngineChoice::Only(_) => names.join(""),
+        };
         CacheKey {
             device: self.device.fingerprint(),
             power_mode: self.device.power_mode().map(str::to_owned),
             clocks: self.device.clock_state(),
-            engine: engine.to_owned(),
+            engine,
             tailor: env!("CARGO_PKG_VERSION").to_owned(),
             bundle: self.bundle.identity(),
             limits: *limits,
@@ -642,6 +737,11 @@ struct Search<'r> {
     runtime: &'r Runtime,
     limits: &'r policy::Limits,
     percentile: Percentile,
+    /// The engine measuring the candidates.
+    engine: EngineInfo,
+    /// Engines still to compare with it on the first candidate.
+    contenders: Vec<EngineInfo>,
+    engine_trials: Vec<EngineTrial>,
     trials: Vec<Trial>,
     /// The previous trial's failure kind and candidate, if it failed.
     last_failure: Option<(String, String)>,
@@ -654,14 +754,18 @@ impl Search<'_> {
         let runtime = self.runtime;
         let manifest = runtime.bundle.manifest();
         let subnet = &manifest.subnets[i];
-        let measured = self
-            .verified(subnet)
-            .and_then(|()| {
-                runtime
-                    .measure(&[subnet], self.limits.batch, &runtime.options.measure)
-                    .map_err(|f| self.failed(subnet.id, f))
-            })
-            .map(|mut m| m.remove(0));
+        let measured = self.verified(subnet).and_then(|()| {
+            let measured = runtime.measure(
+                &[subnet],
+                self.limits.batch,
+                &runtime.options.measure,
+                self.engine.kind,
+            );
+            let measured = self.race(subnet, measured);
+            measured
+                .map(|mut m| m.remove(0))
+                .map_err(|f| self.failed(subnet.id, f))
+        });
         match measured {
             Ok(m) => {
                 self.last_failure = None;
@@ -692,6 +796,57 @@ impl Search<'_> {
         }
     }
 
+    /// With engines still to compare: measures `subnet` with each, and
+    /// continues with the fastest at the limit's percentile (of those within
+    /// the memory limit, if any is). `measured` is
+    /// the current engine's measurement; its failure keeps the others out
+    /// (the search's failure rules judge it), theirs are notes.
+    fn race(
+        &mut self,
+        subnet: &Subnet<'_>,
+        measured: Result<Vec<Measurement>, Failure>,
+    ) -> Result<Vec<Measurement>, Failure> {
+        let contenders = std::mem::take(&mut self.contenders);
+        let Ok(current) = &measured else {
+            return measured;
+        };
+        if contenders.is_empty() {
+            return measured;
+        }
+        let runtime = self.runtime;
+        let trial =
+            |engine: &EngineInfo, outcome: &Result<Vec<Measurement>, Failure>| EngineTrial {
+                engine: engine.to_string(),
+                id: subnet.id.to_owned(),
+                measured: outcome.as_ref().ok().map(|m| m[0].clone()),
+                note: outcome.as_ref().err().map(Failure::to_string),
+            };
+        // Within memory first, then faster.
+        let rank = |m: &Measurement| {
+            let over = (m.peak_mb * MB) as u64 > self.limits.memory_bytes;
+            (over, m.percentile_ms(self.percentile))
+        };
+        self.engine_trials.push(trial(&self.engine, &measured));
+        let mut best = (self.engine.clone(), rank(&current[0]), measured);
+        for engine in contenders {
+            let outcome = runtime.measure(
+                &[subnet],
+                self.limits.batch,
+                &runtime.options.measure,
+                engine.kind,
+            );
+            self.engine_trials.push(trial(&engine, &outcome));
+            if let Ok(m) = &outcome {
+                let rank = rank(&m[0]);
+                if rank < best.1 {
+                    best = (engine, rank, outcome);
+                }
+            }
+        }
+        self.engine = best.0;
+        best.2
+    }
+
     /// Fresh, longer measurements of a would-be winner and its rival,
     /// interleaved; repeated longer while noisy.
     fn confirm(
@@ -719,7 +874,7 @@ impl Search<'_> {
                 .try_for_each(|s| self.verified(s))
                 .and_then(|()| {
                     runtime
-                        .measure(&subnets, self.limits.batch, &opts)
+                        .measure(&subnets, self.limits.batch, &opts, self.engine.kind)
                         .map_err(|f| self.failed(subnets[0].id, f))
                 });
             let noisy = matches!(&measured, Ok(m) if m[0].noisy);
@@ -810,6 +965,8 @@ impl Search<'_> {
         };
         Ok(Found {
             index,
+            engine: self.engine,
+            engine_trials: self.engine_trials,
             noisy: winner.noisy,
             measured: winner,
             trials: self.trials,
@@ -899,6 +1056,13 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
     if c.cache == CacheOutcome::Hit {
         let _ = writeln!(out, "decision from the cache (same device, clocks, engine, bundle, limits and options): nothing measured");
     } else {
+        for t in &c.engine_trials {
+            let result = match (&t.measured, &t.note) {
+                (Some(m), _) => format!("p{p} {:.3} ms", m.percentile_ms(c.percentile)),
+                (None, note) => note.clone().unwrap_or_default(),
+            };
+            let _ = writeln!(out, "engine {} on {}: {result}", t.engine, t.id);
+        }
         let _ = writeln!(
             out,
             "measured {} of {} candidates:",

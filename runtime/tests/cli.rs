@@ -697,6 +697,10 @@ fn candidates_killed_for_memory_are_findings_not_a_crash() {
             "4096",
             "--batch",
             "1024",
+            // tract alone: ONNX Runtime's library in the selecting process
+            // would not fit 16 MB.
+            "--engine",
+            "tract",
         ],
     ));
     let o = cgroup.run(&cmd);
@@ -709,4 +713,71 @@ fn candidates_killed_for_memory_are_findings_not_a_crash() {
     );
     assert!(err.contains("w32-d2") && err.contains("w32-d3"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn auto_without_onnx_runtime_is_tract_without_a_word() {
+    let (_d, b) = bundle();
+    let o = select(
+        &b,
+        &[
+            "--latency-ms",
+            "100000",
+            "--ort-library",
+            "/nonexistent/libonnxruntime.so",
+            "--json",
+        ],
+    );
+    let v = json(&o);
+    // An auto that required ONNX Runtime would fail here; one that raced a
+    // missing engine would list it.
+    assert!(v["engine"].as_str().unwrap().starts_with("tract "), "{v}");
+    assert_eq!(v["engine_trials"], serde_json::json!([]), "{v}");
+    assert!(!stderr(&o).contains("onnxruntime"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_explicit_engine_is_not_raced() {
+    let (_d, b) = bundle();
+    let v = json(&select(
+        &b,
+        &["--latency-ms", "100000", "--engine", "tract", "--json"],
+    ));
+    assert!(v["engine"].as_str().unwrap().starts_with("tract "), "{v}");
+    assert_eq!(v["engine_trials"], serde_json::json!([]), "{v}");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn auto_races_both_engines_on_the_first_candidate_and_keeps_the_faster() {
+    // CI sets ORT_DYLIB_PATH to the onnxruntime wheel's library.
+    let (_d, b) = bundle();
+    let args = select_args(&b, &["--latency-ms", "100000", "--json"]);
+    let v = json(&command(&b).args(&args).output().unwrap());
+    let trials = v["engine_trials"].as_array().unwrap();
+    let engines: Vec<&str> = trials
+        .iter()
+        .map(|t| t["engine"].as_str().unwrap())
+        .collect();
+    assert!(
+        engines.len() == 2 && engines[0].starts_with("tract ") && engines[1].starts_with("ort "),
+        "{v}"
+    );
+    // Both measured the same (first) candidate, which the search measured.
+    assert_eq!(trials[0]["id"], trials[1]["id"], "{v}");
+    assert_eq!(trials[0]["id"], v["trials"][0]["id"], "{v}");
+    let p90 = |t: &serde_json::Value| t["measured"]["p90_ms"].as_f64().unwrap();
+    let faster = if p90(&trials[1]) < p90(&trials[0]) {
+        1
+    } else {
+        0
+    };
+    assert_eq!(v["engine"], trials[faster]["engine"], "{v}");
+    // The next boot loads the winner with the engine that measured it.
+    let again = json(&command(&b).args(&args).output().unwrap());
+    assert_eq!(
+        (&again["cache"], &again["engine"], &again["subnet"]),
+        (&"hit".into(), &v["engine"], &v["subnet"]),
+        "{again}"
+    );
 }

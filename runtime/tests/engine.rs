@@ -441,7 +441,8 @@ fn measure_gives_sane_numbers_and_returns_the_session() {
         "{m:?}"
     );
     assert_eq!(m.percentile_ms(Percentile::P90), m.p90_ms);
-    assert!(m.rss_mb > 0.0 && m.peak_mb >= m.rss_mb, "{m:?}");
+    // What the peak covers is tested alone, in tests/peak.rs.
+    assert!(m.rss_mb > 0.0, "{m:?}");
     assert_ne!(m.memory, MemorySource::Unavailable);
     // The session comes back ready to serve.
     assert_close(
@@ -730,9 +731,6 @@ mod ort {
         };
         let (_, m) = profile::measure(|| load_ort(&options(2)), r.pixels.view(), &opts).unwrap();
         assert_eq!(m.runs, 5);
-        assert!(
-            m.p50_ms <= m.p99_ms && m.peak_mb >= m.rss_mb && m.rss_mb > 0.0,
-            "{m:?}"
-        );
+        assert!(m.p50_ms <= m.p99_ms && m.rss_mb > 0.0, "{m:?}");
     }
 }

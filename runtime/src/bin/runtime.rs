@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use tailor_runtime::engine::{EngineKind, EngineOptions, ExecutionProvider};
+use tailor_runtime::engine::{EngineOptions, ExecutionProvider};
 use tailor_runtime::isolate::{self, Isolation};
 use tailor_runtime::profile::{MeasureOptions, Measurement};
 use tailor_runtime::select::{
-    render_selection, Chosen, Limits, Percentile, Runtime, RuntimeOptions, SelectError, Verify,
+    render_selection, Chosen, EngineChoice, Limits, Percentile, Runtime, RuntimeOptions,
+    SelectError, Verify,
 };
 use tailor_runtime::{cache, outln, probe, stdout};
 
@@ -123,9 +124,10 @@ enum Command {
 struct Common {
     /// The bundle directory written by `exporter`.
     bundle: PathBuf,
-    /// Inference engine.
-    #[arg(long, default_value = "tract")]
-    engine: EngineKind,
+    /// Inference engine: auto (ONNX Runtime when its library loads and it
+    /// runs the first candidate faster, else tract), tract or ort.
+    #[arg(long, default_value = "auto")]
+    engine: EngineChoice,
     /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...).
     #[arg(long, default_value = "cpu")]
     provider: ExecutionProvider,
@@ -495,6 +497,10 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
             "memory_mb": c.limits.memory_bytes as f64 / (1024.0 * 1024.0), "min_quality": c.limits.min_quality,
         },
         "engine": c.engine,
+        "engine_trials": c.engine_trials.iter().map(|t| json!({
+            "engine": t.engine, "id": t.id, "note": t.note,
+            "measured": t.measured.as_ref().map(measured_json),
+        })).collect::<Vec<_>>(),
         "candidates_measured": c.candidates_measured(),
         "selection_ms": c.selection_ms,
         "cache": c.cache,
