@@ -25,10 +25,10 @@ pub mod probe;
 pub mod profile;
 #[cfg(feature = "std")]
 pub mod select;
-#[cfg(feature = "std")]
-pub mod stdout;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "std")]
+pub mod stdout;
 
 #[cfg(feature = "std")]
 pub use select::{Limits, Runtime};

@@ -372,6 +372,7 @@ fn the_help_examples_run() {
     let help = String::from_utf8(runtime(&["--help"]).stdout).unwrap();
     let png = d.path().join("image.png");
     write_png(&png);
+    let socket = d.path().join("sock");
     let examples: Vec<&str> = help
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runtime "))
@@ -383,6 +384,7 @@ fn the_help_examples_run() {
             .map(|a| match a {
                 "bundle/" => b.to_str().unwrap().to_owned(),
                 "image.png" => png.to_str().unwrap().to_owned(),
+                unix if unix.starts_with("unix:") => format!("unix:{}", socket.display()),
                 other => other.to_owned(),
             })
             .collect();
@@ -390,6 +392,26 @@ fn the_help_examples_run() {
             args.extend(FAST.iter().map(|s| s.to_string()));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if args[0] == "serve" {
+            // Serves until stopped: it must get as far as listening.
+            let mut child = command(&b)
+                .args(&args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !socket.exists()
+                && child.try_wait().unwrap().is_none()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let listening = socket.exists();
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            assert!(listening, "runtime {example}: {}", stderr(&o));
+            continue;
+        }
         let o = command(&b).args(&args).output().unwrap();
         assert!(o.status.success(), "runtime {example}: {}", stderr(&o));
     }
