@@ -558,6 +558,11 @@ fn a_power_mode_change_reselects_and_a_mode_seen_before_is_a_cache_hit() {
     assert!(hup.success());
     wait_for_reselections(&server, 2.0);
     assert_eq!(cache_outcome(), "hit", "mode 1 was decided before");
+    // Back to mode 0: its decision is still in the cache beside mode 1's
+    // (a one-decision cache file would have lost it).
+    std::fs::write(&status, "pmode:0000 fmode:normal\n").unwrap();
+    wait_for_reselections(&server, 3.0);
+    assert_eq!(cache_outcome(), "hit", "mode 0 was decided first");
 }
 
 #[test]
