@@ -444,6 +444,7 @@ fn run(command: Command) -> Result<()> {
             server::serve(&serve.listen, options, move || {
                 let rt = common.open()?;
                 let chosen = rt.select(&limits)?;
+                warn(&chosen);
                 Ok(Selection {
                     report: selection_json(&chosen),
                     chosen,
