@@ -40,7 +40,7 @@ use crate::profile::MeasureOptions;
 use crate::select::{Limits, MemoryLimit};
 
 /// The layout of the cache file this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// File name of the cache inside a cache directory.
 pub const FILE_NAME: &str = "decisions.postcard";

@@ -353,13 +353,13 @@ fn run(command: Command) -> Result<()> {
                     "peak_mb"
                 )?;
             } else if csv {
-                outln!("id,load_ms,first_ms,p50_ms,p90_ms,p99_ms,mean_ms,stdev_ms,rss_mb,peak_mb,noisy")?;
+                outln!("id,load_ms,first_ms,p50_ms,p90_ms,p99_ms,mean_ms,stdev_ms,rss_mb,peak_mb,noisy,engine_build_ms")?;
             }
             for id in &ids {
                 let m = rt.profile(id, batch)?;
                 if csv {
                     outln!(
-                        "{id},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{}",
+                        "{id},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{},{}",
                         m.load_ms,
                         m.first_ms,
                         m.p50_ms,
@@ -369,13 +369,16 @@ fn run(command: Command) -> Result<()> {
                         m.stdev_ms,
                         m.rss_mb,
                         m.peak_mb,
-                        m.noisy
+                        m.noisy,
+                        m.engine_build_ms
+                            .map_or(String::new(), |ms| format!("{ms:.1}"))
                     )?;
                 } else if !json {
                     outln!(
-                        "{id:<12} {:>9.2} {:>9.2} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1}{}",
+                        "{id:<12} {:>9.2} {:>9.2} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1}{}{}",
                         m.load_ms, m.first_ms, m.p50_ms, m.p90_ms, m.p99_ms, m.mean_ms, m.rss_mb, m.peak_mb,
-                        if m.noisy { "  (noisy)" } else { "" }
+                        if m.noisy { "  (noisy)" } else { "" },
+                        m.engine_build_ms.map_or(String::new(), |ms| format!("  (engine built in {ms:.0} ms)"))
                     )?;
                 }
                 results.push(profile_json(id, &m));
@@ -483,6 +486,7 @@ fn profile_json(id: &str, m: &Measurement) -> serde_json::Value {
     let mut v = measured_json(m);
     v["id"] = json!(id);
     v["load_ms"] = json!(m.load_ms);
+    v["engine_build_ms"] = json!(m.engine_build_ms);
     v["first_ms"] = json!(m.first_ms);
     v["runs"] = json!(m.runs);
     v

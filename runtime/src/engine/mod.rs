@@ -161,6 +161,11 @@ pub trait Session: Send {
     fn input_shape(&self) -> [usize; 4];
     /// The execution provider that really runs the graph (`"cpu"` for tract).
     fn provider(&self) -> &str;
+    /// Whether loading built an accelerator engine (TensorRT) rather than
+    /// reading it from the engine cache: the build is then in the load time.
+    fn built_engine(&self) -> bool {
+        false
+    }
 }
 
 /// What a graph computes for a batch.

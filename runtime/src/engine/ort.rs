@@ -2,6 +2,7 @@
 //! `EngineOptions::ort_library` or `ORT_DYLIB_PATH` (never downloaded), once
 //! per process.
 
+use std::collections::BTreeSet;
 use std::ffi::{c_char, CStr, OsString};
 use std::fs;
 use std::io;
@@ -52,9 +53,16 @@ pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
                 reason: e.to_string(),
             })?;
     }
+    let version = match opts.provider {
+        // TensorRT's engines do not survive its upgrade: decisions must not.
+        ExecutionProvider::TensorRt => {
+            format!("{} tensorrt {}", runtime.version, tensorrt_version())
+        }
+        _ => runtime.version,
+    };
     Ok(EngineInfo {
         kind: EngineKind::Ort,
-        version: runtime.version,
+        version,
         provider: opts.provider,
     })
 }
@@ -66,6 +74,8 @@ pub(super) struct OrtSession {
     /// The short names of the providers that got nodes, joined by `+`.
     provider: String,
     session: ort::session::Session,
+    /// The load wrote a new TensorRT engine into the engine cache.
+    built_engine: bool,
 }
 
 impl OrtSession {
@@ -92,7 +102,16 @@ impl OrtSession {
                     reason: e.to_string(),
                 })?;
         }
+        let engine_cache = match opts.provider {
+            ExecutionProvider::TensorRt => TensorRtSettings::from(opts).engine_cache,
+            _ => None,
+        };
+        let cached_before = engine_cache.as_deref().map(cache_entries);
         let session = builder.commit_from_file(&path).map_err(backend)?;
+        let built_engine = match (&engine_cache, cached_before) {
+            (Some(dir), Some(before)) => !cache_entries(dir).is_subset(&before),
+            _ => false,
+        };
 
         let assigned = assigned_providers(&session).map_err(backend)?;
         let requested = ort_name(opts.provider);
@@ -110,6 +129,7 @@ impl OrtSession {
             shape: [opts.batch, 3, h, w],
             provider: label(&assigned),
             session,
+            built_engine,
         })
     }
 }
@@ -143,6 +163,10 @@ impl Session for OrtSession {
 
     fn provider(&self) -> &str {
         &self.provider
+    }
+
+    fn built_engine(&self) -> bool {
+        self.built_engine
     }
 }
 
@@ -301,6 +325,51 @@ fn tensorrt(settings: &TensorRtSettings) -> Result<ep::TensorRT, EngineError> {
     Ok(tensorrt)
 }
 
+/// The names in a TensorRT engine cache directory (none if unreadable):
+/// a name that appears during a load is an engine that load built.
+fn cache_entries(dir: &Path) -> BTreeSet<OsString> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+        .collect()
+}
+
+/// `dlopen`'s flag to find a library only if it is already loaded (glibc's
+/// value on every architecture; libloading does not bind it).
+const RTLD_NOLOAD: std::ffi::c_int = 4;
+
+/// The version of the `libnvinfer` ONNX Runtime's TensorRT provider loaded,
+/// as `getInferLibVersion` reports it, or `unknown`.
+fn tensorrt_version() -> String {
+    use libloading::os::unix::{Library, Symbol, RTLD_LAZY};
+    ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"]
+        .iter()
+        .find_map(|name| {
+            // SAFETY: RTLD_NOLOAD only returns a library already loaded and
+            // initialised; `getInferLibVersion` takes nothing and returns an
+            // int in every TensorRT release.
+            unsafe {
+                let library = Library::open(Some(*name), RTLD_LAZY | RTLD_NOLOAD).ok()?;
+                let get: Symbol<unsafe extern "C" fn() -> i32> =
+                    library.get(b"getInferLibVersion").ok()?;
+                Some(tensorrt_version_name(get()))
+            }
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `NV_TENSORRT_VERSION` as `major.minor.patch`: `major·1000 + minor·100 +
+/// patch` up to TensorRT 9, `major·10000 + minor·100 + patch` from 10 on.
+fn tensorrt_version_name(v: i32) -> String {
+    let (major, minor) = if v >= 100_000 {
+        (v / 10_000, v / 100 % 100)
+    } else {
+        (v / 1000, v / 100 % 10)
+    };
+    format!("{major}.{minor}.{}", v % 100)
+}
+
 /// Creates `dir`; TensorRT takes its path as a string.
 fn cache_dir(dir: &Path) -> Result<String, EngineError> {
     let error = |source| EngineError::CacheDir {
@@ -453,6 +522,26 @@ mod tests {
             ..opts(false)
         });
         assert_eq!((uncached.engine_cache, uncached.timing_cache), (None, None));
+    }
+
+    #[test]
+    fn tensorrt_versions_decode_in_both_encodings() {
+        // NV_TENSORRT_VERSION of JetPack 5's 8.5.2, JetPack 6's 8.6.2 and 10.3.0.
+        assert_eq!(tensorrt_version_name(8502), "8.5.2");
+        assert_eq!(tensorrt_version_name(8602), "8.6.2");
+        assert_eq!(tensorrt_version_name(100300), "10.3.0");
+        assert_eq!(tensorrt_version_name(101201), "10.12.1");
+    }
+
+    #[test]
+    fn a_name_new_in_the_engine_cache_is_a_built_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("TensorrtExecutionProvider_a.engine"), b"").unwrap();
+        let before = cache_entries(dir.path());
+        assert!(cache_entries(dir.path()).is_subset(&before));
+        fs::write(dir.path().join("TensorrtExecutionProvider_b.engine"), b"").unwrap();
+        assert!(!cache_entries(dir.path()).is_subset(&before));
+        assert!(cache_entries(&dir.path().join("missing")).is_empty());
     }
 
     #[test]
