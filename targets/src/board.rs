@@ -186,8 +186,8 @@ pub const BOARDS: &[Board] = &[
     },
 ];
 
-/// The board called `name`.
-pub fn board(name: &str) -> Option<&'static Board> {
+/// The board whose `--target` name is `name`.
+pub fn find(name: &str) -> Option<&'static Board> {
     BOARDS.iter().find(|b| b.name == name)
 }
 
@@ -364,8 +364,8 @@ mod tests {
                 "generic-x86_64"
             ]
         );
-        assert_eq!(board("rpi5").map(|b| b.ram_mb), Some(2048));
-        assert_eq!(board("jetson-orin"), None, "profile names are not targets");
+        assert_eq!(find("rpi5").map(|b| b.ram_mb), Some(2048));
+        assert_eq!(find("jetson-orin"), None, "profile names are not targets");
     }
 
     #[test]
@@ -399,14 +399,14 @@ mod tests {
     #[test]
     fn the_budget_is_the_share_of_the_smallest_variant() {
         // 40% of 4 GiB.
-        let orin = board("jetson-orin-nano").unwrap();
+        let orin = find("jetson-orin-nano").unwrap();
         assert_eq!(orin.model_budget_bytes(), 1_717_986_918);
         assert_eq!(orin.default_memory(), MemoryLimit::Fraction(0.4));
     }
 
     #[test]
     fn the_config_holds_the_limit_the_deployer_chose() {
-        let rpi = board("rpi5").unwrap();
+        let rpi = find("rpi5").unwrap();
         let service = |memory| Service {
             latency_ms: 25.0,
             memory,
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn only_the_jetsons_join_the_gpu_groups() {
         let files = |name| {
-            let b = board(name).unwrap();
+            let b = find(name).unwrap();
             let service = Service {
                 latency_ms: 10.0,
                 memory: b.default_memory(),
