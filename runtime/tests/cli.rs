@@ -373,6 +373,14 @@ fn the_help_examples_run() {
     let png = d.path().join("image.png");
     write_png(&png);
     let socket = d.path().join("sock");
+    // The pack's config, as the example names it, for this bundle and socket.
+    let config = config_file(
+        &b,
+        &format!(
+            "bundle = \"bundle\"\nlatency_ms = 100000\nmemory_mb = 4096\nlisten = \"unix:{}\"\n",
+            socket.display()
+        ),
+    );
     let examples: Vec<&str> = help
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runtime "))
@@ -384,6 +392,7 @@ fn the_help_examples_run() {
             .map(|a| match a {
                 "bundle/" => b.to_str().unwrap().to_owned(),
                 "image.png" => png.to_str().unwrap().to_owned(),
+                "/etc/tailor/runtime.toml" => config.to_str().unwrap().to_owned(),
                 unix if unix.starts_with("unix:") => format!("unix:{}", socket.display()),
                 other => other.to_owned(),
             })
@@ -393,7 +402,9 @@ fn the_help_examples_run() {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         if args[0] == "serve" {
-            // Serves until stopped: it must get as far as listening.
+            // Serves until stopped: it must get as far as listening (on a
+            // socket of its own, not one an earlier example left).
+            let _ = std::fs::remove_file(&socket);
             let mut child = command(&b)
                 .args(&args)
                 .stderr(Stdio::piped())
