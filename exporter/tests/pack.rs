@@ -85,7 +85,13 @@ fn s(path: &Path) -> &str {
 fn pack(dir: &Path, bundle: &Path, target: &str, runtime: &Path, extra: &[&str]) -> Value {
     let out = dir.join("pack.tar.gz");
     let mut args = vec!["pack", s(bundle), "--target", target, "-o", s(&out)];
-    args.extend(["--runtime-bin", s(runtime), "--latency-ms", "100000", "--json"]);
+    args.extend([
+        "--runtime-bin",
+        s(runtime),
+        "--latency-ms",
+        "100000",
+        "--json",
+    ]);
     args.extend(extra);
     json(exporter(&args))
 }
@@ -93,9 +99,16 @@ fn pack(dir: &Path, bundle: &Path, target: &str, runtime: &Path, extra: &[&str])
 /// Unpacks `archive` with GNU tar into `dir`; returns the pack's top directory.
 fn unpack(archive: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    succeeded(run(Command::new("tar")
-        .args(["xzf", s(archive), "-C", s(dir)])));
-    let top: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    succeeded(run(Command::new("tar").args([
+        "xzf",
+        s(archive),
+        "-C",
+        s(dir),
+    ])));
+    let top: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(top.len(), 1, "one top directory: {top:?}");
     top[0].clone()
 }
@@ -117,7 +130,10 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
                 todo.push(path);
             } else {
                 let rel = path.strip_prefix(dir).unwrap().to_owned();
-                files.insert(rel, (meta.permissions().mode(), std::fs::read(&path).unwrap()));
+                files.insert(
+                    rel,
+                    (meta.permissions().mode(), std::fs::read(&path).unwrap()),
+                );
             }
         }
     }
@@ -126,7 +142,12 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
 
 fn subnet_ids(bundle: &Path) -> Vec<String> {
     let b = Bundle::open(bundle).unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
-    let ids = b.manifest().subnets.iter().map(|s| s.id.to_owned()).collect();
+    let ids = b
+        .manifest()
+        .subnets
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect();
     ids
 }
 
@@ -153,7 +174,11 @@ fn curl_when_up(socket: &Path, path: &str, server: &mut Server) -> Value {
         if let Some(status) = server.0.try_wait().unwrap() {
             panic!("runtime serve exited with {status}");
         }
-        assert!(Instant::now() < deadline, "no answer on {}", socket.display());
+        assert!(
+            Instant::now() < deadline,
+            "no answer on {}",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -168,8 +193,18 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
         &runtime_bin(),
         &["--memory-mb", "4096"],
     );
-    assert!(report["subnets"].as_array().unwrap().iter().all(|v| v["fate"] == "kept"), "{report}");
-    let pack = unpack(&dir.path().join("pack.tar.gz"), &dir.path().join("unpacked"));
+    assert!(
+        report["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["fate"] == "kept"),
+        "{report}"
+    );
+    let pack = unpack(
+        &dir.path().join("pack.tar.gz"),
+        &dir.path().join("unpacked"),
+    );
     assert_eq!(pack.file_name().unwrap(), "tailor-generic-x86_64");
 
     let scratch = dir.path().join("root");
@@ -186,7 +221,11 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
         "etc/systemd/system/tailor.service",
         "usr/lib/sysusers.d/tailor.conf",
     ] {
-        assert!(first.contains_key(Path::new(installed)), "{installed} not installed: {:?}", first.keys());
+        assert!(
+            first.contains_key(Path::new(installed)),
+            "{installed} not installed: {:?}",
+            first.keys()
+        );
     }
     assert_eq!(first[Path::new("opt/tailor/bin/runtime")].0 & 0o777, 0o755);
     assert_eq!(
@@ -241,14 +280,21 @@ fn every_board_s_unit_passes_systemd_analyze_verify() {
             tailor_targets::Arch::Aarch64 => aarch64.clone(),
             tailor_targets::Arch::X86_64 => runtime_bin(),
         };
-        pack(&work, &tiny_bundle(), board.name, &runtime, &["--memory-mb", "64"]);
+        pack(
+            &work,
+            &tiny_bundle(),
+            board.name,
+            &runtime,
+            &["--memory-mb", "64"],
+        );
         let pack = unpack(&work.join("pack.tar.gz"), &work.join("unpacked"));
         let scratch = work.join("root");
         std::fs::create_dir(&scratch).unwrap();
         succeeded(install(&pack, &["--root", s(&scratch)]));
         // systemd checks that ExecStart exists: point the unit at the
         // scratch root it was installed into.
-        let unit = std::fs::read_to_string(scratch.join("etc/systemd/system/tailor.service")).unwrap();
+        let unit =
+            std::fs::read_to_string(scratch.join("etc/systemd/system/tailor.service")).unwrap();
         let prefix = scratch.join("opt/tailor");
         let verified = work.join("tailor.service");
         std::fs::write(&verified, unit.replace("/opt/tailor", s(&prefix))).unwrap();
@@ -259,7 +305,11 @@ fn every_board_s_unit_passes_systemd_analyze_verify() {
             board.name,
             stderr(&out)
         );
-        let expected_groups = if board.groups.is_empty() { "" } else { "video render" };
+        let expected_groups = if board.groups.is_empty() {
+            ""
+        } else {
+            "video render"
+        };
         assert!(
             unit.contains(&format!("\nSupplementaryGroups={expected_groups}\n")),
             "{}: {unit}",
@@ -276,7 +326,12 @@ fn footprints(bundle: &Path) -> Vec<(String, u64)> {
         .manifest()
         .subnets
         .iter()
-        .map(|s| (s.id.to_owned(), (s.weight_bytes + s.activation_bytes) * 5 / 4))
+        .map(|s| {
+            (
+                s.id.to_owned(),
+                (s.weight_bytes + s.activation_bytes) * 5 / 4,
+            )
+        })
         .collect();
     sizes
 }
@@ -286,12 +341,23 @@ fn a_board_too_small_for_the_largest_drops_it_unless_kept() {
     let dir = tempfile::tempdir().unwrap();
     let sizes = footprints(&tiny_bundle());
     let (largest, largest_bytes) = sizes.iter().max_by_key(|(_, b)| *b).unwrap().clone();
-    let others_bytes = sizes.iter().filter(|(id, _)| *id != largest).map(|(_, b)| *b).max().unwrap();
+    let others_bytes = sizes
+        .iter()
+        .filter(|(id, _)| *id != largest)
+        .map(|(_, b)| *b)
+        .max()
+        .unwrap();
     // Between the largest and the rest, in MiB.
     let budget_mb = ((largest_bytes + others_bytes) / 2) as f64 / (1024.0 * 1024.0);
     let budget = format!("{budget_mb}");
 
-    let report = pack(dir.path(), &tiny_bundle(), "rpi5", &aarch64_stand_in(dir.path()), &["--memory-mb", &budget]);
+    let report = pack(
+        dir.path(),
+        &tiny_bundle(),
+        "rpi5",
+        &aarch64_stand_in(dir.path()),
+        &["--memory-mb", &budget],
+    );
     let fates: Vec<(&str, &str)> = report["subnets"]
         .as_array()
         .unwrap()
@@ -305,10 +371,16 @@ fn a_board_too_small_for_the_largest_drops_it_unless_kept() {
     let pack_dir = unpack(&dir.path().join("pack.tar.gz"), &dir.path().join("small"));
     let bundle = pack_dir.join("root/opt/tailor/bundle");
     let ids = subnet_ids(&bundle);
-    assert!(!ids.contains(&largest) && ids.len() == sizes.len() - 1, "{ids:?}");
+    assert!(
+        !ids.contains(&largest) && ids.len() == sizes.len() - 1,
+        "{ids:?}"
+    );
     succeeded(exporter(&["inspect", s(&bundle), "--verify"]));
     let config = std::fs::read_to_string(pack_dir.join("root/etc/tailor/runtime.toml")).unwrap();
-    assert!(config.contains(&format!("\nmemory_mb = {budget_mb:?}\n")), "{config}");
+    assert!(
+        config.contains(&format!("\nmemory_mb = {budget_mb:?}\n")),
+        "{config}"
+    );
 
     let report = pack(
         dir.path(),
@@ -317,7 +389,12 @@ fn a_board_too_small_for_the_largest_drops_it_unless_kept() {
         &aarch64_stand_in(dir.path()),
         &["--memory-mb", &budget, "--keep", &largest, "--force"],
     );
-    let kept = report["subnets"].as_array().unwrap().iter().find(|v| v["id"] == largest.as_str()).unwrap();
+    let kept = report["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == largest.as_str())
+        .unwrap();
     assert_eq!(kept["fate"], "kept_on_request", "{report}");
     let pack_dir = unpack(&dir.path().join("pack.tar.gz"), &dir.path().join("kept"));
     let bundle = pack_dir.join("root/opt/tailor/bundle");
@@ -328,25 +405,55 @@ fn a_board_too_small_for_the_largest_drops_it_unless_kept() {
 #[test]
 fn weight_files_no_packed_sub_network_reads_are_left_out() {
     let dir = tempfile::tempdir().unwrap();
-    let teacher = root().join("tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth");
+    let teacher =
+        root().join("tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth");
     let bundle = dir.path().join("bundle");
-    succeeded(exporter(&["--subnets", "32x2,64x4", s(&teacher), "-o", s(&bundle), "--quiet"]));
+    succeeded(exporter(&[
+        "--subnets",
+        "32x2,64x4",
+        s(&teacher),
+        "-o",
+        s(&bundle),
+        "--quiet",
+    ]));
     let sizes = footprints(&bundle);
     let narrow = sizes.iter().find(|(id, _)| id == "w32-d2").unwrap().1;
     let budget = format!("{}", (narrow + 1) as f64 / (1024.0 * 1024.0));
-    pack(dir.path(), &bundle, "rk3588", &aarch64_stand_in(dir.path()), &["--memory-mb", &budget]);
-    let pack_dir = unpack(&dir.path().join("pack.tar.gz"), &dir.path().join("unpacked"));
+    pack(
+        dir.path(),
+        &bundle,
+        "rk3588",
+        &aarch64_stand_in(dir.path()),
+        &["--memory-mb", &budget],
+    );
+    let pack_dir = unpack(
+        &dir.path().join("pack.tar.gz"),
+        &dir.path().join("unpacked"),
+    );
     let packed = pack_dir.join("root/opt/tailor/bundle");
     assert_eq!(subnet_ids(&packed), ["w32-d2"]);
     let files: Vec<PathBuf> = tree(&packed).into_keys().collect();
-    assert!(files.contains(&PathBuf::from("graphs/weights/w32.bin")), "{files:?}");
-    assert!(!files.iter().any(|f| f.ends_with("w64.bin") || f.ends_with("w64-d4.onnx")), "{files:?}");
+    assert!(
+        files.contains(&PathBuf::from("graphs/weights/w32.bin")),
+        "{files:?}"
+    );
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with("w64.bin") || f.ends_with("w64-d4.onnx")),
+        "{files:?}"
+    );
     succeeded(exporter(&["inspect", s(&packed), "--verify"]));
 }
 
 /// Asserts a failed pack naming every `needle`, and nothing left in `dir`
 /// but `before`.
-fn assert_fails_cleanly(out: &Output, dir: &Path, before: &BTreeMap<PathBuf, (u32, Vec<u8>)>, needles: &[&str]) {
+fn assert_fails_cleanly(
+    out: &Output,
+    dir: &Path,
+    before: &BTreeMap<PathBuf, (u32, Vec<u8>)>,
+    needles: &[&str],
+) {
     let err = stderr(out);
     assert!(!out.status.success(), "expected failure: {err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -374,13 +481,28 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
 
     let missing = dir.path().join("no-such-runtime");
     let o = attempt("jetson-orin-nano", &missing, &[]);
-    assert_fails_cleanly(&o, &out_dir, &empty, &[s(&missing), "targets/cross/build.sh"]);
+    assert_fails_cleanly(
+        &o,
+        &out_dir,
+        &empty,
+        &[s(&missing), "targets/cross/build.sh"],
+    );
 
     let o = attempt("rpi5", &runtime_bin(), &[]);
-    assert_fails_cleanly(&o, &out_dir, &empty, &["built for x86_64, but rpi5 runs aarch64"]);
+    assert_fails_cleanly(
+        &o,
+        &out_dir,
+        &empty,
+        &["built for x86_64, but rpi5 runs aarch64"],
+    );
 
     let o = attempt("generic-x86_64", &stand_in, &[]);
-    assert_fails_cleanly(&o, &out_dir, &empty, &["built for aarch64, but generic-x86_64 runs x86_64"]);
+    assert_fails_cleanly(
+        &o,
+        &out_dir,
+        &empty,
+        &["built for aarch64, but generic-x86_64 runs x86_64"],
+    );
 
     let script = dir.path().join("runtime.sh");
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
@@ -389,7 +511,15 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
 
     let o = attempt("jetson-nano", &stand_in, &[]);
     assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
-    assert_fails_cleanly(&o, &out_dir, &empty, &["jetson-nano", "jetson-orin-nano, jetson-xavier, rpi5, rk3588, generic-aarch64"]);
+    assert_fails_cleanly(
+        &o,
+        &out_dir,
+        &empty,
+        &[
+            "jetson-nano",
+            "jetson-orin-nano, jetson-xavier, rpi5, rk3588, generic-aarch64",
+        ],
+    );
 
     let o = attempt("rpi5", &stand_in, &["--keep", "w99-d9"]);
     assert_fails_cleanly(&o, &out_dir, &empty, &["--keep w99-d9"]);
@@ -404,13 +534,29 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&weights, bytes).unwrap();
-    let o = exporter(&["pack", s(&corrupted), "--target", "rpi5", "-o", s(&out), "--runtime-bin", s(&stand_in), "--latency-ms", "50"]);
+    let o = exporter(&[
+        "pack",
+        s(&corrupted),
+        "--target",
+        "rpi5",
+        "-o",
+        s(&out),
+        "--runtime-bin",
+        s(&stand_in),
+        "--latency-ms",
+        "50",
+    ]);
     assert_fails_cleanly(&o, &out_dir, &empty, &["w32.bin", "corrupted"]);
 
     std::fs::write(&out, b"an earlier pack").unwrap();
     let before = tree(&out_dir);
     let o = attempt("rpi5", &stand_in, &[]);
-    assert_fails_cleanly(&o, &out_dir, &before, &[s(&out), "already exists", "--force"]);
+    assert_fails_cleanly(
+        &o,
+        &out_dir,
+        &before,
+        &[s(&out), "already exists", "--force"],
+    );
     succeeded(attempt("rpi5", &stand_in, &["--force"]));
     assert_ne!(tree(&out_dir), before, "--force replaces it");
 }
@@ -431,7 +577,13 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_deb_holds_the_same_files_and_runs_the_installer() {
     let dir = tempfile::tempdir().unwrap();
-    pack(dir.path(), &tiny_bundle(), "jetson-orin-nano", &aarch64_stand_in(dir.path()), &["--deb"]);
+    pack(
+        dir.path(),
+        &tiny_bundle(),
+        "jetson-orin-nano",
+        &aarch64_stand_in(dir.path()),
+        &["--deb"],
+    );
     let deb = dir.path().join("pack.deb");
     let info = |member: Option<&str>| {
         let out = run(Command::new("dpkg-deb").arg("-I").arg(&deb).args(member));
@@ -442,15 +594,33 @@ fn a_deb_holds_the_same_files_and_runs_the_installer() {
         (None, "Architecture: arm64"),
         (Some("conffiles"), "/etc/tailor/runtime.toml"),
         (Some("postinst"), "/opt/tailor/install.sh --system-only"),
-        (Some("prerm"), "/opt/tailor/install.sh --uninstall --system-only"),
+        (
+            Some("prerm"),
+            "/opt/tailor/install.sh --uninstall --system-only",
+        ),
     ] {
         let text = info(member);
-        assert!(text.contains(line), "`{line}` missing from dpkg-deb -I {member:?}:\n{text}");
+        assert!(
+            text.contains(line),
+            "`{line}` missing from dpkg-deb -I {member:?}:\n{text}"
+        );
     }
     let extracted = dir.path().join("deb");
-    succeeded(run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted)));
+    succeeded(run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&extracted)));
     let pack_dir = unpack(&dir.path().join("pack.tar.gz"), &dir.path().join("tar"));
-    assert_eq!(tree(&extracted), tree(&pack_dir.join("root")), "the .deb installs what install.sh does");
-    let listing = String::from_utf8(succeeded(run(Command::new("dpkg-deb").arg("-c").arg(&deb))).stdout).unwrap();
-    assert!(listing.contains("-rwxr-xr-x root/root") && listing.contains("opt/tailor/bin/runtime"), "{listing}");
+    assert_eq!(
+        tree(&extracted),
+        tree(&pack_dir.join("root")),
+        "the .deb installs what install.sh does"
+    );
+    let listing =
+        String::from_utf8(succeeded(run(Command::new("dpkg-deb").arg("-c").arg(&deb))).stdout)
+            .unwrap();
+    assert!(
+        listing.contains("-rwxr-xr-x root/root") && listing.contains("opt/tailor/bin/runtime"),
+        "{listing}"
+    );
 }

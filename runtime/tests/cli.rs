@@ -857,7 +857,11 @@ fn flags_override_the_config_file() {
     };
     let o = with_config(&[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).to_lowercase().contains("tensorrt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).to_lowercase().contains("tensorrt"),
+        "{}",
+        stderr(&o)
+    );
 
     let v = json(&with_config(&[
         "--engine",
@@ -886,7 +890,10 @@ fn config_mistakes_name_the_file_the_line_and_the_key() {
             &["line 2", "`latency`", "unknown field"][..],
         ),
         ("latency_ms = \"fast\"\n", &["line 1", "`latency_ms`"][..]),
-        ("latency_ms = 100\nengine = \"gpu\"\n", &["line 2", "`engine`", "gpu"][..]),
+        (
+            "latency_ms = 100\nengine = \"gpu\"\n",
+            &["line 2", "`engine`", "gpu"][..],
+        ),
     ] {
         let config = config_file(&b, text);
         let o = select(&b, &["--config", config.to_str().unwrap()]);

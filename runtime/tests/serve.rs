@@ -540,7 +540,8 @@ fn sighup_applies_the_config_file_as_edited() {
     let config = dir.path().join("runtime.toml");
     std::fs::write(&config, "percentile = 50\n").unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
-    let percentile = || server.request("GET", "/v1/selection", &[], b"").1["limits"]["percentile"].clone();
+    let percentile =
+        || server.request("GET", "/v1/selection", &[], b"").1["limits"]["percentile"].clone();
     assert_eq!(percentile(), 50);
     std::fs::write(&config, "percentile = 99\n").unwrap();
     server.hup();

@@ -116,7 +116,10 @@ struct PackArgs {
 fn parse_board(name: &str) -> Result<&'static Board, String> {
     find_board(name).ok_or_else(|| {
         let names: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
-        format!("unknown board `{name}`: expected one of {}", names.join(", "))
+        format!(
+            "unknown board `{name}`: expected one of {}",
+            names.join(", ")
+        )
     })
 }
 
@@ -403,13 +406,8 @@ fn pack(args: PackArgs) -> Result<()> {
         deb: args.deb,
         force: args.force,
     };
-    let packed = pack::pack(&args.bundle, &args.output, &options).with_context(|| {
-        format!(
-            "packing {} for {}",
-            args.bundle.display(),
-            board.name
-        )
-    })?;
+    let packed = pack::pack(&args.bundle, &args.output, &options)
+        .with_context(|| format!("packing {} for {}", args.bundle.display(), board.name))?;
     if args.json {
         outln!(
             "{:#}",

@@ -79,9 +79,11 @@ pub(super) fn tar_gz<W: Write>(
 ) -> Result<W, ArchiveError> {
     let mut tar = tar::Builder::new(GzEncoder::new(out, Compression::fast()));
     let entries = || {
-        groups
-            .iter()
-            .flat_map(|(prefix, entries)| entries.iter().map(move |e| (format!("{prefix}{}", e.path), e)))
+        groups.iter().flat_map(|(prefix, entries)| {
+            entries
+                .iter()
+                .map(move |e| (format!("{prefix}{}", e.path), e))
+        })
     };
     let dirs: BTreeSet<String> = entries()
         .flat_map(|(path, _)| {
@@ -143,7 +145,9 @@ pub(super) fn ar<W: Write>(mut out: W, members: &[(&str, &[u8])], mtime: u64) ->
             bytes.len()
         );
         if header.len() != 60 {
-            return Err(io::Error::other(format!("ar member name {name} is too long")));
+            return Err(io::Error::other(format!(
+                "ar member name {name} is too long"
+            )));
         }
         out.write_all(header.as_bytes())?;
         out.write_all(bytes)?;

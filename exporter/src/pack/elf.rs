@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn scripts_and_short_files_are_not_elf() {
-        assert!(matches!(arch_of(b"#!/bin/sh\necho hi\n"), Err(PackError::NotElf(_))));
+        assert!(matches!(
+            arch_of(b"#!/bin/sh\necho hi\n"),
+            Err(PackError::NotElf(_))
+        ));
         assert!(matches!(arch_of(b"\x7fELF"), Err(PackError::NotElf(_))));
         let mut big_endian = elf(183);
         big_endian[5] = 2;

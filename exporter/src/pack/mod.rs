@@ -209,7 +209,11 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
     let bundle_root = root(layout::BUNDLE);
     let mut tree = vec![
         Entry::file(root(layout::RUNTIME), 0o755, options.runtime),
-        Entry::bytes(format!("{bundle_root}/{MANIFEST_JSON}"), 0o644, filtered.to_json()),
+        Entry::bytes(
+            format!("{bundle_root}/{MANIFEST_JSON}"),
+            0o644,
+            filtered.to_json(),
+        ),
         Entry::bytes(
             format!("{bundle_root}/{MANIFEST_POSTCARD}"),
             0o644,
@@ -239,12 +243,14 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         Entry::bytes(root(layout::INSTALLER), 0o755, rendered.install.clone()),
         Entry::bytes(root(layout::README), 0o644, rendered.readme.clone()),
     ]);
-    let installed_bytes = tree.iter().map(Entry::len).sum::<io::Result<u64>>().map_err(
-        |source| PackError::Read {
+    let installed_bytes = tree
+        .iter()
+        .map(Entry::len)
+        .sum::<io::Result<u64>>()
+        .map_err(|source| PackError::Read {
             path: bundle_dir.to_owned(),
             source,
-        },
-    )?;
+        })?;
     let mtime = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -255,11 +261,15 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         Entry::bytes("README.md", 0o644, rendered.readme),
     ];
     let archive = Staged::write(out, |file| {
-        let groups = [(prefix.clone(), &top[..]), (format!("{prefix}root/"), &tree[..])];
+        let groups = [
+            (prefix.clone(), &top[..]),
+            (format!("{prefix}root/"), &tree[..]),
+        ];
         archive::tar_gz(file, &groups, mtime).map(drop)
     })?;
     let deb_file = if options.deb {
-        let control = board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
+        let control =
+            board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
         let control = [
             Entry::bytes("control", 0o644, control.control),
             Entry::bytes("conffiles", 0o644, format!("{}\n", layout::CONFIG)),
@@ -308,7 +318,9 @@ fn positive(v: f64, flag: &str) -> Result<f64, PackError> {
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(PackError::Limit(format!("{flag} {v} is not a positive number")))
+        Err(PackError::Limit(format!(
+            "{flag} {v} is not a positive number"
+        )))
     }
 }
 

@@ -131,8 +131,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runtime.toml");
         std::fs::write(&path, text).unwrap();
-        Config::read(&path)
-            .map_err(|e| anyhow::anyhow!(format!("{e:#}").replace(&path.display().to_string(), "FILE")))
+        Config::read(&path).map_err(|e| {
+            anyhow::anyhow!(format!("{e:#}").replace(&path.display().to_string(), "FILE"))
+        })
     }
 
     #[test]
@@ -165,12 +166,30 @@ mod tests {
     #[test]
     fn mistakes_name_the_line_and_the_key() {
         for (text, expected) in [
-            ("latency_ms = 5\nlatency = 5\n", "FILE, line 2: `latency`: unknown field"),
-            ("latency_ms = \"fast\"\n", "FILE, line 1: `latency_ms`: invalid type"),
-            ("\nlatency_ms = -1\n", "FILE, line 2: `latency_ms`: -1 is not a positive"),
-            ("percentile = 95\n", "FILE, line 1: `percentile`: percentile 95 is not"),
-            ("percentile = \"90\"\n", "FILE, line 1: `percentile`: invalid type"),
-            ("memory_fraction = 1.5\n", "FILE, line 1: `memory_fraction`: 1.5 is not"),
+            (
+                "latency_ms = 5\nlatency = 5\n",
+                "FILE, line 2: `latency`: unknown field",
+            ),
+            (
+                "latency_ms = \"fast\"\n",
+                "FILE, line 1: `latency_ms`: invalid type",
+            ),
+            (
+                "\nlatency_ms = -1\n",
+                "FILE, line 2: `latency_ms`: -1 is not a positive",
+            ),
+            (
+                "percentile = 95\n",
+                "FILE, line 1: `percentile`: percentile 95 is not",
+            ),
+            (
+                "percentile = \"90\"\n",
+                "FILE, line 1: `percentile`: invalid type",
+            ),
+            (
+                "memory_fraction = 1.5\n",
+                "FILE, line 1: `memory_fraction`: 1.5 is not",
+            ),
             ("engine = \"gpu\"\n", "FILE, line 1: `engine`: "),
             ("listen = \"8470\"\n", "FILE, line 1: `listen`: "),
         ] {

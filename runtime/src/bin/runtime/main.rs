@@ -244,7 +244,11 @@ impl LimitArgs {
             Usage("no latency limit: pass --latency-ms MS or set latency_ms in --config".into())
         })?;
         let mut l = Limits::latency_ms(latency_ms)
-            .percentile(self.percentile.or(config.percentile).unwrap_or(Percentile::P90))
+            .percentile(
+                self.percentile
+                    .or(config.percentile)
+                    .unwrap_or(Percentile::P90),
+            )
             .batch(self.batch);
         // A memory flag replaces the file's limit, whichever form either has.
         let (mb, fraction) = if self.memory_mb.is_some() || self.memory_fraction.is_some() {
@@ -308,7 +312,10 @@ impl Common {
                 threads: self.threads.or(config.threads),
                 batch: 1,
                 provider: self.provider.or(config.provider).unwrap_or_default(),
-                ort_library: self.ort_library.clone().or_else(|| config.ort_library.clone()),
+                ort_library: self
+                    .ort_library
+                    .clone()
+                    .or_else(|| config.ort_library.clone()),
                 // TensorRT's engine and timing caches live beside the decisions.
                 cache_dir: cache
                     .as_ref()
