@@ -191,7 +191,7 @@ struct Common {
 struct LimitArgs {
     /// Latency limit in milliseconds, at --percentile, for one batch
     /// (required, here or as `latency_ms` in --config).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     latency_ms: Option<f64>,
     /// Latency percentile the limit applies to: 50, 90 or 99 [default: 90].
     #[arg(long, value_parser = parse_percentile)]
