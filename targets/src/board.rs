@@ -100,91 +100,59 @@ const CPU_START_S: u32 = 600;
 
 /// Every board `pack` knows, by `--target` name.
 pub const BOARDS: &[Board] = &[
-    Board {
-        name: "jetson-orin-nano",
-        profile: &JETSON_ORIN,
-        arch: Arch::Aarch64,
-        glibc_floor: GLIBC_FLOOR,
-        // NVIDIA's Orin Nano modules carry 4 GB or 8 GB, shared with the GPU.
-        ram_mb: 4096,
-        model_percent: 40,
-        engine: "ort",
-        provider: "tensorrt",
-        groups: &["video", "render"],
-        after: &["nvpmodel.service"],
-        start_timeout_s: TENSORRT_START_S,
-    },
-    Board {
-        name: "jetson-xavier",
-        profile: &JETSON_XAVIER,
-        arch: Arch::Aarch64,
-        glibc_floor: GLIBC_FLOOR,
-        // Xavier NX: 8 GB (a 16 GB module too); AGX Xavier: 32 or 64 GB.
-        ram_mb: 8192,
-        model_percent: 40,
-        engine: "ort",
-        provider: "tensorrt",
-        groups: &["video", "render"],
-        after: &["nvpmodel.service"],
-        start_timeout_s: TENSORRT_START_S,
-    },
-    Board {
-        name: "rpi5",
-        profile: &RPI5,
-        arch: Arch::Aarch64,
-        glibc_floor: GLIBC_FLOOR,
-        // Raspberry Pi 5: 2, 4, 8 or 16 GB.
-        ram_mb: 2048,
-        model_percent: 50,
-        engine: "tract",
-        provider: "cpu",
-        groups: &[],
-        after: &[],
-        start_timeout_s: CPU_START_S,
-    },
-    Board {
-        name: "rk3588",
-        profile: &RK3588,
-        arch: Arch::Aarch64,
-        glibc_floor: GLIBC_FLOOR,
-        // RK3588 boards (Radxa ROCK 5B, Orange Pi 5): 4 to 32 GB.
-        ram_mb: 4096,
-        model_percent: 50,
-        engine: "tract",
-        provider: "cpu",
-        groups: &[],
-        after: &[],
-        start_timeout_s: CPU_START_S,
-    },
-    Board {
-        name: "generic-aarch64",
-        profile: &GENERIC_AARCH64,
-        arch: Arch::Aarch64,
-        glibc_floor: GLIBC_FLOOR,
-        // Assumed: a 1 GB board (a Pi 3 or 4 class); --memory-mb for yours.
-        ram_mb: 1024,
-        model_percent: 50,
-        engine: "tract",
-        provider: "cpu",
-        groups: &[],
-        after: &[],
-        start_timeout_s: CPU_START_S,
-    },
-    Board {
-        name: "generic-x86_64",
-        profile: &GENERIC_X86_64,
-        arch: Arch::X86_64,
-        glibc_floor: GLIBC_FLOOR,
-        // Assumed: a 4 GB machine (an x86 mini PC); --memory-mb for yours.
-        ram_mb: 4096,
-        model_percent: 50,
-        engine: "tract",
-        provider: "cpu",
-        groups: &[],
-        after: &[],
-        start_timeout_s: CPU_START_S,
-    },
+    // NVIDIA's Orin Nano modules carry 4 GB or 8 GB, shared with the GPU.
+    jetson("jetson-orin-nano", &JETSON_ORIN, 4096),
+    // Xavier NX: 8 GB (a 16 GB module too); AGX Xavier: 32 or 64 GB.
+    jetson("jetson-xavier", &JETSON_XAVIER, 8192),
+    // Raspberry Pi 5: 2, 4, 8 or 16 GB.
+    cpu_only("rpi5", &RPI5, Arch::Aarch64, 2048),
+    // RK3588 boards (Radxa ROCK 5B, Orange Pi 5): 4 to 32 GB.
+    cpu_only("rk3588", &RK3588, Arch::Aarch64, 4096),
+    // Assumed: a 1 GB board (a Pi 3 or 4 class); --memory-mb for yours.
+    cpu_only("generic-aarch64", &GENERIC_AARCH64, Arch::Aarch64, 1024),
+    // Assumed: a 4 GB machine (an x86 mini PC); --memory-mb for yours.
+    cpu_only("generic-x86_64", &GENERIC_X86_64, Arch::X86_64, 4096),
 ];
+
+/// A Jetson: TensorRT through ONNX Runtime, the GPU's device groups, after
+/// nvpmodel, 40% of the memory the CPU and GPU share.
+const fn jetson(name: &'static str, profile: &'static DeviceProfile, ram_mb: u32) -> Board {
+    Board {
+        name,
+        profile,
+        arch: Arch::Aarch64,
+        glibc_floor: GLIBC_FLOOR,
+        ram_mb,
+        model_percent: 40,
+        engine: "ort",
+        provider: "tensorrt",
+        groups: &["video", "render"],
+        after: &["nvpmodel.service"],
+        start_timeout_s: TENSORRT_START_S,
+    }
+}
+
+/// A board whose graphs run on the CPU with tract: half its memory.
+const fn cpu_only(
+    name: &'static str,
+    profile: &'static DeviceProfile,
+    arch: Arch,
+    ram_mb: u32,
+) -> Board {
+    Board {
+        name,
+        profile,
+        arch,
+        glibc_floor: GLIBC_FLOOR,
+        ram_mb,
+        model_percent: 50,
+        engine: "tract",
+        provider: "cpu",
+        groups: &[],
+        after: &[],
+        start_timeout_s: CPU_START_S,
+    }
+}
 
 /// The board whose `--target` name is `name`.
 pub fn find(name: &str) -> Option<&'static Board> {

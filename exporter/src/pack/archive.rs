@@ -44,9 +44,16 @@ impl Entry {
     }
 
     /// Its size in bytes.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn len(&self) -> Result<u64, ArchiveError> {
         match &self.data {
-            Data::File(path) => Ok(std::fs::metadata(path)?.len()),
+            Data::File(path) => {
+                std::fs::metadata(path)
+                    .map(|m| m.len())
+                    .map_err(|error| ArchiveError {
+                        source_file: Some(path.clone()),
+                        error,
+                    })
+            }
             Data::Bytes(bytes) => Ok(bytes.len() as u64),
         }
     }

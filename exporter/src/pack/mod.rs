@@ -246,11 +246,8 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
     let installed_bytes = tree
         .iter()
         .map(Entry::len)
-        .sum::<io::Result<u64>>()
-        .map_err(|source| PackError::Read {
-            path: bundle_dir.to_owned(),
-            source,
-        })?;
+        .sum::<Result<u64, _>>()
+        .map_err(|e| e.into_pack_error(out))?;
     let mtime = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -307,12 +304,30 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         deb,
         budget_bytes,
         verdicts,
+        // The graphs and weights, and the two manifests.
         bundle_files: files.len() + 2,
         installed_bytes,
     })
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+impl ArchiveError {
+    /// A source file that could not be read is named; otherwise the output
+    /// `dest` could not be written.
+    fn into_pack_error(self, dest: &Path) -> PackError {
+        match self.source_file {
+            Some(path) => PackError::Read {
+                path,
+                source: self.error,
+            },
+            None => PackError::Write {
+                path: dest.to_owned(),
+                source: self.error,
+            },
+        }
+    }
+}
 
 fn positive(v: f64, flag: &str) -> Result<f64, PackError> {
     if v.is_finite() && v > 0.0 {
@@ -368,13 +383,7 @@ impl Staged {
             .tempfile_in(dir)
             .map_err(write_err)?;
         let mut out = BufWriter::new(file.as_file());
-        write(&mut out).map_err(|e| match e.source_file {
-            Some(path) => PackError::Read {
-                path,
-                source: e.error,
-            },
-            None => write_err(e.error),
-        })?;
+        write(&mut out).map_err(|e| e.into_pack_error(dest))?;
         out.flush().map_err(write_err)?;
         drop(out);
         // A temporary file is private; a pack is for copying around.
