@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tailor_exporter::bundle::{self, WriteOptions};
@@ -81,8 +82,8 @@ board's share of its smallest variant's RAM. The service's memory limit is
 struct PackArgs {
     /// The bundle directory.
     bundle: PathBuf,
-    /// The board to pack for.
-    #[arg(long, value_name = "BOARD", value_parser = parse_board)]
+    /// The board to pack for (targets/src/board.rs says what each is).
+    #[arg(long, value_name = "BOARD", value_parser = board_parser())]
     target: &'static Board,
     /// The pack to write: a .tar.gz.
     #[arg(short, long, value_name = "PACK.tar.gz")]
@@ -113,14 +114,11 @@ struct PackArgs {
     json: bool,
 }
 
-fn parse_board(name: &str) -> Result<&'static Board, String> {
-    find_board(name).ok_or_else(|| {
-        let names: Vec<&str> = BOARDS.iter().map(|b| b.name).collect();
-        format!(
-            "unknown board `{name}`: expected one of {}",
-            names.join(", ")
-        )
-    })
+/// The `--target` names as clap's possible values (listed in --help and in
+/// the error for an unknown one), mapped to their boards.
+fn board_parser() -> impl TypedValueParser<Value = &'static Board> {
+    PossibleValuesParser::new(BOARDS.iter().map(|b| b.name))
+        .try_map(|name| find_board(&name).ok_or(format!("no board `{name}`")))
 }
 
 #[derive(Debug, Args)]
