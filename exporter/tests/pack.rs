@@ -585,6 +585,16 @@ fn a_deb_holds_the_same_files_and_runs_the_installer() {
         &["--deb"],
     );
     let deb = dir.path().join("pack.deb");
+    let staged: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with(".tailor-pack-"))
+        .collect();
+    assert_eq!(
+        staged,
+        Vec::<std::ffi::OsString>::new(),
+        "temporary files left"
+    );
     let info = |member: Option<&str>| {
         let out = run(Command::new("dpkg-deb").arg("-I").arg(&deb).args(member));
         String::from_utf8(succeeded(out).stdout).unwrap()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
@@ -136,30 +136,34 @@ fn header(kind: EntryType, mode: u32, size: u64, mtime: u64) -> Header {
     header
 }
 
-/// Writes an ar archive of `members` (a `.deb` is one: `debian-binary`,
-/// `control.tar.gz`, `data.tar.gz`, in that order).
-pub(super) fn ar<W: Write>(mut out: W, members: &[(&str, &[u8])], mtime: u64) -> io::Result<W> {
+/// Writes an ar archive of `members`, each a name, its size and its bytes
+/// (a `.deb` is one: `debian-binary`, `control.tar.gz`, `data.tar.gz`).
+pub(super) fn ar<W: Write, const N: usize>(
+    mut out: W,
+    members: [(&str, u64, &mut dyn Read); N],
+    mtime: u64,
+) -> io::Result<W> {
     out.write_all(b"!<arch>\n")?;
-    for (name, bytes) in members {
+    for (name, len, bytes) in members {
         // name/16, mtime/12, uid/6, gid/6, mode/8 (octal), size/10, then "`\n".
         let header = format!(
             "{:<16}{:<12}{:<6}{:<6}{:<8o}{:<10}`\n",
-            name,
-            mtime,
-            0,
-            0,
-            0o100644,
-            bytes.len()
+            name, mtime, 0, 0, 0o100644, len
         );
         if header.len() != 60 {
             return Err(io::Error::other(format!(
-                "ar member name {name} is too long"
+                "ar member {name} does not fit an ar header"
             )));
         }
         out.write_all(header.as_bytes())?;
-        out.write_all(bytes)?;
+        let copied = io::copy(&mut bytes.take(len), &mut out)?;
+        if copied != len {
+            return Err(io::Error::other(format!(
+                "ar member {name} has {copied} bytes, not {len}"
+            )));
+        }
         // Members start on even offsets.
-        if bytes.len() % 2 == 1 {
+        if len % 2 == 1 {
             out.write_all(b"\n")?;
         }
     }

@@ -15,14 +15,14 @@ mod filter;
 
 use std::collections::BTreeSet;
 use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor_runtime::bundle::{Bundle, BundleError, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::Manifest;
-use tailor_targets::board::{layout, MemoryLimit, Service, LISTEN};
+use tailor_targets::board::{layout, MemoryLimit, Service, ServiceFiles, LISTEN};
 use tailor_targets::template::TemplateError;
 use tailor_targets::{Arch, Board};
 
@@ -164,85 +164,13 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
     };
 
     let bundle = Bundle::open(bundle_dir)?;
-    let manifest = bundle.manifest();
-    let verdicts = filter::judge(&manifest.subnets, budget_bytes, options.keep).map_err(|id| {
-        PackError::UnknownKeep {
-            id: id.to_owned(),
-            bundle: bundle_dir.to_owned(),
-        }
-    })?;
-    let kept: Vec<_> = manifest
-        .subnets
-        .iter()
-        .zip(&verdicts)
-        .filter(|(_, v)| v.fate.packed())
-        .map(|(s, _)| s.clone())
-        .collect();
-    if kept.is_empty() {
-        let Some(smallest) = verdicts.iter().min_by_key(|v| v.footprint_bytes) else {
-            return Err(PackError::Empty(bundle_dir.to_owned()));
-        };
-        return Err(PackError::NothingFits {
-            bundle: bundle_dir.to_owned(),
-            board: board.name,
-            budget_mib: budget_bytes as f64 / MIB,
-            smallest: smallest.id.clone(),
-            need_mib: smallest.footprint_bytes as f64 / MIB,
-        });
-    }
-    // What ships is what the manifest promises: a corrupted file stops here.
-    for subnet in &kept {
-        bundle.verify(subnet)?;
-    }
-    let files: BTreeSet<&str> = kept
-        .iter()
-        .flat_map(|s| std::iter::once(s.onnx).chain(s.weights.iter().map(|w| w.path)))
-        .collect();
-    let filtered = Manifest {
-        format_version: manifest.format_version,
-        teacher: manifest.teacher.clone(),
-        subnets: kept,
-    };
-
+    let (verdicts, filtered) = filter_bundle(&bundle, board, budget_bytes, options.keep)?;
     let rendered = board.service_files(&service)?;
-    let root = |path: &str| path.trim_start_matches('/').to_owned();
-    let bundle_root = root(layout::BUNDLE);
-    let mut tree = vec![
-        Entry::file(root(layout::RUNTIME), 0o755, options.runtime),
-        Entry::bytes(
-            format!("{bundle_root}/{MANIFEST_JSON}"),
-            0o644,
-            filtered.to_json(),
-        ),
-        Entry::bytes(
-            format!("{bundle_root}/{MANIFEST_POSTCARD}"),
-            0o644,
-            filtered.to_postcard(),
-        ),
+    let top = [
+        Entry::bytes("install.sh", 0o755, rendered.install.clone()),
+        Entry::bytes("README.md", 0o644, rendered.readme.clone()),
     ];
-    for file in &files {
-        if !Path::new(file)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Err(PackError::UnsafePath {
-                bundle: bundle_dir.to_owned(),
-                path: (*file).to_owned(),
-            });
-        }
-        tree.push(Entry::file(
-            format!("{bundle_root}/{file}"),
-            0o644,
-            &bundle_dir.join(file),
-        ));
-    }
-    tree.extend([
-        Entry::bytes(root(layout::CONFIG), 0o644, rendered.config),
-        Entry::bytes(root(layout::UNIT), 0o644, rendered.unit),
-        Entry::bytes(root(layout::SYSUSERS), 0o644, rendered.sysusers),
-        Entry::bytes(root(layout::INSTALLER), 0o755, rendered.install.clone()),
-        Entry::bytes(root(layout::README), 0o644, rendered.readme.clone()),
-    ]);
+    let (tree, bundle_files) = device_tree(&bundle, &filtered, options.runtime, rendered)?;
     let installed_bytes = tree
         .iter()
         .map(Entry::len)
@@ -253,10 +181,6 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         .map_or(0, |d| d.as_secs());
 
     let prefix = format!("tailor-{}/", board.name);
-    let top = [
-        Entry::bytes("install.sh", 0o755, rendered.install),
-        Entry::bytes("README.md", 0o644, rendered.readme),
-    ];
     let archive = Staged::write(out, |file| {
         let groups = [
             (prefix.clone(), &top[..]),
@@ -264,29 +188,10 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         ];
         archive::tar_gz(file, &groups, mtime).map(drop)
     })?;
-    let deb_file = if options.deb {
-        let control =
-            board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
-        let control = [
-            Entry::bytes("control", 0o644, control.control),
-            Entry::bytes("conffiles", 0o644, format!("{}\n", layout::CONFIG)),
-            Entry::bytes("postinst", 0o755, control.postinst),
-            Entry::bytes("prerm", 0o755, control.prerm),
-        ];
-        Some(Staged::write(&deb, |file| {
-            let control_tar = archive::tar_gz(Vec::new(), &[(String::new(), &control[..])], mtime)?;
-            let data_tar = archive::tar_gz(Vec::new(), &[(String::new(), &tree[..])], mtime)?;
-            let members: [(&str, &[u8]); 3] = [
-                ("debian-binary", b"2.0\n"),
-                ("control.tar.gz", &control_tar),
-                ("data.tar.gz", &data_tar),
-            ];
-            archive::ar(file, &members, mtime)?;
-            Ok(())
-        })?)
-    } else {
-        None
-    };
+    let deb_file = options
+        .deb
+        .then(|| write_deb(&deb, board, &tree, installed_bytes, mtime))
+        .transpose()?;
     let archive = archive.persist(options.force)?;
     let deb = match deb_file {
         Some(deb_file) => match deb_file.persist(options.force) {
@@ -304,9 +209,149 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         deb,
         budget_bytes,
         verdicts,
-        // The graphs and weights, and the two manifests.
-        bundle_files: files.len() + 2,
+        bundle_files,
         installed_bytes,
+    })
+}
+
+/// Judges the bundle's sub-networks against the budget; the manifest of
+/// those packed, whose files are verified against it.
+fn filter_bundle<'b>(
+    bundle: &'b Bundle,
+    board: &'static Board,
+    budget_bytes: u64,
+    keep: &[String],
+) -> Result<(Vec<Verdict>, Manifest<'b>), PackError> {
+    let manifest = bundle.manifest();
+    let verdicts = filter::judge(&manifest.subnets, budget_bytes, keep).map_err(|id| {
+        PackError::UnknownKeep {
+            id: id.to_owned(),
+            bundle: bundle.dir().to_owned(),
+        }
+    })?;
+    let kept: Vec<_> = manifest
+        .subnets
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| v.fate.packed())
+        .map(|(s, _)| s.clone())
+        .collect();
+    if kept.is_empty() {
+        let Some(smallest) = verdicts.iter().min_by_key(|v| v.footprint_bytes) else {
+            return Err(PackError::Empty(bundle.dir().to_owned()));
+        };
+        return Err(PackError::NothingFits {
+            bundle: bundle.dir().to_owned(),
+            board: board.name,
+            budget_mib: budget_bytes as f64 / MIB,
+            smallest: smallest.id.clone(),
+            need_mib: smallest.footprint_bytes as f64 / MIB,
+        });
+    }
+    // What ships is what the manifest promises: a corrupted file stops here.
+    for subnet in &kept {
+        bundle.verify(subnet)?;
+    }
+    let filtered = Manifest {
+        format_version: manifest.format_version,
+        teacher: manifest.teacher.clone(),
+        subnets: kept,
+    };
+    Ok((verdicts, filtered))
+}
+
+/// The files as they land on the device (paths relative to `/`), and how
+/// many of them are the bundle's.
+fn device_tree(
+    bundle: &Bundle,
+    filtered: &Manifest<'_>,
+    runtime: &Path,
+    rendered: ServiceFiles,
+) -> Result<(Vec<Entry>, usize), PackError> {
+    let root = |path: &str| path.trim_start_matches('/').to_owned();
+    let bundle_root = root(layout::BUNDLE);
+    // Only the files a packed sub-network reads, each once.
+    let files: BTreeSet<&str> = filtered
+        .subnets
+        .iter()
+        .flat_map(|s| std::iter::once(s.onnx).chain(s.weights.iter().map(|w| w.path)))
+        .collect();
+    let mut tree = vec![
+        Entry::file(root(layout::RUNTIME), 0o755, runtime),
+        Entry::bytes(
+            format!("{bundle_root}/{MANIFEST_JSON}"),
+            0o644,
+            filtered.to_json(),
+        ),
+        Entry::bytes(
+            format!("{bundle_root}/{MANIFEST_POSTCARD}"),
+            0o644,
+            filtered.to_postcard(),
+        ),
+    ];
+    for file in &files {
+        if !Path::new(file)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(PackError::UnsafePath {
+                bundle: bundle.dir().to_owned(),
+                path: (*file).to_owned(),
+            });
+        }
+        tree.push(Entry::file(
+            format!("{bundle_root}/{file}"),
+            0o644,
+            &bundle.dir().join(file),
+        ));
+    }
+    let bundle_files = tree.len() - 1;
+    tree.extend([
+        Entry::bytes(root(layout::CONFIG), 0o644, rendered.config),
+        Entry::bytes(root(layout::UNIT), 0o644, rendered.unit),
+        Entry::bytes(root(layout::SYSUSERS), 0o644, rendered.sysusers),
+        Entry::bytes(root(layout::INSTALLER), 0o755, rendered.install),
+        Entry::bytes(root(layout::README), 0o644, rendered.readme),
+    ]);
+    Ok((tree, bundle_files))
+}
+
+/// Stages the `.deb`: `tree` as its data, the installer's system steps as
+/// its maintainer scripts, runtime.toml as a conffile. The data tarball is
+/// staged in a file of its own (ar needs its size first, and it holds the
+/// weights).
+fn write_deb(
+    path: &Path,
+    board: &'static Board,
+    tree: &[Entry],
+    installed_bytes: u64,
+    mtime: u64,
+) -> Result<Staged, PackError> {
+    let control = board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
+    let control = [
+        Entry::bytes("control", 0o644, control.control),
+        Entry::bytes("conffiles", 0o644, format!("{}\n", layout::CONFIG)),
+        Entry::bytes("postinst", 0o755, control.postinst),
+        Entry::bytes("prerm", 0o755, control.prerm),
+    ];
+    let data = Staged::write(path, |file| {
+        archive::tar_gz(file, &[(String::new(), tree)], mtime).map(drop)
+    })?;
+    Staged::write(path, |file| {
+        let control_tar = archive::tar_gz(Vec::new(), &[(String::new(), &control[..])], mtime)?;
+        let mut data_tar = File::open(data.file.path())?;
+        let data_len = data_tar.metadata()?.len();
+        let members: [(&str, u64, &mut dyn Read); 3] = [
+            ("debian-binary", 4, &mut &b"2.0\n"[..]),
+            (
+                "control.tar.gz",
+                control_tar.len() as u64,
+                &mut control_tar.as_slice(),
+            ),
+            ("data.tar.gz", data_len, &mut data_tar),
+        ];
+        archive::ar(file, members, mtime)?;
+        Ok(())
     })
 }
 
