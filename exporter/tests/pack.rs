@@ -265,6 +265,17 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
     assert_eq!(health["subnet"], chosen.as_str(), "{health}");
     drop(server);
 
+    // A config edited on the device survives a reinstall; the pack's lands beside it.
+    let mut edited = std::fs::read_to_string(&config).unwrap();
+    edited.push_str("threads = 2\n");
+    std::fs::write(&config, &edited).unwrap();
+    succeeded(install(&pack, &["--root", s(&scratch)]));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    assert_eq!(
+        std::fs::read(config.with_extension("toml.new")).unwrap(),
+        std::fs::read(pack.join("root/etc/tailor/runtime.toml")).unwrap()
+    );
+
     succeeded(install(&pack, &["--root", s(&scratch), "--uninstall"]));
     assert_eq!(tree(&scratch), BTreeMap::new(), "uninstall leaves no file");
 }

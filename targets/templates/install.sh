@@ -95,7 +95,8 @@ if [ "$system" = true ]; then
     systemd-sysusers {{sysusers}}
     systemctl daemon-reload
     systemctl enable tailor.service
-    # A restart, not a start: a reinstall must run the new files.
-    systemctl restart tailor.service
-    echo "tailor.service started: systemctl status tailor; journalctl -u tailor"
+    # A restart, not a start: a reinstall must run the new files. Not waited
+    # for: the first start measures candidates (and builds TensorRT engines).
+    systemctl restart --no-block tailor.service
+    echo "tailor.service is starting: it is ready once it has selected (journalctl -u tailor -f)"
 fi
