@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: targets/cross/pack_check.sh RUNTIME SYSROOT QEMU
+# Usage: [EXPORTER=PATH] targets/cross/pack_check.sh RUNTIME SYSROOT QEMU
 #
 # The slow check of `exporter pack` with the real aarch64 runtime (run by
 # targets/cross/build.sh after its build): packs the test bundle for every
@@ -15,8 +15,13 @@ qemu=$3
 # The aarch64 entries of BOARDS (targets/src/board.rs).
 boards=(jetson-orin-nano jetson-xavier rpi5 rk3588 generic-aarch64)
 
-cargo build -q -p tailor-exporter --bin exporter
-exporter=${CARGO_TARGET_DIR:-target}/debug/exporter
+# $EXPORTER names an exporter binary already built (the workspace's tests
+# build target/debug/exporter); otherwise one is built.
+exporter=${EXPORTER:-}
+if [[ -z $exporter ]]; then
+    cargo build -q -p tailor-exporter --bin exporter
+    exporter=${CARGO_TARGET_DIR:-target}/debug/exporter
+fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
