@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use indicatif::ProgressBar;
 use protobuf::Message;
 use sha2::{Digest, Sha256 as Hasher};
+use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
 
 use crate::checkpoint::TensorRef;
@@ -268,10 +269,9 @@ fn write_manifest(
         },
         subnets,
     };
-    let json_path = dir.join("manifest.json");
-    let json = serde_json::to_vec_pretty(&m).expect("manifests serialise");
-    fs::write(&json_path, json).map_err(io_err(&json_path))?;
-    let postcard_path = dir.join("manifest.postcard");
+    let json_path = dir.join(MANIFEST_JSON);
+    fs::write(&json_path, m.to_json()).map_err(io_err(&json_path))?;
+    let postcard_path = dir.join(MANIFEST_POSTCARD);
     fs::write(&postcard_path, m.to_postcard()).map_err(io_err(&postcard_path))
 }
 

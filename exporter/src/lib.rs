@@ -6,5 +6,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod family;
 pub mod onnx;
+pub mod pack;
 pub mod plan;
 pub mod synthetic;

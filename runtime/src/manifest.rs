@@ -222,6 +222,11 @@ impl Manifest<'_> {
         postcard::to_stdvec(self).expect("a manifest always encodes")
     }
 
+    /// Encodes `manifest.json`: pretty, for people and scripts.
+    pub fn to_json(&self) -> std::vec::Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a manifest always encodes")
+    }
+
     /// Decodes `manifest.json`, checking the format version first.
     pub fn from_json(text: &str) -> Result<Manifest<'_>, JsonError> {
         #[derive(Deserialize)]

@@ -373,6 +373,14 @@ fn the_help_examples_run() {
     let png = d.path().join("image.png");
     write_png(&png);
     let socket = d.path().join("sock");
+    // The pack's config, as the example names it, for this bundle and socket.
+    let config = config_file(
+        &b,
+        &format!(
+            "bundle = \"bundle\"\nlatency_ms = 100000\nmemory_mb = 4096\nlisten = \"unix:{}\"\n",
+            socket.display()
+        ),
+    );
     let examples: Vec<&str> = help
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runtime "))
@@ -384,6 +392,7 @@ fn the_help_examples_run() {
             .map(|a| match a {
                 "bundle/" => b.to_str().unwrap().to_owned(),
                 "image.png" => png.to_str().unwrap().to_owned(),
+                "/etc/tailor/runtime.toml" => config.to_str().unwrap().to_owned(),
                 unix if unix.starts_with("unix:") => format!("unix:{}", socket.display()),
                 other => other.to_owned(),
             })
@@ -393,7 +402,9 @@ fn the_help_examples_run() {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         if args[0] == "serve" {
-            // Serves until stopped: it must get as far as listening.
+            // Serves until stopped: it must get as far as listening (on a
+            // socket of its own, not one an earlier example left).
+            let _ = std::fs::remove_file(&socket);
             let mut child = command(&b)
                 .args(&args)
                 .stderr(Stdio::piped())
@@ -802,4 +813,99 @@ fn auto_races_both_engines_on_the_first_candidate_and_keeps_the_faster() {
         (&"hit".into(), &v["engine"], &v["subnet"]),
         "{again}"
     );
+}
+
+/// Writes `text` as `runtime.toml` beside the bundle (so `bundle = "bundle"`
+/// names it, relative to the file).
+fn config_file(bundle: &Path, text: &str) -> PathBuf {
+    let path = bundle.with_file_name("runtime.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_config_file_alone_drives_a_select() {
+    let (_d, b) = bundle();
+    let config = config_file(
+        &b,
+        "bundle = \"bundle\"\nlatency_ms = 100000\npercentile = 99\nmemory_mb = 4096\n",
+    );
+    let o = command(&b)
+        .args(["select", "--config", config.to_str().unwrap(), "--json"])
+        .args(FAST)
+        .output()
+        .unwrap();
+    let v = json(&o);
+    assert_eq!(v["limits"]["latency_ms"], 100000.0);
+    assert_eq!(v["limits"]["percentile"], 99);
+    assert_eq!(v["limits"]["memory_mb"], 4096.0);
+    assert_eq!(v["subnet"]["id"], "w32-d4");
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let (_d, b) = bundle();
+    // On its own this file asks for TensorRT, which this machine lacks.
+    let config = config_file(
+        &b,
+        "latency_ms = 100000\nmemory_mb = 4096\nengine = \"ort\"\nprovider = \"tensorrt\"\n",
+    );
+    let with_config = |extra: &[&str]| {
+        let mut args = select_args(&b, &["--config", config.to_str().unwrap(), "--json"]);
+        args.extend(extra);
+        runtime(&args)
+    };
+    let o = with_config(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).to_lowercase().contains("tensorrt"),
+        "{}",
+        stderr(&o)
+    );
+
+    let v = json(&with_config(&[
+        "--engine",
+        "tract",
+        "--provider",
+        "cpu",
+        "--latency-ms",
+        "90000",
+        "--memory-fraction",
+        "0.5",
+    ]));
+    assert!(v["engine"].as_str().unwrap().starts_with("tract"), "{v}");
+    assert_eq!(v["limits"]["latency_ms"], 90000.0);
+    assert_ne!(
+        v["limits"]["memory_mb"], 4096.0,
+        "--memory-fraction replaces the file's memory_mb"
+    );
+}
+
+#[test]
+fn config_mistakes_name_the_file_the_line_and_the_key() {
+    let (_d, b) = bundle();
+    for (text, needles) in [
+        (
+            "latency_ms = 100\nlatency = 5\n",
+            &["line 2", "`latency`", "unknown field"][..],
+        ),
+        ("latency_ms = \"fast\"\n", &["line 1", "`latency_ms`"][..]),
+        (
+            "latency_ms = 100\nengine = \"gpu\"\n",
+            &["line 2", "`engine`", "gpu"][..],
+        ),
+    ] {
+        let config = config_file(&b, text);
+        let o = select(&b, &["--config", config.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{text:?}: {err}");
+        assert!(err.contains(config.to_str().unwrap()), "{text:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{text:?}: `{n}` missing from {err}");
+        }
+    }
+    let config = config_file(&b, "memory_mb = 100\n");
+    let o = select(&b, &["--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no latency limit"), "{}", stderr(&o));
 }

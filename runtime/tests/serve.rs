@@ -84,6 +84,15 @@ impl Server {
         panic!("server not healthy in time; log:\n{}", self.log());
     }
 
+    /// Sends SIGHUP, as `systemctl reload` does.
+    fn hup(&self) {
+        let kill = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
@@ -513,11 +522,7 @@ fn sighup_reselects_and_the_service_keeps_answering() {
         metric(&server.metrics(), "tailor_reselections_total"),
         Some(0.0)
     );
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    server.hup();
     wait_for_reselections(&server, 1.0);
     let side = side(&server.bundle());
     let (code, body) = server.embed("application/octet-stream", "", &le_bytes(&tensor(side, 3)));
@@ -527,6 +532,31 @@ fn sighup_reselects_and_the_service_keeps_answering() {
         "{}",
         server.log()
     );
+}
+
+#[test]
+fn sighup_applies_the_config_file_as_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runtime.toml");
+    std::fs::write(&config, "percentile = 50\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let percentile =
+        || server.request("GET", "/v1/selection", &[], b"").1["limits"]["percentile"].clone();
+    assert_eq!(percentile(), 50);
+    std::fs::write(&config, "percentile = 99\n").unwrap();
+    server.hup();
+    wait_for_reselections(&server, 1.0);
+    assert_eq!(percentile(), 99, "the edit applies on SIGHUP");
+    // A file that no longer reads is reported; the old selection serves on.
+    std::fs::write(&config, "percentile = \"high\"\n").unwrap();
+    server.hup();
+    let deadline = Instant::now() + STARTUP;
+    while !server.log().contains("re-selection on SIGHUP failed") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.log().contains("`percentile`"), "{}", server.log());
+    assert_eq!(percentile(), 99);
 }
 
 #[test]
@@ -551,11 +581,7 @@ fn a_power_mode_change_reselects_and_a_mode_seen_before_is_a_cache_hit() {
     wait_for_reselections(&server, 1.0);
     assert_eq!(cache_outcome(), "miss", "mode 1 was never seen");
     // The same mode again (SIGHUP) is taken from the cache.
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    server.hup();
     wait_for_reselections(&server, 2.0);
     assert_eq!(cache_outcome(), "hit", "mode 1 was decided before");
     // Back to mode 0: its decision is still in the cache beside mode 1's

@@ -4,9 +4,14 @@
 //! A profile is picked from facts the runtime's probe reads (device-tree model
 //! and `compatible` list, CPU architecture) by [`match_profile`].
 
+pub mod board;
+pub mod template;
+
 use core::fmt;
 
 use serde::Serialize;
+
+pub use board::{Arch, Board, BOARDS};
 
 /// An inference accelerator a device may expose, as the probe recognises it by
 /// its device nodes.
@@ -91,54 +96,67 @@ pub struct DeviceProfile {
     pub notes: &'static str,
 }
 
-const AARCH64: &str = "aarch64-unknown-linux-gnu";
-const X86_64: &str = "x86_64-unknown-linux-gnu";
+const AARCH64: &str = Arch::Aarch64.rust_target();
+const X86_64: &str = Arch::X86_64.rust_target();
 const TENSORRT_THEN_CUDA: Engine = Engine::Ort {
     providers: &["TensorrtExecutionProvider", "CUDAExecutionProvider"],
 };
 
+/// Jetson Orin Nano, NX and AGX.
+pub const JETSON_ORIN: DeviceProfile = DeviceProfile {
+    name: "jetson-orin",
+    rust_target: AARCH64,
+    matches: &["nvidia,tegra234", "jetson orin", "jetson agx orin"],
+    accelerators: &[Accelerator::TegraGpu, Accelerator::NvDla],
+    engine: TENSORRT_THEN_CUDA,
+    notes: "Orin Nano/NX/AGX (L4T R35/R36); Orin Nano has no DLA; \
+            lock clocks (nvpmodel + jetson_clocks) before measuring",
+};
+
+/// Jetson Xavier NX and AGX.
+pub const JETSON_XAVIER: DeviceProfile = DeviceProfile {
+    name: "jetson-xavier",
+    rust_target: AARCH64,
+    matches: &["nvidia,tegra194", "jetson xavier", "jetson agx xavier"],
+    accelerators: &[Accelerator::TegraGpu, Accelerator::NvDla],
+    engine: TENSORRT_THEN_CUDA,
+    notes: "Xavier NX/AGX; L4T R35 (JetPack 5) is the last release, with CUDA 11.4",
+};
+
+/// Raspberry Pi 5.
+pub const RPI5: DeviceProfile = DeviceProfile {
+    name: "rpi5",
+    rust_target: AARCH64,
+    matches: &["raspberrypi,5-model-b", "brcm,bcm2712", "raspberry pi 5"],
+    accelerators: &[Accelerator::VideoCore, Accelerator::Hailo],
+    engine: Engine::Tract,
+    notes: "4x Cortex-A76 with dotprod but no i8mm; VideoCore VII and the \
+            Hailo AI Kit are not used by tailor's ONNX graphs",
+};
+
+/// Boards built on the Rockchip RK3588(S).
+pub const RK3588: DeviceProfile = DeviceProfile {
+    name: "rk3588",
+    rust_target: AARCH64,
+    matches: &["rockchip,rk3588", "rk3588"],
+    accelerators: &[Accelerator::RockchipNpu],
+    engine: Engine::Tract,
+    notes: "the RKNPU runs RKNN models, not an ORT execution provider tailor \
+            ships: graphs run on the CPU (4x A76 + 4x A55)",
+};
+
 /// Every profile; specific ones first, the generic per-architecture fallbacks last.
 pub const PROFILES: &[DeviceProfile] = &[
-    DeviceProfile {
-        name: "jetson-orin",
-        rust_target: AARCH64,
-        matches: &["nvidia,tegra234", "jetson orin", "jetson agx orin"],
-        accelerators: &[Accelerator::TegraGpu, Accelerator::NvDla],
-        engine: TENSORRT_THEN_CUDA,
-        notes: "Orin Nano/NX/AGX (L4T R35/R36); Orin Nano has no DLA; \
-                lock clocks (nvpmodel + jetson_clocks) before measuring",
-    },
-    DeviceProfile {
-        name: "jetson-xavier",
-        rust_target: AARCH64,
-        matches: &["nvidia,tegra194", "jetson xavier", "jetson agx xavier"],
-        accelerators: &[Accelerator::TegraGpu, Accelerator::NvDla],
-        engine: TENSORRT_THEN_CUDA,
-        notes: "Xavier NX/AGX; L4T R35 (JetPack 5) is the last release, with CUDA 11.4",
-    },
-    DeviceProfile {
-        name: "rpi5",
-        rust_target: AARCH64,
-        matches: &["raspberrypi,5-model-b", "brcm,bcm2712", "raspberry pi 5"],
-        accelerators: &[Accelerator::VideoCore, Accelerator::Hailo],
-        engine: Engine::Tract,
-        notes: "4x Cortex-A76 with dotprod but no i8mm; VideoCore VII and the \
-                Hailo AI Kit are not used by tailor's ONNX graphs",
-    },
-    DeviceProfile {
-        name: "rk3588",
-        rust_target: AARCH64,
-        matches: &["rockchip,rk3588", "rk3588"],
-        accelerators: &[Accelerator::RockchipNpu],
-        engine: Engine::Tract,
-        notes: "the RKNPU runs RKNN models, not an ORT execution provider tailor \
-                ships: graphs run on the CPU (4x A76 + 4x A55)",
-    },
+    JETSON_ORIN,
+    JETSON_XAVIER,
+    RPI5,
+    RK3588,
     GENERIC_AARCH64,
     GENERIC_X86_64,
 ];
 
-const GENERIC_AARCH64: DeviceProfile = DeviceProfile {
+/// Any other 64-bit Arm Linux device.
+pub const GENERIC_AARCH64: DeviceProfile = DeviceProfile {
     name: "generic-aarch64",
     rust_target: AARCH64,
     matches: &[],
@@ -147,7 +165,8 @@ const GENERIC_AARCH64: DeviceProfile = DeviceProfile {
     notes: "any other 64-bit Arm Linux device: CPU only",
 };
 
-const GENERIC_X86_64: DeviceProfile = DeviceProfile {
+/// Any x86_64 Linux machine.
+pub const GENERIC_X86_64: DeviceProfile = DeviceProfile {
     name: "generic-x86_64",
     rust_target: X86_64,
     matches: &[],

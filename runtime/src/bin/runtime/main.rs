@@ -1,6 +1,8 @@
 //! `runtime`: pick the best sub-network of a bundle that fits this device,
 //! measure candidates, run inference, or show what the device is.
 
+mod config;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,8 +18,17 @@ use tailor_runtime::select::{
 };
 use tailor_runtime::{cache, outln, probe, stdout};
 
+use config::Config;
+
 /// Exit status when no sub-network fits the limits.
 const EXIT_NOTHING_FITS: u8 = 3;
+/// Exit status of a usage error (clap's own).
+const EXIT_USAGE: u8 = 2;
+
+/// A setting neither a flag nor the config file gave.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
 
 /// Select and serve the best sub-network of a tailor bundle on this device.
 ///
@@ -37,7 +48,12 @@ const EXIT_NOTHING_FITS: u8 = 3;
   runtime profile bundle/ --all --csv
   runtime run bundle/ --latency-ms 25 --input image.png
   runtime serve bundle/ --latency-ms 25 --listen unix:/run/tailor/sock
+  runtime serve --config /etc/tailor/runtime.toml
   runtime probe --json
+
+--config FILE reads the bundle, limits, engine, provider, threads,
+listen address and cache from a TOML file (docs/runtime.md, \"Config
+file\"); flags given as well override it.
 
 Decisions are cached in --cache FILE, else $TAILOR_CACHE_DIR, else
 $CACHE_DIRECTORY (systemd's CacheDirectory=), else $XDG_CACHE_HOME/tailor,
@@ -122,15 +138,20 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// The bundle directory written by `exporter`.
-    bundle: PathBuf,
+    /// The bundle directory written by `exporter` (or `bundle` in --config).
+    bundle: Option<PathBuf>,
+    /// A TOML file of settings (`/etc/tailor/runtime.toml` in a pack);
+    /// flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Inference engine: auto (ONNX Runtime when its library loads and it
-    /// runs the first candidate faster, else tract), tract or ort.
-    #[arg(long, default_value = "auto")]
-    engine: EngineChoice,
-    /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...).
-    #[arg(long, default_value = "cpu")]
-    provider: ExecutionProvider,
+    /// runs the first candidate faster, else tract), tract or ort
+    /// [default: auto].
+    #[arg(long)]
+    engine: Option<EngineChoice>,
+    /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...) [default: cpu].
+    #[arg(long)]
+    provider: Option<ExecutionProvider>,
     /// Engine threads (default: the engine's own default).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -168,12 +189,13 @@ struct Common {
 
 #[derive(Debug, Args)]
 struct LimitArgs {
-    /// Latency limit in milliseconds, at --percentile, for one batch.
-    #[arg(long, value_name = "MS")]
-    latency_ms: f64,
-    /// Latency percentile the limit applies to: 50, 90 or 99.
-    #[arg(long, default_value_t = 90, value_parser = parse_percentile)]
-    percentile: u8,
+    /// Latency limit in milliseconds, at --percentile, for one batch
+    /// (required, here or as `latency_ms` in --config).
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    latency_ms: Option<f64>,
+    /// Latency percentile the limit applies to: 50, 90 or 99 [default: 90].
+    #[arg(long, value_parser = parse_percentile)]
+    percentile: Option<Percentile>,
     /// Images per inference.
     #[arg(long, default_value_t = 1)]
     batch: u32,
@@ -197,9 +219,9 @@ enum VerifyArg {
 #[cfg(feature = "serve")]
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// `host:port` or `unix:PATH`.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
-    listen: tailor_runtime::serve::Listen,
+    /// `host:port` or `unix:PATH` [default: 127.0.0.1:8470].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<tailor_runtime::serve::Listen>,
     /// Largest request body accepted, in MiB (413 beyond).
     #[arg(long, value_name = "MB", default_value_t = 32)]
     max_body_mb: u64,
@@ -208,33 +230,61 @@ struct ServeArgs {
     power_poll: f64,
 }
 
-fn parse_percentile(s: &str) -> Result<u8, String> {
+fn parse_percentile(s: &str) -> Result<Percentile, String> {
     let p: u8 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a percentile"))?;
-    Percentile::try_from(p).map(|_| p)
+    Percentile::try_from(p)
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
-        let mut l = Limits::latency_ms(self.latency_ms)
-            .percentile(Percentile::try_from(self.percentile).expect("validated by clap"))
+    /// The limits the flags set, the rest from `config`.
+    fn limits(&self, config: &Config) -> Result<Limits> {
+        let latency_ms = self.latency_ms.or(config.latency_ms).ok_or_else(|| {
+            Usage("no latency limit: pass --latency-ms MS or set latency_ms in --config".into())
+        })?;
+        let mut l = Limits::latency_ms(latency_ms)
+            .percentile(
+                self.percentile
+                    .or(config.percentile)
+                    .unwrap_or(Percentile::P90),
+            )
             .batch(self.batch);
-        if let Some(mb) = self.memory_mb {
+        // A memory flag replaces the file's limit, whichever form either has.
+        let (mb, fraction) = if self.memory_mb.is_some() || self.memory_fraction.is_some() {
+            (self.memory_mb, self.memory_fraction)
+        } else {
+            (config.memory_mb, config.memory_fraction)
+        };
+        if let Some(mb) = mb {
             l = l.memory_mb(mb);
         }
-        if let Some(f) = self.memory_fraction {
+        if let Some(f) = fraction {
             l = l.memory_fraction(f);
         }
         if let Some(q) = self.min_quality {
             l = l.min_quality(q);
         }
-        l
+        Ok(l)
     }
 }
 
 impl Common {
-    fn open(&self) -> Result<Runtime> {
+    /// The config file's settings; none without --config.
+    fn config(&self) -> Result<Config> {
+        self.config
+            .as_deref()
+            .map(Config::read)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    fn open(&self, config: &Config) -> Result<Runtime> {
+        let bundle = self
+            .bundle
+            .clone()
+            .or_else(|| config.bundle.clone())
+            .ok_or_else(|| Usage("no bundle: name one, or set bundle in --config".into()))?;
         let mut measure = MeasureOptions::default();
         if let Some(n) = self.min_runs {
             measure.min_runs = n;
@@ -246,7 +296,7 @@ impl Common {
             );
             measure.min_time = std::time::Duration::from_secs_f64(s);
         }
-        let cache = match (&self.cache, self.no_cache) {
+        let cache = match (self.cache.as_ref().or(config.cache.as_ref()), self.no_cache) {
             (_, true) => None,
             (Some(path), false) => Some(path.clone()),
             (None, false) => cache::default_path(),
@@ -257,12 +307,15 @@ impl Common {
             Isolation::current_exe().context("finding this executable to measure in children")?
         };
         let options = RuntimeOptions {
-            engine: self.engine,
+            engine: self.engine.or(config.engine).unwrap_or_default(),
             engine_options: EngineOptions {
-                threads: self.threads,
+                threads: self.threads.or(config.threads),
                 batch: 1,
-                provider: self.provider,
-                ort_library: self.ort_library.clone(),
+                provider: self.provider.or(config.provider).unwrap_or_default(),
+                ort_library: self
+                    .ort_library
+                    .clone()
+                    .or_else(|| config.ort_library.clone()),
                 // TensorRT's engine and timing caches live beside the decisions.
                 cache_dir: cache
                     .as_ref()
@@ -279,8 +332,8 @@ impl Common {
                 VerifyArg::Always => Verify::Always,
             },
         };
-        Runtime::with_options(&self.bundle, options)
-            .with_context(|| format!("opening bundle {}", self.bundle.display()))
+        Runtime::with_options(&bundle, options)
+            .with_context(|| format!("opening bundle {}", bundle.display()))
     }
 }
 
@@ -297,7 +350,13 @@ fn main() -> ExitCode {
             let nothing_fits = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref(), Some(SelectError::NothingFits(_))));
-            ExitCode::from(if nothing_fits { EXIT_NOTHING_FITS } else { 1 })
+            ExitCode::from(if nothing_fits {
+                EXIT_NOTHING_FITS
+            } else if e.is::<Usage>() {
+                EXIT_USAGE
+            } else {
+                1
+            })
         }
     }
 }
@@ -309,8 +368,9 @@ fn run(command: Command) -> Result<()> {
             limits,
             json,
         } => {
-            let rt = common.open()?;
-            let chosen = rt.select(&limits.limits())?;
+            let config = common.config()?;
+            let rt = common.open(&config)?;
+            let chosen = rt.select(&limits.limits(&config)?)?;
             warn(&chosen);
             if json {
                 outln!("{:#}", selection_json(&chosen))?;
@@ -327,7 +387,7 @@ fn run(command: Command) -> Result<()> {
             json,
             csv,
         } => {
-            let rt = common.open()?;
+            let rt = common.open(&common.config()?)?;
             let ids: Vec<String> = if all {
                 rt.bundle()
                     .manifest()
@@ -394,8 +454,9 @@ fn run(command: Command) -> Result<()> {
             input,
             json,
         } => {
-            let rt = common.open()?;
-            let limits = limits.limits();
+            let config = common.config()?;
+            let rt = common.open(&config)?;
+            let limits = limits.limits(&config)?;
             let mut chosen = rt.select(&limits)?;
             warn(&chosen);
             let [_, _, side, _] = rt.input_shape(1);
@@ -442,11 +503,22 @@ fn run(command: Command) -> Result<()> {
                 power_poll: std::time::Duration::try_from_secs_f64(serve.power_poll)
                     .context("--power-poll must be a non-negative number of seconds")?,
             };
-            let limits = limits.limits();
-            // Re-opening re-probes the device, so a new power mode keys the cache.
-            server::serve(&serve.listen, options, move || {
-                let rt = common.open()?;
-                let chosen = rt.select(&limits)?;
+            let config = common.config()?;
+            limits.limits(&config)?;
+            let listen = serve
+                .listen
+                .or(config.listen)
+                .unwrap_or(server::Listen::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 8470,
+                });
+            // Each selection reads the config file again (an edit followed
+            // by SIGHUP applies it) and re-probes the device (a new power
+            // mode keys the cache).
+            server::serve(&listen, options, move || {
+                let config = common.config()?;
+                let rt = common.open(&config)?;
+                let chosen = rt.select(&limits.limits(&config)?)?;
                 warn(&chosen);
                 Ok(Selection {
                     report: selection_json(&chosen),

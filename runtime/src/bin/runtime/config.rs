@@ -1,0 +1,202 @@
+//! `runtime --config FILE`: a service's bundle, limits and engine in a small
+//! TOML file (`/etc/tailor/runtime.toml` in a pack), so the unit's command
+//! line stays fixed while the deployer edits the file. Flags override it.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer};
+use tailor_runtime::engine::ExecutionProvider;
+use tailor_runtime::select::{EngineChoice, Percentile};
+
+/// The keys a config file may set; any other key is an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bundle: Option<PathBuf>,
+    #[serde(default, deserialize_with = "positive")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, deserialize_with = "percentile")]
+    pub percentile: Option<Percentile>,
+    #[serde(default, deserialize_with = "positive")]
+    pub memory_mb: Option<f64>,
+    #[serde(default, deserialize_with = "fraction")]
+    pub memory_fraction: Option<f64>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub engine: Option<EngineChoice>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub provider: Option<ExecutionProvider>,
+    pub threads: Option<usize>,
+    pub ort_library: Option<PathBuf>,
+    /// `serve` only; other commands ignore it.
+    #[cfg(feature = "serve")]
+    #[serde(default, deserialize_with = "parsed")]
+    pub listen: Option<tailor_runtime::serve::Listen>,
+    #[cfg(not(feature = "serve"))]
+    pub listen: Option<serde::de::IgnoredAny>,
+    pub cache: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path`; relative paths in it are relative to its directory.
+    pub fn read(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let (line, key) = e
+                .span()
+                .map(|span| locate(&text, span.start))
+                .unwrap_or_default();
+            let key = key.map(|k| format!("`{k}`: ")).unwrap_or_default();
+            anyhow::anyhow!("{}, line {line}: {key}{}", path.display(), e.message())
+        })?;
+        anyhow::ensure!(
+            config.memory_mb.is_none() || config.memory_fraction.is_none(),
+            "{}: set memory_mb or memory_fraction, not both",
+            path.display()
+        );
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut config.bundle,
+            &mut config.ort_library,
+            &mut config.cache,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = dir.join(&*p);
+        }
+        Ok(config)
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`, and the key assigned on it.
+fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
+    let before = &text[..offset.min(text.len())];
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"').to_owned());
+    (before.matches('\n').count() + 1, key)
+}
+
+/// A value written as its command-line spelling, parsed as the flag is.
+fn parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn percentile<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Percentile>, D::Error> {
+    Percentile::try_from(u8::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(Some(v))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{v} is not a positive number"
+        )))
+    }
+}
+
+fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(Some(v))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{v} is not a fraction in (0, 1]"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::read(&path).map_err(|e| {
+            anyhow::anyhow!(format!("{e:#}").replace(&path.display().to_string(), "FILE"))
+        })
+    }
+
+    #[test]
+    fn every_key_reads_as_its_flag_would() {
+        let c = parse(
+            "bundle = \"/opt/b\"\nlatency_ms = 25\npercentile = 99\nmemory_fraction = 0.4\n\
+             engine = \"ort\"\nprovider = \"tensorrt\"\nthreads = 4\nlisten = \"unix:/run/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.bundle.as_deref(), Some(Path::new("/opt/b")));
+        assert_eq!(c.latency_ms, Some(25.0), "an integer is a number of ms");
+        assert_eq!(c.percentile.map(Percentile::value), Some(99));
+        assert_eq!(c.memory_fraction, Some(0.4));
+        assert_eq!(c.engine, Some("ort".parse().unwrap()));
+        assert_eq!(c.provider, Some(ExecutionProvider::TensorRt));
+        assert_eq!(c.threads, Some(4));
+        assert_eq!(c.listen, Some("unix:/run/s".parse().unwrap()));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.toml");
+        std::fs::write(&path, "bundle = \"b\"\ncache = \"/var/c\"\n").unwrap();
+        let c = Config::read(&path).unwrap();
+        assert_eq!(c.bundle, Some(dir.path().join("b")));
+        assert_eq!(c.cache.as_deref(), Some(Path::new("/var/c")));
+    }
+
+    #[test]
+    fn mistakes_name_the_line_and_the_key() {
+        for (text, expected) in [
+            (
+                "latency_ms = 5\nlatency = 5\n",
+                "FILE, line 2: `latency`: unknown field",
+            ),
+            (
+                "latency_ms = \"fast\"\n",
+                "FILE, line 1: `latency_ms`: invalid type",
+            ),
+            (
+                "\nlatency_ms = -1\n",
+                "FILE, line 2: `latency_ms`: -1 is not a positive",
+            ),
+            (
+                "percentile = 95\n",
+                "FILE, line 1: `percentile`: percentile 95 is not",
+            ),
+            (
+                "percentile = \"90\"\n",
+                "FILE, line 1: `percentile`: invalid type",
+            ),
+            (
+                "memory_fraction = 1.5\n",
+                "FILE, line 1: `memory_fraction`: 1.5 is not",
+            ),
+            ("engine = \"gpu\"\n", "FILE, line 1: `engine`: "),
+            ("listen = \"8470\"\n", "FILE, line 1: `listen`: "),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text:?}: {err}");
+        }
+        let err = parse("memory_mb = 900\nmemory_fraction = 0.5\n").unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+    }
+}
