@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -24,6 +24,8 @@ use crate::image::{self, Format};
 
 /// A client that has not sent its request head by then is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused body is read on, so its client gets the refusal.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 pub enum Listener {
     Tcp(TcpListener),
@@ -275,20 +277,19 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let body = Limited::new(
-        req.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    )
-    .collect()
-    .await
-    .map_err(|e| {
-        if e.downcast_ref::<LengthLimitError>().is_some() {
-            too_large()
-        } else {
+    let mut body = req.into_body();
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        })?;
+        read.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d));
+        if read.len() as u64 > limit {
+            drain(body, limit).await;
+            return Err(too_large());
         }
-    })?
-    .to_bytes();
+    }
+    let body = Bytes::from(read);
     // Taken after the body is in: a re-selection meanwhile is served already.
     let served = state.served();
     let (value, seconds) =
@@ -299,6 +300,23 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
             })??;
     state.metrics.inference(seconds);
     Ok(json_response(StatusCode::OK, &value))
+}
+
+/// Reads and discards what a client still sends of a refused body, up to
+/// `limit` more bytes or [`DRAIN_TIME`]: closing with unread data makes the
+/// kernel reset the connection, and the client would lose the 413.
+async fn drain(mut body: Incoming, limit: u64) {
+    let mut left = limit;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Decodes one image, runs it (repeated to the session's batch) and returns
