@@ -113,7 +113,9 @@ fn the_cache_hits_then_invalidates_on_any_key_change() {
     assert_eq!(second["cache"], "hit");
     assert_eq!(second["candidates_measured"], 0);
     assert_eq!(second["subnet"], first["subnet"]);
-    // Another limit, percentile or thread count is another key.
+    // Another limit, percentile or thread count (than the default, the CPUs
+    // this process may use) is another key.
+    let threads = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
     for changed in [
         vec!["--latency-ms", "90000", "--memory-mb", "4096", "--json"],
         vec![
@@ -131,7 +133,7 @@ fn the_cache_hits_then_invalidates_on_any_key_change() {
             "--memory-mb",
             "4096",
             "--threads",
-            "2",
+            &threads,
             "--json",
         ],
         vec!["--latency-ms", "100000", "--memory-mb", "2048", "--json"],

@@ -152,7 +152,8 @@ struct Common {
     /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...) [default: cpu].
     #[arg(long)]
     provider: Option<ExecutionProvider>,
-    /// Engine threads (default: the engine's own default).
+    /// Engine threads [default: the CPUs this process may use, for both
+    /// engines, so `--engine auto` compares them alike].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// libonnxruntime.so for `--engine ort` (default: $ORT_DYLIB_PATH).
@@ -309,7 +310,10 @@ impl Common {
         let options = RuntimeOptions {
             engine: self.engine.or(config.engine).unwrap_or_default(),
             engine_options: EngineOptions {
-                threads: self.threads.or(config.threads),
+                threads: self.threads.or(config.threads).or_else(|| {
+                    // Affinity and cgroup quota included; tract alone would use one.
+                    std::thread::available_parallelism().ok().map(usize::from)
+                }),
                 batch: 1,
                 provider: self.provider.or(config.provider).unwrap_or_default(),
                 ort_library: self
