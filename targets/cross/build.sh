@@ -65,6 +65,9 @@ selection=$(run select "$scratch/bundle" --latency-ms 100000 --memory-mb 4096 --
 subnet=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["subnet"]["id"])' <<<"$selection")
 echo "selected: $subnet"
 
+step "packs: every aarch64 board; the installed rpi5 pack selects under qemu"
+targets/cross/pack_check.sh "$bin" "$sysroot" "$qemu"
+
 step "size"
 if readelf -S "$bin" | grep -q '\.symtab'; then
     fail "$bin still has a symbol table: the release profile no longer strips"

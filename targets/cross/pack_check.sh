@@ -5,7 +5,9 @@
 # targets/cross/build.sh after its build): packs the test bundle for every
 # aarch64 board, installs the Raspberry Pi 5's pack into a scratch root with
 # its own install.sh, and runs the installed runtime's `select` with the
-# installed config under qemu on bullseye's glibc 2.31.
+# installed config under qemu on bullseye's glibc 2.31 (--in-process: the
+# measuring children re-execute the binary, which without binfmt_misc the
+# host cannot run: exit 127).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,7 +38,7 @@ tar xzf "$scratch/rpi5.tar.gz" -C "$scratch"
 installed=$scratch/root/opt/tailor
 echo "\$ $(basename "$qemu") -L $sysroot <root>/opt/tailor/bin/runtime select <root>/opt/tailor/bundle --config <root>/etc/tailor/runtime.toml ..." >&2
 selection=$("$qemu" -L "$sysroot" "$installed/bin/runtime" select "$installed/bundle" \
-    --config "$scratch/root/etc/tailor/runtime.toml" --no-cache --json)
+    --config "$scratch/root/etc/tailor/runtime.toml" --no-cache --json --in-process)
 python3 -c '
 import json, sys
 s = json.load(sys.stdin)
