@@ -61,7 +61,10 @@ step "qemu: select"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cp -r runtime/tests/fixtures/bundle-tiny "$scratch/bundle"
-selection=$(run select "$scratch/bundle" --latency-ms 100000 --memory-mb 4096 --no-cache --json)
+# --in-process: each candidate's child is the runtime re-executing itself,
+# which the host kernel cannot start without a binfmt_misc entry for qemu
+# (on a board it is native).
+selection=$(run select "$scratch/bundle" --latency-ms 100000 --memory-mb 4096 --no-cache --in-process --json)
 subnet=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["subnet"]["id"])' <<<"$selection")
 echo "selected: $subnet"
 
