@@ -29,6 +29,15 @@ pub enum FamilyError {
         expected: usize,
         found: usize,
     },
+    #[error("stage-1 mid width {width} is not one of the teacher's {allowed:?}")]
+    MidWidth { width: u32, allowed: Vec<u32> },
+    #[error("stage {stage} depth {depth} is outside the grid's {min}..={max}")]
+    StageDepth {
+        stage: usize,
+        depth: u32,
+        min: u32,
+        max: u32,
+    },
     #[error("head_dim {head_dim} does not divide the teacher's width {max_width}")]
     HeadDim { head_dim: u32, max_width: u32 },
     #[error("image size {image} is not a multiple of the patch size {patch}")]
