@@ -41,18 +41,7 @@ const VIT_L: Case = Case {
 const RESNET: Case = Case {
     grid: "465 (3 zipped mid widths × 155 stage depths)",
     config: RESNET_CONFIG,
-    write: |path| {
-        let poa = resnet::Geometry {
-            stem_channels: 64,
-            base_channels: 64,
-            groups: 32,
-            min_depths: [3, 4, 6, 3],
-            max_depths: [3, 8, 36, 3],
-            strides: [1, 2, 2, 2],
-            image_size: 224,
-        };
-        write_resnet_teacher(path, &poa, 42).unwrap()
-    },
+    write: |path| write_resnet_teacher(path, &resnet::POA_RESNET, 42).unwrap(),
 };
 
 fn main() {

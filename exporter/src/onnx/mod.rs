@@ -71,6 +71,19 @@ impl GraphBuilder {
         Value(name.to_owned())
     }
 
+    /// The `pixel_values` `[batch, 3, side, side]` input every family takes.
+    pub fn pixel_values(&mut self, side: usize) -> Value {
+        self.input(
+            "pixel_values",
+            &[
+                Dim::Named("batch"),
+                Dim::Fixed(3),
+                Dim::Fixed(side),
+                Dim::Fixed(side),
+            ],
+        )
+    }
+
     /// Declares `value` a float32 graph output.
     pub fn output(&mut self, value: &Value, dims: &[Dim]) {
         self.graph.output.push(value_info(&value.0, dims));

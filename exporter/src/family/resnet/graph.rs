@@ -70,15 +70,7 @@ impl<'a> GraphWriter<'a> {
 
     pub(super) fn build(mut self) -> ModelProto {
         let side = self.g.image_size as usize;
-        let pixels = self.b.input(
-            "pixel_values",
-            &[
-                Dim::Named("batch"),
-                Dim::Fixed(3),
-                Dim::Fixed(side),
-                Dim::Fixed(side),
-            ],
-        );
+        let pixels = self.b.pixel_values(side);
         let gn = GroupNorm::new(&mut self.b, self.g.groups as usize, GN_EPS);
         let stem = ConvShape {
             kernel: STEM_KERNEL as usize,

@@ -284,23 +284,11 @@ fn grid(g: &Geometry) -> Vec<SubnetSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// POA's released ResNet config (resnet_ssl_default_config.yaml).
-    fn resnet50_grid() -> Geometry {
-        Geometry {
-            stem_channels: 64,
-            base_channels: 64,
-            groups: 32,
-            min_depths: [3, 4, 6, 3],
-            max_depths: [3, 8, 36, 3],
-            strides: [1, 2, 2, 2],
-            image_size: 224,
-        }
-    }
+    use crate::family::resnet::POA_RESNET;
 
     #[test]
     fn poa_resnet_grid_has_465_subnetworks() {
-        let g = resnet50_grid();
+        let g = POA_RESNET;
         let grid = grid(&g);
         assert_eq!(grid.len(), 465);
         assert_eq!(g.widths(), [64, 96, 128]);
@@ -313,7 +301,7 @@ mod tests {
     fn groups_must_divide_the_widths() {
         let g = Geometry {
             groups: 24,
-            ..resnet50_grid()
+            ..POA_RESNET
         };
         let msg = validate(&g).unwrap_err().to_string();
         assert!(

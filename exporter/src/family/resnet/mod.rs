@@ -46,6 +46,18 @@ pub struct Geometry {
     pub image_size: u32,
 }
 
+/// POA's released ResNet config (`resnet_ssl_default_config.yaml`): the
+/// 465-sub-network grid.
+pub const POA_RESNET: Geometry = Geometry {
+    stem_channels: 64,
+    base_channels: 64,
+    groups: 32,
+    min_depths: [3, 4, 6, 3],
+    max_depths: [3, 8, 36, 3],
+    strides: [1, 2, 2, 2],
+    image_size: 224,
+};
+
 /// One block of one stage, as the teacher numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Block {

@@ -71,15 +71,7 @@ impl<'a> GraphWriter<'a> {
         let (w, t) = (self.width as usize, self.g.tokens());
         let (p, side) = (self.g.patch_size as usize, self.g.image_size as usize);
         let top = |kind| Param { kind, block: None };
-        let pixels = self.b.input(
-            "pixel_values",
-            &[
-                Dim::Named("batch"),
-                Dim::Fixed(3),
-                Dim::Fixed(side),
-                Dim::Fixed(side),
-            ],
-        );
+        let pixels = self.b.pixel_values(side);
 
         // Patch embedding: [B,3,H,W] -> [B,N,w].
         let pw = self.weight("patch_embed.proj.weight", top(ParamKind::PatchWeight));
