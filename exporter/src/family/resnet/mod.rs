@@ -74,7 +74,7 @@ impl Block {
 
 impl Geometry {
     pub fn out_channels(&self, stage: usize) -> u32 {
-        EXPANSION * self.base_channels << stage
+        (EXPANSION * self.base_channels) << stage
     }
 
     pub fn in_channels(&self, stage: usize) -> u32 {
@@ -192,6 +192,8 @@ impl Geometry {
 
     /// Every teacher tensor of the full-depth slice of `width`, in file
     /// order, with the shape it has in the teacher and its cut.
+    // A cut is a list of ranges; here every list holds one.
+    #[allow(clippy::single_range_in_vec_init)]
     fn tensors(&self, width: u32) -> Vec<(String, Vec<usize>, Cut)> {
         let channels = |n: u32| vec![n as usize];
         let stem = self.stem_channels;
@@ -201,10 +203,10 @@ impl Geometry {
             whole("norm1.bias", channels(stem)),
         ];
         let mids = self.mid_widths(width);
-        for stage in 0..STAGES {
+        for (stage, &mid) in mids.iter().enumerate() {
             let max_mid = self.max_mid(stage) as usize;
             let out_ch = self.out_channels(stage) as usize;
-            let mid = mids[stage] as usize;
+            let mid = mid as usize;
             // POA multiplies conv2's and conv3's inputs by max_mid / mid.
             let a = (max_mid as f64 / mid as f64) as f32;
             for index in 0..self.max_depths[stage] {
