@@ -101,3 +101,31 @@ fn the_committed_runtime_fixture_bundle_is_what_the_exporter_writes_today() {
         );
     }
 }
+
+#[test]
+fn a_resnet_teacher_exports_selects_and_serves_its_reference() {
+    let mut req =
+        request("tests/fixtures/resnet-tiny/output/eval/training_49/teacher_checkpoint.pth");
+    req.selection = subnets(&["4x1.1.2.1", "6x2.2.3.1", "8x2.3.4.1"]);
+    let (dir, bundle) = export(&req);
+    let mut options = RuntimeOptions {
+        cache: Some(dir.path().join("cache/decisions.postcard")),
+        ..RuntimeOptions::default()
+    };
+    fast(&mut options);
+    let rt = Runtime::with_options(&bundle, options).unwrap();
+    // A generous budget gets the sub-network with the most MACs.
+    let mut chosen = rt
+        .select(&Limits::latency_ms(1e5).memory_mb(4096.0).batch(2))
+        .unwrap();
+    assert_eq!(chosen.id, "w8-d2.3.4.1");
+    assert_eq!((chosen.width, chosen.depth), (8, 10));
+    let refs = Reference::open("tests/fixtures/resnet-tiny/reference.safetensors");
+    let input = refs.get("input").into_dimensionality::<Ix4>().unwrap();
+    let out = chosen.session().run(input.view()).unwrap();
+    assert_close(
+        &out.cls_token.into_dyn(),
+        &refs.get("w8-d2.3.4.1.cls_token"),
+        "served ResNet cls_token",
+    );
+}

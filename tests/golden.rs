@@ -1,7 +1,7 @@
 //! Exported sub-networks compute what POA's elastic forward computes: graphs
 //! from the Rust exporter, run in tract (and ONNX Runtime with `--features
-//! ort`), against references from an independent PyTorch implementation
-//! (tools/poa_reference.py).
+//! ort`), against references from independent float64 implementations
+//! (tools/poa_reference.py for ViT, tools/resnet_reference.py for ResNet).
 
 mod common;
 
@@ -135,4 +135,84 @@ fn depth_follows_numpy_linspace_where_the_floor_formula_differs() {
     assert_eq!(kept, numpy);
     assert_ne!(kept, paper, "the fixture must exercise the rounding case");
     check(&bundle, &refs, "", &ids);
+}
+
+const RESNET_TINY: &str = "tests/fixtures/resnet-tiny";
+
+/// The ids of the sub-networks a reference file holds.
+fn reference_ids(refs: &Reference) -> Vec<String> {
+    let meta = refs.meta();
+    let subnets = meta["subnets"]
+        .as_object()
+        .expect("fixture lists its subnets");
+    subnets.keys().cloned().collect()
+}
+
+#[test]
+fn resnet_checkpoint_matches_the_reference() {
+    let req = request(&format!(
+        "{RESNET_TINY}/output/eval/training_49/teacher_checkpoint.pth"
+    ));
+    let (_dir, bundle) = export(&req);
+    let refs = Reference::open(&format!("{RESNET_TINY}/reference.safetensors"));
+    let b = Bundle::open(&bundle).unwrap();
+    let m = b.manifest();
+    // The config found in POA's layout: 3 zipped mid widths × 2·3·3·1 depths.
+    assert_eq!((m.teacher.family, m.subnets.len()), ("resnet", 54));
+    let meta = refs.meta();
+    for (id, want) in meta["subnets"].as_object().unwrap() {
+        let s = b.subnet(id).unwrap();
+        let per_stage = |v: &Option<tailor::runtime::manifest::PerStage>| {
+            serde_json::to_value(v.as_ref().unwrap().as_slice()).unwrap()
+        };
+        assert_eq!(per_stage(&s.mid_widths), want["mid_widths"], "{id}");
+        assert_eq!(per_stage(&s.depths), want["depths"], "{id}");
+    }
+    let ids = reference_ids(&refs);
+    check(
+        &bundle,
+        &refs,
+        "",
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn resnet_stage_depth_follows_numpy_linspace_where_the_floor_formula_differs() {
+    let refs = Reference::open("tests/fixtures/resnet-deep31/reference.safetensors");
+    let meta = refs.meta();
+    // The config beside the teacher gives GroupNorm(1) and the 31-block stage.
+    let mut req = request("tests/fixtures/resnet-deep31/teacher.safetensors");
+    let ids = reference_ids(&refs);
+    req.selection = subnets(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_dir, bundle) = export(&req);
+    let b = Bundle::open(&bundle).unwrap();
+    let kept: Vec<u64> = b
+        .subnet("w2-d1.1.23.1")
+        .unwrap()
+        .block_idx
+        .iter()
+        .map(|&i| i as u64)
+        .collect();
+    // Stages 1 and 2 hold one block each: stage 3's blocks start at 2.
+    let stage3 = |key: &str| -> Vec<u64> {
+        let idx: Vec<u64> = serde_json::from_value(meta[key]["23"].clone()).unwrap();
+        [0, 1]
+            .into_iter()
+            .chain(idx.iter().map(|i| i + 2))
+            .chain([2 + 31])
+            .collect()
+    };
+    assert_eq!(kept, stage3("block_idx"));
+    assert_ne!(
+        kept,
+        stage3("paper_block_idx"),
+        "the fixture must exercise the rounding case"
+    );
+    check(
+        &bundle,
+        &refs,
+        "",
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }

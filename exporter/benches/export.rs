@@ -1,8 +1,8 @@
-//! Exports all 143 sub-networks of a ViT-L-shaped POA teacher (random
-//! weights in the real shapes, generated here) and compares with `cp` of the
-//! same number of bytes, measured in the same run.
+//! Exports every sub-network of a POA teacher in real shapes (random
+//! weights, generated here): the ViT-L grid (143) or the ResNet grid (465),
+//! and compares with `cp` of the same number of bytes, measured in the same run.
 //!
-//! Usage: `cargo bench -p tailor-exporter --bench export [-- --runs N --dir DIR --keep]`
+//! Usage: `cargo bench -p tailor-exporter --bench export [-- --family vit|resnet --runs N --dir DIR --keep]`
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -10,19 +10,58 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tailor_exporter::family::vit::Geometry;
-use tailor_exporter::synthetic::write_vit_teacher;
+use tailor_exporter::family::{resnet, vit};
+use tailor_exporter::synthetic::{write_resnet_teacher, write_vit_teacher};
+
+/// One teacher to export.
+struct Case {
+    /// The grid, for the table.
+    grid: &'static str,
+    config: &'static str,
+    /// Writes the teacher, returning its size.
+    write: fn(&Path) -> u64,
+}
+
+const VIT_L: Case = Case {
+    grid: "143 (11 widths × 13 depths)",
+    config: VIT_CONFIG,
+    write: |path| {
+        let vit_l = vit::Geometry {
+            max_width: 1024,
+            max_depth: 24,
+            head_dim: 64,
+            patch_size: 16,
+            image_size: 224,
+            ln_bias: true,
+        };
+        write_vit_teacher(path, &vit_l, 42).unwrap()
+    },
+};
+
+const RESNET: Case = Case {
+    grid: "465 (3 zipped mid widths × 155 stage depths)",
+    config: RESNET_CONFIG,
+    write: |path| write_resnet_teacher(path, &resnet::POA_RESNET, 42).unwrap(),
+};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut runs, mut dir, mut keep) = (
+    let (mut runs, mut dir, mut keep, mut case) = (
         3usize,
         std::env::temp_dir().join("tailor-export-bench"),
         false,
+        &VIT_L,
     );
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--family" => {
+                case = match args.next().as_deref() {
+                    Some("vit") => &VIT_L,
+                    Some("resnet") => &RESNET,
+                    _ => panic!("--family vit|resnet"),
+                }
+            }
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
             // Leave the teacher and the last bundle for inspection.
             "--keep" => keep = true,
@@ -33,16 +72,8 @@ fn main() {
     fs::create_dir_all(&dir).unwrap();
     let teacher = dir.join("teacher.safetensors");
     let t0 = Instant::now();
-    let vit_l = Geometry {
-        max_width: 1024,
-        max_depth: 24,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
-    };
-    let teacher_bytes = write_vit_teacher(&teacher, &vit_l, 42).unwrap();
-    fs::write(dir.join("config.yaml"), CONFIG).unwrap();
+    let teacher_bytes = (case.write)(&teacher);
+    fs::write(dir.join("config.yaml"), case.config).unwrap();
     eprintln!(
         "generated {} ({:.2} GB) in {:.1?}",
         teacher.display(),
@@ -55,7 +86,7 @@ fn main() {
     let copy_src = dir.join("copy-src.bin");
     let copy_dst = dir.join("copy-dst.bin");
     let (mut export_s, mut cp_s, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    let mut bundle_bytes = 0;
+    let (mut bundle_bytes, mut one_per_graph) = (0, 0);
     for run in 0..runs {
         let _ = fs::remove_dir_all(&bundle);
         settle();
@@ -67,6 +98,7 @@ fn main() {
             "-q",
         ]));
         bundle_bytes = dir_bytes(&bundle);
+        one_per_graph = weights_per_graph(&bundle);
         if run == 0 {
             // The baseline copies exactly as many bytes as the export writes.
             write_random(&copy_src, bundle_bytes);
@@ -88,12 +120,16 @@ fn main() {
     let (e, c, r) = (median(&mut export_s), median(&mut cp_s), median(&mut rss));
     println!("| metric | median of {runs} runs |");
     println!("|---|---|");
-    println!("| sub-networks | 143 (11 widths × 13 depths) |");
+    println!("| sub-networks | {} |", case.grid);
     println!(
         "| teacher (fp32 safetensors) | {:.2} GB |",
         teacher_bytes as f64 / 1e9
     );
-    println!("| bundle written | {:.2} GB |", bundle_bytes as f64 / 1e9);
+    println!(
+        "| bundle written | {:.2} GB (one file per sub-network: {:.2} GB) |",
+        bundle_bytes as f64 / 1e9,
+        one_per_graph as f64 / 1e9
+    );
     println!("| export wall time | {e:.2} s |");
     println!(
         "| export throughput | {:.2} GB/s |",
@@ -167,6 +203,13 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// What the bundle's weights would take stored once per sub-network.
+fn weights_per_graph(bundle: &Path) -> u64 {
+    let text = fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    let m = tailor_runtime::manifest::Manifest::from_json(&text).unwrap();
+    m.subnets.iter().map(|s| s.weight_bytes).sum()
+}
+
 fn write_random(path: &Path, bytes: u64) {
     let mut out = BufWriter::with_capacity(1 << 22, fs::File::create(path).unwrap());
     let chunk: Vec<u8> = (0..1u32 << 20)
@@ -181,7 +224,7 @@ fn write_random(path: &Path, bytes: u64) {
     out.flush().unwrap();
 }
 
-const CONFIG: &str = "student:
+const VIT_CONFIG: &str = "student:
   arch: vit_dynamic
   patch_size: 16
   min_embed_dim: 384
@@ -191,6 +234,19 @@ const CONFIG: &str = "student:
   head_dim: 64
   width_interval: 1
   depth_interval: 1
+crops:
+  global_crops_size: 224
+";
+
+/// POA's released ResNet config (resnet_ssl_default_config.yaml).
+const RESNET_CONFIG: &str = "student:
+  arch: resnet_dynamic
+  min_depths: [3, 4, 6, 3]
+  max_depths: [3, 8, 36, 3]
+  stem_channels: 64
+  base_channels: 64
+  num_gn_groups: 32
+  strides: [1, 2, 2, 2]
 crops:
   global_crops_size: 224
 ";

@@ -1,21 +1,49 @@
-//! Teachers with random weights in a real ViT's shapes, for benchmarks and
-//! tests that need a teacher of a given size without training one.
+//! Teachers with random weights in a real teacher's shapes, for benchmarks
+//! and tests that need a teacher of a given size without training one.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::family::vit::Geometry;
+use crate::family::{resnet, vit};
 
-/// Writes a safetensors teacher of `g`'s shape with plain DINOv2 names and
-/// small uniform weights (LayerNorm scales around 1); returns its size.
-pub fn write_vit_teacher(path: &Path, g: &Geometry, seed: u64) -> io::Result<u64> {
-    // Every tensor the slicing reads, in the teacher's shapes: vit.rs is the
-    // one place that knows them.
+/// Writes a safetensors ViT teacher of `g`'s shape with plain DINOv2 names
+/// and small uniform weights (LayerNorm scales around 1); returns its size.
+pub fn write_vit_teacher(path: &Path, g: &vit::Geometry, seed: u64) -> io::Result<u64> {
+    // Every tensor the slicing reads, in the teacher's shapes: the family
+    // module is the one place that knows them.
     let tensors: Vec<(String, Vec<usize>)> = g
         .params()
         .map(|p| (p.teacher_name(), g.teacher_shape(p.kind, g.tokens())))
         .collect();
+    let is_scale = |name: &str| {
+        name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm.weight"
+    };
+    write_teacher(path, &tensors, is_scale, seed)
+}
+
+/// Writes a safetensors ResNet teacher of `g`'s shape with POA's names and
+/// small uniform weights (GroupNorm scales around 1); returns its size.
+pub fn write_resnet_teacher(path: &Path, g: &resnet::Geometry, seed: u64) -> io::Result<u64> {
+    let tensors = g.teacher_shapes();
+    let is_scale = |name: &str| {
+        name.ends_with("norm1.weight")
+            || name.ends_with("norm2.weight")
+            || name.ends_with("norm3.weight")
+            || name.ends_with("downsample.1.weight")
+    };
+    write_teacher(path, &tensors, is_scale, seed)
+}
+
+/// Writes `tensors` (canonical name, shape) as fp32 safetensors: uniform
+/// values of ±0.05, around 1 for the norms' scales (`is_scale`), which keeps
+/// activations alive through depth.
+fn write_teacher(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    is_scale: impl Fn(&str) -> bool,
+    seed: u64,
+) -> io::Result<u64> {
     let mut offset = 0;
     let entries: Vec<String> = tensors
         .iter()
@@ -38,16 +66,8 @@ pub fn write_vit_teacher(path: &Path, g: &Geometry, seed: u64) -> io::Result<u64
     out.write_all(header.as_bytes())?;
     let mut rng = seed | 1;
     let mut chunk = Vec::with_capacity(1 << 20);
-    for (name, shape) in &tensors {
-        // LayerNorm scales near 1 keep activations alive through depth.
-        let center = if name.ends_with("norm1.weight")
-            || name.ends_with("norm2.weight")
-            || name == "norm.weight"
-        {
-            1.0
-        } else {
-            0.0
-        };
+    for (name, shape) in tensors {
+        let center = if is_scale(name) { 1.0 } else { 0.0 };
         let mut left = shape.iter().product::<usize>();
         while left > 0 {
             let n = left.min(1 << 18);

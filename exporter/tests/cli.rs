@@ -55,12 +55,13 @@ fn assert_fails_cleanly(out: &Output, dir: &Path, needles: &[&str]) {
     );
 }
 
-/// Writes a copy of the bf16 fixture teacher with `edit` applied to its tensors.
+/// Writes a copy of safetensors teacher `src` with `edit` applied to its tensors.
 fn edited_teacher(
     dir: &Path,
+    src: &Path,
     edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
 ) -> PathBuf {
-    let bytes = std::fs::read(tiny("teacher-bf16.safetensors")).unwrap();
+    let bytes = std::fs::read(src).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: BTreeMap<_, _> = st
         .tensors()
@@ -99,7 +100,7 @@ fn exports_the_grid_and_shares_one_weight_file_per_width() {
 
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format_version"], 1);
+    assert_eq!(manifest["format_version"], 2);
     assert_eq!(manifest["teacher"]["file"], "teacher_checkpoint.pth");
     assert_eq!(manifest["teacher"]["family"], "vit");
     let subnets = manifest["subnets"].as_array().unwrap();
@@ -147,20 +148,28 @@ fn exports_the_grid_and_shares_one_weight_file_per_width() {
 
 #[test]
 fn graphs_pass_the_onnx_checker() {
+    assert_graphs_pass_the_onnx_checker(&poa_teacher(), 9);
+    assert_graphs_pass_the_onnx_checker(
+        &resnet("output/eval/training_49/teacher_checkpoint.pth"),
+        54,
+    );
+}
+
+/// Exports every sub-network of `teacher` and runs `onnx.checker`'s full
+/// check on each of the `count` graphs.
+fn assert_graphs_pass_the_onnx_checker(teacher: &Path, count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
-    assert!(exporter(&[
+    let run = exporter(&[
         "--all-subnets",
-        poa_teacher().to_str().unwrap(),
+        teacher.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-        "-q"
-    ])
-    .status
-    .success());
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
     let script = "import glob, sys, onnx\n\
                   paths = sorted(glob.glob(sys.argv[1] + '/graphs/*.onnx'))\n\
-                  assert len(paths) == 9, paths\n\
                   [onnx.checker.check_model(p, full_check=True) for p in paths]\n\
                   print('checked', len(paths))";
     let check = Command::new("python3")
@@ -172,7 +181,10 @@ fn graphs_pass_the_onnx_checker() {
         "onnx.checker failed: {}",
         stderr(&check)
     );
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "checked 9");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("checked {count}")
+    );
 }
 
 #[test]
@@ -263,7 +275,7 @@ fn truncated_and_foreign_files_are_named() {
 #[test]
 fn missing_and_misshaped_tensors_name_the_key_and_shapes() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = edited_teacher(dir.path(), |t| {
+    let missing = edited_teacher(dir.path(), &tiny("teacher-bf16.safetensors"), |t| {
         t.remove("blocks.2.mlp.fc1.weight");
     });
     let out = dir.path().join("bundle");
@@ -281,7 +293,7 @@ fn missing_and_misshaped_tensors_name_the_key_and_shapes() {
         &["edited.safetensors", "blocks.2.mlp.fc1.weight"],
     );
 
-    let misshaped = edited_teacher(dir.path(), |t| {
+    let misshaped = edited_teacher(dir.path(), &tiny("teacher-bf16.safetensors"), |t| {
         let (_, shape, data) = t.get_mut("blocks.1.attn.proj.weight").unwrap();
         *shape = vec![32, 128];
         data.truncate(32 * 128 * 2);
@@ -304,7 +316,7 @@ fn missing_and_misshaped_tensors_name_the_key_and_shapes() {
 #[test]
 fn non_finite_weights_are_warned_about_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let poisoned = edited_teacher(dir.path(), |t| {
+    let poisoned = edited_teacher(dir.path(), &tiny("teacher-bf16.safetensors"), |t| {
         let (_, _, data) = t.get_mut("blocks.3.ls2.gamma").unwrap();
         data[10..12].copy_from_slice(&0x7FC0u16.to_le_bytes()); // bf16 NaN at element 5
     });
@@ -373,4 +385,104 @@ fn a_failed_write_leaves_no_bundle() {
         &["writing", "graphs/weights/w", ".bin: File too large"],
     );
     assert!(!out.exists());
+}
+
+fn resnet(rel: &str) -> PathBuf {
+    root().join("tests/fixtures/resnet-tiny").join(rel)
+}
+
+#[test]
+fn resnet_grid_errors_name_the_problem_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(resnet("output/config.yaml")).unwrap();
+    let lying = dir.path().join("config.yaml");
+    std::fs::write(
+        &lying,
+        config.replace("stem_channels: 8", "stem_channels: 16"),
+    )
+    .unwrap();
+    let out = dir.path().join("bundle");
+    let teacher = resnet("output/eval/training_49/teacher_checkpoint.pth");
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--all-subnets", "--config", lying.to_str().unwrap()],
+            &["config.yaml", "student.stem_channels = 16", "8"],
+        ),
+        (&["--subnets", "6x2.4.3.1"], &["stage 2 depth 4", "1..=3"]),
+        (&["--subnets", "6x2.2.1.1"], &["stage 3 depth 1", "2..=4"]),
+        (&["--subnets", "5x1.1.2.1"], &["mid width 5", "[4, 6, 8]"]),
+        (
+            &["--subnets", "6x2"],
+            &["ResNet", "4 stage depth(s), not 1"],
+        ),
+        (
+            &["--all-subnets", "--depths", "2:4"],
+            &["--depths", "ResNet", "--subnets"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = args.to_vec();
+        all.extend([teacher.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_fails_cleanly(&exporter(&all), dir.path(), needles);
+    }
+}
+
+#[test]
+fn a_resnet_teacher_missing_a_tensor_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    // The deep fixture with its config beside it, without one block's conv2.
+    let src = root().join("tests/fixtures/resnet-deep31");
+    std::fs::copy(src.join("config.yaml"), dir.path().join("config.yaml")).unwrap();
+    let teacher = edited_teacher(dir.path(), &src.join("teacher.safetensors"), |t| {
+        t.remove("layer3.layers.5.conv2.conv.weight").unwrap();
+    });
+    let run = exporter(&[
+        "--all-subnets",
+        teacher.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_cleanly(
+        &run,
+        dir.path(),
+        &[
+            "edited.safetensors",
+            "missing tensor `layer3.layers.5.conv2.conv.weight`",
+            "ResNet",
+        ],
+    );
+}
+
+#[test]
+fn resnet_dry_run_lists_the_grid_with_stage_fields() {
+    let run = exporter(&[
+        "--all-subnets",
+        "--dry-run",
+        "--json",
+        "--max-macs",
+        "2M",
+        resnet("output/eval/training_49/teacher_checkpoint.pth")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let plan: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(plan["family"], "resnet");
+    let subnets = plan["subnets"].as_array().unwrap();
+    assert!(
+        !subnets.is_empty() && subnets.len() < 54,
+        "{}",
+        subnets.len()
+    );
+    for s in subnets {
+        assert!(s["macs"].as_u64().unwrap() <= 2_000_000, "{s}");
+        let w = s["width"].as_u64().unwrap();
+        assert_eq!(
+            s["mid_widths"],
+            serde_json::json!([w, 2 * w, 4 * w, 8 * w]),
+            "{s}"
+        );
+        assert_eq!(s["depths"].as_array().unwrap().len(), 4, "{s}");
+    }
 }

@@ -1,5 +1,8 @@
 //! A small builder for ONNX graphs over the protobuf types, shared by every
-//! elastic family so graphs are assembled from typed calls, not templates.
+//! elastic family so graphs are assembled from typed calls, not templates;
+//! [`layers`] holds the layers several families build from.
+
+pub mod layers;
 
 use onnx_protobuf::{
     attribute_proto::AttributeType,
@@ -66,6 +69,19 @@ impl GraphBuilder {
     pub fn input(&mut self, name: &str, dims: &[Dim]) -> Value {
         self.graph.input.push(value_info(name, dims));
         Value(name.to_owned())
+    }
+
+    /// The `pixel_values` `[batch, 3, side, side]` input every family takes.
+    pub fn pixel_values(&mut self, side: usize) -> Value {
+        self.input(
+            "pixel_values",
+            &[
+                Dim::Named("batch"),
+                Dim::Fixed(3),
+                Dim::Fixed(side),
+                Dim::Fixed(side),
+            ],
+        )
     }
 
     /// Declares `value` a float32 graph output.
