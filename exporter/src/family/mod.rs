@@ -1,6 +1,7 @@
 //! Elastic families: each module is the one place that knows its
 //! architecture's slicing rules, costs and graph.
 
+pub mod swin;
 pub mod vit;
 
 use std::fmt;

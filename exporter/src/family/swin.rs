@@ -1,0 +1,1229 @@
+//! POA's elastic Swin (mmseg-style Swin backbone): every slicing rule, the
+//! cost model and the ONNX graph of a sub-network, following POA's own
+//! dynamic forward exactly (see docs/exporter.md, "Swin").
+
+use std::ops::Range;
+
+use onnx_protobuf::ModelProto;
+
+use crate::checkpoint::Checkpoint;
+use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+
+/// Stages of a Swin; each after the first halves the map and doubles the width.
+pub const STAGES: usize = 4;
+/// The one stage whose depth is elastic (POA's stage 3).
+const ELASTIC_STAGE: usize = 2;
+/// MLP hidden width as a multiple of the stage width.
+const MLP_RATIO: usize = 4;
+/// LayerNorm epsilon of POA's Swin (`DynamicLayerNorm`'s default).
+const LN_EPS: f32 = 1e-5;
+/// Added to attention scores between tokens of different shifted-window regions.
+const MASK: f32 = -100.0;
+
+/// The shape of a Swin teacher that every sub-network shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Stage-1 width C of the teacher; stage s has C·2^s.
+    pub max_width: u32,
+    /// Blocks per stage of the teacher.
+    pub max_depths: [u32; STAGES],
+    /// Channels per head; every width is a multiple of it.
+    pub head_dim: u32,
+    /// Side of an attention window.
+    pub window: u32,
+    pub patch_size: u32,
+    pub image_size: u32,
+    /// Whether the LayerNorms carry a bias (POA under torch >= 2.1 drops it).
+    pub ln_bias: bool,
+}
+
+/// A Swin sub-network: a stage-1 width and the depth of each stage (only
+/// stage 3's may differ from the teacher's; [`Geometry::check`] says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subnet {
+    pub width: u32,
+    pub depths: [u32; STAGES],
+}
+
+impl Subnet {
+    /// The bundle-wide identifier, e.g. `w96-d2-2-18-2`.
+    pub fn id(&self) -> String {
+        let [a, b, c, d] = self.depths;
+        format!("w{}-d{a}-{b}-{c}-{d}", self.width)
+    }
+}
+
+/// A sub-network's size and cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Costs {
+    pub params: u64,
+    /// Multiply-accumulates per image (matrix products and the patch conv).
+    pub macs: u64,
+    /// Estimated peak activation bytes at batch 1 (see [`Geometry::costs`]).
+    pub activation_bytes: u64,
+}
+
+/// A teacher that does not have the shape of a POA Swin, or a request outside its grid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SwinError {
+    #[error("missing tensor `{0}` (is this a POA Swin checkpoint?)")]
+    Missing(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("width {width} is not a multiple of head_dim {head_dim}")]
+    WidthNotMultiple { width: u32, head_dim: u32 },
+    #[error("width {width} is outside 1..={max} (the teacher's stage-1 width)")]
+    WidthRange { width: u32, max: u32 },
+    #[error("depths {depths:?} are not a sub-network: only stage 3 is elastic (1..={max}), the others keep {max_depths:?}")]
+    Depths {
+        depths: [u32; STAGES],
+        max: u32,
+        max_depths: [u32; STAGES],
+    },
+    #[error("head_dim {head_dim} does not divide the teacher's width {max_width}")]
+    HeadDim { head_dim: u32, max_width: u32 },
+    #[error("image size {image} is not a multiple of the patch size {patch}")]
+    ImageSize { image: u32, patch: u32 },
+}
+
+/// What the tensors of a checkpoint say about a Swin teacher, before any config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorFacts {
+    pub max_width: u32,
+    pub max_depths: [u32; STAGES],
+    pub patch_size: u32,
+    /// Read off the bias table's columns: C / heads of stage 1.
+    pub head_dim: u32,
+    /// Read off the bias table's rows: (2·window - 1)².
+    pub window: u32,
+    pub ln_bias: bool,
+}
+
+/// Reads the teacher's geometry off its tensors and checks every tensor's shape.
+pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
+    let shape = |name: &str| -> Result<Vec<usize>, SwinError> {
+        ckpt.tensor(name)
+            .map(|t| t.shape.to_vec())
+            .ok_or_else(|| SwinError::Missing(name.into()))
+    };
+    let patch_name = top_name(ParamKind::PatchWeight);
+    let patch = shape(&patch_name)?;
+    let [c, 3, p, q] = patch[..] else {
+        return Err(SwinError::Shape {
+            name: patch_name,
+            found: patch,
+            expected: vec![0, 3, 0, 0],
+        });
+    };
+    if p != q || c == 0 {
+        return Err(SwinError::Shape {
+            name: patch_name,
+            found: patch,
+            expected: vec![c, 3, p, p],
+        });
+    }
+    let mut max_depths = [0; STAGES];
+    for name in ckpt.names() {
+        let mut parts = name.split('.');
+        if let (Some("stages"), Some(s), Some("blocks"), Some(i)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            if let (Ok(s), Ok(i)) = (s.parse::<usize>(), i.parse::<u32>()) {
+                if let Some(d) = max_depths.get_mut(s) {
+                    *d = (*d).max(i + 1);
+                }
+            }
+        }
+    }
+    if let Some(s) = max_depths.iter().position(|&d| d == 0) {
+        return Err(SwinError::Missing(
+            Param::block(ParamKind::QkvWeight, s, 0).teacher_name(),
+        ));
+    }
+    let table_name = Param::block(ParamKind::BiasTable, 0, 0).teacher_name();
+    let table = shape(&table_name)?;
+    let (window, heads) = match table[..] {
+        [rows, heads] if heads > 0 && c % heads == 0 => {
+            match (1..=rows).find(|w| (2 * w - 1) * (2 * w - 1) == rows) {
+                Some(w) => (w, heads),
+                None => {
+                    return Err(SwinError::Shape {
+                        name: table_name,
+                        found: table,
+                        expected: vec![169, heads],
+                    })
+                }
+            }
+        }
+        _ => {
+            return Err(SwinError::Shape {
+                name: table_name,
+                found: table,
+                expected: vec![169, c / 16],
+            })
+        }
+    };
+    let facts = TensorFacts {
+        max_width: c as u32,
+        max_depths,
+        patch_size: p as u32,
+        head_dim: (c / heads) as u32,
+        window: window as u32,
+        ln_bias: ckpt.tensor(&top_name(ParamKind::FinalNormBias)).is_some(),
+    };
+    let g = Geometry {
+        max_width: facts.max_width,
+        max_depths,
+        head_dim: facts.head_dim,
+        window: facts.window,
+        patch_size: facts.patch_size,
+        image_size: facts.patch_size,
+        ln_bias: facts.ln_bias,
+    };
+    for param in g.params() {
+        let name = param.teacher_name();
+        let t = ckpt
+            .tensor(&name)
+            .ok_or_else(|| SwinError::Missing(name.clone()))?;
+        let expected = g.teacher_shape(param);
+        if t.shape != expected.as_slice() {
+            return Err(SwinError::Shape {
+                name,
+                found: t.shape.to_vec(),
+                expected,
+            });
+        }
+    }
+    Ok(facts)
+}
+
+impl Geometry {
+    /// Side of each stage's token map: the patch grid, then ⌈/2⌉ per merge
+    /// (patch merging pads odd maps).
+    pub fn resolutions(&self) -> [usize; STAGES] {
+        let mut side = (self.image_size / self.patch_size) as usize;
+        std::array::from_fn(|s| {
+            if s > 0 {
+                side = side.div_ceil(2);
+            }
+            side
+        })
+    }
+
+    /// The sub-network of width `width` whose stage 3 keeps `s3_depth` blocks.
+    pub fn subnet(&self, width: u32, s3_depth: u32) -> Subnet {
+        let mut depths = self.max_depths;
+        depths[ELASTIC_STAGE] = s3_depth;
+        Subnet { width, depths }
+    }
+
+    /// Checks the geometry itself is consistent.
+    pub fn validate(&self) -> Result<(), SwinError> {
+        if self.head_dim == 0 || !self.max_width.is_multiple_of(self.head_dim) {
+            return Err(SwinError::HeadDim {
+                head_dim: self.head_dim,
+                max_width: self.max_width,
+            });
+        }
+        if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(SwinError::ImageSize {
+                image: self.image_size,
+                patch: self.patch_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `s` is a sub-network of this teacher.
+    pub fn check(&self, s: Subnet) -> Result<(), SwinError> {
+        if s.width == 0 || s.width > self.max_width {
+            return Err(SwinError::WidthRange {
+                width: s.width,
+                max: self.max_width,
+            });
+        }
+        if !s.width.is_multiple_of(self.head_dim) {
+            return Err(SwinError::WidthNotMultiple {
+                width: s.width,
+                head_dim: self.head_dim,
+            });
+        }
+        let s3 = s.depths[ELASTIC_STAGE];
+        if s.depths != self.subnet(s.width, s3).depths
+            || s3 == 0
+            || s3 > self.max_depths[ELASTIC_STAGE]
+        {
+            return Err(SwinError::Depths {
+                depths: s.depths,
+                max: self.max_depths[ELASTIC_STAGE],
+                max_depths: self.max_depths,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parameters, MACs and the activation-memory estimate of `s`.
+    ///
+    /// Window attention runs on the padded map; the MLPs and merges on the
+    /// real one. The activation estimate is the largest working set of one
+    /// block at batch 1 (attention: qkv, two score maps, the residual; MLP:
+    /// two hidden maps and two residual-width maps), plus the input image.
+    pub fn costs(&self, s: Subnet) -> Costs {
+        let c = self.max_width as u64;
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let ln = |n: u64| if self.ln_bias { 2 * n } else { n };
+        let n = (self.window * self.window) as u64;
+        let table = (2 * self.window as u64 - 1).pow(2);
+        let res = self.resolutions();
+        // The patch embed keeps all C channels (its LayerNorm spans them).
+        let mut params = 3 * p2 * c + c + ln(c);
+        let mut macs = (res[0] * res[0]) as u64 * c * 3 * p2;
+        let mut peak = 0;
+        for (stage, &depth) in s.depths.iter().enumerate() {
+            let w = (s.width as u64) << stage;
+            let heads = w / self.head_dim as u64;
+            let t = (res[stage] * res[stage]) as u64;
+            let padded = self.padded(res[stage]).pow(2) as u64;
+            let hidden = MLP_RATIO as u64 * w;
+            let block_params = 2 * ln(w)
+                + (3 * w * w + 3 * w)
+                + (w * w + w)
+                + table * heads
+                + (hidden * w + hidden)
+                + (w * hidden + w);
+            let block_macs =
+                padded * w * 3 * w + 2 * padded * n * w + padded * w * w + 2 * t * w * hidden;
+            params += depth as u64 * block_params;
+            macs += depth as u64 * block_macs;
+            let attention = padded * 3 * w + 2 * heads * padded * n + t * w;
+            let mlp = 2 * t * hidden + 2 * t * w;
+            peak = peak.max(attention).max(mlp);
+            if stage + 1 < STAGES {
+                let merged = (res[stage + 1] * res[stage + 1]) as u64;
+                params += ln(4 * w) + 4 * w * 2 * w;
+                macs += merged * 4 * w * 2 * w;
+            }
+        }
+        params += ln((s.width as u64) << (STAGES - 1));
+        let image = 3 * (self.image_size as u64).pow(2);
+        Costs {
+            params,
+            macs,
+            activation_bytes: 4 * (peak + image),
+        }
+    }
+
+    /// A map side padded up to a multiple of the window.
+    fn padded(&self, side: usize) -> usize {
+        side.next_multiple_of(self.window as usize)
+    }
+
+    /// Every teacher tensor a width slice holds, in file order: every block
+    /// of every stage, so every depth variant of a width can share one file.
+    pub fn params(&self) -> impl Iterator<Item = Param> + '_ {
+        let ln_bias = self.ln_bias;
+        let keep = move |p: &Param| ln_bias || !p.kind.is_ln_bias();
+        let head = [
+            ParamKind::PatchWeight,
+            ParamKind::PatchBias,
+            ParamKind::PatchNormWeight,
+            ParamKind::PatchNormBias,
+        ]
+        .map(Param::top);
+        let stages = (0..STAGES).flat_map(move |stage| {
+            let blocks = (0..self.max_depths[stage])
+                .flat_map(move |b| BLOCK_PARAMS.map(move |kind| Param::block(kind, stage, b)));
+            let merge = (stage + 1 < STAGES)
+                .then_some(MERGE_PARAMS.map(move |kind| Param::merge(kind, stage)))
+                .into_iter()
+                .flatten();
+            blocks.chain(merge)
+        });
+        let tail = [ParamKind::FinalNormWeight, ParamKind::FinalNormBias].map(Param::top);
+        head.into_iter().chain(stages).chain(tail).filter(keep)
+    }
+
+    /// The shape a teacher tensor must have.
+    pub fn teacher_shape(&self, param: Param) -> Vec<usize> {
+        let c = self.max_width as usize;
+        let (cs, p) = (c << param.stage, self.patch_size as usize);
+        let table = (2 * self.window as usize - 1).pow(2);
+        use ParamKind::*;
+        match param.kind {
+            PatchWeight => vec![c, 3, p, p],
+            PatchBias | PatchNormWeight | PatchNormBias => vec![c],
+            BiasTable => vec![table, cs / self.head_dim as usize],
+            QkvWeight => vec![3 * cs, cs],
+            QkvBias => vec![3 * cs],
+            ProjWeight => vec![cs, cs],
+            Fc1Weight => vec![MLP_RATIO * cs, cs],
+            Fc1Bias => vec![MLP_RATIO * cs],
+            Fc2Weight => vec![cs, MLP_RATIO * cs],
+            Norm1Weight | Norm1Bias | ProjBias | Norm2Weight | Norm2Bias | Fc2Bias => vec![cs],
+            MergeNormWeight | MergeNormBias => vec![4 * cs],
+            ReductionWeight => vec![2 * cs, 4 * cs],
+            FinalNormWeight | FinalNormBias => vec![c << (STAGES - 1)],
+        }
+    }
+
+    /// How `param` is cut for stage-1 width `w`: the rules of POA's elastic forward.
+    // A cut is a list of ranges (qkv needs three, merging four); most lists hold one.
+    #[allow(clippy::single_range_in_vec_init)]
+    pub fn cut(&self, param: Param, w: u32) -> Cut {
+        let stage = param.stage;
+        let (c, p) = (self.max_width as usize, self.patch_size as usize);
+        let (cs, ws) = (c << stage, (w as usize) << stage);
+        // POA multiplies the input of every elastic Linear by a = C/w (the
+        // same at every stage); it is folded into the weights.
+        let a = (c as f64 / w as f64) as f32;
+        let table = (2 * self.window as usize - 1).pow(2);
+        let heads = ws / self.head_dim as usize;
+        let hidden = MLP_RATIO * ws;
+        // q, k, v rows and merged channels: ∪_k [k·C_s, k·C_s + w_s).
+        let grouped = |groups: usize| (0..groups).map(|k| k * cs..k * cs + ws).collect::<Vec<_>>();
+        use ParamKind::*;
+        match param.kind {
+            // The patch embed keeps every channel: its LayerNorm normalises
+            // over all C, and the graph slices after it (POA's quirk).
+            PatchWeight => Cut::matrix(
+                3 * p * p,
+                vec![0..c],
+                vec![0..3 * p * p],
+                1.0,
+                vec![c, 3, p, p],
+            ),
+            PatchBias | PatchNormWeight | PatchNormBias => Cut::prefix(c),
+            BiasTable => Cut::matrix(
+                cs / self.head_dim as usize,
+                vec![0..table],
+                vec![0..heads],
+                1.0,
+                vec![table, heads],
+            ),
+            QkvWeight => Cut::matrix(cs, grouped(3), vec![0..ws], a, vec![3 * ws, ws]),
+            QkvBias => Cut::matrix(3 * cs, vec![0..1], grouped(3), 1.0, vec![3 * ws]),
+            ProjWeight => Cut::matrix(cs, vec![0..ws], vec![0..ws], a, vec![ws, ws]),
+            Fc1Weight => Cut::matrix(cs, vec![0..hidden], vec![0..ws], a, vec![hidden, ws]),
+            Fc1Bias => Cut::prefix(hidden),
+            // fc2's input is 4w_s of 4C_s channels: the same a.
+            Fc2Weight => Cut::matrix(
+                MLP_RATIO * cs,
+                vec![0..ws],
+                vec![0..hidden],
+                a,
+                vec![ws, hidden],
+            ),
+            Norm1Weight | Norm1Bias | ProjBias | Norm2Weight | Norm2Bias | Fc2Bias => {
+                Cut::prefix(ws)
+            }
+            MergeNormWeight | MergeNormBias => {
+                Cut::matrix(4 * cs, vec![0..1], grouped(4), 1.0, vec![4 * ws])
+            }
+            // POA's ScaledDynamicLinear: a = 4·C_s / 4·w_s, no bias.
+            ReductionWeight => {
+                Cut::matrix(4 * cs, vec![0..2 * ws], grouped(4), a, vec![2 * ws, 4 * ws])
+            }
+            FinalNormWeight | FinalNormBias => Cut::prefix((w as usize) << (STAGES - 1)),
+        }
+    }
+
+    /// The ONNX graph of sub-network `s`; `locate` says where each sliced
+    /// teacher tensor (by teacher name) lies.
+    pub fn graph(&self, s: Subnet, locate: &dyn Fn(&str) -> ExternalData) -> ModelProto {
+        GraphWriter::new(self, s, locate).build()
+    }
+}
+
+/// Which tensor of the teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    PatchWeight,
+    PatchBias,
+    PatchNormWeight,
+    PatchNormBias,
+    Norm1Weight,
+    Norm1Bias,
+    BiasTable,
+    QkvWeight,
+    QkvBias,
+    ProjWeight,
+    ProjBias,
+    Norm2Weight,
+    Norm2Bias,
+    Fc1Weight,
+    Fc1Bias,
+    Fc2Weight,
+    Fc2Bias,
+    MergeNormWeight,
+    MergeNormBias,
+    ReductionWeight,
+    FinalNormWeight,
+    FinalNormBias,
+}
+
+const BLOCK_PARAMS: [ParamKind; 13] = {
+    use ParamKind::*;
+    [
+        Norm1Weight,
+        Norm1Bias,
+        BiasTable,
+        QkvWeight,
+        QkvBias,
+        ProjWeight,
+        ProjBias,
+        Norm2Weight,
+        Norm2Bias,
+        Fc1Weight,
+        Fc1Bias,
+        Fc2Weight,
+        Fc2Bias,
+    ]
+};
+
+const MERGE_PARAMS: [ParamKind; 3] = [
+    ParamKind::MergeNormWeight,
+    ParamKind::MergeNormBias,
+    ParamKind::ReductionWeight,
+];
+
+impl ParamKind {
+    /// The canonical name (POA's without `backbone.`, `.linear`, `.norm`),
+    /// after `stages.{s}.blocks.{i}.` / `stages.{s}.downsample.` where it has one.
+    fn suffix(self) -> &'static str {
+        use ParamKind::*;
+        match self {
+            PatchWeight => "patch_embed.proj.weight",
+            PatchBias => "patch_embed.proj.bias",
+            PatchNormWeight => "patch_embed.norm.weight",
+            PatchNormBias => "patch_embed.norm.bias",
+            Norm1Weight => "norm1.weight",
+            Norm1Bias => "norm1.bias",
+            BiasTable => "attn.w_msa.relative_position_bias_table",
+            QkvWeight => "attn.w_msa.qkv.weight",
+            QkvBias => "attn.w_msa.qkv.bias",
+            ProjWeight => "attn.w_msa.proj.weight",
+            ProjBias => "attn.w_msa.proj.bias",
+            Norm2Weight => "norm2.weight",
+            Norm2Bias => "norm2.bias",
+            Fc1Weight => "ffn.fc1.weight",
+            Fc1Bias => "ffn.fc1.bias",
+            Fc2Weight => "ffn.fc2.weight",
+            Fc2Bias => "ffn.fc2.bias",
+            MergeNormWeight => "norm.weight",
+            MergeNormBias => "norm.bias",
+            ReductionWeight => "reduction.weight",
+            FinalNormWeight => "norm3.weight",
+            FinalNormBias => "norm3.bias",
+        }
+    }
+
+    fn is_ln_bias(self) -> bool {
+        use ParamKind::*;
+        matches!(
+            self,
+            PatchNormBias | Norm1Bias | Norm2Bias | MergeNormBias | FinalNormBias
+        )
+    }
+}
+
+fn top_name(kind: ParamKind) -> String {
+    Param::top(kind).teacher_name()
+}
+
+/// Where a teacher tensor lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Top,
+    Block(u32),
+    Merge,
+}
+
+/// One teacher tensor: a kind, and where it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    pub kind: ParamKind,
+    stage: usize,
+    place: Place,
+}
+
+impl Param {
+    fn top(kind: ParamKind) -> Param {
+        Param {
+            kind,
+            stage: 0,
+            place: Place::Top,
+        }
+    }
+
+    fn block(kind: ParamKind, stage: usize, block: u32) -> Param {
+        Param {
+            kind,
+            stage,
+            place: Place::Block(block),
+        }
+    }
+
+    fn merge(kind: ParamKind, stage: usize) -> Param {
+        Param {
+            kind,
+            stage,
+            place: Place::Merge,
+        }
+    }
+
+    /// The tensor's canonical name in the teacher.
+    pub fn teacher_name(&self) -> String {
+        let (s, suffix) = (self.stage, self.kind.suffix());
+        match self.place {
+            Place::Top => suffix.to_owned(),
+            Place::Block(b) => format!("stages.{s}.blocks.{b}.{suffix}"),
+            Place::Merge => format!("stages.{s}.downsample.{suffix}"),
+        }
+    }
+}
+
+/// Row ranges × column ranges of a tensor's 2-D view, times a scale.
+pub struct Cut {
+    view_cols: usize,
+    rows: Vec<Range<usize>>,
+    cols: Vec<Range<usize>>,
+    pub scale: f32,
+    pub shape: Vec<usize>,
+}
+
+impl Cut {
+    fn matrix(
+        view_cols: usize,
+        rows: Vec<Range<usize>>,
+        cols: Vec<Range<usize>>,
+        scale: f32,
+        shape: Vec<usize>,
+    ) -> Cut {
+        Cut {
+            view_cols,
+            rows,
+            cols,
+            scale,
+            shape,
+        }
+    }
+
+    /// The first `n` elements of a vector.
+    #[allow(clippy::single_range_in_vec_init)]
+    fn prefix(n: usize) -> Cut {
+        Cut::matrix(n, vec![0..1], vec![0..n], 1.0, vec![n])
+    }
+
+    /// Contiguous runs of the tensor's elements, in output order.
+    pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.rows
+            .iter()
+            .flat_map(|r| r.clone())
+            .flat_map(move |row| {
+                self.cols.iter().map(move |col| {
+                    row * self.view_cols + col.start..row * self.view_cols + col.end
+                })
+            })
+    }
+}
+
+/// The teacher blocks a stage of depth `depth` keeps: numpy's
+/// `linspace(0, max-1, depth).astype(int64)`.
+fn block_indices(max: u32, depth: u32) -> Vec<u32> {
+    let (max, depth) = (max as usize, depth as usize);
+    if depth == 1 {
+        return vec![0];
+    }
+    let step = (max - 1) as f64 / (depth - 1) as f64;
+    (0..depth)
+        .map(|j| if j == depth - 1 { max - 1 } else { (j as f64 * step) as usize } as u32)
+        .collect()
+}
+
+/// [W², W²] rows of the bias table for query p and key q of a window:
+/// (Δrow + W - 1)·(2W - 1) + (Δcol + W - 1) with Δ = p - q.
+fn relative_position_index(window: usize) -> Vec<i64> {
+    let n = window * window;
+    let span = 2 * window as i64 - 1;
+    let at = |t: usize| ((t / window) as i64, (t % window) as i64);
+    (0..n * n)
+        .map(|pq| {
+            let ((pr, pc), (qr, qc)) = (at(pq / n), at(pq % n));
+            (pr - qr + window as i64 - 1) * span + (pc - qc + window as i64 - 1)
+        })
+        .collect()
+}
+
+/// The shifted-window region of every token of a padded `side`² map, in
+/// window order ([window][token], both row-major): tokens of different
+/// regions may not attend to each other. Per axis, the rolled map has bands
+/// [0, side-W), [side-W, side-shift) and [side-shift, side).
+fn shift_regions(side: usize, window: usize, shift: usize) -> Vec<i64> {
+    let band = |i: usize| (i >= side - window) as i64 + (i >= side - shift) as i64;
+    let per_side = side / window;
+    let mut out = Vec::with_capacity(side * side);
+    for wr in 0..per_side {
+        for wc in 0..per_side {
+            for t in 0..window * window {
+                let (r, c) = (wr * window + t / window, wc * window + t % window);
+                out.push(3 * band(r) + band(c));
+            }
+        }
+    }
+    out
+}
+
+/// Emits the ONNX graph of one sub-network.
+struct GraphWriter<'a> {
+    g: &'a Geometry,
+    s: Subnet,
+    locate: &'a dyn Fn(&str) -> ExternalData,
+    b: GraphBuilder,
+}
+
+impl<'a> GraphWriter<'a> {
+    fn new(g: &'a Geometry, s: Subnet, locate: &'a dyn Fn(&str) -> ExternalData) -> Self {
+        GraphWriter {
+            g,
+            s,
+            locate,
+            b: GraphBuilder::new(&s.id()),
+        }
+    }
+
+    /// The sliced teacher tensor `param`, named `name` in the graph.
+    fn weight(&mut self, name: &str, param: Param) -> Value {
+        let shape = self.g.cut(param, self.s.width).shape;
+        let data = (self.locate)(&param.teacher_name());
+        self.b.external(name, &shape, data)
+    }
+
+    fn layer_norm(&mut self, name: &str, x: &Value, weight: Param, bias: Param) -> Value {
+        let scale = self.weight(&format!("{name}.weight"), weight);
+        let bias = self
+            .g
+            .ln_bias
+            .then(|| self.weight(&format!("{name}.bias"), bias));
+        let mut inputs = vec![x, &scale];
+        inputs.extend(bias.as_ref());
+        self.b.node(
+            "LayerNormalization",
+            name,
+            &inputs,
+            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(LN_EPS))],
+        )
+    }
+
+    /// `x · Wᵀ (+ b)` on the 2-D token matrix.
+    fn linear(&mut self, name: &str, x: &Value, weight: Param, bias: Option<Param>) -> Value {
+        let w = self.weight(&format!("{name}.weight"), weight);
+        let b = bias.map(|b| self.weight(&format!("{name}.bias"), b));
+        let mut inputs = vec![x, &w];
+        inputs.extend(b.as_ref());
+        self.b
+            .node("Gemm", name, &inputs, &[("transB", Attr::Int(1))])
+    }
+
+    /// Exact (erf) GELU: 0.5 · x · (1 + erf(x / √2)).
+    fn gelu(&mut self, name: &str, x: &Value) -> Value {
+        let sqrt2 = self
+            .b
+            .const_f32(&format!("{name}.sqrt2"), &[], &[std::f32::consts::SQRT_2]);
+        let one = self.b.const_f32(&format!("{name}.one"), &[], &[1.0]);
+        let half = self.b.const_f32(&format!("{name}.half"), &[], &[0.5]);
+        let e = self
+            .b
+            .node("Div", &format!("{name}.scaled"), &[x, &sqrt2], &[]);
+        let e = self.b.node("Erf", &format!("{name}.erf"), &[&e], &[]);
+        let e = self
+            .b
+            .node("Add", &format!("{name}.shift"), &[&e, &one], &[]);
+        let e = self.b.node("Mul", &format!("{name}.gate"), &[x, &e], &[]);
+        self.b.node("Mul", name, &[&e, &half], &[])
+    }
+
+    fn reshape(&mut self, name: &str, x: &Value, shape: &[i64]) -> Value {
+        let dims = self
+            .b
+            .const_i64(&format!("{name}.shape"), &[shape.len()], shape);
+        self.b.node("Reshape", name, &[x, &dims], &[])
+    }
+
+    fn transpose(&mut self, name: &str, x: &Value, perm: &[i64]) -> Value {
+        self.b.node(
+            "Transpose",
+            name,
+            &[x],
+            &[("perm", Attr::Ints(perm.to_vec()))],
+        )
+    }
+
+    fn slice(
+        &mut self,
+        name: &str,
+        x: &Value,
+        starts: &[i64],
+        ends: &[i64],
+        axes: &[i64],
+    ) -> Value {
+        let n = axes.len();
+        let starts = self.b.const_i64(&format!("{name}.starts"), &[n], starts);
+        let ends = self.b.const_i64(&format!("{name}.ends"), &[n], ends);
+        let axes = self.b.const_i64(&format!("{name}.axes"), &[n], axes);
+        self.b.node("Slice", name, &[x, &starts, &ends, &axes], &[])
+    }
+
+    /// Zero-pads a [B, side, side, C] map at the bottom and right to `padded`.
+    fn pad(&mut self, name: &str, x: &Value, side: usize, padded: usize) -> Value {
+        let extra = (padded - side) as i64;
+        let pads = self.b.const_i64(
+            &format!("{name}.pads"),
+            &[8],
+            &[0, 0, 0, 0, 0, extra, extra, 0],
+        );
+        self.b.node("Pad", name, &[x, &pads], &[])
+    }
+
+    /// torch.roll of a [B, side, side, C] map by `shift` along rows and columns
+    /// (towards the end; `side - k` rolls back by k).
+    fn roll(&mut self, name: &str, x: &Value, side: usize, shift: usize) -> Value {
+        let (side, cut) = (side as i64, (side - shift) as i64);
+        let mut x = x.clone();
+        for axis in [1, 2] {
+            let n = format!("{name}.{axis}");
+            let tail = self.slice(&format!("{n}.tail"), &x, &[cut], &[side], &[axis]);
+            let head = self.slice(&format!("{n}.head"), &x, &[0], &[cut], &[axis]);
+            x = self
+                .b
+                .node("Concat", &n, &[&tail, &head], &[("axis", Attr::Int(axis))]);
+        }
+        x
+    }
+
+    /// [B, side, side, C] -> [B·windows·W², C], window by window.
+    fn partition(&mut self, name: &str, x: &Value, side: usize, c: usize) -> Value {
+        let (win, per) = (self.g.window as i64, (side / self.g.window as usize) as i64);
+        let x = self.reshape(
+            &format!("{name}.grid"),
+            x,
+            &[-1, per, win, per, win, c as i64],
+        );
+        let x = self.transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
+        self.reshape(name, &x, &[-1, c as i64])
+    }
+
+    /// The inverse of [`Self::partition`]: [B·windows·W², C] -> [B, side, side, C].
+    fn unpartition(&mut self, name: &str, x: &Value, side: usize, c: usize) -> Value {
+        let (win, per) = (self.g.window as i64, (side / self.g.window as usize) as i64);
+        let x = self.reshape(
+            &format!("{name}.grid"),
+            x,
+            &[-1, per, per, win, win, c as i64],
+        );
+        let x = self.transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
+        self.reshape(name, &x, &[-1, side as i64, side as i64, c as i64])
+    }
+
+    /// [windows, 1, W², W²]: 0 within a shifted-window region, -100 across regions.
+    fn shift_mask(&mut self, name: &str, side: usize, shift: usize) -> Value {
+        let win = self.g.window as usize;
+        let (windows, n) = ((side / win).pow(2), win * win);
+        let regions = shift_regions(side, win, shift);
+        let queries = self
+            .b
+            .const_i64(&format!("{name}.queries"), &[windows, 1, n, 1], &regions);
+        let keys = self
+            .b
+            .const_i64(&format!("{name}.keys"), &[windows, 1, 1, n], &regions);
+        let same = self
+            .b
+            .node("Equal", &format!("{name}.same"), &[&queries, &keys], &[]);
+        let zero = self.b.const_f32(&format!("{name}.zero"), &[], &[0.0]);
+        let masked = self.b.const_f32(&format!("{name}.masked"), &[], &[MASK]);
+        self.b.node("Where", name, &[&same, &zero, &masked], &[])
+    }
+
+    /// One (shifted) window attention of teacher block `block` in `stage`,
+    /// on the normed token matrix `x` of a `side`² map.
+    fn attention(&mut self, n: &str, x: &Value, stage: usize, block: u32, side: usize) -> Value {
+        let ws = (self.s.width as usize) << stage;
+        let (hd, win) = (self.g.head_dim as usize, self.g.window as usize);
+        let heads = ws / hd;
+        let tokens = win * win;
+        let padded = self.g.padded(side);
+        // POA shifts odd TEACHER blocks, whatever their place in the sub-network,
+        // and also a map that fits in one window.
+        let shift = if block % 2 == 1 { win / 2 } else { 0 };
+        let at = |kind| Param::block(kind, stage, block);
+        use ParamKind::*;
+
+        let mut h = self.reshape(
+            &format!("{n}.map"),
+            x,
+            &[-1, side as i64, side as i64, ws as i64],
+        );
+        if padded > side {
+            h = self.pad(&format!("{n}.pad"), &h, side, padded);
+        }
+        if shift > 0 {
+            h = self.roll(&format!("{n}.shift"), &h, padded, padded - shift);
+        }
+        let h = self.partition(&format!("{n}.windows"), &h, padded, ws);
+        let qkv = self.linear(&format!("{n}.qkv"), &h, at(QkvWeight), Some(at(QkvBias)));
+        let qkv = self.reshape(
+            &format!("{n}.qkv.heads"),
+            &qkv,
+            &[-1, tokens as i64, 3, heads as i64, hd as i64],
+        );
+        let qkv = self.transpose(&format!("{n}.qkv.split"), &qkv, &[2, 0, 3, 1, 4]);
+        let [q, k, v] = [0, 1, 2].map(|i| {
+            let index = self.b.const_i64(&format!("{n}.index.{i}"), &[], &[i]);
+            let part = ["q", "k", "v"][i as usize];
+            self.b.node(
+                "Gather",
+                &format!("{n}.{part}"),
+                &[&qkv, &index],
+                &[("axis", Attr::Int(0))],
+            )
+        });
+        let kt = self.transpose(&format!("{n}.k.t"), &k, &[0, 1, 3, 2]);
+        let scores = self
+            .b
+            .node("MatMul", &format!("{n}.scores"), &[&q, &kt], &[]);
+        let scale = self
+            .b
+            .const_f32(&format!("{n}.scale"), &[], &[(hd as f32).powf(-0.5)]);
+        let scores = self
+            .b
+            .node("Mul", &format!("{n}.scaled"), &[&scores, &scale], &[]);
+        // Relative position bias: table rows gathered per (query, key), heads first.
+        let table = self.weight(&format!("{n}.relative_position_bias_table"), at(BiasTable));
+        let index = self.b.const_i64(
+            &format!("{n}.relative_position_index"),
+            &[tokens, tokens],
+            &relative_position_index(win),
+        );
+        let bias = self.b.node(
+            "Gather",
+            &format!("{n}.relative_position_bias"),
+            &[&table, &index],
+            &[("axis", Attr::Int(0))],
+        );
+        let bias = self.transpose(
+            &format!("{n}.relative_position_bias.heads"),
+            &bias,
+            &[2, 0, 1],
+        );
+        let mut scores = self
+            .b
+            .node("Add", &format!("{n}.biased"), &[&scores, &bias], &[]);
+        if shift > 0 {
+            let windows = (padded / win).pow(2) as i64;
+            let mask = self.shift_mask(&format!("{n}.mask"), padded, shift);
+            let grouped = self.reshape(
+                &format!("{n}.scores.windows"),
+                &scores,
+                &[-1, windows, heads as i64, tokens as i64, tokens as i64],
+            );
+            let masked = self
+                .b
+                .node("Add", &format!("{n}.masked"), &[&grouped, &mask], &[]);
+            scores = self.reshape(
+                &format!("{n}.scores.heads"),
+                &masked,
+                &[-1, heads as i64, tokens as i64, tokens as i64],
+            );
+        }
+        let probs = self.b.node(
+            "Softmax",
+            &format!("{n}.softmax"),
+            &[&scores],
+            &[("axis", Attr::Int(-1))],
+        );
+        let ctx = self
+            .b
+            .node("MatMul", &format!("{n}.context"), &[&probs, &v], &[]);
+        let ctx = self.transpose(&format!("{n}.context.merge"), &ctx, &[0, 2, 1, 3]);
+        let ctx = self.reshape(&format!("{n}.context.rows"), &ctx, &[-1, ws as i64]);
+        let out = self.linear(
+            &format!("{n}.proj"),
+            &ctx,
+            at(ProjWeight),
+            Some(at(ProjBias)),
+        );
+        let mut out = self.unpartition(&format!("{n}.unwindows"), &out, padded, ws);
+        if shift > 0 {
+            out = self.roll(&format!("{n}.unshift"), &out, padded, shift);
+        }
+        if padded > side {
+            out = self.slice(
+                &format!("{n}.crop"),
+                &out,
+                &[0, 0],
+                &[side as i64, side as i64],
+                &[1, 2],
+            );
+        }
+        self.reshape(&format!("{n}.rows"), &out, &[-1, ws as i64])
+    }
+
+    /// Patch merging after `stage`: 2x2 neighbours (odd maps padded) in
+    /// nn.Unfold's order, channels [k][c], LayerNorm, reduction to 2·w_s.
+    fn merge(&mut self, x: &Value, stage: usize, side: usize) -> Value {
+        let n = format!("stages.{stage}.downsample");
+        let ws = (self.s.width as i64) << stage;
+        let half = side.div_ceil(2) as i64;
+        let mut h = self.reshape(&format!("{n}.map"), x, &[-1, side as i64, side as i64, ws]);
+        if side % 2 == 1 {
+            h = self.pad(&format!("{n}.pad"), &h, side, side + 1);
+        }
+        let h = self.reshape(&format!("{n}.grid"), &h, &[-1, half, 2, half, 2, ws]);
+        let h = self.transpose(&format!("{n}.order"), &h, &[0, 1, 3, 2, 4, 5]);
+        let h = self.reshape(&format!("{n}.unfold"), &h, &[-1, 4 * ws]);
+        let at = |kind| Param::merge(kind, stage);
+        let h = self.layer_norm(
+            &format!("{n}.norm"),
+            &h,
+            at(ParamKind::MergeNormWeight),
+            at(ParamKind::MergeNormBias),
+        );
+        self.linear(
+            &format!("{n}.reduction"),
+            &h,
+            at(ParamKind::ReductionWeight),
+            None,
+        )
+    }
+
+    fn build(mut self) -> ModelProto {
+        let g = self.g;
+        let (c, w) = (g.max_width as usize, self.s.width as usize);
+        let (p, image) = (g.patch_size as usize, g.image_size as usize);
+        let res = g.resolutions();
+        let pixels = self.b.input(
+            "pixel_values",
+            &[
+                Dim::Named("batch"),
+                Dim::Fixed(3),
+                Dim::Fixed(image),
+                Dim::Fixed(image),
+            ],
+        );
+
+        // Patch embedding with all C channels, LayerNorm over all of them,
+        // then the first w: [B,3,H,W] -> [B·hw, w].
+        use ParamKind::*;
+        let pw = self.weight("patch_embed.proj.weight", Param::top(PatchWeight));
+        let pb = self.weight("patch_embed.proj.bias", Param::top(PatchBias));
+        let conv = self.b.node(
+            "Conv",
+            "patch_embed.proj",
+            &[&pixels, &pw, &pb],
+            &[
+                ("kernel_shape", Attr::Ints(vec![p as i64; 2])),
+                ("strides", Attr::Ints(vec![p as i64; 2])),
+            ],
+        );
+        let flat = self.reshape("patch_embed.flatten", &conv, &[0, c as i64, -1]);
+        let tokens = self.transpose("patch_embed.transpose", &flat, &[0, 2, 1]);
+        let tokens = self.layer_norm(
+            "patch_embed.norm",
+            &tokens,
+            Param::top(PatchNormWeight),
+            Param::top(PatchNormBias),
+        );
+        let tokens = self.slice("patch_embed.width", &tokens, &[0], &[w as i64], &[2]);
+        let mut x = self.reshape("patch_embed.rows", &tokens, &[-1, w as i64]);
+
+        for (stage, depth) in self.s.depths.into_iter().enumerate() {
+            let side = res[stage];
+            for (j, teacher_block) in block_indices(g.max_depths[stage], depth)
+                .into_iter()
+                .enumerate()
+            {
+                let n = format!("stages.{stage}.blocks.{j}");
+                let at = |kind| Param::block(kind, stage, teacher_block);
+                let h = self.layer_norm(&format!("{n}.norm1"), &x, at(Norm1Weight), at(Norm1Bias));
+                let h = self.attention(&format!("{n}.attn"), &h, stage, teacher_block, side);
+                x = self
+                    .b
+                    .node("Add", &format!("{n}.residual1"), &[&x, &h], &[]);
+                let h = self.layer_norm(&format!("{n}.norm2"), &x, at(Norm2Weight), at(Norm2Bias));
+                let h = self.linear(
+                    &format!("{n}.ffn.fc1"),
+                    &h,
+                    at(Fc1Weight),
+                    Some(at(Fc1Bias)),
+                );
+                let h = self.gelu(&format!("{n}.ffn.act"), &h);
+                let h = self.linear(
+                    &format!("{n}.ffn.fc2"),
+                    &h,
+                    at(Fc2Weight),
+                    Some(at(Fc2Bias)),
+                );
+                x = self
+                    .b
+                    .node("Add", &format!("{n}.residual2"), &[&x, &h], &[]);
+            }
+            if stage + 1 < STAGES {
+                x = self.merge(&x, stage, side);
+            }
+        }
+
+        // norm3 over the stage-4 tokens; POA's x_norm_clstoken is their mean.
+        let out = w << (STAGES - 1);
+        let tokens = res[STAGES - 1].pow(2);
+        let x = self.layer_norm(
+            "norm3",
+            &x,
+            Param::top(FinalNormWeight),
+            Param::top(FinalNormBias),
+        );
+        let patches = self.reshape("patch_tokens", &x, &[-1, tokens as i64, out as i64]);
+        let cls = self.b.node(
+            "ReduceMean",
+            "cls_token",
+            &[&patches],
+            &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
+        );
+        self.b.output(&cls, &[Dim::Named("batch"), Dim::Fixed(out)]);
+        self.b.output(
+            &patches,
+            &[Dim::Named("batch"), Dim::Fixed(tokens), Dim::Fixed(out)],
+        );
+        let doc = format!(
+            "POA elastic Swin sub-network {}: width {} of {}, depths {:?} of {:?}",
+            self.s.id(),
+            self.s.width,
+            g.max_width,
+            self.s.depths,
+            g.max_depths
+        );
+        self.b.finish(&doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poa_swin() -> Geometry {
+        Geometry {
+            max_width: 128,
+            max_depths: [2, 2, 18, 2],
+            head_dim: 16,
+            window: 7,
+            patch_size: 4,
+            image_size: 224,
+            ln_bias: true,
+        }
+    }
+
+    #[test]
+    fn swin_t_and_swin_b_costs_match_the_known_sizes() {
+        // Swin-T: 28.3M parameters with its 0.77M classifier, 4.5 GMACs at 224².
+        let tiny = Geometry {
+            max_width: 96,
+            max_depths: [2, 2, 6, 2],
+            head_dim: 32,
+            ..poa_swin()
+        };
+        let t = tiny.costs(tiny.subnet(96, 6));
+        assert!((27_000_000..28_000_000).contains(&t.params), "{}", t.params);
+        assert!(
+            (4_300_000_000..4_700_000_000).contains(&t.macs),
+            "{}",
+            t.macs
+        );
+        // Swin-B: 87.8M with its 1.03M classifier, 15.4 GMACs (POA's largest).
+        let g = poa_swin();
+        let b = g.costs(g.subnet(128, 18));
+        assert!((86_000_000..88_000_000).contains(&b.params), "{}", b.params);
+        assert!(
+            (15_000_000_000..15_800_000_000).contains(&b.macs),
+            "{}",
+            b.macs
+        );
+        let small = g.costs(g.subnet(96, 6));
+        assert!(small.params < t.params + 1_000_000 && small.macs < b.macs / 3);
+    }
+
+    #[test]
+    fn only_stage_three_is_elastic() {
+        let g = poa_swin();
+        assert_eq!(g.subnet(96, 6).id(), "w96-d2-2-6-2");
+        assert_eq!(g.check(g.subnet(112, 18)), Ok(()));
+        for depths in [[2, 2, 19, 2], [2, 2, 0, 2], [2, 1, 6, 2], [2, 2, 6, 3]] {
+            let s = Subnet { width: 96, depths };
+            assert_eq!(
+                g.check(s),
+                Err(SwinError::Depths {
+                    depths,
+                    max: 18,
+                    max_depths: [2, 2, 18, 2]
+                })
+            );
+        }
+        assert_eq!(
+            g.check(g.subnet(100, 6)),
+            Err(SwinError::WidthNotMultiple {
+                width: 100,
+                head_dim: 16
+            })
+        );
+        assert_eq!(
+            g.check(g.subnet(144, 6)),
+            Err(SwinError::WidthRange {
+                width: 144,
+                max: 128
+            })
+        );
+    }
+
+    #[test]
+    fn stage_three_keeps_numpy_linspace_blocks() {
+        assert_eq!(block_indices(18, 6), [0, 3, 6, 10, 13, 17]);
+        assert_eq!(block_indices(2, 2), [0, 1]);
+        assert_eq!(block_indices(18, 1), [0]);
+    }
+
+    #[test]
+    fn bias_index_and_shift_regions_follow_swin() {
+        // 2x2 window: query (0,0) vs key (1,1) is Δ = (-1,-1), the table's first row.
+        let index = relative_position_index(2);
+        assert_eq!((index[0], index[3], index[3 * 4], index[5]), (4, 0, 8, 4));
+        // A 6² map in windows of 3 shifted by 1: bands [0,3), [3,5), [5,6).
+        let regions = shift_regions(6, 3, 1);
+        assert_eq!(&regions[..9], &[0; 9]);
+        assert_eq!(&regions[27..], &[4, 4, 5, 4, 4, 5, 7, 7, 8]);
+    }
+
+    #[test]
+    fn cuts_take_grouped_rows_and_merged_channels() {
+        let g = poa_swin();
+        let runs = |param, w| g.cut(param, w).runs().collect::<Vec<_>>();
+        // Stage 2 (C_s = 256, w_s = 192): q, k and v rows of the first 192 columns.
+        let qkv = runs(Param::block(ParamKind::QkvBias, 1, 0), 96);
+        assert_eq!(qkv, [0..192, 256..448, 512..704]);
+        // Merge after stage 1 (C_s = 128, w_s = 96): ∪_k [128k, 128k + 96).
+        let merge = runs(Param::merge(ParamKind::MergeNormWeight, 0), 96);
+        assert_eq!(merge, [0..96, 128..224, 256..352, 384..480]);
+        let reduction = g.cut(Param::merge(ParamKind::ReductionWeight, 0), 96);
+        assert_eq!(reduction.shape, [192, 384]);
+        assert_eq!(reduction.scale, 128.0 / 96.0);
+        // Stage 4 bias table: 48 of the teacher's 1024/16 = 64 head columns.
+        let table = g.cut(Param::block(ParamKind::BiasTable, 3, 1), 96);
+        assert_eq!(table.shape, [169, 48]);
+        assert_eq!(table.runs().nth(1), Some(64..112));
+        // The patch embed keeps all 128 channels.
+        assert_eq!(
+            g.cut(Param::top(ParamKind::PatchWeight), 96).shape,
+            [128, 3, 4, 4]
+        );
+    }
+}
