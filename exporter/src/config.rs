@@ -103,7 +103,8 @@ pub struct GridRange {
 }
 
 impl GridRange {
-    fn values(self, default_step: u32) -> Vec<u32> {
+    /// The values from start to end inclusive, by the step or `default_step`.
+    pub fn values(self, default_step: u32) -> Vec<u32> {
         let step = self.step.unwrap_or(default_step).max(1) as usize;
         (self.start..=self.end).step_by(step).collect()
     }

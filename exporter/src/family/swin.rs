@@ -3,10 +3,13 @@
 //! dynamic forward exactly (see docs/exporter.md, "Swin").
 
 use std::ops::Range;
+use std::path::Path;
 
 use onnx_protobuf::ModelProto;
+use serde::Deserialize;
 
 use crate::checkpoint::Checkpoint;
+use crate::config::{ConfigError, GridRange, Overrides};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
 
 /// Stages of a Swin; each after the first halves the map and doubles the width.
@@ -19,6 +22,8 @@ const MLP_RATIO: usize = 4;
 const LN_EPS: f32 = 1e-5;
 /// Added to attention scores between tokens of different shifted-window regions.
 const MASK: f32 = -100.0;
+/// POA's `crops.global_crops_size`, assumed when there is no config.
+const DEFAULT_IMAGE: u32 = 224;
 
 /// The shape of a Swin teacher that every sub-network shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub struct Geometry {
     pub image_size: u32,
     /// Whether the LayerNorms carry a bias (POA under torch >= 2.1 drops it).
     pub ln_bias: bool,
+    /// Whether qkv has a bias (POA's `qkv_bias`).
+    pub qkv_bias: bool,
 }
 
 /// A Swin sub-network: a stage-1 width and the depth of each stage (only
@@ -101,6 +108,7 @@ pub struct TensorFacts {
     /// Read off the bias table's rows: (2·window - 1)².
     pub window: u32,
     pub ln_bias: bool,
+    pub qkv_bias: bool,
 }
 
 /// Reads the teacher's geometry off its tensors and checks every tensor's shape.
@@ -174,6 +182,9 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
         head_dim: (c / heads) as u32,
         window: window as u32,
         ln_bias: ckpt.tensor(&top_name(ParamKind::FinalNormBias)).is_some(),
+        qkv_bias: ckpt
+            .tensor(&Param::block(ParamKind::QkvBias, 0, 0).teacher_name())
+            .is_some(),
     };
     let g = Geometry {
         max_width: facts.max_width,
@@ -183,6 +194,7 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
         patch_size: facts.patch_size,
         image_size: facts.patch_size,
         ln_bias: facts.ln_bias,
+        qkv_bias: facts.qkv_bias,
     };
     for param in g.params() {
         let name = param.teacher_name();
@@ -199,6 +211,187 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
         }
     }
     Ok(facts)
+}
+
+/// POA's `student:` section of a Swin config (`arch: swin_dynamic`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Student {
+    pub min_embed_dim: u32,
+    pub max_embed_dim: u32,
+    pub min_s3_depth: u32,
+    pub max_depths: [u32; STAGES],
+    pub head_dim: u32,
+    pub window_size: u32,
+    #[serde(default)]
+    pub patch_size: Option<u32>,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default = "one")]
+    pub width_interval: u32,
+    #[serde(default = "one")]
+    pub depth_interval: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A Swin config: its file, `student:` section and `crops.global_crops_size`.
+pub struct SwinConfig<'a> {
+    pub path: &'a Path,
+    pub student: &'a Student,
+    pub image_size: Option<u32>,
+}
+
+/// The geometry and grid of a Swin export, with what had to be assumed.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub geometry: Geometry,
+    pub widths: Vec<u32>,
+    /// Stage 3's depths; the other stages keep every block.
+    pub s3_depths: Vec<u32>,
+    pub assumptions: Vec<String>,
+}
+
+impl Grid {
+    /// Every sub-network: each width with each stage-3 depth.
+    pub fn subnets(&self) -> Vec<Subnet> {
+        let g = &self.geometry;
+        self.widths
+            .iter()
+            .flat_map(|&w| self.s3_depths.iter().map(move |&d| g.subnet(w, d)))
+            .collect()
+    }
+}
+
+/// Reconciles tensors, config and flags: a config that contradicts the
+/// tensors is an error naming the key; a missing config becomes assumptions.
+/// `--depths` gives stage 3's depths.
+pub fn resolve(
+    facts: &TensorFacts,
+    config: Option<SwinConfig>,
+    overrides: &Overrides,
+) -> Result<Grid, ConfigError> {
+    let mut assumptions = Vec::new();
+    if let Some(SwinConfig {
+        path, student: s, ..
+    }) = &config
+    {
+        let mut checks = vec![
+            ("student.max_embed_dim", s.max_embed_dim, facts.max_width),
+            ("student.head_dim", s.head_dim, facts.head_dim),
+            ("student.window_size", s.window_size, facts.window),
+            ("student.qkv_bias", s.qkv_bias as u32, facts.qkv_bias as u32),
+        ];
+        checks.extend(
+            s.patch_size
+                .map(|p| ("student.patch_size", p, facts.patch_size)),
+        );
+        if let Some(&(key, config, tensors)) = checks.iter().find(|(_, c, t)| c != t) {
+            return Err(ConfigError::Contradiction {
+                path: path.to_path_buf(),
+                key,
+                config,
+                tensors,
+            });
+        }
+        if s.max_depths != facts.max_depths {
+            return Err(ConfigError::Invalid(format!(
+                "{} contradicts the checkpoint: config says student.max_depths = {:?}, the tensors hold {:?} blocks per stage",
+                path.display(),
+                s.max_depths,
+                facts.max_depths
+            )));
+        }
+    }
+    if let Some(h) = overrides.head_dim.filter(|&h| h != facts.head_dim) {
+        return Err(ConfigError::Invalid(format!(
+            "--head-dim {h} contradicts the bias tables, which give {} heads of {} channels in stage 1",
+            facts.max_width / facts.head_dim,
+            facts.head_dim
+        )));
+    }
+    let student = config.as_ref().map(|c| c.student);
+    let image_size = match (
+        overrides.image_size,
+        config.as_ref().and_then(|c| c.image_size),
+    ) {
+        (Some(i), _) | (None, Some(i)) => i,
+        (None, None) => {
+            assumptions.push(format!(
+                "image size = {DEFAULT_IMAGE} (POA's crops.global_crops_size; Swin has no position table to read it from; pass --image-size)"
+            ));
+            DEFAULT_IMAGE
+        }
+    };
+    let geometry = Geometry {
+        max_width: facts.max_width,
+        max_depths: facts.max_depths,
+        head_dim: facts.head_dim,
+        window: facts.window,
+        patch_size: facts.patch_size,
+        image_size,
+        ln_bias: facts.ln_bias,
+        qkv_bias: facts.qkv_bias,
+    };
+    geometry
+        .validate()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let h = facts.head_dim;
+    let widths = match (overrides.widths, student) {
+        (Some(r), _) => r.values(h),
+        (None, Some(s)) => GridRange {
+            start: s.min_embed_dim,
+            end: s.max_embed_dim,
+            step: Some(h * s.width_interval),
+        }
+        .values(h),
+        (None, None) => {
+            let min = (3 * facts.max_width / 4).div_ceil(h) * h;
+            assumptions.push(format!(
+                "widths = {min}:{}:{h} (POA's Swin grid, 3/4 of the full width; pass --widths)",
+                facts.max_width
+            ));
+            GridRange {
+                start: min,
+                end: facts.max_width,
+                step: Some(h),
+            }
+            .values(h)
+        }
+    };
+    let max = facts.max_depths[ELASTIC_STAGE];
+    let s3_depths = match (overrides.depths, student) {
+        (Some(r), _) => r.values(1),
+        (None, Some(s)) => GridRange {
+            start: s.min_s3_depth,
+            end: max,
+            step: Some(s.depth_interval),
+        }
+        .values(1),
+        (None, None) => {
+            let min = max.div_ceil(3);
+            assumptions.push(format!(
+                "stage-3 depths = {min}:{max} (POA's Swin grid, a third to all of stage 3; pass --depths)"
+            ));
+            GridRange {
+                start: min,
+                end: max,
+                step: None,
+            }
+            .values(1)
+        }
+    };
+    Ok(Grid {
+        geometry,
+        widths,
+        s3_depths,
+        assumptions,
+    })
 }
 
 impl Geometry {
@@ -290,7 +483,8 @@ impl Geometry {
             let padded = self.padded(res[stage]).pow(2) as u64;
             let hidden = MLP_RATIO as u64 * w;
             let block_params = 2 * ln(w)
-                + (3 * w * w + 3 * w)
+                + 3 * w * w
+                + if self.qkv_bias { 3 * w } else { 0 }
                 + (w * w + w)
                 + table * heads
                 + (hidden * w + hidden)
@@ -325,8 +519,10 @@ impl Geometry {
     /// Every teacher tensor a width slice holds, in file order: every block
     /// of every stage, so every depth variant of a width can share one file.
     pub fn params(&self) -> impl Iterator<Item = Param> + '_ {
-        let ln_bias = self.ln_bias;
-        let keep = move |p: &Param| ln_bias || !p.kind.is_ln_bias();
+        let (ln_bias, qkv_bias) = (self.ln_bias, self.qkv_bias);
+        let keep = move |p: &Param| {
+            (ln_bias || !p.kind.is_ln_bias()) && (qkv_bias || p.kind != ParamKind::QkvBias)
+        };
         let head = [
             ParamKind::PatchWeight,
             ParamKind::PatchBias,
@@ -873,7 +1069,8 @@ impl<'a> GraphWriter<'a> {
             h = self.roll(&format!("{n}.shift"), &h, padded, padded - shift);
         }
         let h = self.partition(&format!("{n}.windows"), &h, padded, ws);
-        let qkv = self.linear(&format!("{n}.qkv"), &h, at(QkvWeight), Some(at(QkvBias)));
+        let bias = self.g.qkv_bias.then(|| at(QkvBias));
+        let qkv = self.linear(&format!("{n}.qkv"), &h, at(QkvWeight), bias);
         let qkv = self.reshape(
             &format!("{n}.qkv.heads"),
             &qkv,
@@ -1121,6 +1318,7 @@ mod tests {
             patch_size: 4,
             image_size: 224,
             ln_bias: true,
+            qkv_bias: true,
         }
     }
 
@@ -1183,6 +1381,73 @@ mod tests {
                 max: 128
             })
         );
+    }
+
+    fn poa_facts() -> TensorFacts {
+        TensorFacts {
+            max_width: 128,
+            max_depths: [2, 2, 18, 2],
+            patch_size: 4,
+            head_dim: 16,
+            window: 7,
+            ln_bias: true,
+            qkv_bias: true,
+        }
+    }
+
+    fn poa_student() -> Student {
+        serde_norway::from_str(
+            "arch: swin_dynamic\nmin_embed_dim: 96\nmax_embed_dim: 128\nmin_s3_depth: 6\n\
+             max_depths: [2, 2, 18, 2]\nhead_dim: 16\nmode: order\npatch_size: 4\n\
+             window_size: 7\ndrop_path_rate: 0.2\nqkv_bias: true\nwidth_interval: 1\n",
+        )
+        .unwrap()
+    }
+
+    fn with_config(student: &Student) -> Result<Grid, ConfigError> {
+        let config = SwinConfig {
+            path: Path::new("cfg.yaml"),
+            student,
+            image_size: Some(224),
+        };
+        resolve(&poa_facts(), Some(config), &Overrides::default())
+    }
+
+    #[test]
+    fn poa_config_gives_the_39_grid() {
+        let grid = with_config(&poa_student()).unwrap();
+        assert_eq!(grid.widths, [96, 112, 128]);
+        assert_eq!(grid.s3_depths, (6..=18).collect::<Vec<_>>());
+        assert_eq!(grid.subnets().len(), 39);
+        assert_eq!(grid.subnets()[0].id(), "w96-d2-2-6-2");
+        assert!(grid.assumptions.is_empty());
+    }
+
+    #[test]
+    fn config_contradictions_name_the_key_and_both_values() {
+        let mut window = poa_student();
+        window.window_size = 12;
+        let mut depths = poa_student();
+        depths.max_depths = [2, 2, 6, 2];
+        for (student, want) in [
+            (window, "student.window_size = 12, the tensors say 7"),
+            (
+                depths,
+                "student.max_depths = [2, 2, 6, 2], the tensors hold [2, 2, 18, 2]",
+            ),
+        ] {
+            let msg = with_config(&student).unwrap_err().to_string();
+            assert!(msg.contains("cfg.yaml") && msg.contains(want), "{msg}");
+        }
+    }
+
+    #[test]
+    fn without_config_assumptions_are_stated() {
+        let grid = resolve(&poa_facts(), None, &Overrides::default()).unwrap();
+        assert_eq!(grid.widths, [96, 112, 128]);
+        assert_eq!(grid.s3_depths, (6..=18).collect::<Vec<_>>());
+        assert_eq!(grid.geometry.image_size, 224);
+        assert_eq!(grid.assumptions.len(), 3, "{:?}", grid.assumptions);
     }
 
     #[test]
