@@ -1,8 +1,9 @@
-//! Exports all 143 sub-networks of a ViT-L-shaped POA teacher (random
-//! weights in the real shapes, generated here) and compares with `cp` of the
-//! same number of bytes, measured in the same run.
+//! Exports every sub-network of a POA teacher in real shapes (random
+//! weights, generated here) and compares with `cp` of the same number of
+//! bytes, measured in the same run: the ViT-L grid (143 graphs), or with
+//! `--swin` POA's Swin grid (C = 128, depths [2, 2, 18, 2]: 39 graphs).
 //!
-//! Usage: `cargo bench -p tailor-exporter --bench export [-- --runs N --dir DIR --keep]`
+//! Usage: `cargo bench -p tailor-exporter --bench export [-- --swin --runs N --dir DIR --keep]`
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -10,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tailor_exporter::family::vit::Geometry;
-use tailor_exporter::synthetic::write_vit_teacher;
+use tailor_exporter::family::{swin, vit};
+use tailor_exporter::synthetic::{write_swin_teacher, write_vit_teacher};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut runs, mut dir, mut keep) = (
+    let (mut runs, mut dir, mut keep, mut swin) = (
         3usize,
         std::env::temp_dir().join("tailor-export-bench"),
+        false,
         false,
     );
     while let Some(a) = args.next() {
@@ -26,6 +28,7 @@ fn main() {
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
             // Leave the teacher and the last bundle for inspection.
             "--keep" => keep = true,
+            "--swin" => swin = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -33,16 +36,32 @@ fn main() {
     fs::create_dir_all(&dir).unwrap();
     let teacher = dir.join("teacher.safetensors");
     let t0 = Instant::now();
-    let vit_l = Geometry {
-        max_width: 1024,
-        max_depth: 24,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
+    let (teacher_bytes, config, grid) = if swin {
+        let poa_swin = swin::Geometry {
+            max_width: 128,
+            max_depths: [2, 2, 18, 2],
+            head_dim: 16,
+            window: 7,
+            patch_size: 4,
+            image_size: 224,
+            ln_bias: true,
+            qkv_bias: true,
+        };
+        let bytes = write_swin_teacher(&teacher, &poa_swin, 42).unwrap();
+        (bytes, SWIN_CONFIG, "39 (3 widths × 13 stage-3 depths)")
+    } else {
+        let vit_l = vit::Geometry {
+            max_width: 1024,
+            max_depth: 24,
+            head_dim: 64,
+            patch_size: 16,
+            image_size: 224,
+            ln_bias: true,
+        };
+        let bytes = write_vit_teacher(&teacher, &vit_l, 42).unwrap();
+        (bytes, VIT_CONFIG, "143 (11 widths × 13 depths)")
     };
-    let teacher_bytes = write_vit_teacher(&teacher, &vit_l, 42).unwrap();
-    fs::write(dir.join("config.yaml"), CONFIG).unwrap();
+    fs::write(dir.join("config.yaml"), config).unwrap();
     eprintln!(
         "generated {} ({:.2} GB) in {:.1?}",
         teacher.display(),
@@ -88,12 +107,16 @@ fn main() {
     let (e, c, r) = (median(&mut export_s), median(&mut cp_s), median(&mut rss));
     println!("| metric | median of {runs} runs |");
     println!("|---|---|");
-    println!("| sub-networks | 143 (11 widths × 13 depths) |");
+    println!("| sub-networks | {grid} |");
     println!(
         "| teacher (fp32 safetensors) | {:.2} GB |",
         teacher_bytes as f64 / 1e9
     );
-    println!("| bundle written | {:.2} GB |", bundle_bytes as f64 / 1e9);
+    println!(
+        "| bundle written | {:.2} GB (one weight file per sub-network: {:.2} GB) |",
+        bundle_bytes as f64 / 1e9,
+        unshared_bytes(&bundle) as f64 / 1e9
+    );
     println!("| export wall time | {e:.2} s |");
     println!(
         "| export throughput | {:.2} GB/s |",
@@ -167,6 +190,19 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// What the bundle would weigh with one weight file per sub-network: the
+/// sum of the weight bytes each graph reads, from the manifest.
+fn unshared_bytes(bundle: &Path) -> u64 {
+    let text = fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["weight_bytes"].as_u64().unwrap())
+        .sum()
+}
+
 fn write_random(path: &Path, bytes: u64) {
     let mut out = BufWriter::with_capacity(1 << 22, fs::File::create(path).unwrap());
     let chunk: Vec<u8> = (0..1u32 << 20)
@@ -181,7 +217,7 @@ fn write_random(path: &Path, bytes: u64) {
     out.flush().unwrap();
 }
 
-const CONFIG: &str = "student:
+const VIT_CONFIG: &str = "student:
   arch: vit_dynamic
   patch_size: 16
   min_embed_dim: 384
@@ -189,6 +225,24 @@ const CONFIG: &str = "student:
   min_depth: 12
   max_depth: 24
   head_dim: 64
+  width_interval: 1
+  depth_interval: 1
+crops:
+  global_crops_size: 224
+";
+
+/// POA's swin_ssl_default_config.yaml, the keys that describe the teacher.
+const SWIN_CONFIG: &str = "student:
+  arch: swin_dynamic
+  min_embed_dim: 96
+  max_embed_dim: 128
+  min_s3_depth: 6
+  max_depths: [2, 2, 18, 2]
+  head_dim: 16
+  mode: order
+  patch_size: 4
+  window_size: 7
+  qkv_bias: true
   width_interval: 1
   depth_interval: 1
 crops:

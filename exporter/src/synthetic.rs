@@ -1,21 +1,36 @@
-//! Teachers with random weights in a real ViT's shapes, for benchmarks and
-//! tests that need a teacher of a given size without training one.
+//! Teachers with random weights in a real POA teacher's shapes, for
+//! benchmarks and tests that need a teacher of a given size without training one.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::family::vit::Geometry;
+use crate::family::{swin, vit};
 
-/// Writes a safetensors teacher of `g`'s shape with plain DINOv2 names and
-/// small uniform weights (LayerNorm scales around 1); returns its size.
-pub fn write_vit_teacher(path: &Path, g: &Geometry, seed: u64) -> io::Result<u64> {
+/// Writes a safetensors ViT teacher of `g`'s shape with plain DINOv2 names;
+/// returns its size.
+pub fn write_vit_teacher(path: &Path, g: &vit::Geometry, seed: u64) -> io::Result<u64> {
     // Every tensor the slicing reads, in the teacher's shapes: vit.rs is the
     // one place that knows them.
-    let tensors: Vec<(String, Vec<usize>)> = g
+    let tensors = g
         .params()
         .map(|p| (p.teacher_name(), g.teacher_shape(p.kind, g.tokens())))
         .collect();
+    write_teacher(path, tensors, seed)
+}
+
+/// Writes a safetensors Swin teacher of `g`'s shape with plain names; returns its size.
+pub fn write_swin_teacher(path: &Path, g: &swin::Geometry, seed: u64) -> io::Result<u64> {
+    let tensors = g
+        .params()
+        .map(|p| (p.teacher_name(), g.teacher_shape(p)))
+        .collect();
+    write_teacher(path, tensors, seed)
+}
+
+/// Writes `tensors` (name, shape) as fp32 safetensors with small uniform
+/// weights, LayerNorm scales around 1.
+fn write_teacher(path: &Path, tensors: Vec<(String, Vec<usize>)>, seed: u64) -> io::Result<u64> {
     let mut offset = 0;
     let entries: Vec<String> = tensors
         .iter()
@@ -39,15 +54,14 @@ pub fn write_vit_teacher(path: &Path, g: &Geometry, seed: u64) -> io::Result<u64
     let mut rng = seed | 1;
     let mut chunk = Vec::with_capacity(1 << 20);
     for (name, shape) in &tensors {
-        // LayerNorm scales near 1 keep activations alive through depth.
-        let center = if name.ends_with("norm1.weight")
-            || name.ends_with("norm2.weight")
-            || name == "norm.weight"
-        {
-            1.0
-        } else {
-            0.0
-        };
+        // LayerNorm scales (`norm*.weight`) near 1 keep activations alive through depth.
+        let is_norm = name.strip_suffix(".weight").is_some_and(|module| {
+            module
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.starts_with("norm"))
+        });
+        let center = if is_norm { 1.0 } else { 0.0 };
         let mut left = shape.iter().product::<usize>();
         while left > 0 {
             let n = left.min(1 << 18);
