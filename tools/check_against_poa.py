@@ -4,8 +4,11 @@
 
 Loads every fixture teacher into POA's `vit_dynamic`, selects each referenced
 sub-network with POA's `get_by_type("<w>_<d>")`, runs `forward_features` in
-float64 and compares the normed CLS and patch tokens. Needs torch and POA's
-sources (xFormers is not needed); CI never runs it.
+float64 and compares the normed CLS and patch tokens. ResNet fixtures go into
+POA's `resnet_dynamic` built from their config.yaml; each referenced
+(mid widths, depths) is selected with POA's own `get_index` and compared as
+`x_norm_clstoken` / `x_prenorm`. Needs torch and POA's sources (xFormers is
+not needed); CI never runs it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,55 @@ def main(poa_repo: str) -> None:
         print(f"{fixture.name} {tag or 'fp32.'}*: max |POA - reference| = {worst:.1e}")
         if worst > TOLERANCE:
             sys.exit(f"check_against_poa: {fixture.name} {tag}* disagrees with POA")
+    resnets = [
+        (FIXTURES / "resnet-tiny", "output/eval/training_49/teacher_checkpoint.pth", "output/config.yaml"),
+        (FIXTURES / "resnet-deep31", "teacher.safetensors", "config.yaml"),
+    ]
+    for fixture, teacher, config in resnets:
+        worst = check_resnet(fixture / teacher, fixture / config, fixture / "reference.safetensors")
+        print(f"{fixture.name}: max |POA - reference| / max |reference| = {worst:.1e}")
+        if worst > TOLERANCE:
+            sys.exit(f"check_against_poa: {fixture.name} disagrees with POA")
+
+
+def check_resnet(teacher: Path, config: Path, reference: Path) -> float:
+    """The largest difference of POA's ResNet outputs from the references,
+    relative to each reference's magnitude."""
+    import yaml
+    from poa.models.resnet import resnet_dynamic
+
+    student = yaml.safe_load(config.read_text())["student"]
+    model = resnet_dynamic(
+        min_depths=student["min_depths"],
+        max_depths=student["max_depths"],
+        stem_channels=student["stem_channels"],
+        base_channels=student["base_channels"],
+        num_gn_groups=student["num_gn_groups"],
+        strides=tuple(student["strides"]),
+    )
+    state = torch.load(teacher) if teacher.suffix == ".pth" else load_file(teacher)
+    state = state.get("teacher", state)
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in state.items() if "head." not in k
+    }
+    backbone.setdefault("mask_token", model.mask_token.detach())
+    missing, unexpected = model.load_state_dict(backbone, strict=True)
+    model = model.double().eval()
+    refs = safe_open(reference, "pt")
+    subnets = json.loads(refs.metadata()["fixture"])["subnets"]
+    x = refs.get_tensor("input").double()
+    worst = 0.0
+    for sid, s in subnets.items():
+        # POA's own selection: `get_index(i)` of a grid holding this one network.
+        model.networks = [(tuple(s["mid_widths"]), tuple(s["depths"]))]
+        model.get_index(0)
+        with torch.no_grad():
+            out = model.forward_features(x)
+        for poa_key, ours in [("x_norm_clstoken", "cls_token"), ("x_prenorm", "patch_tokens")]:
+            ref = refs.get_tensor(f"{sid}.{ours}").double()
+            err = (out[poa_key] - ref).abs().max() / ref.abs().max()
+            worst = max(worst, err.item())
+    return worst
 
 
 def check(tag: str, teacher: dict[str, Tensor], reference: Path) -> float:

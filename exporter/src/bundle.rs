@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
 
 use crate::checkpoint::TensorRef;
-use crate::family::vit::VitError;
+use crate::family::slice::TensorCut;
+use crate::family::FamilyError;
 use crate::onnx::ExternalData;
 use crate::plan::{Plan, PlannedSubnet};
 
@@ -53,7 +54,7 @@ pub enum BundleError {
     #[error("writing {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("slicing the teacher")]
-    Slice(#[from] VitError),
+    Slice(#[from] FamilyError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -65,17 +66,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
 
 /// The bytes needed to write `plan`, for progress bars and disk checks.
 pub fn planned_bytes(plan: &Plan) -> u64 {
-    let mut widths: Vec<u32> = plan.subnets.iter().map(|s| s.spec.width).collect();
-    widths.dedup();
-    widths
-        .iter()
-        .map(|&w| {
-            let full = crate::family::SubnetSpec {
-                width: w,
-                depth: plan.geometry.max_depth,
-            };
-            4 * plan.geometry.costs(full).params
-        })
+    plan.widths()
+        .into_iter()
+        .map(|w| 4 * plan.family.costs(&plan.family.full_depth(w)).params)
         .sum()
 }
 
@@ -88,8 +81,7 @@ pub fn write(plan: &Plan, out: &Path, opts: &WriteOptions) -> Result<Summary, Bu
     let graphs = staging.path.join(GRAPHS_DIR);
     fs::create_dir_all(graphs.join(WEIGHTS_DIR)).map_err(io_err(&graphs))?;
 
-    let mut widths: Vec<u32> = plan.subnets.iter().map(|s| s.spec.width).collect();
-    widths.dedup();
+    let mut widths = plan.widths();
     // Widest first: the last width a worker takes is then a short one.
     widths.reverse();
     let next = AtomicUsize::new(0);
@@ -158,17 +150,22 @@ fn write_width(
     let path = graphs.join(WEIGHTS_DIR).join(&file_name);
     let mut sink = TensorWriter::create(&path).map_err(io_err(&path))?;
     let mut index: HashMap<String, (u64, u64)> = HashMap::new();
-    for param in plan.geometry.params() {
-        let slice = plan.geometry.slice(&plan.checkpoint, param, w)?;
+    for TensorCut { name, cut } in plan.family.width_slice(w) {
+        let tensor = plan
+            .checkpoint
+            .tensor(&name)
+            .ok_or_else(|| FamilyError::Missing {
+                name: name.clone(),
+                family: plan.family.name(),
+            })?;
         sink.align().map_err(io_err(&path))?;
         let offset = sink.written();
-        for run in slice.runs() {
-            sink.put(&slice.tensor, run, slice.scale())
-                .map_err(io_err(&path))?;
+        for run in cut.runs() {
+            sink.put(&tensor, run, cut.scale()).map_err(io_err(&path))?;
         }
-        let length = 4 * slice.elements() as u64;
+        let length = 4 * cut.elements() as u64;
         progress.inc(length);
-        index.insert(param.teacher_name(), (offset, length));
+        index.insert(name, (offset, length));
     }
     let (bytes, sha256) = sink.finish().map_err(io_err(&path))?;
     let weights = WeightRecord {
@@ -189,7 +186,7 @@ fn write_width(
         .iter()
         .filter(|s| s.spec.width == w)
         .map(|&planned| {
-            let model = plan.geometry.graph(planned.spec, &locate);
+            let model = plan.family.graph(&planned.spec, &locate);
             let path = graphs.join(format!("{}.onnx", planned.spec.id()));
             let mut sink = HashingWriter::create(&path).map_err(io_err(&path))?;
             model
@@ -240,12 +237,18 @@ fn write_manifest(
             bytes: s.weights.bytes,
             sha256: s.weights.sha256,
         });
-        let block_idx = plan.geometry.block_indices(spec.depth);
+        let layout = plan.family.layout(&spec);
+        let per_stage = |v: Option<Vec<u32>>| {
+            v.map(|v| heapless::Vec::from_slice(&v).map_err(|_| too_many(dir, "stages")))
+                .transpose()
+        };
         let subnet = Subnet {
             id,
             width: spec.width,
-            depth: spec.depth,
-            block_idx: heapless::Vec::from_slice(&block_idx)
+            depth: spec.depths.total(),
+            depths: per_stage(layout.depths)?,
+            mid_widths: per_stage(layout.mid_widths)?,
+            block_idx: heapless::Vec::from_slice(&layout.block_idx)
                 .map_err(|_| too_many(dir, "blocks"))?,
             onnx,
             onnx_sha256: s.onnx_sha256,
@@ -263,8 +266,8 @@ fn write_manifest(
         teacher: Teacher {
             file: &file_name,
             sha256: teacher_sha256,
-            family: "vit",
-            config: plan.geometry.to_config(),
+            family: plan.family.name(),
+            config: plan.family.config(),
         },
         subnets,
     };

@@ -1,42 +1,22 @@
-//! The teacher's grid and geometry: POA's training `config.yaml`, what the
-//! tensors say, and the user's flags, reconciled into one [`Resolved`] plan.
+//! POA's training `config.yaml` as read from disk and found from POA's
+//! layout, and the user's flags; each family reads its own `student:` keys
+//! and reconciles them with its tensors.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::family::vit::{Geometry, TensorFacts};
-
-/// The parts of POA's `config.yaml` the exporter reads.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// POA's `config.yaml`: the `student:` section each family reads its keys
+/// from, and the crops.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoaConfig {
-    pub student: Student,
-    #[serde(default)]
+    /// The file it was read from, named in every error.
+    pub path: PathBuf,
+    student: serde_norway::Value,
     pub crops: Option<Crops>,
-}
-
-/// POA's `student:` section.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Student {
-    #[serde(default)]
-    pub arch: Option<String>,
-    #[serde(default)]
-    pub patch_size: Option<u32>,
-    pub min_embed_dim: u32,
-    pub max_embed_dim: u32,
-    pub min_depth: u32,
-    pub max_depth: u32,
-    pub head_dim: u32,
-    #[serde(default = "one")]
-    pub width_interval: u32,
-    #[serde(default = "one")]
-    pub depth_interval: u32,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// POA's `crops:` section.
@@ -72,10 +52,49 @@ impl PoaConfig {
             path: path.into(),
             source,
         })?;
-        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+        PoaConfig::parse(path, &text)
+    }
+
+    /// Parses `text`, read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<PoaConfig, ConfigError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            student: serde_norway::Value,
+            #[serde(default)]
+            crops: Option<Crops>,
+        }
+        let raw: Raw = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.to_string(),
+        })?;
+        Ok(PoaConfig {
+            path: path.into(),
+            student: raw.student,
+            crops: raw.crops,
         })
+    }
+
+    /// `student.arch`, which names the family (`vit_large`, `resnet_dynamic`, ...).
+    pub fn arch(&self) -> Option<&str> {
+        self.student.get("arch")?.as_str()
+    }
+
+    /// The `student:` keys a family reads, as its type `T`.
+    pub fn student<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        serde_norway::from_value(self.student.clone()).map_err(|e| ConfigError::Parse {
+            path: self.path.clone(),
+            message: format!("student: {e}"),
+        })
+    }
+
+    /// The error for a config value `key` that the tensors contradict.
+    pub fn contradiction(&self, key: &'static str, config: u32, tensors: u32) -> ConfigError {
+        ConfigError::Contradiction {
+            path: self.path.clone(),
+            key,
+            config,
+            tensors,
+        }
     }
 }
 
@@ -103,7 +122,7 @@ pub struct GridRange {
 }
 
 impl GridRange {
-    /// The values from start to end inclusive, by the step or `default_step`.
+    /// The values, stepping by the range's step or else `default_step`.
     pub fn values(self, default_step: u32) -> Vec<u32> {
         let step = self.step.unwrap_or(default_step).max(1) as usize;
         (self.start..=self.end).step_by(step).collect()
@@ -153,232 +172,27 @@ pub struct Overrides {
     pub image_size: Option<u32>,
 }
 
-/// The geometry and grid an export uses, with where each fact came from.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub geometry: Geometry,
-    pub widths: Vec<u32>,
-    pub depths: Vec<u32>,
-    /// Facts that came from neither a config, the tensors nor a flag.
-    pub assumptions: Vec<String>,
-}
-
-/// Reconciles tensors, config and flags; a config that contradicts the
-/// tensors is an error, a missing config becomes stated assumptions.
-pub fn resolve(
-    facts: &TensorFacts,
-    config: Option<(&Path, &PoaConfig)>,
-    overrides: &Overrides,
-) -> Result<Resolved, ConfigError> {
-    let mut assumptions = Vec::new();
-    if let Some((path, c)) = config {
-        let s = &c.student;
-        let tokens_side = |img: u32| (img / facts.patch_size).pow(2) + 1;
-        let mut checks = vec![
-            ("student.max_embed_dim", s.max_embed_dim, facts.max_width),
-            ("student.max_depth", s.max_depth, facts.max_depth),
-        ];
-        if let Some(p) = s.patch_size {
-            checks.push(("student.patch_size", p, facts.patch_size));
-        }
-        if let Some(crops) = &c.crops {
-            // Only a config image size that disagrees with pos_embed is a contradiction.
-            if tokens_side(crops.global_crops_size) != facts.tokens
-                && overrides.image_size.is_none()
-            {
-                checks.push((
-                    "crops.global_crops_size",
-                    crops.global_crops_size,
-                    image_side(facts)?,
-                ));
-            }
-        }
-        if let Some(&(key, config, tensors)) = checks.iter().find(|(_, c, t)| c != t) {
-            return Err(ConfigError::Contradiction {
-                path: path.into(),
-                key,
-                config,
-                tensors,
-            });
-        }
-    }
-    let student = config.map(|(_, c)| &c.student);
-    let head_dim = match (overrides.head_dim, student) {
-        (Some(h), _) => h,
-        (None, Some(s)) => s.head_dim,
-        (None, None) if facts.max_width.is_multiple_of(64) => {
-            assumptions.push("head_dim = 64 (POA's released configs; pass --head-dim)".into());
-            64
-        }
-        (None, None) => {
-            return Err(ConfigError::Invalid(format!(
-                "no config.yaml to give head_dim, and the teacher's width {} is not a multiple of 64: pass --head-dim or --config",
-                facts.max_width
-            )))
-        }
-    };
-    let image_size = match overrides.image_size {
-        Some(i) => i,
-        None => image_side(facts)?,
-    };
-    let geometry = Geometry {
-        max_width: facts.max_width,
-        max_depth: facts.max_depth,
-        head_dim,
-        patch_size: facts.patch_size,
-        image_size,
-        ln_bias: facts.ln_bias,
-    };
-    geometry
-        .validate()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    if geometry.tokens() as u32 != facts.tokens {
-        return Err(ConfigError::Invalid(format!(
-            "image size {image_size} gives {} tokens but pos_embed holds {} (position interpolation is not supported)",
-            geometry.tokens(),
-            facts.tokens
-        )));
-    }
-    let widths = match (overrides.widths, student) {
-        (Some(r), _) => r.values(head_dim),
-        (None, Some(s)) => GridRange {
-            start: s.min_embed_dim,
-            end: s.max_embed_dim,
-            step: Some(head_dim * s.width_interval),
-        }
-        .values(head_dim),
-        (None, None) => {
-            let min = (3 * facts.max_width / 8).div_ceil(head_dim) * head_dim;
-            assumptions.push(format!(
-                "widths = {min}:{}:{head_dim} (POA's 3/8 of the full width; pass --widths)",
-                facts.max_width
-            ));
-            GridRange {
-                start: min,
-                end: facts.max_width,
-                step: Some(head_dim),
-            }
-            .values(head_dim)
-        }
-    };
-    let depths = match (overrides.depths, student) {
-        (Some(r), _) => r.values(1),
-        (None, Some(s)) => GridRange {
-            start: s.min_depth,
-            end: s.max_depth,
-            step: Some(s.depth_interval),
-        }
-        .values(1),
-        (None, None) => {
-            let min = facts.max_depth.div_ceil(2);
-            assumptions.push(format!(
-                "depths = {min}:{} (POA's half to full depth; pass --depths)",
-                facts.max_depth
-            ));
-            GridRange {
-                start: min,
-                end: facts.max_depth,
-                step: None,
-            }
-            .values(1)
-        }
-    };
-    Ok(Resolved {
-        geometry,
-        widths,
-        depths,
-        assumptions,
-    })
-}
-
-/// The image side the positional embedding was trained for.
-fn image_side(facts: &TensorFacts) -> Result<u32, ConfigError> {
-    let n = facts.tokens - 1;
-    let side = (n as f64).sqrt().round() as u32;
-    if side * side != n {
-        return Err(ConfigError::Invalid(format!(
-            "pos_embed holds {n} patch tokens, not a square grid: pass --image-size"
-        )));
-    }
-    Ok(side * facts.patch_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn vit_l() -> TensorFacts {
-        TensorFacts {
-            max_width: 1024,
-            max_depth: 24,
-            patch_size: 16,
-            tokens: 197,
-            ln_bias: true,
-        }
-    }
-
-    fn poa_config() -> PoaConfig {
-        serde_norway::from_str(
-            "student:\n  arch: vit_large\n  patch_size: 16\n  min_embed_dim: 384\n  max_embed_dim: 1024\n  \
-             min_depth: 12\n  max_depth: 24\n  head_dim: 64\n  width_interval: 1\n  depth_interval: 1\n\
-             crops:\n  global_crops_size: 224\noptim:\n  lr: 0.001\n",
-        )
-        .unwrap()
-    }
-
     #[test]
-    fn poa_config_gives_the_143_grid() {
-        let c = poa_config();
-        let r = resolve(
-            &vit_l(),
-            Some((Path::new("config.yaml"), &c)),
-            &Overrides::default(),
+    fn the_student_section_is_read_by_each_family() {
+        #[derive(Debug, Deserialize)]
+        struct Keys {
+            max_depth: u32,
+        }
+        let c = PoaConfig::parse(
+            Path::new("c.yaml"),
+            "student:\n  arch: vit_large\n  max_depth: 24\ncrops:\n  global_crops_size: 224\n",
         )
         .unwrap();
-        assert_eq!(r.widths.len() * r.depths.len(), 143);
-        assert_eq!((r.widths[0], *r.widths.last().unwrap()), (384, 1024));
-        assert_eq!(r.geometry.image_size, 224);
-        assert!(r.assumptions.is_empty());
-    }
-
-    #[test]
-    fn contradictions_name_the_key() {
-        let mut c = poa_config();
-        c.student.max_depth = 12;
-        let err = resolve(
-            &vit_l(),
-            Some((Path::new("cfg.yaml"), &c)),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("cfg.yaml")
-                && msg.contains("student.max_depth = 12")
-                && msg.contains("24"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn without_config_assumptions_are_stated() {
-        let r = resolve(&vit_l(), None, &Overrides::default()).unwrap();
-        assert_eq!(r.widths.first(), Some(&384));
-        assert_eq!(r.depths, (12..=24).collect::<Vec<_>>());
-        assert_eq!(r.assumptions.len(), 3, "{:?}", r.assumptions);
-    }
-
-    #[test]
-    fn flags_override_the_config() {
-        let c = poa_config();
-        let o = Overrides {
-            widths: Some("512:768:128".parse().unwrap()),
-            depths: Some("24".parse().unwrap()),
-            ..Default::default()
-        };
-        let r = resolve(&vit_l(), Some((Path::new("c"), &c)), &o).unwrap();
-        assert_eq!(r.widths, [512, 640, 768]);
-        assert_eq!(r.depths, [24]);
+        assert_eq!(c.arch(), Some("vit_large"));
+        assert_eq!(c.student::<Keys>().unwrap().max_depth, 24);
+        assert_eq!(c.crops.unwrap().global_crops_size, 224);
+        let bad = PoaConfig::parse(Path::new("c.yaml"), "student:\n  arch: x\n").unwrap();
+        let msg = bad.student::<Keys>().unwrap_err().to_string();
+        assert!(msg.contains("c.yaml") && msg.contains("max_depth"), "{msg}");
     }
 
     #[test]

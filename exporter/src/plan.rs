@@ -4,16 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::config::{self, ConfigError, Overrides, PoaConfig, Resolved};
-use crate::family::vit::{self, Costs, Geometry, VitError};
-use crate::family::SubnetSpec;
+use crate::config::{self, ConfigError, Overrides, PoaConfig};
+use crate::family::{self, Costs, Family, FamilyError, OpenError, SubnetSpec, Teacher};
 
 /// Which sub-networks to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
-    /// Every (width, depth) of the grid.
+    /// Every sub-network of the grid.
     All,
-    /// Exactly these.
+    /// Exactly these (checked against the family's grid).
     List(Vec<SubnetSpec>),
 }
 
@@ -42,7 +41,8 @@ pub struct Plan {
     pub checkpoint: Checkpoint,
     /// The config file used, if any.
     pub config: Option<PathBuf>,
-    pub geometry: Geometry,
+    /// The teacher's family, which knows its grid, slicing and graphs.
+    pub family: Box<dyn Family>,
     pub subnets: Vec<PlannedSubnet>,
     /// Facts that had to be assumed, to be shown to the user.
     pub assumptions: Vec<String>,
@@ -58,9 +58,12 @@ pub enum PlanError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{path}")]
-    Teacher { path: PathBuf, source: VitError },
+    Teacher { path: PathBuf, source: FamilyError },
     #[error("sub-network {spec}")]
-    Subnet { spec: SubnetSpec, source: VitError },
+    Subnet {
+        spec: SubnetSpec,
+        source: FamilyError,
+    },
     #[error("no sub-network of the grid fits {0}")]
     Empty(String),
 }
@@ -68,39 +71,32 @@ pub enum PlanError {
 impl Plan {
     pub fn new(req: &Request) -> Result<Plan, PlanError> {
         let checkpoint = Checkpoint::open(&req.teacher)?;
-        let teacher_err = |source| PlanError::Teacher {
-            path: req.teacher.clone(),
-            source,
-        };
-        let facts = vit::tensor_facts(&checkpoint).map_err(teacher_err)?;
         let config_path = req
             .config
             .clone()
             .or_else(|| config::find_config(&req.teacher));
         let config = config_path.as_deref().map(PoaConfig::read).transpose()?;
-        let Resolved {
-            geometry,
-            widths,
-            depths,
+        let Teacher {
+            family,
+            grid,
             assumptions,
-        } = config::resolve(
-            &facts,
-            config_path.as_deref().zip(config.as_ref()),
-            &req.overrides,
-        )?;
-        let specs: Vec<SubnetSpec> = match &req.selection {
-            Selection::All => widths
-                .iter()
-                .flat_map(|&width| depths.iter().map(move |&depth| SubnetSpec { width, depth }))
-                .collect(),
+        } = family::open(&checkpoint, config.as_ref(), &req.overrides).map_err(|e| match e {
+            OpenError::Tensors(source) => PlanError::Teacher {
+                path: req.teacher.clone(),
+                source,
+            },
+            OpenError::Config(e) => PlanError::Config(e),
+        })?;
+        let specs = match &req.selection {
+            Selection::All => grid,
             Selection::List(list) => list.clone(),
         };
         let mut subnets = Vec::with_capacity(specs.len());
         for spec in specs {
-            geometry
-                .check(spec)
+            family
+                .check(&spec)
                 .map_err(|source| PlanError::Subnet { spec, source })?;
-            let costs = geometry.costs(spec);
+            let costs = family.costs(&spec);
             let fits = req.max_params.is_none_or(|m| costs.params <= m)
                 && req.max_macs.is_none_or(|m| costs.macs <= m);
             if fits && !subnets.iter().any(|s: &PlannedSubnet| s.spec == spec) {
@@ -111,18 +107,19 @@ impl Plan {
         if subnets.is_empty() {
             return Err(PlanError::Empty(limits_text(req)));
         }
-        let non_finite = geometry
-            .params()
-            .filter_map(|p| {
-                let name = p.teacher_name();
-                let at = checkpoint.tensor(&name)?.first_non_finite()?;
-                Some(format!("{name} (first at element {at})"))
+        // Every width's slice reads the same teacher tensors.
+        let non_finite = family
+            .width_slice(subnets[0].spec.width)
+            .into_iter()
+            .filter_map(|t| {
+                let at = checkpoint.tensor(&t.name)?.first_non_finite()?;
+                Some(format!("{} (first at element {at})", t.name))
             })
             .collect();
         Ok(Plan {
             checkpoint,
             config: config_path,
-            geometry,
+            family,
             subnets,
             assumptions,
             non_finite,
@@ -132,6 +129,14 @@ impl Plan {
     /// The teacher file.
     pub fn teacher(&self) -> &Path {
         self.checkpoint.path()
+    }
+
+    /// The widths of the plan's sub-networks, each once, narrowest first:
+    /// one shared weight file each.
+    pub fn widths(&self) -> Vec<u32> {
+        let mut widths: Vec<u32> = self.subnets.iter().map(|s| s.spec.width).collect();
+        widths.dedup();
+        widths
     }
 }
 

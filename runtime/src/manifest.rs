@@ -13,14 +13,20 @@ use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this build reads and writes (2: family-generic
+/// sub-networks and teacher configs; 1 was ViT only).
+pub const FORMAT_VERSION: u32 = 2;
 /// The most sub-networks a manifest may list (POA's ResNet grid has 465).
 pub const MAX_SUBNETS: usize = 512;
 /// The most blocks a sub-network may keep.
 pub const MAX_BLOCKS: usize = 64;
 /// The most weight files one graph may reference.
 pub const MAX_WEIGHT_FILES: usize = 4;
+/// The most stages a staged family (Swin, ResNet) has.
+pub const MAX_STAGES: usize = 4;
+
+/// One number per stage.
+pub type PerStage = Vec<u32, MAX_STAGES>;
 
 /// The list of sub-networks: bounded and inline without `std`.
 #[cfg(not(feature = "std"))]
@@ -49,15 +55,59 @@ pub struct Teacher<'a> {
     pub file: &'a str,
     /// sha256 of the checkpoint file's bytes.
     pub sha256: Sha256,
-    /// The elastic family, e.g. `"vit"`.
+    /// The elastic family: `"vit"`, `"swin"` or `"resnet"`.
     pub family: &'a str,
     /// The geometry the sub-networks were sliced with.
     pub config: TeacherConfig,
 }
 
-/// The teacher geometry that every sub-network shares.
+/// The teacher geometry that every sub-network shares, by family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherConfig {
+    Vit(VitConfig),
+    #[serde(rename = "resnet")]
+    ResNet(ResNetConfig),
+}
+
+impl TeacherConfig {
+    /// Side of the square input image, in pixels.
+    pub fn image_size(&self) -> u32 {
+        match self {
+            TeacherConfig::Vit(c) => c.image_size,
+            TeacherConfig::ResNet(c) => c.image_size,
+        }
+    }
+}
+
+impl fmt::Display for TeacherConfig {
+    /// One line for people, e.g. `width 64, depth 4, head_dim 16, image 32`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TeacherConfig::Vit(c) => write!(
+                f,
+                "width {}, depth {}, head_dim {}, image {}",
+                c.max_width, c.max_depth, c.head_dim, c.image_size
+            ),
+            TeacherConfig::ResNet(c) => {
+                f.write_str("depths")?;
+                for (i, (lo, hi)) in c.min_depths.iter().zip(&c.max_depths).enumerate() {
+                    let sep = if i == 0 { " " } else { "/" };
+                    write!(f, "{sep}{lo}..{hi}")?;
+                }
+                write!(
+                    f,
+                    ", stem {}, base {}, GroupNorm({}), image {}",
+                    c.stem_channels, c.base_channels, c.num_gn_groups, c.image_size
+                )
+            }
+        }
+    }
+}
+
+/// A ViT teacher's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TeacherConfig {
+pub struct VitConfig {
     /// Full width D (embedding dimension).
     pub max_width: u32,
     /// Full depth Lmax (number of blocks).
@@ -72,16 +122,40 @@ pub struct TeacherConfig {
     pub mlp_ratio: u32,
 }
 
+/// A bottleneck ResNet teacher's geometry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// Output channels of the stem convolution.
+    pub stem_channels: u32,
+    /// Stage 1's bottleneck mid width at expansion 4; stage i outputs
+    /// `4 · base_channels · 2^i` channels.
+    pub base_channels: u32,
+    /// Groups of every GroupNorm.
+    pub num_gn_groups: u32,
+    /// Fewest and most blocks of each stage.
+    pub min_depths: PerStage,
+    pub max_depths: PerStage,
+    /// Stride of each stage's first block.
+    pub strides: PerStage,
+    /// Side of the square input image, in pixels.
+    pub image_size: u32,
+}
+
 /// One sub-network of the bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subnet<'a> {
-    /// Stable identifier, e.g. `w384-d12`.
+    /// Stable identifier, e.g. `w384-d12` (see docs/exporter.md per family).
     pub id: &'a str,
-    /// Embedding width w.
+    /// The first stage's width: ViT's embedding width, Swin's stage-1
+    /// width, ResNet's stage-1 bottleneck mid width.
     pub width: u32,
-    /// Number of blocks L.
+    /// Blocks kept, all stages together.
     pub depth: u32,
-    /// Teacher block indices kept, in order.
+    /// Blocks kept per stage (staged families; `None` for ViT).
+    pub depths: Option<PerStage>,
+    /// Bottleneck mid width per stage (ResNet; `None` otherwise).
+    pub mid_widths: Option<PerStage>,
+    /// Teacher block indices kept, in order, numbered across stages.
     pub block_idx: Vec<u16, MAX_BLOCKS>,
     /// The ONNX graph, relative to the bundle directory.
     pub onnx: &'a str,
@@ -268,6 +342,8 @@ mod tests {
             id: "w32-d2",
             width: 32,
             depth: 2,
+            depths: None,
+            mid_widths: None,
             block_idx: Vec::from_slice(&[0, 3]).unwrap(),
             onnx: "graphs/w32-d2.onnx",
             onnx_sha256: Sha256([1; 32]),
@@ -284,14 +360,14 @@ mod tests {
                 file: "teacher.pth",
                 sha256: Sha256([9; 32]),
                 family: "vit",
-                config: TeacherConfig {
+                config: TeacherConfig::Vit(VitConfig {
                     max_width: 64,
                     max_depth: 4,
                     head_dim: 16,
                     patch_size: 8,
                     image_size: 32,
                     mlp_ratio: 4,
-                },
+                }),
             },
             subnets,
         }
@@ -310,6 +386,33 @@ mod tests {
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.contains(&"07".repeat(32)), "{text}");
         assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn staged_subnets_and_configs_round_trip() {
+        let mut m = sample();
+        let stages = |v: &[u32]| Vec::from_slice(v).unwrap();
+        m.teacher.family = "resnet";
+        m.teacher.config = TeacherConfig::ResNet(ResNetConfig {
+            stem_channels: 16,
+            base_channels: 16,
+            num_gn_groups: 8,
+            min_depths: stages(&[1, 2, 2, 1]),
+            max_depths: stages(&[1, 3, 5, 1]),
+            strides: stages(&[1, 2, 2, 2]),
+            image_size: 64,
+        });
+        m.subnets[0].depths = Some(stages(&[1, 2, 4, 1]));
+        m.subnets[0].mid_widths = Some(stages(&[24, 48, 96, 192]));
+        assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""mid_widths":[24,48,96,192]"#), "{text}");
+        assert!(
+            text.contains(r#""config":{"resnet":{"stem_channels":16"#),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+        assert_eq!(m.teacher.config.image_size(), 64);
     }
 
     #[test]

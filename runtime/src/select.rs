@@ -706,7 +706,7 @@ impl Runtime {
 
     /// `[batch, 3, H, W]` for this bundle.
     pub fn input_shape(&self, batch: u32) -> [usize; 4] {
-        let side = self.bundle.manifest().teacher.config.image_size as usize;
+        let side = self.bundle.manifest().teacher.config.image_size() as usize;
         [batch as usize, 3, side, side]
     }
 

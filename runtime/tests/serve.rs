@@ -208,7 +208,7 @@ fn side(bundle: &Path) -> usize {
         .manifest()
         .teacher
         .config
-        .image_size as usize
+        .image_size() as usize
 }
 
 /// A deterministic, non-constant image tensor; `seed` varies it.

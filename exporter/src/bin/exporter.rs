@@ -17,10 +17,10 @@ use tailor_runtime::{outln, stdout};
 /// Slice a POA elastic teacher into standalone per-budget ONNX graphs.
 ///
 /// Reads the checkpoint as POA training wrote it (`teacher_checkpoint.pth`,
-/// or a plain DINOv2/timm state dict, .pth or .safetensors; fp32/fp16/bf16),
-/// finds its `config.yaml` from POA's output layout, and writes a bundle:
-/// one ONNX graph per (width, depth), each width's weights stored once and
-/// shared by all its depths, and a manifest with every sub-network's size,
+/// or a plain state dict, .pth or .safetensors; fp32/fp16/bf16), finds its
+/// `config.yaml` from POA's output layout, and writes a bundle: one ONNX
+/// graph per sub-network, each width's weights stored once and shared by
+/// all its depths, and a manifest with every sub-network's size,
 /// cost and hashes.
 #[derive(Debug, Parser)]
 #[command(
@@ -69,10 +69,11 @@ struct ExportArgs {
         required_unless_present = "dry_run"
     )]
     output: Option<PathBuf>,
-    /// Export every (width, depth) of the grid.
+    /// Export every sub-network of the grid.
     #[arg(long, conflicts_with = "subnets", required_unless_present = "subnets")]
     all_subnets: bool,
-    /// Export these sub-networks only: WIDTHxDEPTH, comma separated.
+    /// Export these sub-networks only, comma separated: WIDTHxDEPTH (ViT,
+    /// e.g. 384x12) or WIDTHxD1.D2.D3.D4 (Swin, ResNet); ids work too.
     #[arg(long, value_delimiter = ',', value_name = "WxD,...")]
     subnets: Vec<SubnetSpec>,
     /// POA training config.yaml (default: found from POA's output layout).
@@ -234,15 +235,10 @@ fn export(args: ExportArgs) -> Result<()> {
 
 /// Tells where the geometry came from, what was assumed, and warnings.
 fn report_plan(plan: &Plan) {
-    let g = &plan.geometry;
     eprintln!(
-        "teacher {}: ViT width {} depth {} head_dim {} patch {} image {}{}",
+        "teacher {}: {}{}",
         plan.teacher().display(),
-        g.max_width,
-        g.max_depth,
-        g.head_dim,
-        g.patch_size,
-        g.image_size,
+        plan.family.summary(),
         plan.config
             .as_ref()
             .map(|c| format!(" (config {})", c.display()))
@@ -262,9 +258,11 @@ fn print_grid(plan: &Plan, json: bool) -> Result<()> {
         .subnets
         .iter()
         .map(|s| {
+            let layout = plan.family.layout(&s.spec);
             serde_json::json!({
-                "id": s.spec.id(), "width": s.spec.width, "depth": s.spec.depth,
-                "block_idx": plan.geometry.block_indices(s.spec.depth),
+                "id": s.spec.id(), "width": s.spec.width, "depth": s.spec.depths.total(),
+                "depths": layout.depths, "mid_widths": layout.mid_widths,
+                "block_idx": layout.block_idx,
                 "params": s.costs.params, "macs": s.costs.macs,
                 "weight_bytes": 4 * s.costs.params, "activation_bytes": s.costs.activation_bytes,
             })
@@ -273,7 +271,8 @@ fn print_grid(plan: &Plan, json: bool) -> Result<()> {
     if json {
         let plan_json = serde_json::json!({
             "teacher": plan.teacher(), "config": plan.config, "assumptions": plan.assumptions,
-            "non_finite": plan.non_finite, "geometry": plan.geometry.to_config(),
+            "non_finite": plan.non_finite, "family": plan.family.name(),
+            "geometry": plan.family.config(),
             "bundle_bytes": bundle::planned_bytes(plan), "subnets": rows,
         });
         outln!("{plan_json:#}")?;
@@ -292,7 +291,7 @@ fn print_grid(plan: &Plan, json: bool) -> Result<()> {
             subnet_row(
                 &spec.id(),
                 spec.width,
-                spec.depth,
+                spec.depths.total(),
                 c.params,
                 c.macs,
                 4 * c.params,
@@ -335,17 +334,13 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&m)?)?;
         return Ok(());
     }
-    let c = &m.teacher.config;
     outln!(
-        "bundle {}: {} sub-networks of {} {} (width {}, depth {}, head_dim {}, image {})",
+        "bundle {}: {} sub-networks of {} {} ({})",
         dir.display(),
         m.subnets.len(),
         m.teacher.family,
         m.teacher.file,
-        c.max_width,
-        c.max_depth,
-        c.head_dim,
-        c.image_size
+        m.teacher.config
     )?;
     outln!("teacher sha256 {}", m.teacher.sha256)?;
     outln!(

@@ -1,65 +1,151 @@
 //! Elastic families: each module is the one place that knows its
-//! architecture's slicing rules, costs and graph.
+//! architecture's grid, slicing rules, costs and graph. This module is the
+//! seam the plan, the bundle writer and the CLI use without knowing any.
 
+mod error;
+pub mod slice;
+mod spec;
 pub mod swin;
 pub mod vit;
 
 use std::fmt;
-use std::str::FromStr;
 
-/// One sub-network of an elastic grid: a width and a depth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SubnetSpec {
-    pub width: u32,
-    pub depth: u32,
+use onnx_protobuf::ModelProto;
+use tailor_runtime::manifest::TeacherConfig;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{ConfigError, Overrides, PoaConfig};
+use crate::onnx::ExternalData;
+pub use error::FamilyError;
+use slice::TensorCut;
+pub use spec::{Depths, SubnetSpec};
+
+/// What every family answers about its teacher and its sub-networks.
+pub trait Family: fmt::Debug + Send + Sync {
+    /// The manifest's `teacher.family`: `"vit"`, `"swin"`, `"resnet"`.
+    fn name(&self) -> &'static str;
+
+    /// One line on the teacher's shape, for the user.
+    fn summary(&self) -> String;
+
+    /// The geometry as the manifest records it.
+    fn config(&self) -> TeacherConfig;
+
+    /// Checks that `spec` is a sub-network of this teacher.
+    fn check(&self, spec: &SubnetSpec) -> Result<(), FamilyError>;
+
+    /// Parameters, MACs and the activation-memory estimate of `spec`.
+    fn costs(&self, spec: &SubnetSpec) -> Costs;
+
+    /// What the manifest records of `spec` besides its costs.
+    fn layout(&self, spec: &SubnetSpec) -> Layout;
+
+    /// The deepest sub-network of `width`: what its shared slice holds.
+    fn full_depth(&self, width: u32) -> SubnetSpec;
+
+    /// Every teacher tensor width `width`'s shared slice holds, in file
+    /// order, with its cut: the full depth, so all depths share one file.
+    fn width_slice(&self, width: u32) -> Vec<TensorCut>;
+
+    /// The ONNX graph of `spec`; `locate` says where each sliced teacher
+    /// tensor (by canonical name) lies in the width's weight file.
+    fn graph(&self, spec: &SubnetSpec, locate: &dyn Fn(&str) -> ExternalData) -> ModelProto;
 }
 
-impl SubnetSpec {
-    /// The bundle-wide identifier, e.g. `w384-d12`.
-    pub fn id(&self) -> String {
-        format!("w{}-d{}", self.width, self.depth)
+/// A sub-network's size and cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Costs {
+    pub params: u64,
+    /// Multiply-accumulates per image at the teacher's resolution.
+    pub macs: u64,
+    /// Estimated peak activation bytes at batch 1.
+    pub activation_bytes: u64,
+}
+
+/// The manifest's family-specific fields of one sub-network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Blocks kept per stage, for staged families.
+    pub depths: Option<Vec<u32>>,
+    /// Bottleneck mid widths per stage (ResNet).
+    pub mid_widths: Option<Vec<u32>>,
+    /// Teacher blocks kept, numbered across stages.
+    pub block_idx: Vec<u16>,
+}
+
+/// A teacher read as its family, with the grid to export.
+#[derive(Debug)]
+pub struct Teacher {
+    pub family: Box<dyn Family>,
+    /// Every sub-network of the grid, before any limits.
+    pub grid: Vec<SubnetSpec>,
+    /// Facts that came from neither a config, the tensors nor a flag.
+    pub assumptions: Vec<String>,
+}
+
+/// Why a teacher could not be read as a family.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Tensors(#[from] FamilyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Reads the teacher as the family its config's `student.arch` names (POA's
+/// own rule: the family's name appears in it) or, without one, its tensor
+/// names show.
+pub fn open(
+    ckpt: &Checkpoint,
+    config: Option<&PoaConfig>,
+    overrides: &Overrides,
+) -> Result<Teacher, OpenError> {
+    match config.and_then(|c| Some((c, c.arch()?))) {
+        Some((_, arch)) if arch.contains("vit") => vit::open(ckpt, config, overrides),
+        Some((c, arch)) => Err(ConfigError::Invalid(format!(
+            "{}: student.arch `{arch}` is not a family this exporter reads ({KNOWN})",
+            c.path.display()
+        ))
+        .into()),
+        None => vit::open(ckpt, config, overrides),
     }
 }
 
-impl fmt::Display for SubnetSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}x{}", self.width, self.depth)
-    }
-}
+/// The `student.arch` values [`open`] reads, for errors.
+const KNOWN: &str = "vit_*";
 
-impl FromStr for SubnetSpec {
-    type Err = String;
-
-    /// Parses `WIDTHxDEPTH` (e.g. `384x12`) or an id (`w384-d12`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parsed = s
-            .split_once('x')
-            .or_else(|| s.strip_prefix('w').and_then(|r| r.split_once("-d")))
-            .and_then(|(w, d)| Some((w.parse().ok()?, d.parse().ok()?)));
-        match parsed {
-            Some((width, depth)) if width > 0 && depth > 0 => Ok(SubnetSpec { width, depth }),
-            _ => Err(format!(
-                "`{s}` is not a sub-network: expected WIDTHxDEPTH such as 384x12"
-            )),
-        }
+/// The blocks a stage of `max` blocks keeps at depth `depth`, POA's rule for
+/// every family: numpy's `linspace(0, max-1, depth).astype(int64)`, which is
+/// not always the paper's floor formula (max = 31, depth = 23 differ).
+pub fn linspace_blocks(max: u32, depth: u32) -> Vec<u16> {
+    let (lmax, l) = (max as usize, depth as usize);
+    if l == 1 {
+        return vec![0];
     }
+    let step = (lmax - 1) as f64 / (l - 1) as f64;
+    (0..l)
+        .map(|j| if j == l - 1 { lmax - 1 } else { (j as f64 * step) as usize } as u16)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::linspace_blocks;
 
     #[test]
-    fn parses_both_spellings() {
-        let want = SubnetSpec {
-            width: 384,
-            depth: 12,
-        };
-        assert_eq!("384x12".parse::<SubnetSpec>(), Ok(want));
-        assert_eq!("w384-d12".parse::<SubnetSpec>(), Ok(want));
-        assert_eq!(want.id(), "w384-d12");
-        for bad in ["384", "x12", "0x12", "384x", "wide-d12", "-3x4"] {
-            assert!(bad.parse::<SubnetSpec>().is_err(), "{bad}");
-        }
+    fn depth_indices_follow_numpy_linspace() {
+        assert_eq!(
+            linspace_blocks(24, 12),
+            [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 23]
+        );
+        assert_eq!(linspace_blocks(24, 1), [0]);
+        assert_eq!(linspace_blocks(24, 24), (0..24).collect::<Vec<u16>>());
+        // max = 31, depth = 23: numpy keeps block 14 at j = 11 where the
+        // paper's floor((max-1)·j/(depth-1)) would keep 15; every other
+        // index agrees.
+        let numpy = linspace_blocks(31, 23);
+        let floor: Vec<u16> = (0..23).map(|j| (30 * j / 22) as u16).collect();
+        assert_eq!((numpy[11], floor[11]), (14, 15));
+        assert_eq!(numpy.iter().zip(&floor).filter(|(a, b)| a != b).count(), 1);
     }
 }

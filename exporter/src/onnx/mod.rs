@@ -1,5 +1,8 @@
 //! A small builder for ONNX graphs over the protobuf types, shared by every
-//! elastic family so graphs are assembled from typed calls, not templates.
+//! elastic family so graphs are assembled from typed calls, not templates;
+//! [`layers`] holds the layers several families build from.
+
+pub mod layers;
 
 use onnx_protobuf::{
     attribute_proto::AttributeType,

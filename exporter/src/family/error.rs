@@ -1,0 +1,36 @@
+//! Why a teacher is not of a family's shape, or a request is outside its grid.
+
+/// A teacher that does not have its family's shape, or a sub-network outside its grid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FamilyError {
+    #[error("missing tensor `{name}` (is this a {family} checkpoint?)")]
+    Missing { name: String, family: &'static str },
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{what} are not numbered 0..{count}: block {missing} is missing")]
+    BlockGap {
+        what: String,
+        count: u32,
+        missing: u32,
+    },
+    #[error("width {width} is not a multiple of head_dim {head_dim}")]
+    WidthNotMultiple { width: u32, head_dim: u32 },
+    #[error("width {width} is outside 1..={max} (the teacher's width)")]
+    WidthRange { width: u32, max: u32 },
+    #[error("depth {depth} is outside 1..={max} (the teacher's depth)")]
+    DepthRange { depth: u32, max: u32 },
+    #[error("{family} sub-networks have {expected} stage depth(s), not {found}")]
+    Stages {
+        family: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("head_dim {head_dim} does not divide the teacher's width {max_width}")]
+    HeadDim { head_dim: u32, max_width: u32 },
+    #[error("image size {image} is not a multiple of the patch size {patch}")]
+    ImageSize { image: u32, patch: u32 },
+}

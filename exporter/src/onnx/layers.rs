@@ -1,0 +1,247 @@
+//! Layers several families build from, each a few ONNX nodes named after
+//! the module they come from. Weights are passed in already sliced (α
+//! folded), so a layer knows nothing of elastic rules.
+
+use super::{Attr, GraphBuilder, Value};
+
+/// The weight and bias of a `Gemm(transB=1)` in PyTorch's layout.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Value,
+    pub bias: Value,
+}
+
+/// A convolution's geometry (square kernels, symmetric padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// Constants every pre-norm transformer block of a graph shares (attention
+/// over `tokens` tokens in `heads` heads, exact GELU), created once.
+#[derive(Debug, Clone)]
+pub struct BlockConsts {
+    qkv_shape: Value,
+    scale: Value,
+    sqrt2: Value,
+    one: Value,
+    half: Value,
+    pick: [Value; 3],
+    /// `[-1, width]`: the 2-D token matrix blocks run on.
+    rows: Value,
+}
+
+impl BlockConsts {
+    /// `rows` is the `[-1, width]` shape of the token matrix.
+    pub fn new(
+        b: &mut GraphBuilder,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        rows: &Value,
+    ) -> BlockConsts {
+        let qkv_shape = b.const_i64(
+            "shape.qkv",
+            &[5],
+            &[-1, tokens as i64, 3, heads as i64, head_dim as i64],
+        );
+        let scale = b.const_f32("attn.scale", &[], &[(head_dim as f32).powf(-0.5)]);
+        let sqrt2 = b.const_f32("gelu.sqrt2", &[], &[std::f32::consts::SQRT_2]);
+        let one = b.const_f32("gelu.one", &[], &[1.0]);
+        let half = b.const_f32("gelu.half", &[], &[0.5]);
+        let pick = [0, 1, 2].map(|i| b.const_i64(&format!("attn.index.{i}"), &[], &[i]));
+        BlockConsts {
+            qkv_shape,
+            scale,
+            sqrt2,
+            one,
+            half,
+            pick,
+            rows: rows.clone(),
+        }
+    }
+}
+
+/// Constants every GroupNorm of a graph shares: its groups and epsilon.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    grouped: Value,
+    eps: Value,
+}
+
+impl GroupNorm {
+    pub fn new(b: &mut GraphBuilder, groups: usize, eps: f32) -> GroupNorm {
+        GroupNorm {
+            grouped: b.const_i64("group_norm.groups", &[3], &[0, groups as i64, -1]),
+            eps: b.const_f32("group_norm.eps", &[], &[eps]),
+        }
+    }
+}
+
+impl GraphBuilder {
+    /// `x · Wᵀ + b` on a 2-D matrix.
+    pub fn linear(&mut self, name: &str, x: &Value, l: &Linear) -> Value {
+        self.node(
+            "Gemm",
+            name,
+            &[x, &l.weight, &l.bias],
+            &[("transB", Attr::Int(1))],
+        )
+    }
+
+    /// LayerNorm over the last axis, bias optional.
+    pub fn layer_norm(
+        &mut self,
+        name: &str,
+        x: &Value,
+        scale: &Value,
+        bias: Option<&Value>,
+        eps: f32,
+    ) -> Value {
+        let mut inputs = vec![x, scale];
+        inputs.extend(bias);
+        self.node(
+            "LayerNormalization",
+            name,
+            &inputs,
+            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+        )
+    }
+
+    /// GroupNorm of an `NCHW` map with per-channel `scale` and `bias` of
+    /// shape `[C, 1, 1]`: opset 17 has no GroupNormalization, so the map is
+    /// viewed as `[N, groups, C/groups·H·W]` and normalised over the last axis
+    /// (two-pass variance, as PyTorch computes it).
+    pub fn group_norm(
+        &mut self,
+        name: &str,
+        x: &Value,
+        c: &GroupNorm,
+        scale: &Value,
+        bias: &Value,
+    ) -> Value {
+        let shape = self.node("Shape", &format!("{name}.shape"), &[x], &[]);
+        let g = self.node("Reshape", &format!("{name}.grouped"), &[x, &c.grouped], &[]);
+        let mean_of = |b: &mut GraphBuilder, what: &str, v: &Value| {
+            b.node(
+                "ReduceMean",
+                &format!("{name}.{what}"),
+                &[v],
+                &[("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))],
+            )
+        };
+        let mean = mean_of(self, "mean", &g);
+        let centred = self.node("Sub", &format!("{name}.centred"), &[&g, &mean], &[]);
+        let square = self.node("Mul", &format!("{name}.square"), &[&centred, &centred], &[]);
+        let var = mean_of(self, "var", &square);
+        let var = self.node("Add", &format!("{name}.var_eps"), &[&var, &c.eps], &[]);
+        let std = self.node("Sqrt", &format!("{name}.std"), &[&var], &[]);
+        let normed = self.node("Div", &format!("{name}.normed"), &[&centred, &std], &[]);
+        let normed = self.node(
+            "Reshape",
+            &format!("{name}.ungrouped"),
+            &[&normed, &shape],
+            &[],
+        );
+        let scaled = self.node("Mul", &format!("{name}.scale"), &[&normed, scale], &[]);
+        self.node("Add", name, &[&scaled, bias], &[])
+    }
+
+    /// A 2-D convolution, `NCHW`.
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: &Value,
+        weight: &Value,
+        bias: Option<&Value>,
+        shape: ConvShape,
+    ) -> Value {
+        let mut inputs = vec![x, weight];
+        inputs.extend(bias);
+        let mut attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![shape.kernel as i64; 2])),
+            ("strides", Attr::Ints(vec![shape.stride as i64; 2])),
+        ];
+        if shape.pad > 0 {
+            attrs.push(("pads", Attr::Ints(vec![shape.pad as i64; 4])));
+        }
+        self.node("Conv", name, &inputs, &attrs)
+    }
+
+    /// Exact (erf) GELU: 0.5 · x · (1 + erf(x / √2)).
+    pub fn gelu(&mut self, name: &str, x: &Value, c: &BlockConsts) -> Value {
+        let e = self.node("Div", &format!("{name}.scaled"), &[x, &c.sqrt2], &[]);
+        let e = self.node("Erf", &format!("{name}.erf"), &[&e], &[]);
+        let e = self.node("Add", &format!("{name}.shift"), &[&e, &c.one], &[]);
+        let e = self.node("Mul", &format!("{name}.gate"), &[x, &e], &[]);
+        self.node("Mul", name, &[&e, &c.half], &[])
+    }
+
+    /// `fc2(GELU(fc1(x)))` on the token matrix.
+    pub fn mlp(
+        &mut self,
+        name: &str,
+        x: &Value,
+        fc1: &Linear,
+        fc2: &Linear,
+        c: &BlockConsts,
+    ) -> Value {
+        let h = self.linear(&format!("{name}.fc1"), x, fc1);
+        let h = self.gelu(&format!("{name}.act"), &h, c);
+        self.linear(&format!("{name}.fc2"), &h, fc2)
+    }
+
+    /// Multi-head self-attention over all tokens: `qkv` rows `[B·T, 3w]` in
+    /// (q, k, v) × heads order in, context rows `[B·T, w]` out (before proj).
+    pub fn self_attention(&mut self, name: &str, qkv: &Value, c: &BlockConsts) -> Value {
+        let qkv = self.node(
+            "Reshape",
+            &format!("{name}.qkv.heads"),
+            &[qkv, &c.qkv_shape],
+            &[],
+        );
+        let qkv = self.node(
+            "Transpose",
+            &format!("{name}.qkv.split"),
+            &[&qkv],
+            &[("perm", Attr::Ints(vec![2, 0, 3, 1, 4]))],
+        );
+        let [q, k, v] = [("q", 0), ("k", 1), ("v", 2)].map(|(part, i)| {
+            self.node(
+                "Gather",
+                &format!("{name}.{part}"),
+                &[&qkv, &c.pick[i]],
+                &[("axis", Attr::Int(0))],
+            )
+        });
+        let kt = self.node(
+            "Transpose",
+            &format!("{name}.k.t"),
+            &[&k],
+            &[("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
+        let scores = self.node("MatMul", &format!("{name}.scores"), &[&q, &kt], &[]);
+        let scores = self.node("Mul", &format!("{name}.scaled"), &[&scores, &c.scale], &[]);
+        let probs = self.node(
+            "Softmax",
+            &format!("{name}.softmax"),
+            &[&scores],
+            &[("axis", Attr::Int(-1))],
+        );
+        let ctx = self.node("MatMul", &format!("{name}.context"), &[&probs, &v], &[]);
+        let ctx = self.node(
+            "Transpose",
+            &format!("{name}.context.merge"),
+            &[&ctx],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        self.node(
+            "Reshape",
+            &format!("{name}.context.rows"),
+            &[&ctx, &c.rows],
+            &[],
+        )
+    }
+}
