@@ -85,12 +85,12 @@ def check(tag: str, teacher: dict[str, Tensor], reference: Path) -> tuple[float,
     x = refs.get_tensor("input").double()
     worst, count = 0.0, 0
     for name in refs.keys():
-        subnet, _, output = name.removeprefix(tag).partition(".")
-        if not name.startswith(tag) or output != "cls_token":
+        subnet, _, output = name.removeprefix(tag).rpartition(".")
+        if not name.startswith(tag) or output != "cls_token" or subnet[0] != "w":
             continue
         width, depths = subnet.removeprefix("w").split("-d")
-        model.get_by_type(f"{width}_{depths.split('-')[2]}")
-        if model.get_depths() != [int(d) for d in depths.split("-")]:
+        model.get_by_type(f"{width}_{depths.split('.')[2]}")
+        if model.get_depths() != [int(d) for d in depths.split(".")]:
             sys.exit(
                 f"check_swin_against_poa: POA's depths {model.get_depths()} for {subnet}"
             )

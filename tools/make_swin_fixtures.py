@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def subnet_id(width: int, depths: tuple[int, ...]) -> str:
-    return f"w{width}-d{'-'.join(map(str, depths))}"
+    return f"w{width}-d{'.'.join(map(str, depths))}"
 
 
 def stage_depths(g: Geometry, s3_depth: int) -> tuple[int, ...]:

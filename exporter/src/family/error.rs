@@ -23,6 +23,13 @@ pub enum FamilyError {
     WidthRange { width: u32, max: u32 },
     #[error("depth {depth} is outside 1..={max} (the teacher's depth)")]
     DepthRange { depth: u32, max: u32 },
+    #[error("stage {stage} cannot keep {depth} blocks: its depth is {min}..={max}")]
+    StageDepth {
+        stage: usize,
+        depth: u32,
+        min: u32,
+        max: u32,
+    },
     #[error("{family} sub-networks have {expected} stage depth(s), not {found}")]
     Stages {
         family: &'static str,

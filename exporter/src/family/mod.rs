@@ -102,17 +102,19 @@ pub fn open(
 ) -> Result<Teacher, OpenError> {
     match config.and_then(|c| Some((c, c.arch()?))) {
         Some((_, arch)) if arch.contains("vit") => vit::open(ckpt, config, overrides),
+        Some((_, arch)) if arch.contains("swin") => swin::open(ckpt, config, overrides),
         Some((c, arch)) => Err(ConfigError::Invalid(format!(
             "{}: student.arch `{arch}` is not a family this exporter reads ({KNOWN})",
             c.path.display()
         ))
         .into()),
+        None if swin::is_swin(ckpt) => swin::open(ckpt, config, overrides),
         None => vit::open(ckpt, config, overrides),
     }
 }
 
 /// The `student.arch` values [`open`] reads, for errors.
-const KNOWN: &str = "vit_*";
+const KNOWN: &str = "vit_*, swin_*";
 
 /// The blocks a stage of `max` blocks keeps at depth `depth`, POA's rule for
 /// every family: numpy's `linspace(0, max-1, depth).astype(int64)`, which is

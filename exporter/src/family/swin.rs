@@ -2,15 +2,21 @@
 //! cost model and the ONNX graph of a sub-network, following POA's own
 //! dynamic forward exactly (see docs/exporter.md, "Swin").
 
-use std::ops::Range;
-use std::path::Path;
-
 use onnx_protobuf::ModelProto;
 use serde::Deserialize;
+use tailor_runtime::manifest::{PerStage, SwinConfig, TeacherConfig};
 
+use super::slice::{Cut, TensorCut};
+use super::{
+    linspace_blocks, Costs, Depths, Family, FamilyError, Layout, OpenError, SubnetSpec, Teacher,
+};
 use crate::checkpoint::Checkpoint;
-use crate::config::{ConfigError, GridRange, Overrides};
+use crate::config::{ConfigError, GridRange, Overrides, PoaConfig};
+use crate::onnx::layers::{BlockConsts, Linear};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+
+/// The checkpoints this family reads, as errors name them.
+const FAMILY: &str = "POA Swin";
 
 /// Stages of a Swin; each after the first halves the map and doubles the width.
 pub const STAGES: usize = 4;
@@ -44,59 +50,6 @@ pub struct Geometry {
     pub qkv_bias: bool,
 }
 
-/// A Swin sub-network: a stage-1 width and the depth of each stage (only
-/// stage 3's may differ from the teacher's; [`Geometry::check`] says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Subnet {
-    pub width: u32,
-    pub depths: [u32; STAGES],
-}
-
-impl Subnet {
-    /// The bundle-wide identifier, e.g. `w96-d2-2-18-2`.
-    pub fn id(&self) -> String {
-        let [a, b, c, d] = self.depths;
-        format!("w{}-d{a}-{b}-{c}-{d}", self.width)
-    }
-}
-
-/// A sub-network's size and cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Costs {
-    pub params: u64,
-    /// Multiply-accumulates per image (matrix products and the patch conv).
-    pub macs: u64,
-    /// Estimated peak activation bytes at batch 1 (see [`Geometry::costs`]).
-    pub activation_bytes: u64,
-}
-
-/// A teacher that does not have the shape of a POA Swin, or a request outside its grid.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SwinError {
-    #[error("missing tensor `{0}` (is this a POA Swin checkpoint?)")]
-    Missing(String),
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
-    #[error("width {width} is not a multiple of head_dim {head_dim}")]
-    WidthNotMultiple { width: u32, head_dim: u32 },
-    #[error("width {width} is outside 1..={max} (the teacher's stage-1 width)")]
-    WidthRange { width: u32, max: u32 },
-    #[error("depths {depths:?} are not a sub-network: only stage 3 is elastic (1..={max}), the others keep {max_depths:?}")]
-    Depths {
-        depths: [u32; STAGES],
-        max: u32,
-        max_depths: [u32; STAGES],
-    },
-    #[error("head_dim {head_dim} does not divide the teacher's width {max_width}")]
-    HeadDim { head_dim: u32, max_width: u32 },
-    #[error("image size {image} is not a multiple of the patch size {patch}")]
-    ImageSize { image: u32, patch: u32 },
-}
-
 /// What the tensors of a checkpoint say about a Swin teacher, before any config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorFacts {
@@ -111,24 +64,52 @@ pub struct TensorFacts {
     pub qkv_bias: bool,
 }
 
+fn missing(name: &str) -> FamilyError {
+    FamilyError::Missing {
+        name: name.into(),
+        family: FAMILY,
+    }
+}
+
+/// Whether the checkpoint's tensors are named as a Swin's (no config to say so).
+pub fn is_swin(ckpt: &Checkpoint) -> bool {
+    ckpt.tensor(&Param::block(ParamKind::QkvWeight, 0, 0).teacher_name())
+        .is_some()
+}
+
+/// Reads a Swin teacher: its tensors, then its grid.
+pub fn open(
+    ckpt: &Checkpoint,
+    config: Option<&PoaConfig>,
+    overrides: &Overrides,
+) -> Result<Teacher, OpenError> {
+    let facts = tensor_facts(ckpt)?;
+    let grid = resolve(&facts, config, overrides)?;
+    Ok(Teacher {
+        grid: grid.subnets(),
+        family: Box::new(grid.geometry),
+        assumptions: grid.assumptions,
+    })
+}
+
 /// Reads the teacher's geometry off its tensors and checks every tensor's shape.
-pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
-    let shape = |name: &str| -> Result<Vec<usize>, SwinError> {
+pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, FamilyError> {
+    let shape = |name: &str| -> Result<Vec<usize>, FamilyError> {
         ckpt.tensor(name)
             .map(|t| t.shape.to_vec())
-            .ok_or_else(|| SwinError::Missing(name.into()))
+            .ok_or_else(|| missing(name))
     };
     let patch_name = top_name(ParamKind::PatchWeight);
     let patch = shape(&patch_name)?;
     let [c, 3, p, q] = patch[..] else {
-        return Err(SwinError::Shape {
+        return Err(FamilyError::Shape {
             name: patch_name,
             found: patch,
             expected: vec![0, 3, 0, 0],
         });
     };
     if p != q || c == 0 {
-        return Err(SwinError::Shape {
+        return Err(FamilyError::Shape {
             name: patch_name,
             found: patch,
             expected: vec![c, 3, p, p],
@@ -148,8 +129,8 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
         }
     }
     if let Some(s) = max_depths.iter().position(|&d| d == 0) {
-        return Err(SwinError::Missing(
-            Param::block(ParamKind::QkvWeight, s, 0).teacher_name(),
+        return Err(missing(
+            &Param::block(ParamKind::QkvWeight, s, 0).teacher_name(),
         ));
     }
     let table_name = Param::block(ParamKind::BiasTable, 0, 0).teacher_name();
@@ -159,7 +140,7 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
             match (1..=rows).find(|w| (2 * w - 1) * (2 * w - 1) == rows) {
                 Some(w) => (w, heads),
                 None => {
-                    return Err(SwinError::Shape {
+                    return Err(FamilyError::Shape {
                         name: table_name,
                         found: table,
                         expected: vec![169, heads],
@@ -168,7 +149,7 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
             }
         }
         _ => {
-            return Err(SwinError::Shape {
+            return Err(FamilyError::Shape {
                 name: table_name,
                 found: table,
                 expected: vec![169, c / 16],
@@ -198,12 +179,10 @@ pub fn tensor_facts(ckpt: &Checkpoint) -> Result<TensorFacts, SwinError> {
     };
     for param in g.params() {
         let name = param.teacher_name();
-        let t = ckpt
-            .tensor(&name)
-            .ok_or_else(|| SwinError::Missing(name.clone()))?;
+        let t = ckpt.tensor(&name).ok_or_else(|| missing(&name))?;
         let expected = g.teacher_shape(param);
         if t.shape != expected.as_slice() {
-            return Err(SwinError::Shape {
+            return Err(FamilyError::Shape {
                 name,
                 found: t.shape.to_vec(),
                 expected,
@@ -240,13 +219,6 @@ fn one() -> u32 {
     1
 }
 
-/// A Swin config: its file, `student:` section and `crops.global_crops_size`.
-pub struct SwinConfig<'a> {
-    pub path: &'a Path,
-    pub student: &'a Student,
-    pub image_size: Option<u32>,
-}
-
 /// The geometry and grid of a Swin export, with what had to be assumed.
 #[derive(Debug, Clone)]
 pub struct Grid {
@@ -259,7 +231,7 @@ pub struct Grid {
 
 impl Grid {
     /// Every sub-network: each width with each stage-3 depth.
-    pub fn subnets(&self) -> Vec<Subnet> {
+    pub fn subnets(&self) -> Vec<SubnetSpec> {
         let g = &self.geometry;
         self.widths
             .iter()
@@ -273,14 +245,12 @@ impl Grid {
 /// `--depths` gives stage 3's depths.
 pub fn resolve(
     facts: &TensorFacts,
-    config: Option<SwinConfig>,
+    config: Option<&PoaConfig>,
     overrides: &Overrides,
 ) -> Result<Grid, ConfigError> {
     let mut assumptions = Vec::new();
-    if let Some(SwinConfig {
-        path, student: s, ..
-    }) = &config
-    {
+    let student = config.map(PoaConfig::student::<Student>).transpose()?;
+    if let (Some(c), Some(s)) = (config, &student) {
         let mut checks = vec![
             ("student.max_embed_dim", s.max_embed_dim, facts.max_width),
             ("student.head_dim", s.head_dim, facts.head_dim),
@@ -292,17 +262,12 @@ pub fn resolve(
                 .map(|p| ("student.patch_size", p, facts.patch_size)),
         );
         if let Some(&(key, config, tensors)) = checks.iter().find(|(_, c, t)| c != t) {
-            return Err(ConfigError::Contradiction {
-                path: path.to_path_buf(),
-                key,
-                config,
-                tensors,
-            });
+            return Err(c.contradiction(key, config, tensors));
         }
         if s.max_depths != facts.max_depths {
             return Err(ConfigError::Invalid(format!(
                 "{} contradicts the checkpoint: config says student.max_depths = {:?}, the tensors hold {:?} blocks per stage",
-                path.display(),
+                c.path.display(),
                 s.max_depths,
                 facts.max_depths
             )));
@@ -315,11 +280,8 @@ pub fn resolve(
             facts.head_dim
         )));
     }
-    let student = config.as_ref().map(|c| c.student);
-    let image_size = match (
-        overrides.image_size,
-        config.as_ref().and_then(|c| c.image_size),
-    ) {
+    let crops = config.and_then(|c| c.crops.as_ref());
+    let image_size = match (overrides.image_size, crops.map(|c| c.global_crops_size)) {
         (Some(i), _) | (None, Some(i)) => i,
         (None, None) => {
             assumptions.push(format!(
@@ -342,7 +304,7 @@ pub fn resolve(
         .validate()
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let h = facts.head_dim;
-    let widths = match (overrides.widths, student) {
+    let widths = match (overrides.widths, &student) {
         (Some(r), _) => r.values(h),
         (None, Some(s)) => GridRange {
             start: s.min_embed_dim,
@@ -365,7 +327,7 @@ pub fn resolve(
         }
     };
     let max = facts.max_depths[ELASTIC_STAGE];
-    let s3_depths = match (overrides.depths, student) {
+    let s3_depths = match (overrides.depths, &student) {
         (Some(r), _) => r.values(1),
         (None, Some(s)) => GridRange {
             start: s.min_s3_depth,
@@ -408,52 +370,36 @@ impl Geometry {
     }
 
     /// The sub-network of width `width` whose stage 3 keeps `s3_depth` blocks.
-    pub fn subnet(&self, width: u32, s3_depth: u32) -> Subnet {
+    pub fn subnet(&self, width: u32, s3_depth: u32) -> SubnetSpec {
         let mut depths = self.max_depths;
         depths[ELASTIC_STAGE] = s3_depth;
-        Subnet { width, depths }
+        SubnetSpec {
+            width,
+            depths: Depths::new(&depths).expect("four stages fit Depths"),
+        }
+    }
+
+    /// The four stage depths of a checked `s`.
+    fn stage_depths(&self, s: &SubnetSpec) -> [u32; STAGES] {
+        let mut depths = self.max_depths;
+        for (d, &given) in depths.iter_mut().zip(s.depths.as_slice()) {
+            *d = given;
+        }
+        depths
     }
 
     /// Checks the geometry itself is consistent.
-    pub fn validate(&self) -> Result<(), SwinError> {
+    pub fn validate(&self) -> Result<(), FamilyError> {
         if self.head_dim == 0 || !self.max_width.is_multiple_of(self.head_dim) {
-            return Err(SwinError::HeadDim {
+            return Err(FamilyError::HeadDim {
                 head_dim: self.head_dim,
                 max_width: self.max_width,
             });
         }
         if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(SwinError::ImageSize {
+            return Err(FamilyError::ImageSize {
                 image: self.image_size,
                 patch: self.patch_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks that `s` is a sub-network of this teacher.
-    pub fn check(&self, s: Subnet) -> Result<(), SwinError> {
-        if s.width == 0 || s.width > self.max_width {
-            return Err(SwinError::WidthRange {
-                width: s.width,
-                max: self.max_width,
-            });
-        }
-        if !s.width.is_multiple_of(self.head_dim) {
-            return Err(SwinError::WidthNotMultiple {
-                width: s.width,
-                head_dim: self.head_dim,
-            });
-        }
-        let s3 = s.depths[ELASTIC_STAGE];
-        if s.depths != self.subnet(s.width, s3).depths
-            || s3 == 0
-            || s3 > self.max_depths[ELASTIC_STAGE]
-        {
-            return Err(SwinError::Depths {
-                depths: s.depths,
-                max: self.max_depths[ELASTIC_STAGE],
-                max_depths: self.max_depths,
             });
         }
         Ok(())
@@ -465,7 +411,7 @@ impl Geometry {
     /// real one. The activation estimate is the largest working set of one
     /// block at batch 1 (attention: qkv, two score maps, the residual; MLP:
     /// two hidden maps and two residual-width maps), plus the input image.
-    pub fn costs(&self, s: Subnet) -> Costs {
+    fn swin_costs(&self, width: u32, depths: [u32; STAGES]) -> Costs {
         let c = self.max_width as u64;
         let p2 = (self.patch_size * self.patch_size) as u64;
         let ln = |n: u64| if self.ln_bias { 2 * n } else { n };
@@ -476,8 +422,8 @@ impl Geometry {
         let mut params = 3 * p2 * c + c + ln(c);
         let mut macs = (res[0] * res[0]) as u64 * c * 3 * p2;
         let mut peak = 0;
-        for (stage, &depth) in s.depths.iter().enumerate() {
-            let w = (s.width as u64) << stage;
+        for (stage, &depth) in depths.iter().enumerate() {
+            let w = (width as u64) << stage;
             let heads = w / self.head_dim as u64;
             let t = (res[stage] * res[stage]) as u64;
             let padded = self.padded(res[stage]).pow(2) as u64;
@@ -502,7 +448,7 @@ impl Geometry {
                 macs += merged * 4 * w * 2 * w;
             }
         }
-        params += ln((s.width as u64) << (STAGES - 1));
+        params += ln((width as u64) << (STAGES - 1));
         let image = 3 * (self.image_size as u64).pow(2);
         Costs {
             params,
@@ -626,10 +572,107 @@ impl Geometry {
             FinalNormWeight | FinalNormBias => Cut::prefix((w as usize) << (STAGES - 1)),
         }
     }
+}
 
-    /// The ONNX graph of sub-network `s`; `locate` says where each sliced
-    /// teacher tensor (by teacher name) lies.
-    pub fn graph(&self, s: Subnet, locate: &dyn Fn(&str) -> ExternalData) -> ModelProto {
+impl Family for Geometry {
+    fn name(&self) -> &'static str {
+        "swin"
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "Swin width {} depths {:?} head_dim {} window {} patch {} image {}",
+            self.max_width,
+            self.max_depths,
+            self.head_dim,
+            self.window,
+            self.patch_size,
+            self.image_size
+        )
+    }
+
+    fn config(&self) -> TeacherConfig {
+        TeacherConfig::Swin(SwinConfig {
+            max_width: self.max_width,
+            max_depths: PerStage::from_slice(&self.max_depths).expect("four stages fit"),
+            head_dim: self.head_dim,
+            window_size: self.window,
+            patch_size: self.patch_size,
+            image_size: self.image_size,
+            mlp_ratio: MLP_RATIO as u32,
+        })
+    }
+
+    /// Four stage depths, only stage 3's differing from the teacher's.
+    fn check(&self, s: &SubnetSpec) -> Result<(), FamilyError> {
+        let depths = s.depths.as_slice();
+        if depths.len() != STAGES {
+            return Err(FamilyError::Stages {
+                family: "Swin",
+                expected: STAGES,
+                found: depths.len(),
+            });
+        }
+        if s.width == 0 || s.width > self.max_width {
+            return Err(FamilyError::WidthRange {
+                width: s.width,
+                max: self.max_width,
+            });
+        }
+        if !s.width.is_multiple_of(self.head_dim) {
+            return Err(FamilyError::WidthNotMultiple {
+                width: s.width,
+                head_dim: self.head_dim,
+            });
+        }
+        for (stage, (&depth, &max)) in depths.iter().zip(&self.max_depths).enumerate() {
+            let min = if stage == ELASTIC_STAGE { 1 } else { max };
+            if !(min..=max).contains(&depth) {
+                return Err(FamilyError::StageDepth {
+                    stage: stage + 1,
+                    depth,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn costs(&self, s: &SubnetSpec) -> Costs {
+        self.swin_costs(s.width, self.stage_depths(s))
+    }
+
+    /// Kept teacher blocks are numbered across stages (stage 2's first is
+    /// stage 1's depth).
+    fn layout(&self, s: &SubnetSpec) -> Layout {
+        let mut block_idx = Vec::new();
+        let mut first = 0;
+        for (&max, depth) in self.max_depths.iter().zip(self.stage_depths(s)) {
+            block_idx.extend(linspace_blocks(max, depth).into_iter().map(|b| first + b));
+            first += max as u16;
+        }
+        Layout {
+            depths: Some(self.stage_depths(s).to_vec()),
+            mid_widths: None,
+            block_idx,
+        }
+    }
+
+    fn full_depth(&self, width: u32) -> SubnetSpec {
+        self.subnet(width, self.max_depths[ELASTIC_STAGE])
+    }
+
+    fn width_slice(&self, width: u32) -> Vec<TensorCut> {
+        self.params()
+            .map(|p| TensorCut {
+                name: p.teacher_name(),
+                cut: self.cut(p, width),
+            })
+            .collect()
+    }
+
+    fn graph(&self, s: &SubnetSpec, locate: &dyn Fn(&str) -> ExternalData) -> ModelProto {
         GraphWriter::new(self, s, locate).build()
     }
 }
@@ -782,64 +825,6 @@ impl Param {
     }
 }
 
-/// Row ranges × column ranges of a tensor's 2-D view, times a scale.
-pub struct Cut {
-    view_cols: usize,
-    rows: Vec<Range<usize>>,
-    cols: Vec<Range<usize>>,
-    pub scale: f32,
-    pub shape: Vec<usize>,
-}
-
-impl Cut {
-    fn matrix(
-        view_cols: usize,
-        rows: Vec<Range<usize>>,
-        cols: Vec<Range<usize>>,
-        scale: f32,
-        shape: Vec<usize>,
-    ) -> Cut {
-        Cut {
-            view_cols,
-            rows,
-            cols,
-            scale,
-            shape,
-        }
-    }
-
-    /// The first `n` elements of a vector.
-    #[allow(clippy::single_range_in_vec_init)]
-    fn prefix(n: usize) -> Cut {
-        Cut::matrix(n, vec![0..1], vec![0..n], 1.0, vec![n])
-    }
-
-    /// Contiguous runs of the tensor's elements, in output order.
-    pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
-        self.rows
-            .iter()
-            .flat_map(|r| r.clone())
-            .flat_map(move |row| {
-                self.cols.iter().map(move |col| {
-                    row * self.view_cols + col.start..row * self.view_cols + col.end
-                })
-            })
-    }
-}
-
-/// The teacher blocks a stage of depth `depth` keeps: numpy's
-/// `linspace(0, max-1, depth).astype(int64)`.
-fn block_indices(max: u32, depth: u32) -> Vec<u32> {
-    let (max, depth) = (max as usize, depth as usize);
-    if depth == 1 {
-        return vec![0];
-    }
-    let step = (max - 1) as f64 / (depth - 1) as f64;
-    (0..depth)
-        .map(|j| if j == depth - 1 { max - 1 } else { (j as f64 * step) as usize } as u32)
-        .collect()
-}
-
 /// [W², W²] rows of the bias table for query p and key q of a window:
 /// (Δrow + W - 1)·(2W - 1) + (Δcol + W - 1) with Δ = p - q.
 fn relative_position_index(window: usize) -> Vec<i64> {
@@ -876,16 +861,20 @@ fn shift_regions(side: usize, window: usize, shift: usize) -> Vec<i64> {
 /// Emits the ONNX graph of one sub-network.
 struct GraphWriter<'a> {
     g: &'a Geometry,
-    s: Subnet,
+    width: u32,
+    depths: [u32; STAGES],
+    id: String,
     locate: &'a dyn Fn(&str) -> ExternalData,
     b: GraphBuilder,
 }
 
 impl<'a> GraphWriter<'a> {
-    fn new(g: &'a Geometry, s: Subnet, locate: &'a dyn Fn(&str) -> ExternalData) -> Self {
+    fn new(g: &'a Geometry, s: &SubnetSpec, locate: &'a dyn Fn(&str) -> ExternalData) -> Self {
         GraphWriter {
             g,
-            s,
+            width: s.width,
+            depths: g.stage_depths(s),
+            id: s.id(),
             locate,
             b: GraphBuilder::new(&s.id()),
         }
@@ -893,9 +882,9 @@ impl<'a> GraphWriter<'a> {
 
     /// The sliced teacher tensor `param`, named `name` in the graph.
     fn weight(&mut self, name: &str, param: Param) -> Value {
-        let shape = self.g.cut(param, self.s.width).shape;
+        let cut = self.g.cut(param, self.width);
         let data = (self.locate)(&param.teacher_name());
-        self.b.external(name, &shape, data)
+        self.b.external(name, cut.shape(), data)
     }
 
     fn layer_norm(&mut self, name: &str, x: &Value, weight: Param, bias: Param) -> Value {
@@ -904,42 +893,15 @@ impl<'a> GraphWriter<'a> {
             .g
             .ln_bias
             .then(|| self.weight(&format!("{name}.bias"), bias));
-        let mut inputs = vec![x, &scale];
-        inputs.extend(bias.as_ref());
-        self.b.node(
-            "LayerNormalization",
-            name,
-            &inputs,
-            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(LN_EPS))],
-        )
+        self.b.layer_norm(name, x, &scale, bias.as_ref(), LN_EPS)
     }
 
-    /// `x · Wᵀ (+ b)` on the 2-D token matrix.
-    fn linear(&mut self, name: &str, x: &Value, weight: Param, bias: Option<Param>) -> Value {
-        let w = self.weight(&format!("{name}.weight"), weight);
-        let b = bias.map(|b| self.weight(&format!("{name}.bias"), b));
-        let mut inputs = vec![x, &w];
-        inputs.extend(b.as_ref());
-        self.b
-            .node("Gemm", name, &inputs, &[("transB", Attr::Int(1))])
-    }
-
-    /// Exact (erf) GELU: 0.5 · x · (1 + erf(x / √2)).
-    fn gelu(&mut self, name: &str, x: &Value) -> Value {
-        let sqrt2 = self
-            .b
-            .const_f32(&format!("{name}.sqrt2"), &[], &[std::f32::consts::SQRT_2]);
-        let one = self.b.const_f32(&format!("{name}.one"), &[], &[1.0]);
-        let half = self.b.const_f32(&format!("{name}.half"), &[], &[0.5]);
-        let e = self
-            .b
-            .node("Div", &format!("{name}.scaled"), &[x, &sqrt2], &[]);
-        let e = self.b.node("Erf", &format!("{name}.erf"), &[&e], &[]);
-        let e = self
-            .b
-            .node("Add", &format!("{name}.shift"), &[&e, &one], &[]);
-        let e = self.b.node("Mul", &format!("{name}.gate"), &[x, &e], &[]);
-        self.b.node("Mul", name, &[&e, &half], &[])
+    /// The Linear `name` of teacher tensors `weight` and `bias`.
+    fn linear(&mut self, name: &str, weight: Param, bias: Option<Param>) -> Linear {
+        Linear {
+            weight: self.weight(&format!("{name}.weight"), weight),
+            bias: bias.map(|b| self.weight(&format!("{name}.bias"), b)),
+        }
     }
 
     fn reshape(&mut self, name: &str, x: &Value, shape: &[i64]) -> Value {
@@ -1046,7 +1008,7 @@ impl<'a> GraphWriter<'a> {
     /// One (shifted) window attention of teacher block `block` in `stage`,
     /// on the normed token matrix `x` of a `side`² map.
     fn attention(&mut self, n: &str, x: &Value, stage: usize, block: u32, side: usize) -> Value {
-        let ws = (self.s.width as usize) << stage;
+        let ws = (self.width as usize) << stage;
         let (hd, win) = (self.g.head_dim as usize, self.g.window as usize);
         let heads = ws / hd;
         let tokens = win * win;
@@ -1070,7 +1032,8 @@ impl<'a> GraphWriter<'a> {
         }
         let h = self.partition(&format!("{n}.windows"), &h, padded, ws);
         let bias = self.g.qkv_bias.then(|| at(QkvBias));
-        let qkv = self.linear(&format!("{n}.qkv"), &h, at(QkvWeight), bias);
+        let qkv = self.linear(&format!("{n}.qkv"), at(QkvWeight), bias);
+        let qkv = self.b.linear(&format!("{n}.qkv"), &h, &qkv);
         let qkv = self.reshape(
             &format!("{n}.qkv.heads"),
             &qkv,
@@ -1146,12 +1109,8 @@ impl<'a> GraphWriter<'a> {
             .node("MatMul", &format!("{n}.context"), &[&probs, &v], &[]);
         let ctx = self.transpose(&format!("{n}.context.merge"), &ctx, &[0, 2, 1, 3]);
         let ctx = self.reshape(&format!("{n}.context.rows"), &ctx, &[-1, ws as i64]);
-        let out = self.linear(
-            &format!("{n}.proj"),
-            &ctx,
-            at(ProjWeight),
-            Some(at(ProjBias)),
-        );
+        let proj = self.linear(&format!("{n}.proj"), at(ProjWeight), Some(at(ProjBias)));
+        let out = self.b.linear(&format!("{n}.proj"), &ctx, &proj);
         let mut out = self.unpartition(&format!("{n}.unwindows"), &out, padded, ws);
         if shift > 0 {
             out = self.roll(&format!("{n}.unshift"), &out, padded, shift);
@@ -1172,7 +1131,7 @@ impl<'a> GraphWriter<'a> {
     /// nn.Unfold's order, channels [k][c], LayerNorm, reduction to 2·w_s.
     fn merge(&mut self, x: &Value, stage: usize, side: usize) -> Value {
         let n = format!("stages.{stage}.downsample");
-        let ws = (self.s.width as i64) << stage;
+        let ws = (self.width as i64) << stage;
         let half = side.div_ceil(2) as i64;
         let mut h = self.reshape(&format!("{n}.map"), x, &[-1, side as i64, side as i64, ws]);
         if side % 2 == 1 {
@@ -1188,17 +1147,17 @@ impl<'a> GraphWriter<'a> {
             at(ParamKind::MergeNormWeight),
             at(ParamKind::MergeNormBias),
         );
-        self.linear(
+        let reduction = self.linear(
             &format!("{n}.reduction"),
-            &h,
             at(ParamKind::ReductionWeight),
             None,
-        )
+        );
+        self.b.linear(&format!("{n}.reduction"), &h, &reduction)
     }
 
     fn build(mut self) -> ModelProto {
         let g = self.g;
-        let (c, w) = (g.max_width as usize, self.s.width as usize);
+        let (c, w) = (g.max_width as usize, self.width as usize);
         let (p, image) = (g.patch_size as usize, g.image_size as usize);
         let res = g.resolutions();
         let pixels = self.b.input(
@@ -1235,13 +1194,18 @@ impl<'a> GraphWriter<'a> {
         );
         let tokens = self.slice("patch_embed.width", &tokens, &[0], &[w as i64], &[2]);
         let mut x = self.reshape("patch_embed.rows", &tokens, &[-1, w as i64]);
+        // Only the GELU constants of these serve Swin's MLPs: its attention is windowed.
+        let (win, hd) = (g.window as usize, g.head_dim as usize);
+        let rows = self.b.const_i64("shape.rows", &[2], &[-1, w as i64]);
+        let consts = BlockConsts::new(&mut self.b, win * win, w / hd, hd, &rows);
 
-        for (stage, depth) in self.s.depths.into_iter().enumerate() {
+        for (stage, depth) in self.depths.into_iter().enumerate() {
             let side = res[stage];
-            for (j, teacher_block) in block_indices(g.max_depths[stage], depth)
+            for (j, teacher_block) in linspace_blocks(g.max_depths[stage], depth)
                 .into_iter()
                 .enumerate()
             {
+                let teacher_block = u32::from(teacher_block);
                 let n = format!("stages.{stage}.blocks.{j}");
                 let at = |kind| Param::block(kind, stage, teacher_block);
                 let h = self.layer_norm(&format!("{n}.norm1"), &x, at(Norm1Weight), at(Norm1Bias));
@@ -1250,19 +1214,9 @@ impl<'a> GraphWriter<'a> {
                     .b
                     .node("Add", &format!("{n}.residual1"), &[&x, &h], &[]);
                 let h = self.layer_norm(&format!("{n}.norm2"), &x, at(Norm2Weight), at(Norm2Bias));
-                let h = self.linear(
-                    &format!("{n}.ffn.fc1"),
-                    &h,
-                    at(Fc1Weight),
-                    Some(at(Fc1Bias)),
-                );
-                let h = self.gelu(&format!("{n}.ffn.act"), &h);
-                let h = self.linear(
-                    &format!("{n}.ffn.fc2"),
-                    &h,
-                    at(Fc2Weight),
-                    Some(at(Fc2Bias)),
-                );
+                let fc1 = self.linear(&format!("{n}.ffn.fc1"), at(Fc1Weight), Some(at(Fc1Bias)));
+                let fc2 = self.linear(&format!("{n}.ffn.fc2"), at(Fc2Weight), Some(at(Fc2Bias)));
+                let h = self.b.mlp(&format!("{n}.ffn"), &h, &fc1, &fc2, &consts);
                 x = self
                     .b
                     .node("Add", &format!("{n}.residual2"), &[&x, &h], &[]);
@@ -1295,11 +1249,7 @@ impl<'a> GraphWriter<'a> {
         );
         let doc = format!(
             "POA elastic Swin sub-network {}: width {} of {}, depths {:?} of {:?}",
-            self.s.id(),
-            self.s.width,
-            g.max_width,
-            self.s.depths,
-            g.max_depths
+            self.id, self.width, g.max_width, self.depths, g.max_depths
         );
         self.b.finish(&doc)
     }
@@ -1308,6 +1258,7 @@ impl<'a> GraphWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn poa_swin() -> Geometry {
         Geometry {
@@ -1331,7 +1282,7 @@ mod tests {
             head_dim: 32,
             ..poa_swin()
         };
-        let t = tiny.costs(tiny.subnet(96, 6));
+        let t = tiny.costs(&tiny.subnet(96, 6));
         assert!((27_000_000..28_000_000).contains(&t.params), "{}", t.params);
         assert!(
             (4_300_000_000..4_700_000_000).contains(&t.macs),
@@ -1340,43 +1291,55 @@ mod tests {
         );
         // Swin-B: 87.8M with its 1.03M classifier, 15.4 GMACs (POA's largest).
         let g = poa_swin();
-        let b = g.costs(g.subnet(128, 18));
+        let b = g.costs(&g.subnet(128, 18));
         assert!((86_000_000..88_000_000).contains(&b.params), "{}", b.params);
         assert!(
             (15_000_000_000..15_800_000_000).contains(&b.macs),
             "{}",
             b.macs
         );
-        let small = g.costs(g.subnet(96, 6));
+        let small = g.costs(&g.subnet(96, 6));
         assert!(small.params < t.params + 1_000_000 && small.macs < b.macs / 3);
     }
 
     #[test]
     fn only_stage_three_is_elastic() {
         let g = poa_swin();
-        assert_eq!(g.subnet(96, 6).id(), "w96-d2-2-6-2");
-        assert_eq!(g.check(g.subnet(112, 18)), Ok(()));
-        for depths in [[2, 2, 19, 2], [2, 2, 0, 2], [2, 1, 6, 2], [2, 2, 6, 3]] {
-            let s = Subnet { width: 96, depths };
-            assert_eq!(
-                g.check(s),
-                Err(SwinError::Depths {
-                    depths,
-                    max: 18,
-                    max_depths: [2, 2, 18, 2]
-                })
-            );
-        }
+        assert_eq!(g.subnet(96, 6).id(), "w96-d2.2.6.2");
+        assert_eq!(g.check(&g.subnet(112, 18)), Ok(()));
+        let depths = |d: [u32; 4]| SubnetSpec {
+            width: 96,
+            depths: Depths::new(&d).unwrap(),
+        };
+        let stage = |stage, depth, min, max| {
+            Err(FamilyError::StageDepth {
+                stage,
+                depth,
+                min,
+                max,
+            })
+        };
+        assert_eq!(g.check(&depths([2, 2, 19, 2])), stage(3, 19, 1, 18));
+        assert_eq!(g.check(&depths([2, 1, 6, 2])), stage(2, 1, 2, 2));
+        assert_eq!(g.check(&depths([2, 2, 6, 3])), stage(4, 3, 2, 2));
         assert_eq!(
-            g.check(g.subnet(100, 6)),
-            Err(SwinError::WidthNotMultiple {
+            g.check(&SubnetSpec::single(96, 6)),
+            Err(FamilyError::Stages {
+                family: "Swin",
+                expected: 4,
+                found: 1
+            })
+        );
+        assert_eq!(
+            g.check(&g.subnet(100, 6)),
+            Err(FamilyError::WidthNotMultiple {
                 width: 100,
                 head_dim: 16
             })
         );
         assert_eq!(
-            g.check(g.subnet(144, 6)),
-            Err(SwinError::WidthRange {
+            g.check(&g.subnet(144, 6)),
+            Err(FamilyError::WidthRange {
                 width: 144,
                 max: 128
             })
@@ -1395,48 +1358,43 @@ mod tests {
         }
     }
 
-    fn poa_student() -> Student {
-        serde_norway::from_str(
-            "arch: swin_dynamic\nmin_embed_dim: 96\nmax_embed_dim: 128\nmin_s3_depth: 6\n\
-             max_depths: [2, 2, 18, 2]\nhead_dim: 16\nmode: order\npatch_size: 4\n\
-             window_size: 7\ndrop_path_rate: 0.2\nqkv_bias: true\nwidth_interval: 1\n",
-        )
-        .unwrap()
-    }
+    const POA_CONFIG: &str = "student:\n  arch: swin_dynamic\n  min_embed_dim: 96\n  \
+        max_embed_dim: 128\n  min_s3_depth: 6\n  max_depths: [2, 2, 18, 2]\n  head_dim: 16\n  \
+        mode: order\n  patch_size: 4\n  window_size: 7\n  qkv_bias: true\n\
+        crops:\n  global_crops_size: 224\n";
 
-    fn with_config(student: &Student) -> Result<Grid, ConfigError> {
-        let config = SwinConfig {
-            path: Path::new("cfg.yaml"),
-            student,
-            image_size: Some(224),
-        };
-        resolve(&poa_facts(), Some(config), &Overrides::default())
+    fn with_config(text: &str) -> Result<Grid, ConfigError> {
+        let config = PoaConfig::parse(Path::new("cfg.yaml"), text).unwrap();
+        resolve(&poa_facts(), Some(&config), &Overrides::default())
     }
 
     #[test]
     fn poa_config_gives_the_39_grid() {
-        let grid = with_config(&poa_student()).unwrap();
+        let grid = with_config(POA_CONFIG).unwrap();
         assert_eq!(grid.widths, [96, 112, 128]);
         assert_eq!(grid.s3_depths, (6..=18).collect::<Vec<_>>());
         assert_eq!(grid.subnets().len(), 39);
-        assert_eq!(grid.subnets()[0].id(), "w96-d2-2-6-2");
+        assert_eq!(grid.subnets()[0].id(), "w96-d2.2.6.2");
         assert!(grid.assumptions.is_empty());
     }
 
     #[test]
     fn config_contradictions_name_the_key_and_both_values() {
-        let mut window = poa_student();
-        window.window_size = 12;
-        let mut depths = poa_student();
-        depths.max_depths = [2, 2, 6, 2];
-        for (student, want) in [
-            (window, "student.window_size = 12, the tensors say 7"),
+        for (from, to, want) in [
             (
-                depths,
+                "window_size: 7",
+                "window_size: 12",
+                "student.window_size = 12, the tensors say 7",
+            ),
+            (
+                "[2, 2, 18, 2]",
+                "[2, 2, 6, 2]",
                 "student.max_depths = [2, 2, 6, 2], the tensors hold [2, 2, 18, 2]",
             ),
         ] {
-            let msg = with_config(&student).unwrap_err().to_string();
+            let msg = with_config(&POA_CONFIG.replace(from, to))
+                .unwrap_err()
+                .to_string();
             assert!(msg.contains("cfg.yaml") && msg.contains(want), "{msg}");
         }
     }
@@ -1451,10 +1409,12 @@ mod tests {
     }
 
     #[test]
-    fn stage_three_keeps_numpy_linspace_blocks() {
-        assert_eq!(block_indices(18, 6), [0, 3, 6, 10, 13, 17]);
-        assert_eq!(block_indices(2, 2), [0, 1]);
-        assert_eq!(block_indices(18, 1), [0]);
+    fn kept_blocks_are_numbered_across_stages() {
+        let g = poa_swin();
+        let layout = g.layout(&g.subnet(96, 6));
+        assert_eq!(layout.depths, Some(vec![2, 2, 6, 2]));
+        // Stage 3 keeps linspace(0, 17, 6) = [0, 3, 6, 10, 13, 17], after 4 blocks.
+        assert_eq!(layout.block_idx, [0, 1, 2, 3, 4, 7, 10, 14, 17, 21, 22, 23]);
     }
 
     #[test]
@@ -1479,16 +1439,14 @@ mod tests {
         let merge = runs(Param::merge(ParamKind::MergeNormWeight, 0), 96);
         assert_eq!(merge, [0..96, 128..224, 256..352, 384..480]);
         let reduction = g.cut(Param::merge(ParamKind::ReductionWeight, 0), 96);
-        assert_eq!(reduction.shape, [192, 384]);
-        assert_eq!(reduction.scale, 128.0 / 96.0);
+        assert_eq!(reduction.shape(), [192, 384]);
+        assert_eq!(reduction.scale(), 128.0 / 96.0);
         // Stage 4 bias table: 48 of the teacher's 1024/16 = 64 head columns.
         let table = g.cut(Param::block(ParamKind::BiasTable, 3, 1), 96);
-        assert_eq!(table.shape, [169, 48]);
+        assert_eq!(table.shape(), [169, 48]);
         assert_eq!(table.runs().nth(1), Some(64..112));
         // The patch embed keeps all 128 channels.
-        assert_eq!(
-            g.cut(Param::top(ParamKind::PatchWeight), 96).shape,
-            [128, 3, 4, 4]
-        );
+        let patch = g.cut(Param::top(ParamKind::PatchWeight), 96);
+        assert_eq!(patch.shape(), [128, 3, 4, 4]);
     }
 }
