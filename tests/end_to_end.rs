@@ -117,7 +117,7 @@ fn a_swin_bundle_is_selected_and_served() {
     let refs = Reference::open(&format!("{swin}/reference.safetensors"));
 
     // A generous budget gets the largest Swin, whose output is POA's.
-    let chosen = rt
+    let mut chosen = rt
         .select(&Limits::latency_ms(1e5).memory_mb(4096.0).batch(2))
         .unwrap();
     assert_eq!(chosen.id, "w12-d2.2.5.2");
