@@ -116,6 +116,29 @@ pub fn open(
 /// The `student.arch` values [`open`] reads, for errors.
 const KNOWN: &str = "vit_*, swin_*";
 
+/// A transformer's geometry check: heads of `head_dim` fill its width and
+/// the image is whole patches.
+pub(crate) fn check_heads_and_patches(
+    max_width: u32,
+    head_dim: u32,
+    image_size: u32,
+    patch_size: u32,
+) -> Result<(), FamilyError> {
+    if head_dim == 0 || !max_width.is_multiple_of(head_dim) {
+        return Err(FamilyError::HeadDim {
+            head_dim,
+            max_width,
+        });
+    }
+    if image_size == 0 || !image_size.is_multiple_of(patch_size) {
+        return Err(FamilyError::ImageSize {
+            image: image_size,
+            patch: patch_size,
+        });
+    }
+    Ok(())
+}
+
 /// The blocks a stage of `max` blocks keeps at depth `depth`, POA's rule for
 /// every family: numpy's `linspace(0, max-1, depth).astype(int64)`, which is
 /// not always the paper's floor formula (max = 31, depth = 23 differ).
