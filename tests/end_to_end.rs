@@ -129,3 +129,36 @@ fn a_resnet_teacher_exports_selects_and_serves_its_reference() {
         "served ResNet cls_token",
     );
 }
+
+#[test]
+fn a_swin_bundle_is_selected_and_served() {
+    let swin = "tests/fixtures/swin-tiny";
+    let (dir, bundle) = export(&request(&format!(
+        "{swin}/output/eval/training_49/teacher_checkpoint.pth"
+    )));
+    let mut options = RuntimeOptions {
+        cache: Some(dir.path().join("cache/decisions.postcard")),
+        ..RuntimeOptions::default()
+    };
+    fast(&mut options);
+    let rt = Runtime::with_options(&bundle, options).unwrap();
+    let refs = Reference::open(&format!("{swin}/reference.safetensors"));
+
+    // A generous budget gets the largest Swin, whose output is POA's.
+    let mut chosen = rt
+        .select(&Limits::latency_ms(1e5).memory_mb(4096.0).batch(2))
+        .unwrap();
+    assert_eq!(chosen.id, "w12-d2.2.5.2");
+    let input = refs.get("input").into_dimensionality::<Ix4>().unwrap();
+    let out = chosen.session().run(input.view()).unwrap();
+    assert_close(
+        &out.patch_tokens.into_dyn(),
+        &refs.get("w12-d2.2.5.2.patch_tokens"),
+        "served Swin patch_tokens",
+    );
+
+    match rt.select(&Limits::latency_ms(1e-6).memory_mb(4096.0)) {
+        Err(SelectError::NothingFits(why)) => assert!(why.contains("w4-d2.2.2.2"), "{why}"),
+        other => panic!("expected NothingFits, got {:?}", other.map(|c| c.id)),
+    }
+}

@@ -216,3 +216,54 @@ fn resnet_stage_depth_follows_numpy_linspace_where_the_floor_formula_differs() {
         &ids.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 }
+
+const SWIN: &str = "tests/fixtures/swin-tiny";
+
+#[test]
+fn swin_poa_checkpoint_matches_the_reference_for_every_subnet() {
+    let req = request(&format!(
+        "{SWIN}/output/eval/training_49/teacher_checkpoint.pth"
+    ));
+    let (_dir, bundle) = export(&req);
+    let refs = Reference::open(&format!("{SWIN}/reference.safetensors"));
+    let b = Bundle::open(&bundle).unwrap();
+    assert_eq!(b.manifest().teacher.family, "swin");
+    let ids: Vec<String> = b
+        .manifest()
+        .subnets
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect();
+    // The grid comes from the config's student.arch swin_dynamic keys.
+    let grid: Vec<String> = [4, 8, 12]
+        .iter()
+        .flat_map(|w| (2..=5).map(move |d| format!("w{w}-d2.2.{d}.2")))
+        .collect();
+    assert_eq!(ids, grid);
+    // Stage 3 at depth 3 keeps teacher blocks 0, 2, 4 (numbered after
+    // stages 1 and 2's four blocks), the other stages all of theirs.
+    let meta = refs.meta();
+    let kept: Vec<u16> = serde_json::from_value(meta["block_idx"]["3"].clone()).unwrap();
+    let s = b.subnet("w8-d2.2.3.2").unwrap();
+    assert_eq!(s.depths.as_deref(), Some(&[2, 2, 3, 2][..]));
+    let stage3: Vec<u16> = kept.iter().map(|i| i + 4).collect();
+    assert_eq!(&s.block_idx[4..7], &stage3[..]);
+    check(
+        &bundle,
+        &refs,
+        "",
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn swin_without_config_is_known_by_its_tensor_names() {
+    // fp16, plain names, no LayerNorm biases: what POA saves under torch >= 2.1.
+    let refs = Reference::open(&format!("{SWIN}/reference.safetensors"));
+    let mut req = request(&format!("{SWIN}/teacher-nobias-fp16.safetensors"));
+    req.overrides.image_size = Some(40);
+    let ids = ["w4-d2.2.2.2", "w8-d2.2.3.2", "w12-d2.2.5.2"];
+    req.selection = subnets(&ids);
+    let (_dir, bundle) = export(&req);
+    check(&bundle, &refs, "nobias.", &ids);
+}

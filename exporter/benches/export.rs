@@ -1,8 +1,9 @@
 //! Exports every sub-network of a POA teacher in real shapes (random
-//! weights, generated here): the ViT-L grid (143) or the ResNet grid (465),
+//! weights, generated here): the ViT-L grid (143), the ResNet grid (465) or
+//! POA's Swin grid (C = 128, depths [2, 2, 18, 2]: 39),
 //! and compares with `cp` of the same number of bytes, measured in the same run.
 //!
-//! Usage: `cargo bench -p tailor-exporter --bench export [-- --family vit|resnet --runs N --dir DIR --keep]`
+//! Usage: `cargo bench -p tailor-exporter --bench export [-- --family vit|resnet|swin --runs N --dir DIR --keep]`
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tailor_exporter::family::{resnet, vit};
-use tailor_exporter::synthetic::{write_resnet_teacher, write_vit_teacher};
+use tailor_exporter::family::{resnet, swin, vit};
+use tailor_exporter::synthetic::{write_resnet_teacher, write_swin_teacher, write_vit_teacher};
 
 /// One teacher to export.
 struct Case {
@@ -44,6 +45,24 @@ const RESNET: Case = Case {
     write: |path| write_resnet_teacher(path, &resnet::POA_RESNET, 42).unwrap(),
 };
 
+const SWIN: Case = Case {
+    grid: "39 (3 widths × 13 stage-3 depths)",
+    config: SWIN_CONFIG,
+    write: |path| {
+        let poa_swin = swin::Geometry {
+            max_width: 128,
+            max_depths: [2, 2, 18, 2],
+            head_dim: 16,
+            window: 7,
+            patch_size: 4,
+            image_size: 224,
+            ln_bias: true,
+            qkv_bias: true,
+        };
+        write_swin_teacher(path, &poa_swin, 42).unwrap()
+    },
+};
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut runs, mut dir, mut keep, mut case) = (
@@ -59,7 +78,8 @@ fn main() {
                 case = match args.next().as_deref() {
                     Some("vit") => &VIT_L,
                     Some("resnet") => &RESNET,
-                    _ => panic!("--family vit|resnet"),
+                    Some("swin") => &SWIN,
+                    _ => panic!("--family vit|resnet|swin"),
                 }
             }
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
@@ -247,6 +267,24 @@ const RESNET_CONFIG: &str = "student:
   base_channels: 64
   num_gn_groups: 32
   strides: [1, 2, 2, 2]
+crops:
+  global_crops_size: 224
+";
+
+/// POA's swin_ssl_default_config.yaml, the keys that describe the teacher.
+const SWIN_CONFIG: &str = "student:
+  arch: swin_dynamic
+  min_embed_dim: 96
+  max_embed_dim: 128
+  min_s3_depth: 6
+  max_depths: [2, 2, 18, 2]
+  head_dim: 16
+  mode: order
+  patch_size: 4
+  window_size: 7
+  qkv_bias: true
+  width_interval: 1
+  depth_interval: 1
 crops:
   global_crops_size: 224
 ";

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::family::{resnet, vit};
+use crate::family::{resnet, swin, vit};
 
 /// Writes a safetensors ViT teacher of `g`'s shape with plain DINOv2 names
 /// and small uniform weights (LayerNorm scales around 1); returns its size.
@@ -31,6 +31,22 @@ pub fn write_resnet_teacher(path: &Path, g: &resnet::Geometry, seed: u64) -> io:
             || name.ends_with("norm2.weight")
             || name.ends_with("norm3.weight")
             || name.ends_with("downsample.1.weight")
+    };
+    write_teacher(path, &tensors, is_scale, seed)
+}
+
+/// Writes a safetensors Swin teacher of `g`'s shape with plain names and
+/// small uniform weights (LayerNorm scales around 1); returns its size.
+pub fn write_swin_teacher(path: &Path, g: &swin::Geometry, seed: u64) -> io::Result<u64> {
+    let tensors: Vec<(String, Vec<usize>)> = g
+        .params()
+        .map(|p| (p.teacher_name(), g.teacher_shape(p)))
+        .collect();
+    // Every LayerNorm's scale: `norm*.weight` of any module.
+    let is_scale = |name: &str| {
+        name.strip_suffix(".weight")
+            .and_then(|module| module.rsplit('.').next())
+            .is_some_and(|leaf| leaf.starts_with("norm"))
     };
     write_teacher(path, &tensors, is_scale, seed)
 }

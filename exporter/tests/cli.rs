@@ -22,6 +22,10 @@ fn poa_teacher() -> PathBuf {
     tiny("output/eval/training_99/teacher_checkpoint.pth")
 }
 
+fn swin_teacher() -> PathBuf {
+    root().join("tests/fixtures/swin-tiny/output/eval/training_49/teacher_checkpoint.pth")
+}
+
 fn exporter(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_exporter"))
         .args(args)
@@ -149,6 +153,7 @@ fn exports_the_grid_and_shares_one_weight_file_per_width() {
 #[test]
 fn graphs_pass_the_onnx_checker() {
     assert_graphs_pass_the_onnx_checker(&poa_teacher(), 9);
+    assert_graphs_pass_the_onnx_checker(&swin_teacher(), 12);
     assert_graphs_pass_the_onnx_checker(
         &resnet("output/eval/training_49/teacher_checkpoint.pth"),
         54,
@@ -485,4 +490,60 @@ fn resnet_dry_run_lists_the_grid_with_stage_fields() {
         );
         assert_eq!(s["depths"].as_array().unwrap().len(), 4, "{s}");
     }
+}
+
+#[test]
+fn swin_contradictions_bad_depth_lists_and_missing_tensors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let swin = root().join("tests/fixtures/swin-tiny");
+    let config = std::fs::read_to_string(swin.join("output/config.yaml")).unwrap();
+    let lying = dir.path().join("config.yaml");
+    std::fs::write(&lying, config.replace("window_size: 3", "window_size: 7")).unwrap();
+    let out = dir.path().join("bundle");
+    let teacher = swin_teacher();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--all-subnets", "--config", lying.to_str().unwrap()],
+            &[
+                "config.yaml",
+                "student.window_size = 7",
+                "the tensors say 3",
+            ],
+        ),
+        (
+            &["--subnets", "8x2.2.6.2"],
+            &["stage 3", "6 blocks", "1..=5"],
+        ),
+        (
+            &["--subnets", "w8-d2.1.3.2"],
+            &["stage 2", "1 blocks", "2..=2"],
+        ),
+        (&["--subnets", "8x3"], &["Swin", "4 stage depth(s), not 1"]),
+    ];
+    for (args, needles) in cases {
+        let mut all = args.to_vec();
+        all.extend([teacher.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_fails_cleanly(&exporter(&all), dir.path(), needles);
+    }
+
+    // A plain-named Swin without one of its tensors.
+    let bytes = std::fs::read(swin.join("teacher-nobias-fp16.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let gone = "stages.2.blocks.3.ffn.fc2.weight";
+    let views: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != gone)
+        .collect();
+    let missing = dir.path().join("missing.safetensors");
+    safetensors::serialize_to_file(views, None, &missing).unwrap();
+    let run = exporter(&[
+        "--all-subnets",
+        missing.to_str().unwrap(),
+        "--image-size",
+        "40",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_cleanly(&run, dir.path(), &["missing.safetensors", gone, "Swin"]);
 }

@@ -66,6 +66,7 @@ pub struct Teacher<'a> {
 #[serde(rename_all = "lowercase")]
 pub enum TeacherConfig {
     Vit(VitConfig),
+    Swin(SwinConfig),
     #[serde(rename = "resnet")]
     ResNet(ResNetConfig),
 }
@@ -75,6 +76,7 @@ impl TeacherConfig {
     pub fn image_size(&self) -> u32 {
         match self {
             TeacherConfig::Vit(c) => c.image_size,
+            TeacherConfig::Swin(c) => c.image_size,
             TeacherConfig::ResNet(c) => c.image_size,
         }
     }
@@ -88,6 +90,11 @@ impl fmt::Display for TeacherConfig {
                 f,
                 "width {}, depth {}, head_dim {}, image {}",
                 c.max_width, c.max_depth, c.head_dim, c.image_size
+            ),
+            TeacherConfig::Swin(c) => write!(
+                f,
+                "width {}, depths {:?}, head_dim {}, window {}, image {}",
+                c.max_width, c.max_depths, c.head_dim, c.window_size, c.image_size
             ),
             TeacherConfig::ResNet(c) => {
                 f.write_str("depths")?;
@@ -114,6 +121,25 @@ pub struct VitConfig {
     pub max_depth: u32,
     /// Channels per attention head; widths are multiples of it.
     pub head_dim: u32,
+    /// Side of a square patch, in pixels.
+    pub patch_size: u32,
+    /// Side of the square input image, in pixels.
+    pub image_size: u32,
+    /// Hidden width of the MLP as a multiple of the width.
+    pub mlp_ratio: u32,
+}
+
+/// A Swin teacher's geometry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwinConfig {
+    /// Stage-1 width C; stage i has C·2^i channels.
+    pub max_width: u32,
+    /// Blocks per stage; only stage 3's depth is elastic.
+    pub max_depths: PerStage,
+    /// Channels per attention head; widths are multiples of it.
+    pub head_dim: u32,
+    /// Side of an attention window, in tokens.
+    pub window_size: u32,
     /// Side of a square patch, in pixels.
     pub patch_size: u32,
     /// Side of the square input image, in pixels.

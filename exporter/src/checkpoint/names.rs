@@ -7,9 +7,11 @@ const TRAINING_HEADS: [&str; 2] = ["dino_head", "ibot_head"];
 ///
 /// - a leading `module.` (DDP) and `backbone.` (POA) are stripped;
 /// - keys under `dino_head.` / `ibot_head.` are training heads;
-/// - an elastic wrapper segment, `linear` or `norm` directly before a final `weight` / `bias`
-///   and itself preceded by another segment, is dropped: `attn.qkv.linear.weight` ->
-///   `attn.qkv.weight`, `norm.norm.weight` -> `norm.weight`, while plain `norm.weight` stays;
+/// - an elastic wrapper segment directly before a final `weight` / `bias` is dropped: `linear`
+///   after any segment (`attn.qkv.linear.weight` -> `attn.qkv.weight`), `norm` after a
+///   LayerNorm, which POA always names `norm*` (`norm.norm.weight` -> `norm.weight`,
+///   `downsample.norm.norm.bias` -> `downsample.norm.bias`), while plain `norm.weight` and
+///   `downsample.norm.weight` stay;
 /// - DINOv2 block chunks `blocks.<chunk>.<i>.` (`i` global) collapse to `blocks.<i>.`.
 pub fn canonical_name(key: &str) -> Option<String> {
     let mut rest = key;
@@ -20,8 +22,14 @@ pub fn canonical_name(key: &str) -> Option<String> {
     if TRAINING_HEADS.contains(&segments[0]) {
         return None;
     }
-    if let [.., _, "linear" | "norm", "weight" | "bias"] = segments[..] {
-        segments.remove(segments.len() - 2);
+    match segments[..] {
+        [.., _, "linear", "weight" | "bias"] => {
+            segments.remove(segments.len() - 2);
+        }
+        [.., layer, "norm", "weight" | "bias"] if layer.starts_with("norm") => {
+            segments.remove(segments.len() - 2);
+        }
+        _ => {}
     }
     if let ["blocks", chunk, index, _, ..] = segments[..] {
         if is_index(chunk) && is_index(index) {
@@ -61,8 +69,27 @@ mod tests {
     }
 
     #[test]
+    fn swin_norms_inside_modules_keep_their_name() {
+        assert_canonical(
+            "backbone.stages.0.downsample.norm.norm.weight",
+            "stages.0.downsample.norm.weight",
+        );
+        assert_canonical(
+            "backbone.patch_embed.norm.norm.bias",
+            "patch_embed.norm.bias",
+        );
+        assert_canonical("backbone.norm3.norm.weight", "norm3.weight");
+        assert_canonical(
+            "backbone.stages.1.downsample.reduction.linear.weight",
+            "stages.1.downsample.reduction.weight",
+        );
+    }
+
+    #[test]
     fn plain_names_are_kept() {
         for key in [
+            "stages.0.downsample.norm.weight",
+            "patch_embed.norm.bias",
             "norm.weight",
             "norm.bias",
             "blocks.3.attn.qkv.weight",

@@ -38,7 +38,9 @@ pub(super) fn read(map: &[u8]) -> Result<Contents, ErrorKind> {
             )));
         };
         match value {
-            Value::Tensor(tensor) => contents.tensors.push(archive.locate(key, tensor)?),
+            Value::Tensor(tensor) if !is_integer(tensor.dtype) => {
+                contents.tensors.push(archive.locate(key, tensor)?)
+            }
             _ => contents.non_tensors.push(key),
         }
     }
@@ -172,6 +174,12 @@ impl<'a> Archive<'a> {
 }
 
 /// torch dtype names of the element types a teacher may use.
+/// Integer tensors are buffers (index tables such as Swin's
+/// `relative_position_index`, counters), never weights: they are ignored.
+fn is_integer(torch: &str) -> bool {
+    torch == "bool" || torch.starts_with("int") || torch.starts_with("uint")
+}
+
 fn dtype(torch: &str) -> Option<DType> {
     match torch {
         "float32" => Some(DType::F32),

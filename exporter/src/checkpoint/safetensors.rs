@@ -10,8 +10,23 @@ const HEADER_LEN_BYTES: usize = 8;
 pub(super) fn read(map: &[u8]) -> Result<Contents, ErrorKind> {
     let (header_len, metadata) = SafeTensors::read_metadata(map).map_err(classify)?;
     let data_start = HEADER_LEN_BYTES + header_len;
-    let mut tensors = metadata
-        .tensors()
+    // Integer tensors are buffers (index tables, counters), never weights.
+    let (buffers, weights): (Vec<_>, Vec<_>) =
+        metadata.tensors().into_iter().partition(|(_, info)| {
+            matches!(
+                info.dtype,
+                Dtype::BOOL
+                    | Dtype::U8
+                    | Dtype::I8
+                    | Dtype::I16
+                    | Dtype::U16
+                    | Dtype::I32
+                    | Dtype::U32
+                    | Dtype::I64
+                    | Dtype::U64
+            )
+        });
+    let mut tensors = weights
         .into_iter()
         .map(|(key, info)| {
             let dtype = match info.dtype {
@@ -39,7 +54,7 @@ pub(super) fn read(map: &[u8]) -> Result<Contents, ErrorKind> {
     tensors.sort_by(|a, b| (a.bytes.start, &a.key).cmp(&(b.bytes.start, &b.key)));
     Ok(Contents {
         tensors,
-        non_tensors: Vec::new(),
+        non_tensors: buffers.into_iter().map(|(key, _)| key).collect(),
     })
 }
 

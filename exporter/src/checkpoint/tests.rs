@@ -269,6 +269,25 @@ fn unsupported_dtypes_name_the_key_and_dtype() {
 }
 
 #[test]
+fn integer_buffers_are_ignored_not_refused() {
+    // POA's Swin checkpoints hold an int64 `relative_position_index` per block.
+    let swin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/swin-tiny");
+    for file in [
+        "output/eval/training_49/teacher_checkpoint.pth",
+        "teacher-nobias-fp16.safetensors",
+    ] {
+        let ckpt = Checkpoint::open(&swin.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        let is_index = |k: &str| k.ends_with("relative_position_index");
+        let ignored = ckpt.ignored().iter().filter(|k| is_index(k)).count();
+        assert_eq!(ignored, 2 + 2 + 5 + 2, "{file}");
+        assert_eq!(ckpt.names().filter(|k| is_index(k)).count(), 0, "{file}");
+        assert!(ckpt
+            .tensor("stages.2.blocks.4.attn.w_msa.qkv.weight")
+            .is_some());
+    }
+}
+
+#[test]
 fn two_keys_with_one_canonical_name_are_refused() {
     match refuse(&fixture("duplicate.safetensors")).kind() {
         ErrorKind::DuplicateName {

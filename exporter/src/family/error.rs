@@ -31,7 +31,7 @@ pub enum FamilyError {
     },
     #[error("stage-1 mid width {width} is not one of the teacher's {allowed:?}")]
     MidWidth { width: u32, allowed: Vec<u32> },
-    #[error("stage {stage} depth {depth} is outside the grid's {min}..={max}")]
+    #[error("stage {stage} depth {depth} is outside the grid's {min}..={max} (it cannot keep {depth} blocks)")]
     StageDepth {
         stage: usize,
         depth: u32,

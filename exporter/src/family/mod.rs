@@ -6,6 +6,7 @@ mod error;
 pub mod resnet;
 pub mod slice;
 mod spec;
+pub mod swin;
 pub mod vit;
 
 use std::fmt;
@@ -103,18 +104,43 @@ pub fn open(
     match config.and_then(|c| Some((c, c.arch()?))) {
         Some((_, arch)) if arch.contains("vit") => vit::open(ckpt, config, overrides),
         Some((_, arch)) if arch.contains("resnet") => resnet::open(ckpt, config, overrides),
+        Some((_, arch)) if arch.contains("swin") => swin::open(ckpt, config, overrides),
         Some((c, arch)) => Err(ConfigError::Invalid(format!(
             "{}: student.arch `{arch}` is not a family this exporter reads ({KNOWN})",
             c.path.display()
         ))
         .into()),
         None if resnet::detect(ckpt) => resnet::open(ckpt, config, overrides),
+        None if swin::is_swin(ckpt) => swin::open(ckpt, config, overrides),
         None => vit::open(ckpt, config, overrides),
     }
 }
 
 /// The `student.arch` values [`open`] reads, for errors.
-const KNOWN: &str = "vit_*, resnet_dynamic";
+const KNOWN: &str = "vit_*, resnet_dynamic, swin_*";
+
+/// A transformer's geometry check: heads of `head_dim` fill its width and
+/// the image is whole patches.
+pub(crate) fn check_heads_and_patches(
+    max_width: u32,
+    head_dim: u32,
+    image_size: u32,
+    patch_size: u32,
+) -> Result<(), FamilyError> {
+    if head_dim == 0 || !max_width.is_multiple_of(head_dim) {
+        return Err(FamilyError::HeadDim {
+            head_dim,
+            max_width,
+        });
+    }
+    if image_size == 0 || !image_size.is_multiple_of(patch_size) {
+        return Err(FamilyError::ImageSize {
+            image: image_size,
+            patch: patch_size,
+        });
+    }
+    Ok(())
+}
 
 /// The blocks a stage of `max` blocks keeps at depth `depth`, POA's rule for
 /// every family: numpy's `linspace(0, max-1, depth).astype(int64)`, which is

@@ -4,11 +4,11 @@
 
 use super::{Attr, GraphBuilder, Value};
 
-/// The weight and bias of a `Gemm(transB=1)` in PyTorch's layout.
+/// The weight and (optional) bias of a `Gemm(transB=1)` in PyTorch's layout.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Value,
-    pub bias: Value,
+    pub bias: Option<Value>,
 }
 
 /// A convolution's geometry (square kernels, symmetric padding).
@@ -81,14 +81,11 @@ impl GroupNorm {
 }
 
 impl GraphBuilder {
-    /// `x · Wᵀ + b` on a 2-D matrix.
+    /// `x · Wᵀ (+ b)` on a 2-D matrix.
     pub fn linear(&mut self, name: &str, x: &Value, l: &Linear) -> Value {
-        self.node(
-            "Gemm",
-            name,
-            &[x, &l.weight, &l.bias],
-            &[("transB", Attr::Int(1))],
-        )
+        let mut inputs = vec![x, &l.weight];
+        inputs.extend(l.bias.as_ref());
+        self.node("Gemm", name, &inputs, &[("transB", Attr::Int(1))])
     }
 
     /// LayerNorm over the last axis, bias optional.

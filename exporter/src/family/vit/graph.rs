@@ -63,7 +63,7 @@ impl<'a> GraphWriter<'a> {
         };
         Linear {
             weight: self.weight(&format!("{name}.weight"), at(weight)),
-            bias: self.weight(&format!("{name}.bias"), at(bias)),
+            bias: Some(self.weight(&format!("{name}.bias"), at(bias))),
         }
     }
 

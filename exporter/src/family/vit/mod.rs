@@ -9,7 +9,9 @@ use onnx_protobuf::ModelProto;
 use tailor_runtime::manifest::{TeacherConfig, VitConfig};
 
 use super::slice::{Cut, TensorCut};
-use super::{linspace_blocks, Costs, Family, FamilyError, Layout, SubnetSpec};
+use super::{
+    check_heads_and_patches, linspace_blocks, Costs, Family, FamilyError, Layout, SubnetSpec,
+};
 use crate::onnx::ExternalData;
 use graph::GraphWriter;
 pub use grid::{open, tensor_facts, TensorFacts};
@@ -48,19 +50,12 @@ impl Geometry {
 
     /// Checks the geometry itself is consistent.
     pub fn validate(&self) -> Result<(), FamilyError> {
-        if self.head_dim == 0 || !self.max_width.is_multiple_of(self.head_dim) {
-            return Err(FamilyError::HeadDim {
-                head_dim: self.head_dim,
-                max_width: self.max_width,
-            });
-        }
-        if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(FamilyError::ImageSize {
-                image: self.image_size,
-                patch: self.patch_size,
-            });
-        }
-        Ok(())
+        check_heads_and_patches(
+            self.max_width,
+            self.head_dim,
+            self.image_size,
+            self.patch_size,
+        )
     }
 
     /// Parameters, MACs and the activation-memory estimate of a
