@@ -713,10 +713,11 @@ impl<'a> GraphWriter<'a> {
             .b
             .node("Reshape", "tokens.rows", &[&tokens, &rows], &[]);
         let heads = (self.s.width / self.g.head_dim) as i64;
-        let qkv_shape = self.b.const_i64(
-            "shape.qkv",
-            &[5],
-            &[-1, t as i64, 3, heads, self.g.head_dim as i64],
+        let qkv_split = self.b.const_i64("attn.qkv.split", &[3], &[w as i64; 3]);
+        let heads_shape = self.b.const_i64(
+            "shape.heads",
+            &[4],
+            &[-1, t as i64, heads, self.g.head_dim as i64],
         );
         let scale = self
             .b
@@ -726,9 +727,6 @@ impl<'a> GraphWriter<'a> {
             .const_f32("gelu.sqrt2", &[], &[std::f32::consts::SQRT_2]);
         let one = self.b.const_f32("gelu.one", &[], &[1.0]);
         let half = self.b.const_f32("gelu.half", &[], &[0.5]);
-        let qkv_index: Vec<Value> = (0..3)
-            .map(|i| self.b.const_i64(&format!("attn.index.{i}"), &[], &[i]))
-            .collect();
         for (j, &teacher_block) in self.block_idx.clone().iter().enumerate() {
             let b = teacher_block as u32;
             let at = |kind| Param {
@@ -740,28 +738,33 @@ impl<'a> GraphWriter<'a> {
 
             let h = self.layer_norm(&format!("{n}.norm1"), &x, at(Norm1Weight), at(Norm1Bias));
             let qkv = self.linear(&format!("{n}.attn.qkv"), &h, b, QkvWeight, QkvBias);
-            let qkv = self.b.node(
-                "Reshape",
-                &format!("{n}.attn.qkv.heads"),
-                &[&qkv, &qkv_shape],
-                &[],
-            );
-            let qkv = self.b.node(
-                "Transpose",
+            // q, k, v as column blocks of the token matrix, each to [B, H, T, hd]:
+            // tract folds the split into the qkv product and the head
+            // transposes into the attention products (no copies), where a
+            // 5-D transpose and gathers cost copies (docs/benchmarks.md).
+            let names = ["q", "k", "v"];
+            let outputs = names.map(|part| format!("{n}.attn.{part}.rows"));
+            let parts = self.b.node_with_outputs(
+                "Split",
                 &format!("{n}.attn.qkv.split"),
-                &[&qkv],
-                &[("perm", Attr::Ints(vec![2, 0, 3, 1, 4]))],
+                &[&qkv, &qkv_split],
+                &[("axis", Attr::Int(1))],
+                &outputs.each_ref().map(String::as_str),
             );
-            let [q, k, v] = ["q", "k", "v"].map(|part| part);
-            let mut pick = |i: usize, part: &str| {
+            let [q, k, v] = [0, 1, 2].map(|i| {
+                let heads = self.b.node(
+                    "Reshape",
+                    &format!("{n}.attn.{}.heads", names[i]),
+                    &[&parts[i], &heads_shape],
+                    &[],
+                );
                 self.b.node(
-                    "Gather",
-                    &format!("{n}.attn.{part}"),
-                    &[&qkv, &qkv_index[i]],
-                    &[("axis", Attr::Int(0))],
+                    "Transpose",
+                    &format!("{n}.attn.{}", names[i]),
+                    &[&heads],
+                    &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
                 )
-            };
-            let (q, k, v) = (pick(0, q), pick(1, k), pick(2, v));
+            });
             let kt = self.b.node(
                 "Transpose",
                 &format!("{n}.attn.k.t"),
