@@ -25,22 +25,11 @@ use indicatif::ProgressBar;
 use ndarray::Array4;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::config::Overrides;
-use tailor::exporter::family::vit::Geometry;
 use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
-use tailor::exporter::synthetic::write_vit_teacher;
+use tailor::exporter::synthetic::{write_vit_teacher, VIT_L16};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions, Session};
-
-/// POA's ViT-L teacher: every row is one of its sub-networks.
-const VIT_L: Geometry = Geometry {
-    max_width: 1024,
-    max_depth: 24,
-    head_dim: 64,
-    patch_size: 16,
-    image_size: 224,
-    ln_bias: true,
-};
 
 /// The benchmarked sub-networks and what they are.
 const MODELS: [(&str, SubnetSpec); 3] = [
@@ -96,12 +85,12 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let teacher = dir.path().join("vit-l.safetensors");
-    write_vit_teacher(&teacher, &VIT_L, 11).unwrap();
+    write_vit_teacher(&teacher, &VIT_L16, 11).unwrap();
     let request = Request {
         teacher,
         config: None,
         overrides: Overrides {
-            head_dim: Some(VIT_L.head_dim),
+            head_dim: Some(VIT_L16.head_dim),
             ..Overrides::default()
         },
         selection: Selection::List(MODELS.iter().map(|(_, s)| *s).collect()),
@@ -119,10 +108,11 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut peaks: [Vec<f64>; 2] = Default::default();
-    for (name, spec) in MODELS {
-        let subnet = bundle.subnet(&spec.id()).unwrap();
-        let graph = bundle.graph_path(&subnet);
-        for batch in BATCHES {
+    // Batch outermost: the batch-1 rows, the target, come first.
+    for batch in BATCHES {
+        for (name, spec) in MODELS {
+            let subnet = bundle.subnet(&spec.id()).unwrap();
+            let graph = bundle.graph_path(&subnet);
             for threads in THREADS {
                 peaks[threads - 1].push(sgemm_gflops(threads));
                 let opts = EngineOptions {

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tailor_exporter::family::vit::Geometry;
-use tailor_exporter::synthetic::write_vit_teacher;
+use tailor_exporter::synthetic::{write_vit_teacher, VIT_L16};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -33,15 +32,7 @@ fn main() {
     fs::create_dir_all(&dir).unwrap();
     let teacher = dir.join("teacher.safetensors");
     let t0 = Instant::now();
-    let vit_l = Geometry {
-        max_width: 1024,
-        max_depth: 24,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
-    };
-    let teacher_bytes = write_vit_teacher(&teacher, &vit_l, 42).unwrap();
+    let teacher_bytes = write_vit_teacher(&teacher, &VIT_L16, 42).unwrap();
     fs::write(dir.join("config.yaml"), CONFIG).unwrap();
     eprintln!(
         "generated {} ({:.2} GB) in {:.1?}",
