@@ -14,7 +14,11 @@
 //! place a session's weights made one sub-network 20% slower than its
 //! neighbours in depth for the whole pass.)
 //!
-//! Usage: `cargo bench --bench select [-- --limits N]`
+//! With `--features ort`, each limit is also selected with `--engine auto`
+//! (the runtime's default: ONNX Runtime when it runs the first candidate
+//! faster), to show the sub-network it buys against tract's pick.
+//!
+//! Usage: `cargo bench [--features ort] --bench select [-- --limits N]`
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -110,6 +114,8 @@ fn main() -> ExitCode {
         ..RuntimeOptions::default()
     };
     let rt = Runtime::with_options(&out, options.clone()).unwrap();
+    #[cfg(feature = "ort")]
+    let mut auto = AutoSweep::new(&out, &options);
     let manifest = rt.bundle().manifest();
     let n = manifest.subnets.len();
     let shape = rt.input_shape(1);
@@ -192,6 +198,8 @@ fn main() -> ExitCode {
             100.0 * share,
             times.last().unwrap()
         ));
+        #[cfg(feature = "ort")]
+        auto.select(limit, &chosen.id, &judge);
     }
     times.sort_by(f64::total_cmp);
     counts.sort();
@@ -266,7 +274,68 @@ fn main() -> ExitCode {
         "| inference call, ours / raw tract ({}) | {ratio:.3}× |",
         largest.id
     );
+    #[cfg(feature = "ort")]
+    auto.print();
     ExitCode::SUCCESS
+}
+
+/// Each limit's pick with `--engine auto` next to tract's.
+#[cfg(feature = "ort")]
+struct AutoSweep {
+    rt: Runtime,
+    rows: Vec<String>,
+    /// Limits where auto's pick has at least the MACs of tract's.
+    not_smaller: usize,
+}
+
+#[cfg(feature = "ort")]
+impl AutoSweep {
+    fn new(bundle: &Path, tract: &RuntimeOptions) -> AutoSweep {
+        let options = RuntimeOptions {
+            engine: EngineChoice::Auto,
+            ..tract.clone()
+        };
+        AutoSweep {
+            rt: Runtime::with_options(bundle, options).unwrap(),
+            rows: Vec::new(),
+            not_smaller: 0,
+        }
+    }
+
+    fn select(&mut self, limit: f64, tract_pick: &str, judge: &[Careful]) {
+        let macs = |id: &str| judge.iter().find(|c| c.id == id).unwrap().macs;
+        match self.rt.select(&Limits::latency_ms(limit).memory_mb(4096)) {
+            Ok(pick) => {
+                if macs(&pick.id) >= macs(tract_pick) {
+                    self.not_smaller += 1;
+                }
+                self.rows.push(format!(
+                    "| {limit:.3} | {tract_pick} | {} ({}) | {:.0}% |",
+                    pick.id,
+                    pick.engine,
+                    100.0 * macs(&pick.id) as f64 / macs(tract_pick) as f64
+                ));
+            }
+            Err(e) => self
+                .rows
+                .push(format!("| {limit:.3} | {tract_pick} | error: {e} | |")),
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!("| limit (ms, p90) | tract only | auto (engine) | auto / tract MACs |");
+        println!("|---|---|---|---|");
+        for row in &self.rows {
+            println!("{row}");
+        }
+        println!();
+        println!(
+            "auto's pick at least as large as tract's: {}/{}",
+            self.not_smaller,
+            self.rows.len()
+        );
+    }
 }
 
 /// One candidate as the careful brute force measured it.

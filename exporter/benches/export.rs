@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tailor_exporter::family::{resnet, swin, vit};
-use tailor_exporter::synthetic::{write_resnet_teacher, write_swin_teacher, write_vit_teacher};
+use tailor_exporter::family::{resnet, swin};
+use tailor_exporter::synthetic::{
+    write_resnet_teacher, write_swin_teacher, write_vit_teacher, VIT_L16,
+};
 
 /// One teacher to export.
 struct Case {
@@ -26,17 +28,7 @@ struct Case {
 const VIT_L: Case = Case {
     grid: "143 (11 widths × 13 depths)",
     config: VIT_CONFIG,
-    write: |path| {
-        let vit_l = vit::Geometry {
-            max_width: 1024,
-            max_depth: 24,
-            head_dim: 64,
-            patch_size: 16,
-            image_size: 224,
-            ln_bias: true,
-        };
-        write_vit_teacher(path, &vit_l, 42).unwrap()
-    },
+    write: |path| write_vit_teacher(path, &VIT_L16, 42).unwrap(),
 };
 
 const RESNET: Case = Case {

@@ -7,6 +7,17 @@ use std::path::Path;
 
 use crate::family::{resnet, swin, vit};
 
+/// POA's ViT-L/16 teacher (D = 1024, 24 blocks, head_dim 64, 224²): the
+/// teacher the benchmarks export from.
+pub const VIT_L16: vit::Geometry = vit::Geometry {
+    max_width: 1024,
+    max_depth: 24,
+    head_dim: 64,
+    patch_size: 16,
+    image_size: 224,
+    ln_bias: true,
+};
+
 /// Writes a safetensors ViT teacher of `g`'s shape with plain DINOv2 names
 /// and small uniform weights (LayerNorm scales around 1); returns its size.
 pub fn write_vit_teacher(path: &Path, g: &vit::Geometry, seed: u64) -> io::Result<u64> {

@@ -23,12 +23,14 @@ pub struct ConvShape {
 /// over `tokens` tokens in `heads` heads, exact GELU), created once.
 #[derive(Debug, Clone)]
 pub struct BlockConsts {
-    qkv_shape: Value,
+    /// `[w, w, w]`: q, k and v as column blocks of the qkv rows.
+    qkv_split: Value,
+    /// `[-1, tokens, heads, head_dim]`: one of q, k, v split into heads.
+    heads_shape: Value,
     scale: Value,
     sqrt2: Value,
     one: Value,
     half: Value,
-    pick: [Value; 3],
     /// `[-1, width]`: the 2-D token matrix blocks run on.
     rows: Value,
 }
@@ -42,23 +44,24 @@ impl BlockConsts {
         head_dim: usize,
         rows: &Value,
     ) -> BlockConsts {
-        let qkv_shape = b.const_i64(
-            "shape.qkv",
-            &[5],
-            &[-1, tokens as i64, 3, heads as i64, head_dim as i64],
+        let width = (heads * head_dim) as i64;
+        let qkv_split = b.const_i64("attn.qkv.split", &[3], &[width; 3]);
+        let heads_shape = b.const_i64(
+            "shape.heads",
+            &[4],
+            &[-1, tokens as i64, heads as i64, head_dim as i64],
         );
         let scale = b.const_f32("attn.scale", &[], &[(head_dim as f32).powf(-0.5)]);
         let sqrt2 = b.const_f32("gelu.sqrt2", &[], &[std::f32::consts::SQRT_2]);
         let one = b.const_f32("gelu.one", &[], &[1.0]);
         let half = b.const_f32("gelu.half", &[], &[0.5]);
-        let pick = [0, 1, 2].map(|i| b.const_i64(&format!("attn.index.{i}"), &[], &[i]));
         BlockConsts {
-            qkv_shape,
+            qkv_split,
+            heads_shape,
             scale,
             sqrt2,
             one,
             half,
-            pick,
             rows: rows.clone(),
         }
     }
@@ -193,24 +196,31 @@ impl GraphBuilder {
     /// Multi-head self-attention over all tokens: `qkv` rows `[B·T, 3w]` in
     /// (q, k, v) × heads order in, context rows `[B·T, w]` out (before proj).
     pub fn self_attention(&mut self, name: &str, qkv: &Value, c: &BlockConsts) -> Value {
-        let qkv = self.node(
-            "Reshape",
-            &format!("{name}.qkv.heads"),
-            &[qkv, &c.qkv_shape],
-            &[],
-        );
-        let qkv = self.node(
-            "Transpose",
+        // q, k, v as column blocks of the token matrix, each to [B, H, T, hd]:
+        // tract folds the split into the qkv product and the head transposes
+        // into the attention products, where a 5-D transpose and gathers
+        // cost copies (docs/benchmarks.md).
+        let parts = ["q", "k", "v"];
+        let outputs = parts.map(|part| format!("{name}.{part}.rows"));
+        let rows = self.node_with_outputs(
+            "Split",
             &format!("{name}.qkv.split"),
-            &[&qkv],
-            &[("perm", Attr::Ints(vec![2, 0, 3, 1, 4]))],
+            &[qkv, &c.qkv_split],
+            &[("axis", Attr::Int(1))],
+            &outputs.each_ref().map(String::as_str),
         );
-        let [q, k, v] = [("q", 0), ("k", 1), ("v", 2)].map(|(part, i)| {
+        let [q, k, v] = [0, 1, 2].map(|i| {
+            let heads = self.node(
+                "Reshape",
+                &format!("{name}.{}.heads", parts[i]),
+                &[&rows[i], &c.heads_shape],
+                &[],
+            );
             self.node(
-                "Gather",
-                &format!("{name}.{part}"),
-                &[&qkv, &c.pick[i]],
-                &[("axis", Attr::Int(0))],
+                "Transpose",
+                &format!("{name}.{}", parts[i]),
+                &[&heads],
+                &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
             )
         });
         let kt = self.node(
