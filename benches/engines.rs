@@ -32,29 +32,13 @@ use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions, Session};
 
 /// The benchmarked sub-networks and what they are.
-const MODELS: [(&str, SubnetSpec); 3] = [
-    (
-        "ViT-S/16",
-        SubnetSpec {
-            width: 384,
-            depth: 12,
-        },
-    ),
-    (
-        "ViT-B/16 of ViT-L",
-        SubnetSpec {
-            width: 768,
-            depth: 12,
-        },
-    ),
-    (
-        "narrowest ViT-L",
-        SubnetSpec {
-            width: 384,
-            depth: 24,
-        },
-    ),
-];
+fn models() -> [(&'static str, SubnetSpec); 3] {
+    [
+        ("ViT-S/16", SubnetSpec::single(384, 12)),
+        ("ViT-B/16 of ViT-L", SubnetSpec::single(768, 12)),
+        ("narrowest ViT-L", SubnetSpec::single(384, 24)),
+    ]
+}
 const BATCHES: [usize; 2] = [1, 8];
 const THREADS: [usize; 2] = [1, 2];
 
@@ -93,7 +77,7 @@ fn main() {
             head_dim: Some(VIT_L16.head_dim),
             ..Overrides::default()
         },
-        selection: Selection::List(MODELS.iter().map(|(_, s)| *s).collect()),
+        selection: Selection::List(models().iter().map(|(_, s)| *s).collect()),
         max_params: None,
         max_macs: None,
     };
@@ -110,7 +94,7 @@ fn main() {
     let mut peaks: [Vec<f64>; 2] = Default::default();
     // Batch outermost: the batch-1 rows, the target, come first.
     for batch in BATCHES {
-        for (name, spec) in MODELS {
+        for (name, spec) in models() {
             let subnet = bundle.subnet(&spec.id()).unwrap();
             let graph = bundle.graph_path(&subnet);
             for threads in THREADS {
