@@ -116,6 +116,24 @@ pub fn open(
     }
 }
 
+/// Each stage's depth within its grid bounds `(min, max)`, stage by stage.
+pub(crate) fn check_stage_depths(
+    depths: &[u32],
+    bounds: impl IntoIterator<Item = (u32, u32)>,
+) -> Result<(), FamilyError> {
+    for (stage, (&depth, (min, max))) in depths.iter().zip(bounds).enumerate() {
+        if !(min..=max).contains(&depth) {
+            return Err(FamilyError::StageDepth {
+                stage: stage + 1,
+                depth,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The `student.arch` values [`open`] reads, for errors.
 const KNOWN: &str = "vit_*, resnet_dynamic, swin_*";
 

@@ -619,18 +619,11 @@ impl Family for Geometry {
                 head_dim: self.head_dim,
             });
         }
-        for (stage, (&depth, &max)) in depths.iter().zip(&self.max_depths).enumerate() {
+        let bounds = self.max_depths.iter().enumerate().map(|(stage, &max)| {
             let min = if stage == ELASTIC_STAGE { 1 } else { max };
-            if !(min..=max).contains(&depth) {
-                return Err(FamilyError::StageDepth {
-                    stage: stage + 1,
-                    depth,
-                    min,
-                    max,
-                });
-            }
-        }
-        Ok(())
+            (min, max)
+        });
+        super::check_stage_depths(depths, bounds)
     }
 
     fn costs(&self, s: &SubnetSpec) -> Costs {

@@ -325,18 +325,8 @@ impl Family for Geometry {
                 allowed: self.widths(),
             });
         }
-        for (stage, &depth) in depths.iter().enumerate() {
-            let (min, max) = (self.min_depths[stage], self.max_depths[stage]);
-            if !(min..=max).contains(&depth) {
-                return Err(FamilyError::StageDepth {
-                    stage: stage + 1,
-                    depth,
-                    min,
-                    max,
-                });
-            }
-        }
-        Ok(())
+        let bounds = self.min_depths.iter().copied().zip(self.max_depths);
+        super::check_stage_depths(depths, bounds)
     }
 
     fn costs(&self, s: &SubnetSpec) -> Costs {
