@@ -163,6 +163,35 @@ impl fmt::Display for GridRange {
     }
 }
 
+/// One axis of a grid (widths or depths), resolved alike in every family:
+/// the command line wins, then the config's range, then the family's
+/// default, which is stated as an assumption because nothing confirmed it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Axis {
+    /// Names the axis in the assumption, e.g. "widths".
+    pub name: &'static str,
+    /// Values are multiples of this (head_dim for widths, 1 for depths).
+    pub unit: u32,
+    pub default: GridRange,
+    /// Where the default comes from and which flag replaces it.
+    pub why: &'static str,
+}
+
+impl Axis {
+    pub(crate) fn values(
+        self,
+        flag: Option<GridRange>,
+        config: Option<GridRange>,
+        assumptions: &mut Vec<String>,
+    ) -> Vec<u32> {
+        let range = flag.or(config).unwrap_or_else(|| {
+            assumptions.push(format!("{} = {} ({})", self.name, self.default, self.why));
+            self.default
+        });
+        range.values(self.unit)
+    }
+}
+
 /// Flags that override the config.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

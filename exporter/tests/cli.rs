@@ -547,3 +547,75 @@ fn swin_contradictions_bad_depth_lists_and_missing_tensors_are_refused() {
     ]);
     assert_fails_cleanly(&run, dir.path(), &["missing.safetensors", gone, "Swin"]);
 }
+
+#[test]
+fn swin_dry_run_filters_and_inspect_show_the_stage_depths() {
+    let teacher = swin_teacher();
+    let teacher = teacher.to_str().unwrap();
+    let plan = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["--all-subnets", "--dry-run", "--json", teacher];
+        args.extend(extra);
+        let run = exporter(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let plan: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(plan["family"], "swin");
+        plan["subnets"].as_array().unwrap().clone()
+    };
+    // --max-macs keeps exactly the grid's sub-networks under the limit
+    // (a filter on params, or on the wrong side of the limit, fails this).
+    let all = plan(&[]);
+    assert_eq!(all.len(), 12);
+    let under: Vec<_> = all
+        .iter()
+        .filter(|s| s["macs"].as_u64().unwrap() <= 1_500_000)
+        .map(|s| s["id"].clone())
+        .collect();
+    let kept: Vec<_> = plan(&["--max-macs", "1.5M"])
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < all.len(), "{kept:?}");
+    assert_eq!(kept, under);
+    // Only stage 3 is elastic: the other stages keep the teacher's depth.
+    for s in &all {
+        let d: Vec<u64> = serde_json::from_value(s["depths"].clone()).unwrap();
+        assert_eq!((d[0], d[1], d[3]), (2, 2, 2), "{s}");
+        assert_eq!(s["depth"].as_u64().unwrap(), d.iter().sum::<u64>(), "{s}");
+        assert!(s["mid_widths"].is_null(), "{s}");
+    }
+
+    // Both id syntaxes select, and inspect shows the per-stage ids.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let run = exporter(&[
+        "--subnets",
+        "8x2.2.3.2,w12-d2.2.5.2",
+        "-q",
+        teacher,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let run = exporter(&["inspect", "--verify", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains("swin"), "{text}");
+    for id in ["w8-d2.2.3.2", "w12-d2.2.5.2"] {
+        assert!(text.contains(id), "{text}");
+    }
+    let run = exporter(&["inspect", "--json", out.to_str().unwrap()]);
+    let manifest: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let depths: Vec<_> = manifest["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["depths"].clone())
+        .collect();
+    assert_eq!(
+        depths,
+        [
+            serde_json::json!([2, 2, 3, 2]),
+            serde_json::json!([2, 2, 5, 2])
+        ]
+    );
+}

@@ -12,7 +12,7 @@ use super::{
     OpenError, SubnetSpec, Teacher,
 };
 use crate::checkpoint::Checkpoint;
-use crate::config::{ConfigError, GridRange, Overrides, PoaConfig};
+use crate::config::{Axis, ConfigError, GridRange, Overrides, PoaConfig};
 use crate::onnx::layers::{BlockConsts, Linear};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
 
@@ -305,50 +305,45 @@ pub fn resolve(
         .validate()
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let h = facts.head_dim;
-    let widths = match (overrides.widths, &student) {
-        (Some(r), _) => r.values(h),
-        (None, Some(s)) => GridRange {
+    let widths = Axis {
+        name: "widths",
+        unit: h,
+        default: GridRange {
+            start: (3 * facts.max_width / 4).div_ceil(h) * h,
+            end: facts.max_width,
+            step: Some(h),
+        },
+        why: "POA's Swin grid, 3/4 of the full width; pass --widths",
+    }
+    .values(
+        overrides.widths,
+        student.as_ref().map(|s| GridRange {
             start: s.min_embed_dim,
             end: s.max_embed_dim,
             step: Some(h * s.width_interval),
-        }
-        .values(h),
-        (None, None) => {
-            let min = (3 * facts.max_width / 4).div_ceil(h) * h;
-            assumptions.push(format!(
-                "widths = {min}:{}:{h} (POA's Swin grid, 3/4 of the full width; pass --widths)",
-                facts.max_width
-            ));
-            GridRange {
-                start: min,
-                end: facts.max_width,
-                step: Some(h),
-            }
-            .values(h)
-        }
-    };
+        }),
+        &mut assumptions,
+    );
     let max = facts.max_depths[ELASTIC_STAGE];
-    let s3_depths = match (overrides.depths, &student) {
-        (Some(r), _) => r.values(1),
-        (None, Some(s)) => GridRange {
+    let s3_depths = Axis {
+        name: "stage-3 depths",
+        unit: 1,
+        default: GridRange {
+            start: max.div_ceil(3),
+            end: max,
+            step: None,
+        },
+        why: "POA's Swin grid, a third to all of stage 3; pass --depths",
+    }
+    .values(
+        overrides.depths,
+        student.as_ref().map(|s| GridRange {
             start: s.min_s3_depth,
             end: max,
             step: Some(s.depth_interval),
-        }
-        .values(1),
-        (None, None) => {
-            let min = max.div_ceil(3);
-            assumptions.push(format!(
-                "stage-3 depths = {min}:{max} (POA's Swin grid, a third to all of stage 3; pass --depths)"
-            ));
-            GridRange {
-                start: min,
-                end: max,
-                step: None,
-            }
-            .values(1)
-        }
-    };
+        }),
+        &mut assumptions,
+    );
     Ok(Grid {
         geometry,
         widths,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::Geometry;
 use crate::checkpoint::Checkpoint;
-use crate::config::{ConfigError, GridRange, Overrides, PoaConfig};
+use crate::config::{Axis, ConfigError, GridRange, Overrides, PoaConfig};
 use crate::family::{FamilyError, OpenError, SubnetSpec, Teacher};
 
 /// The checkpoints this family reads, as errors name them.
@@ -248,50 +248,44 @@ fn resolve(
             facts.tokens
         )));
     }
-    let widths = match (overrides.widths, student) {
-        (Some(r), _) => r.values(head_dim),
-        (None, Some(s)) => GridRange {
+    let widths = Axis {
+        name: "widths",
+        unit: head_dim,
+        default: GridRange {
+            start: (3 * facts.max_width / 8).div_ceil(head_dim) * head_dim,
+            end: facts.max_width,
+            step: Some(head_dim),
+        },
+        why: "POA's 3/8 of the full width; pass --widths",
+    }
+    .values(
+        overrides.widths,
+        student.map(|s| GridRange {
             start: s.min_embed_dim,
             end: s.max_embed_dim,
             step: Some(head_dim * s.width_interval),
-        }
-        .values(head_dim),
-        (None, None) => {
-            let min = (3 * facts.max_width / 8).div_ceil(head_dim) * head_dim;
-            assumptions.push(format!(
-                "widths = {min}:{}:{head_dim} (POA's 3/8 of the full width; pass --widths)",
-                facts.max_width
-            ));
-            GridRange {
-                start: min,
-                end: facts.max_width,
-                step: Some(head_dim),
-            }
-            .values(head_dim)
-        }
-    };
-    let depths = match (overrides.depths, student) {
-        (Some(r), _) => r.values(1),
-        (None, Some(s)) => GridRange {
+        }),
+        &mut assumptions,
+    );
+    let depths = Axis {
+        name: "depths",
+        unit: 1,
+        default: GridRange {
+            start: facts.max_depth.div_ceil(2),
+            end: facts.max_depth,
+            step: None,
+        },
+        why: "POA's half to full depth; pass --depths",
+    }
+    .values(
+        overrides.depths,
+        student.map(|s| GridRange {
             start: s.min_depth,
             end: s.max_depth,
             step: Some(s.depth_interval),
-        }
-        .values(1),
-        (None, None) => {
-            let min = facts.max_depth.div_ceil(2);
-            assumptions.push(format!(
-                "depths = {min}:{} (POA's half to full depth; pass --depths)",
-                facts.max_depth
-            ));
-            GridRange {
-                start: min,
-                end: facts.max_depth,
-                step: None,
-            }
-            .values(1)
-        }
-    };
+        }),
+        &mut assumptions,
+    );
     Ok(Resolved {
         geometry,
         widths,
