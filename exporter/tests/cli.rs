@@ -619,3 +619,50 @@ fn swin_dry_run_filters_and_inspect_show_the_stage_depths() {
         ]
     );
 }
+
+/// `runtime select --json` on a bundle, as a deployment script runs it.
+fn runtime_select(bundle: &Path, latency_ms: &str) -> Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
+    Command::new(&bin)
+        .args(["select", "--json", "--no-cache", "--engine", "tract"])
+        .args(["--min-runs", "10", "--min-time", "0", "--memory-mb", "4096"])
+        .args(["--latency-ms", latency_ms])
+        .arg(bundle)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tailor-runtime)", bin.display()))
+}
+
+#[test]
+fn swin_and_resnet_bundles_are_selected_by_the_runtime_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (swin_teacher(), "4x2.2.2.2,8x2.2.3.2", "w8-d2.2.3.2"),
+        (
+            resnet("output/eval/training_49/teacher_checkpoint.pth"),
+            "4x1.1.2.1,8x2.3.4.1",
+            "w8-d2.3.4.1",
+        ),
+    ];
+    for (teacher, subnets, largest) in cases {
+        let out = dir.path().join(largest);
+        let run = exporter(&[
+            "--subnets",
+            subnets,
+            "-q",
+            teacher.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        // With room for everything the CLI picks the larger sub-network (a
+        // manifest the CLI decodes wrongly, or ranks by the wrong field,
+        // picks the other or fails).
+        let run = runtime_select(&out, "100000");
+        assert!(run.status.success(), "{}", stderr(&run));
+        let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(report["subnet"]["id"], largest, "{report}");
+        // With no room, exit 3 (nothing fits), not a crash.
+        let run = runtime_select(&out, "0.000001");
+        assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    }
+}
