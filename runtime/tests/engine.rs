@@ -561,24 +561,46 @@ mod ort {
         }
     }
 
+    /// tract splits a batch into images run by up to `threads` workers:
+    /// batch 5 on 2 workers (an uneven split), on 1 (one worker in turn) and
+    /// with more threads than images (a shared pool). An image stacked back
+    /// in the wrong place, or one run twice, breaks the match with ORT.
     #[test]
     fn both_engines_agree_on_an_exported_vit_graph() {
         library();
-        let opts = options(2);
-        let input = bundle_pixels(2);
-        let tract = load_tract(&bundle_graph(), &opts)
-            .unwrap()
-            .run(input.view())
-            .unwrap();
-        let mut ort = engine::load(EngineKind::Ort, &bundle_graph(), &opts).unwrap();
+        let input = bundle_pixels(5);
+        let mut ort = engine::load(EngineKind::Ort, &bundle_graph(), &options(5)).unwrap();
         assert_eq!(ort.provider(), "cpu");
         let ort = ort.run(input.view()).unwrap();
-        let cls = max_abs_diff(&tract.cls_token.into_dyn(), &ort.cls_token.into_dyn());
-        let patch = max_abs_diff(&tract.patch_tokens.into_dyn(), &ort.patch_tokens.into_dyn());
-        assert!(
-            cls <= TOLERANCE && patch <= TOLERANCE,
-            "max abs diff: cls {cls}, patch {patch}"
-        );
+        for (batch, threads) in [(5, Some(2)), (5, None), (2, Some(3))] {
+            let opts = EngineOptions {
+                threads,
+                ..options(batch)
+            };
+            let images = input.slice(ndarray::s![..batch, .., .., ..]);
+            let tract = load_tract(&bundle_graph(), &opts)
+                .unwrap()
+                .run(images)
+                .unwrap();
+            let cls = max_abs_diff(
+                &tract.cls_token.into_dyn(),
+                &ort.cls_token
+                    .slice(ndarray::s![..batch, ..])
+                    .to_owned()
+                    .into_dyn(),
+            );
+            let patch = max_abs_diff(
+                &tract.patch_tokens.into_dyn(),
+                &ort.patch_tokens
+                    .slice(ndarray::s![..batch, .., ..])
+                    .to_owned()
+                    .into_dyn(),
+            );
+            assert!(
+                cls <= TOLERANCE && patch <= TOLERANCE,
+                "batch {batch}, threads {threads:?}: max abs diff: cls {cls}, patch {patch}"
+            );
+        }
     }
 
     #[test]

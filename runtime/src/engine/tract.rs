@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayView4;
+use ndarray::{concatenate, s, ArrayD, ArrayView4, Axis};
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
@@ -31,13 +31,21 @@ pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
 
 const CPU_ONLY: &str = "tract runs on the CPU only";
 
-/// A graph optimised by tract for a fixed `[batch, 3, H, W]` input.
+/// A graph optimised by tract for one image, run once per image of a fixed
+/// `[batch, 3, H, W]` input.
+///
+/// tract is faster per image at batch 1 than at larger batches (ViT-S/16 on
+/// one thread: 181 ms at batch 1, 308 ms per image at batch 8), and its second
+/// thread inside one product adds less than a second image on its own thread
+/// does (docs/benchmarks.md). So a batch is split into images, run by up to
+/// `threads` workers at once, each with its own state over one shared plan
+/// (the packed weights exist once).
 pub(super) struct TractSession {
     graph: PathBuf,
     shape: [usize; 4],
     outputs: [usize; 2],
-    /// Reused across runs, so a run allocates only its tensors.
-    state: TypedSimpleState,
+    /// One per worker, reused across runs so a run allocates only its tensors.
+    workers: Vec<TypedSimpleState>,
 }
 
 impl TractSession {
@@ -51,52 +59,95 @@ impl TractSession {
             });
         }
         let [h, w] = graph.image;
-        let shape = [opts.batch, 3, h, w];
-        // tract runs single-threaded unless the plan carries its own pool.
-        let executor = opts.threads.filter(|&n| n > 1).map(Executor::multithread);
+        let threads = opts.threads.unwrap_or(1).max(1);
+        let workers = threads.min(opts.batch).max(1);
+        // Threads the workers cannot use (fewer images than threads) go to a
+        // pool the workers' products share; otherwise each runs on one thread.
+        let executor = (threads > workers).then(|| Executor::multithread(threads));
         let dir = graph.path.parent().and_then(Path::to_str);
-        let plan = || -> TractResult<TypedSimpleState> {
+        let plan = || -> TractResult<Vec<TypedSimpleState>> {
             let parsed = tract_onnx::onnx().parse(&graph.proto, dir)?;
             ensure!(
                 parsed.unresolved_inputs.is_empty(),
                 "unresolved inputs {:?}",
                 parsed.unresolved_inputs
             );
-            parsed
+            let plan = parsed
                 .model
-                .with_input_fact(0, f32::fact(shape).into())?
+                .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
                 .into_optimized()?
                 .into_runnable_with_options(&RunOptions {
                     executor,
                     ..RunOptions::default()
-                })?
-                .spawn()
+                })?;
+            (0..workers).map(|_| plan.spawn()).collect()
         };
-        let state = plan().map_err(|e| backend(&graph.path, e))?;
+        let workers = plan().map_err(|e| backend(&graph.path, e))?;
         Ok(TractSession {
             graph: graph.path,
-            shape,
+            shape: [opts.batch, 3, h, w],
             outputs: graph.outputs,
-            state,
+            workers,
         })
     }
+}
+
+/// Runs images `first`, `first + step`, ... of the batch, one at a time.
+fn run_images(
+    state: &mut TypedSimpleState,
+    pixels: ArrayView4<'_, f32>,
+    first: usize,
+    step: usize,
+) -> TractResult<Vec<(usize, TVec<TValue>)>> {
+    (first..pixels.dim().0)
+        .step_by(step)
+        .map(|i| {
+            let image = pixels.slice(s![i..i + 1, .., .., ..]);
+            let input = Tensor::from(image.as_standard_layout().into_owned());
+            Ok((i, state.run(tvec!(input.into_tvalue()))?))
+        })
+        .collect()
 }
 
 impl Session for TractSession {
     fn run(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Outputs, EngineError> {
         super::check_input(&self.graph, self.shape, &pixels)?;
-        let input = Tensor::from(pixels.as_standard_layout().into_owned());
-        let out = self
-            .state
-            .run(tvec!(input.into_tvalue()))
-            .map_err(|e| backend(&self.graph, e))?;
-        let view = |i: usize| {
-            out[i]
-                .to_plain_array_view::<f32>()
-                .map_err(|e| backend(&self.graph, e))
+        let step = self.workers.len();
+        let runs = match &mut self.workers[..] {
+            [one] => vec![run_images(one, pixels, 0, 1)],
+            workers => std::thread::scope(|scope| {
+                let running: Vec<_> = workers
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(w, state)| scope.spawn(move || run_images(state, pixels, w, step)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            }),
+        };
+        let mut images = Vec::with_capacity(self.shape[0]);
+        for run in runs {
+            images.extend(run.map_err(|e| backend(&self.graph, e))?);
+        }
+        images.sort_unstable_by_key(|(i, _)| *i);
+        // The images' outputs, stacked back into the batch.
+        let stack = |output: usize| -> Result<ArrayD<f32>, EngineError> {
+            let views = images
+                .iter()
+                .map(|(_, out)| out[output].to_plain_array_view::<f32>())
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(|e| backend(&self.graph, e))?;
+            concatenate(Axis(0), &views).map_err(|e| backend(&self.graph, e.into()))
         };
         let [cls, patch] = self.outputs;
-        super::outputs(&self.graph, self.shape[0], view(cls)?, view(patch)?)
+        super::outputs(
+            &self.graph,
+            self.shape[0],
+            stack(cls)?.view(),
+            stack(patch)?.view(),
+        )
     }
 
     fn input_shape(&self) -> [usize; 4] {
