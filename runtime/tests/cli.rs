@@ -718,7 +718,8 @@ impl Drop for MemoryCgroup {
 fn candidates_killed_for_memory_are_findings_not_a_crash() {
     // 16 MB: the selecting process fits (it runs within 6 MB of anonymous
     // memory; the kernel reclaims the binary's file pages), a measuring
-    // child running a batch of 1024 (about 100 MB of activations) is
+    // child running a batch of 4096 (a 50 MB input alone; tract runs the
+    // images one at a time, so activations do not grow with the batch) is
     // killed by the kernel.
     let (_d, b) = bundle();
     let cgroup = MemoryCgroup::new(16 << 20);
@@ -731,7 +732,7 @@ fn candidates_killed_for_memory_are_findings_not_a_crash() {
             "--memory-mb",
             "4096",
             "--batch",
-            "1024",
+            "4096",
             // tract alone: ONNX Runtime's library in the selecting process
             // would not fit 16 MB.
             "--engine",
