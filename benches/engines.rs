@@ -15,7 +15,7 @@
 //! engine's thread pool competes with it. Its median per thread count is the
 //! row's baseline.
 //!
-//! Usage: `ORT_DYLIB_PATH=... cargo bench --features ort --bench engines [-- --rounds N]`
+//! Usage: `ORT_DYLIB_PATH=... cargo bench --features ort --bench engines [-- --rounds N --batch N]`
 //! (needs `python3` with numpy; `PYTHON` names another interpreter).
 
 use std::process::Command;
@@ -58,13 +58,14 @@ print(2 * n**3 / t[2] / 1e9)
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let mut rounds = 5usize;
+    let (mut rounds, mut batches) = (5usize, BATCHES.to_vec());
     while let Some(a) = args.next() {
-        if a == "--rounds" {
-            rounds = args
-                .next()
-                .and_then(|v| v.parse().ok())
-                .expect("--rounds N");
+        let mut value = || args.next().and_then(|v| v.parse().ok());
+        match a.as_str() {
+            "--rounds" => rounds = value().expect("--rounds N"),
+            // Only the rows of one batch size (the batch-8 rows take most of the time).
+            "--batch" => batches = vec![value().expect("--batch N")],
+            _ => {} // cargo bench passes --bench
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +94,7 @@ fn main() {
     let mut rows = Vec::new();
     let mut peaks: [Vec<f64>; 2] = Default::default();
     // Batch outermost: the batch-1 rows, the target, come first.
-    for batch in BATCHES {
+    for batch in batches {
         for (name, spec) in models() {
             let subnet = bundle.subnet(&spec.id()).unwrap();
             let graph = bundle.graph_path(&subnet);
