@@ -4,46 +4,59 @@
 
 use ndarray::{ArrayView2, Axis};
 
-/// Neighbours that vote (DINO's k).
-pub const K: usize = 20;
-/// Softmax temperature of the votes (DINO's T).
-pub const TEMPERATURE: f32 = 0.07;
+/// A weighted k-NN classifier's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Knn {
+    /// Neighbours that vote.
+    pub k: usize,
+    /// Softmax temperature of the votes.
+    pub temperature: f32,
+}
 
-/// Top-1 accuracy in percent of classifying `test` by its neighbours in
-/// `train`. Rows are images; `classes` bounds the labels. Ties between
-/// class votes go to the lower class index.
-pub fn top1(
-    train: ArrayView2<'_, f32>,
-    train_labels: &[u32],
-    test: ArrayView2<'_, f32>,
-    test_labels: &[u32],
-    classes: usize,
-) -> f64 {
-    assert_eq!(train.nrows(), train_labels.len(), "one label per train row");
-    assert_eq!(test.nrows(), test_labels.len(), "one label per test row");
-    if test.nrows() == 0 {
-        return 0.0;
-    }
-    let (train, test) = (normalised(train), normalised(test));
-    let similarity = test.dot(&train.t());
-    let k = K.min(train.nrows());
-    let mut correct = 0usize;
-    let mut order: Vec<usize> = (0..train.nrows()).collect();
-    let mut votes = vec![0f64; classes];
-    for (row, &label) in similarity.axis_iter(Axis(0)).zip(test_labels) {
-        // Highest similarity first; equal ones by memory index.
-        order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        votes.fill(0.0);
-        for &j in &order[..k] {
-            votes[train_labels[j] as usize] += f64::from((row[j] / TEMPERATURE).exp());
+impl Knn {
+    /// DINO's k-NN evaluation: k = 20, T = 0.07.
+    pub const DINO: Knn = Knn {
+        k: 20,
+        temperature: 0.07,
+    };
+
+    /// Top-1 accuracy in percent of classifying `test` by its neighbours in
+    /// `train`. Rows are images; `classes` bounds the labels. Ties between
+    /// class votes go to the lower class index.
+    pub fn top1(
+        &self,
+        train: ArrayView2<'_, f32>,
+        train_labels: &[u32],
+        test: ArrayView2<'_, f32>,
+        test_labels: &[u32],
+        classes: usize,
+    ) -> f64 {
+        assert_eq!(train.nrows(), train_labels.len(), "one label per train row");
+        assert_eq!(test.nrows(), test_labels.len(), "one label per test row");
+        if test.nrows() == 0 {
+            return 0.0;
         }
-        let predicted = votes
-            .iter()
-            .enumerate()
-            .fold(0, |best, (c, v)| if *v > votes[best] { c } else { best });
-        correct += usize::from(predicted == label as usize);
+        let (train, test) = (normalised(train), normalised(test));
+        let similarity = test.dot(&train.t());
+        let k = self.k.min(train.nrows());
+        let mut correct = 0usize;
+        let mut order: Vec<usize> = (0..train.nrows()).collect();
+        let mut votes = vec![0f64; classes];
+        for (row, &label) in similarity.axis_iter(Axis(0)).zip(test_labels) {
+            // Highest similarity first; equal ones by memory index.
+            order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            votes.fill(0.0);
+            for &j in &order[..k] {
+                votes[train_labels[j] as usize] += f64::from((row[j] / self.temperature).exp());
+            }
+            let predicted = votes
+                .iter()
+                .enumerate()
+                .fold(0, |best, (c, v)| if *v > votes[best] { c } else { best });
+            correct += usize::from(predicted == label as usize);
+        }
+        100.0 * correct as f64 / test.nrows() as f64
     }
-    100.0 * correct as f64 / test.nrows() as f64
 }
 
 /// Rows scaled to unit length (zero rows stay zero).
@@ -70,8 +83,8 @@ mod tests {
         // exp(1/0.07) outweighs 2·exp(0.5/0.07), so the weighted vote says 1.
         let train = array![[1.0f32, 0.0], [0.5, 0.866], [0.5, -0.866]];
         let test = array![[2.0f32, 0.0]];
-        assert_eq!(top1(train.view(), &[1, 0, 0], test.view(), &[1], 2), 100.0);
-        assert_eq!(top1(train.view(), &[1, 0, 0], test.view(), &[0], 2), 0.0);
+        assert_eq!(Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[1], 2), 100.0);
+        assert_eq!(Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[0], 2), 0.0);
     }
 
     #[test]
@@ -88,6 +101,6 @@ mod tests {
         }
         let train = ndarray::Array2::from_shape_vec((221, 2), train).unwrap();
         let test = array![[1.0f32, 0.0]];
-        assert_eq!(top1(train.view(), &labels, test.view(), &[0], 2), 100.0);
+        assert_eq!(Knn::DINO.top1(train.view(), &labels, test.view(), &[0], 2), 100.0);
     }
 }

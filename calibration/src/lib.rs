@@ -134,7 +134,7 @@ pub fn score(
         );
         let knn_top1 = dataset.labels.as_ref().map(|l| {
             let labels = |idx: &[usize]| idx.iter().map(|&i| l.class[i]).collect::<Vec<_>>();
-            knn::top1(
+            knn::Knn::DINO.top1(
                 rows(&cls, &l.train).view(),
                 &labels(&l.train),
                 rows(&cls, &l.val).view(),
