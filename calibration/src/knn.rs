@@ -49,10 +49,11 @@ impl Knn {
             for &j in &order[..k] {
                 votes[train_labels[j] as usize] += f64::from((row[j] / self.temperature).exp());
             }
-            let predicted = votes
-                .iter()
-                .enumerate()
-                .fold(0, |best, (c, v)| if *v > votes[best] { c } else { best });
+            let predicted =
+                votes
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (c, v)| if *v > votes[best] { c } else { best });
             correct += usize::from(predicted == label as usize);
         }
         100.0 * correct as f64 / test.nrows() as f64
@@ -83,8 +84,14 @@ mod tests {
         // exp(1/0.07) outweighs 2·exp(0.5/0.07), so the weighted vote says 1.
         let train = array![[1.0f32, 0.0], [0.5, 0.866], [0.5, -0.866]];
         let test = array![[2.0f32, 0.0]];
-        assert_eq!(Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[1], 2), 100.0);
-        assert_eq!(Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[0], 2), 0.0);
+        assert_eq!(
+            Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[1], 2),
+            100.0
+        );
+        assert_eq!(
+            Knn::DINO.top1(train.view(), &[1, 0, 0], test.view(), &[0], 2),
+            0.0
+        );
     }
 
     #[test]
@@ -101,6 +108,9 @@ mod tests {
         }
         let train = ndarray::Array2::from_shape_vec((221, 2), train).unwrap();
         let test = array![[1.0f32, 0.0]];
-        assert_eq!(Knn::DINO.top1(train.view(), &labels, test.view(), &[0], 2), 100.0);
+        assert_eq!(
+            Knn::DINO.top1(train.view(), &labels, test.view(), &[0], 2),
+            100.0
+        );
     }
 }

@@ -7,7 +7,10 @@ use tailor_calibration::cka;
 use tailor_calibration::knn::Knn;
 
 fn golden() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/knn_cka_golden.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/knn_cka_golden.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -42,7 +45,13 @@ fn knn_top1_matches_numpy_within_half_a_point() {
         let got = knn(&g, k);
         assert!((got - want).abs() <= 0.5, "k={k}: {got} vs numpy {want}");
     }
-    assert_eq!(Knn::DINO, Knn { k: 20, temperature: 0.07 });
+    assert_eq!(
+        Knn::DINO,
+        Knn {
+            k: 20,
+            temperature: 0.07
+        }
+    );
 }
 
 #[test]
