@@ -88,7 +88,7 @@ def check(path):
     z = np.load(path)
     train_idx, val_idx, labels = z["train"], z["val"], z["labels"]
     classes = int(labels.max()) + 1
-    reference = z[str(z["reference"])]
+    reference = z["reference"]
     for name in z.files:
         if name in ("train", "val", "labels", "reference"):
             continue

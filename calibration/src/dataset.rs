@@ -47,6 +47,9 @@ pub struct LoadOptions {
     pub labels: bool,
     /// Seeds the 80/20 split of data without `train/` and `val/`.
     pub seed: u64,
+    /// Keep only the first images (array order, or sorted paths): a quick
+    /// look at a large set. The sha256 still covers the whole dataset.
+    pub limit: Option<usize>,
 }
 
 /// Why a dataset cannot be used. Each names the file or folder at fault.
@@ -81,6 +84,9 @@ impl Dataset {
         } else {
             load_npz(path, opts)?
         };
+        if let Some(n) = opts.limit {
+            data.keep_first(n);
+        }
         if data.images.is_empty() {
             return Err(DatasetError::Empty(path.to_owned()));
         }
@@ -103,6 +109,18 @@ impl Dataset {
             }
         }
         Ok(data)
+    }
+}
+
+impl Dataset {
+    /// Drops every image after the first `n`, and them from the split.
+    fn keep_first(&mut self, n: usize) {
+        self.images.truncate(n);
+        if let Some(l) = &mut self.labels {
+            l.class.truncate(n);
+            l.train.retain(|&i| i < n);
+            l.val.retain(|&i| i < n);
+        }
     }
 }
 

@@ -47,7 +47,7 @@ impl Knn {
             order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             votes.fill(0.0);
             for &j in &order[..k] {
-                votes[train_labels[j] as usize] += f64::from((row[j] / self.temperature).exp());
+                votes[train_labels[j] as usize] += (row[j] / f64::from(self.temperature)).exp();
             }
             let predicted =
                 votes
@@ -60,9 +60,10 @@ impl Knn {
     }
 }
 
-/// Rows scaled to unit length (zero rows stay zero).
-fn normalised(x: ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
-    let mut x = x.to_owned();
+/// Rows scaled to unit length (zero rows stay zero), in f64: neighbours a
+/// float32 rounding apart would otherwise swap at the k-th place.
+fn normalised(x: ArrayView2<'_, f32>) -> ndarray::Array2<f64> {
+    let mut x = x.mapv(f64::from);
     for mut row in x.axis_iter_mut(Axis(0)) {
         let norm = row.dot(&row).sqrt();
         if norm > 0.0 {

@@ -15,6 +15,7 @@ pub mod record;
 
 use std::collections::BTreeMap;
 
+use ndarray::Array2;
 use tailor_runtime::bundle::{Bundle, BundleError};
 use tailor_runtime::engine::{EngineError, EngineKind, EngineOptions};
 use tailor_runtime::manifest::QualityMetric;
@@ -29,6 +30,9 @@ pub struct Options {
     pub engine: EngineKind,
     /// `batch` is the images per run.
     pub engine_options: EngineOptions,
+    /// Keep every sub-network's features in [`Calibrated::features`] (to
+    /// cross-check the metrics; they take images × width floats each).
+    pub keep_features: bool,
 }
 
 /// What [`score`] is doing, for progress displays.
@@ -71,6 +75,9 @@ pub struct Calibrated {
     /// In the manifest's order.
     pub scores: Vec<Scores>,
     pub ranges: RangesFile,
+    /// `cls_token` per image of each sub-network, in the manifest's order,
+    /// when [`Options::keep_features`] asked for them.
+    pub features: Vec<(String, Array2<f32>)>,
 }
 
 /// Why calibration stopped. The bundle is untouched.
@@ -109,6 +116,7 @@ pub fn score(
     let mut reference_features = None;
     let mut scored = BTreeMap::new();
     let mut graph_ranges = BTreeMap::new();
+    let mut kept = BTreeMap::new();
     for (index, subnet) in order.enumerate() {
         progress(Progress::Subnet {
             id: subnet.id,
@@ -143,6 +151,9 @@ pub fn score(
             )
         });
         scored.insert(subnet.id, (knn_top1, fidelity));
+        if opts.keep_features {
+            kept.insert(subnet.id, cls.clone());
+        }
         if let Some(r) = features.ranges {
             graph_ranges.insert(subnet.id.to_owned(), r);
         }
@@ -170,5 +181,9 @@ pub fn score(
             images: total,
             subnets: graph_ranges,
         },
+        features: subnets
+            .iter()
+            .filter_map(|s| Some((s.id.to_owned(), kept.remove(s.id)?)))
+            .collect(),
     })
 }

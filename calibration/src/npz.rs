@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 /// An integer array read from an `.npy` member.
@@ -30,6 +30,54 @@ impl Elements {
             Elements::Int(v) => v.clone(),
         }
     }
+}
+
+/// A member to write: little-endian f32 or i64 in C order.
+pub enum Member<'a> {
+    F32 { shape: &'a [usize], data: &'a [f32] },
+    I64 { shape: &'a [usize], data: &'a [i64] },
+}
+
+/// Writes an uncompressed `.npz` that `numpy.load` reads.
+pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()> {
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(File::create(path)?));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, member) in members {
+        zip.start_file(format!("{name}.npy"), stored)?;
+        let (descr, shape, bytes): (_, _, Vec<u8>) = match member {
+            Member::F32 { shape, data } => (
+                "<f4",
+                shape,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            Member::I64 { shape, data } => (
+                "<i8",
+                shape,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        };
+        let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        // numpy pads the header so the data starts at a multiple of 64.
+        let unpadded = 10 + header.len() + 1;
+        header.extend(std::iter::repeat_n(
+            ' ',
+            unpadded.next_multiple_of(64) - unpadded,
+        ));
+        header.push('\n');
+        zip.write_all(b"\x93NUMPY\x01\x00")?;
+        zip.write_all(&(header.len() as u16).to_le_bytes())?;
+        zip.write_all(header.as_bytes())?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish()?.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
 }
 
 /// Reads every member of the archive at `path` (numpy names them

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{Calibration, DataFile, Sha256};
 
+use crate::npz::{self, Member};
 use crate::{Calibrated, CalibrationError, Dataset};
 
 /// The ranges files live here, relative to the bundle.
@@ -70,6 +71,62 @@ pub fn write(
         let _ = fs::remove_file(dir.join(previous.ranges.path));
     }
     Ok(dir.join(&ranges_rel))
+}
+
+/// Writes every kept sub-network's `cls_token`, the labels and the k-NN
+/// split as an `.npz`, for `tools/knn_reference.py check`: members named by
+/// sub-network id, `reference` (the fidelity reference's features again),
+/// `labels`, `train` and `val` (image indices).
+pub fn write_features(
+    path: &Path,
+    dataset: &Dataset,
+    calibrated: &Calibrated,
+) -> Result<(), CalibrationError> {
+    let to_i64 = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+    let (labels, train, val) = match &dataset.labels {
+        Some(l) => (
+            l.class.iter().map(|&c| i64::from(c)).collect(),
+            to_i64(&l.train),
+            to_i64(&l.val),
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let shapes: Vec<[usize; 2]> = calibrated
+        .features
+        .iter()
+        .map(|(_, f)| [f.nrows(), f.ncols()])
+        .collect();
+    let mut members = Vec::new();
+    for ((id, features), shape) in calibrated.features.iter().zip(&shapes) {
+        let data = features.as_slice().expect("features are contiguous");
+        members.push((id.as_str(), Member::F32 { shape, data }));
+        if *id == calibrated.reference {
+            members.push(("reference", Member::F32 { shape, data }));
+        }
+    }
+    let (n, t, v) = ([labels.len()], [train.len()], [val.len()]);
+    members.push((
+        "labels",
+        Member::I64 {
+            shape: &n,
+            data: &labels,
+        },
+    ));
+    members.push((
+        "train",
+        Member::I64 {
+            shape: &t,
+            data: &train,
+        },
+    ));
+    members.push((
+        "val",
+        Member::I64 {
+            shape: &v,
+            data: &val,
+        },
+    ));
+    npz::write(path, &members).map_err(write_err(path))
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> CalibrationError + '_ {

@@ -114,6 +114,9 @@ struct CalibrateArgs {
     /// Seed of the 80/20 split when DATA has no train/ and val/.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Score only the first N images (array order, or sorted paths).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// Images per inference run.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch: usize,
@@ -124,6 +127,10 @@ struct CalibrateArgs {
     /// Intra-op threads [default: the engine's].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Also write every sub-network's cls_token, the labels and the split
+    /// to FILE.npz (to check the metrics with tools/knn_reference.py).
+    #[arg(long, value_name = "FILE.npz")]
+    dump_features: Option<PathBuf>,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -510,6 +517,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     let load = LoadOptions {
         labels: !args.no_labels,
         seed: args.seed,
+        limit: args.limit,
     };
     let dataset = Dataset::load(&args.data, load)
         .with_context(|| format!("reading the dataset {}", args.data.display()))?;
@@ -520,6 +528,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
             threads: args.threads,
             ..EngineOptions::default()
         },
+        keep_features: args.dump_features.is_some(),
     };
     let bar = if args.quiet || args.json {
         ProgressBar::hidden()
@@ -546,6 +555,9 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     })
     .with_context(|| format!("calibrating {}", args.bundle.display()))?;
     bar.finish_and_clear();
+    if let Some(path) = &args.dump_features {
+        record::write_features(path, &dataset, &calibrated)?;
+    }
     let ranges = record::write(&bundle, &dataset, &calibrated)
         .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
     if args.json {
