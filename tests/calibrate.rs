@@ -1,6 +1,8 @@
 //! A calibrated bundle through the runtime: selection reads the qualities
 //! `exporter calibrate` wrote, and `min_quality` excludes by them.
 
+mod common;
+
 use std::path::Path;
 
 use tailor::calibration::{self, record, Dataset, Options};
@@ -9,19 +11,6 @@ use tailor::runtime::image::Image;
 use tailor::runtime::manifest::{QualityMetric, Sha256};
 use tailor::runtime::profile::MeasureOptions;
 use tailor::runtime::select::{Limits, Runtime, RuntimeOptions, SelectError};
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-}
 
 /// Label-free images with varied content (a seeded hash per pixel).
 fn images(n: usize) -> Dataset {
@@ -47,7 +36,7 @@ fn images(n: usize) -> Dataset {
 fn min_quality_selects_among_the_calibrated_scores() {
     let dir = tempfile::tempdir().unwrap();
     let bundle_dir = dir.path().join("bundle");
-    copy_dir(
+    common::copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/tests/fixtures/bundle-tiny"),
         &bundle_dir,
     );

@@ -2,6 +2,8 @@
 //! that still verifies, and a clear error that leaves the bundle untouched
 //! for every bad dataset.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,21 +15,8 @@ fn bundle_copy() -> (tempfile::TempDir, PathBuf) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/bundle-tiny");
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("bundle");
-    copy_dir(&src, &dst);
+    common::copy_dir(&src, &dst);
     (dir, dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
 }
 
 fn exporter(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
@@ -35,6 +24,13 @@ fn exporter(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `exporter calibrate BUNDLE --data DATA EXTRA...`
+fn calibrate(bundle: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"calibrate", &bundle, &"--data", &data];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    exporter(&args)
 }
 
 fn json(out: &Output) -> Value {
@@ -126,15 +122,7 @@ fn an_npz_with_labels_scores_every_subnet_and_the_bundle_still_verifies() {
     let data = dir.path().join("calib.npz");
     labelled_npz(&data, 40);
     let graphs_before = sha256(&bundle.join("graphs/w32-d4.onnx"));
-    let report = json(&exporter(&[
-        &"calibrate",
-        &bundle,
-        &"--data",
-        &data,
-        &"--json",
-        &"--batch",
-        &"8",
-    ]));
+    let report = json(&calibrate(&bundle, &data, &["--json", "--batch", "8"]));
 
     assert_eq!(report["quality_metric"], "knn_top1");
     assert_eq!(report["reference"], "w32-d4", "the most parameters");
@@ -209,13 +197,7 @@ fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
             &grey((i % 2) as u8, i, 16),
         );
     }
-    let report = json(&exporter(&[
-        &"calibrate",
-        &bundle,
-        &"--data",
-        &data,
-        &"--json",
-    ]));
+    let report = json(&calibrate(&bundle, &data, &["--json"]));
     assert_eq!(report["quality_metric"], "cka_fidelity");
     assert_eq!(report["dataset"]["classes"], Value::Null);
     let first_ranges = manifest(&bundle)["calibration"]["ranges"]["path"].clone();
@@ -228,7 +210,7 @@ fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
     // and the old ranges file goes.
     let npz = dir.path().join("calib.npz");
     labelled_npz(&npz, 30);
-    let out = exporter(&[&"calibrate", &bundle, &"--data", &npz, &"-q"]);
+    let out = calibrate(&bundle, &npz, &["-q"]);
     assert!(
         out.status.success(),
         "{}",
@@ -259,13 +241,7 @@ fn train_and_val_folders_are_the_split() {
             }
         }
     }
-    let report = json(&exporter(&[
-        &"calibrate",
-        &bundle,
-        &"--data",
-        &data,
-        &"--json",
-    ]));
+    let report = json(&calibrate(&bundle, &data, &["--json"]));
     let d = &report["dataset"];
     assert_eq!(
         (
@@ -285,7 +261,7 @@ fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
         std::fs::read(bundle.join("manifest.postcard")).unwrap(),
         std::fs::read(bundle.join("manifest.json")).unwrap(),
     );
-    let out = exporter(&[&"calibrate", &bundle, &"--data", &data]);
+    let out = calibrate(&bundle, &data, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted {}: {err}", data.display());
     assert!(!err.contains("panicked"), "{err}");

@@ -11,6 +11,8 @@
 //! architecture check and for the unit's checks; the real aarch64 binary is
 //! checked under qemu by targets/cross/build.sh.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -540,7 +542,7 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
 
     // A corrupted weight file is found before anything is written.
     let corrupted = dir.path().join("corrupted");
-    copy_dir(&tiny_bundle(), &corrupted);
+    common::copy_dir(&tiny_bundle(), &corrupted);
     let weights = corrupted.join("graphs/weights/w32.bin");
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[100] ^= 1;
@@ -570,19 +572,6 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
     );
     succeeded(attempt("rpi5", &stand_in, &["--force"]));
     assert_ne!(tree(&out_dir), before, "--force replaces it");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }
 
 #[test]
