@@ -261,7 +261,7 @@ fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
         std::fs::read(bundle.join("manifest.postcard")).unwrap(),
         std::fs::read(bundle.join("manifest.json")).unwrap(),
     );
-    let out = calibrate(&bundle, &data, &[]);
+    let out = calibrate(bundle, data, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted {}: {err}", data.display());
     assert!(!err.contains("panicked"), "{err}");
