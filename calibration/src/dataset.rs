@@ -79,49 +79,72 @@ impl Dataset {
     /// Reads the folder or `.npz` at `path`.
     pub fn load(path: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> {
         let meta = fs::metadata(path).map_err(io_err(path))?;
-        let mut data = if meta.is_dir() {
+        let mut read = if meta.is_dir() {
             load_folder(path, opts)?
         } else {
             load_npz(path, opts)?
         };
-        if let Some(n) = opts.limit {
-            data.keep_first(n);
-        }
-        if data.images.is_empty() {
+        let n = opts
+            .limit
+            .map_or(read.images.len(), |n| n.min(read.images.len()));
+        read.images.truncate(n);
+        if n == 0 {
             return Err(DatasetError::Empty(path.to_owned()));
         }
-        if let Some(labels) = &mut data.labels {
-            if labels.names.len() < 2 {
-                return Err(DatasetError::OneClass {
-                    path: path.to_owned(),
-                    class: labels.names.first().cloned().unwrap_or_default(),
-                });
+        let labels = match read.classes {
+            Some(Classes { mut class, names }) => {
+                if names.len() < 2 {
+                    return Err(DatasetError::OneClass {
+                        path: path.to_owned(),
+                        class: names.first().cloned().unwrap_or_default(),
+                    });
+                }
+                class.truncate(n);
+                let (train, val) = match read.train_count {
+                    Some(t) => ((0..t.min(n)).collect(), (t.min(n)..n).collect()),
+                    None => split(n, opts.seed),
+                };
+                if train.is_empty() || val.is_empty() {
+                    return Err(DatasetError::Split {
+                        path: path.to_owned(),
+                        train: train.len(),
+                        val: val.len(),
+                    });
+                }
+                Some(Labels {
+                    class,
+                    names,
+                    train,
+                    val,
+                })
             }
-            if labels.train.is_empty() && labels.val.is_empty() {
-                (labels.train, labels.val) = split(data.images.len(), opts.seed);
-            }
-            if labels.train.is_empty() || labels.val.is_empty() {
-                return Err(DatasetError::Split {
-                    path: path.to_owned(),
-                    train: labels.train.len(),
-                    val: labels.val.len(),
-                });
-            }
-        }
-        Ok(data)
+            None => None,
+        };
+        Ok(Dataset {
+            images: read.images,
+            labels,
+            sha256: read.sha256,
+            bytes: read.bytes,
+        })
     }
 }
 
-impl Dataset {
-    /// Drops every image after the first `n`, and them from the split.
-    fn keep_first(&mut self, n: usize) {
-        self.images.truncate(n);
-        if let Some(l) = &mut self.labels {
-            l.class.truncate(n);
-            l.train.retain(|&i| i < n);
-            l.val.retain(|&i| i < n);
-        }
-    }
+/// What a loader read, before the limit and the split.
+struct Read {
+    images: Vec<Image>,
+    /// `None`: label-free.
+    classes: Option<Classes>,
+    /// With the user's split: the first this many images are train/'s.
+    train_count: Option<usize>,
+    sha256: Sha256,
+    bytes: u64,
+}
+
+/// A class index per image and the class names.
+#[derive(Debug)]
+struct Classes {
+    class: Vec<u32>,
+    names: Vec<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatasetError + '_ {
@@ -151,7 +174,7 @@ fn split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
 /// Images found in a folder, with the class (sub-folder) of each.
 type Found = Vec<(PathBuf, Option<String>)>;
 
-fn load_folder(root: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> {
+fn load_folder(root: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
     let (train, val) = (root.join("train"), root.join("val"));
     let has_split = train.is_dir() && val.is_dir();
     let mut found = Found::new();
@@ -178,13 +201,14 @@ fn load_folder(root: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> 
     }
     // Labelled when asked for and every image sits in a class folder.
     let classes: Option<Vec<&str>> = found.iter().map(|(_, c)| c.as_deref()).collect();
-    let labels = match classes {
-        Some(classes) if opts.labels => Some(folder_labels(&classes, train_count, &val)?),
+    let classes = match classes {
+        Some(classes) if opts.labels => Some(folder_classes(&classes, train_count, &val)?),
         _ => None,
     };
-    Ok(Dataset {
+    Ok(Read {
         images,
-        labels,
+        classes,
+        train_count,
         sha256: Sha256(hasher.finalize().into()),
         bytes,
     })
@@ -192,11 +216,11 @@ fn load_folder(root: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> 
 
 /// Class indices from class names; with a `train/`+`val/` split (the first
 /// `train_count` images are train/'s) the classes are train/'s.
-fn folder_labels(
+fn folder_classes(
     classes: &[&str],
     train_count: Option<usize>,
     val_dir: &Path,
-) -> Result<Labels, DatasetError> {
+) -> Result<Classes, DatasetError> {
     let mut names: Vec<String> = classes[..train_count.unwrap_or(classes.len())]
         .iter()
         .map(|c| c.to_string())
@@ -212,16 +236,7 @@ fn folder_labels(
                 .map_err(|_| DatasetError::UnknownValClass(val_dir.to_owned(), c.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let (train, val) = match train_count {
-        Some(n) => ((0..n).collect(), (n..classes.len()).collect()),
-        None => (Vec::new(), Vec::new()),
-    };
-    Ok(Labels {
-        class,
-        names,
-        train,
-        val,
-    })
+    Ok(Classes { class, names })
 }
 
 /// Adds the images of `dir`: its own files (no class) and those of each
@@ -269,13 +284,13 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Image, DatasetError> {
     })
 }
 
-fn load_npz(path: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> {
+fn load_npz(path: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
     let fail = |message: String| DatasetError::Npz {
         path: path.to_owned(),
         message,
     };
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let arrays = npz::read(path).map_err(fail)?;
+    let arrays = npz::read(&bytes).map_err(fail)?;
     let images = arrays.get("images").ok_or_else(|| {
         fail("no `images` array (expected uint8 [N, H, W] or [N, H, W, 3])".into())
     })?;
@@ -298,7 +313,7 @@ fn load_npz(path: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> {
         .map(|p| Image::new(p.to_vec(), w, h, channels))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(format!("`images`: {e}")))?;
-    let labels = match arrays.get("labels") {
+    let classes = match arrays.get("labels") {
         Some(labels) if opts.labels => {
             let values = labels.data.to_ints();
             if labels.shape != [n] {
@@ -307,20 +322,21 @@ fn load_npz(path: &Path, opts: LoadOptions) -> Result<Dataset, DatasetError> {
                     labels.shape
                 )));
             }
-            Some(npz_labels(&values).map_err(fail)?)
+            Some(npz_classes(&values).map_err(fail)?)
         }
         _ => None,
     };
-    Ok(Dataset {
+    Ok(Read {
         images,
-        labels,
+        classes,
+        train_count: None,
         sha256: Sha256(Hasher::digest(&bytes).into()),
         bytes: bytes.len() as u64,
     })
 }
 
 /// Labels of an `.npz` as class indices (distinct values, ascending).
-fn npz_labels(values: &[i64]) -> Result<Labels, String> {
+fn npz_classes(values: &[i64]) -> Result<Classes, String> {
     if let Some(v) = values.iter().find(|v| **v < 0) {
         return Err(format!("`labels` holds {v}; labels must be non-negative"));
     }
@@ -329,13 +345,12 @@ fn npz_labels(values: &[i64]) -> Result<Labels, String> {
     distinct.dedup();
     let class = values
         .iter()
-        .map(|v| distinct.binary_search(v).expect("a distinct value") as u32)
+        .filter_map(|v| distinct.binary_search(v).ok())
+        .map(|i| i as u32)
         .collect();
-    Ok(Labels {
+    Ok(Classes {
         class,
         names: distinct.iter().map(i64::to_string).collect(),
-        train: Vec::new(),
-        val: Vec::new(),
     })
 }
 
@@ -357,9 +372,9 @@ mod tests {
 
     #[test]
     fn npz_labels_become_dense_classes() {
-        let l = npz_labels(&[7, 3, 7, 9]).unwrap();
+        let l = npz_classes(&[7, 3, 7, 9]).unwrap();
         assert_eq!(l.class, [1, 0, 1, 2]);
         assert_eq!(l.names, ["3", "7", "9"]);
-        assert!(npz_labels(&[1, -2]).unwrap_err().contains("-2"));
+        assert!(npz_classes(&[1, -2]).unwrap_err().contains("-2"));
     }
 }

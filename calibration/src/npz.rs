@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// An integer array read from an `.npy` member.
@@ -80,12 +80,10 @@ pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()>
     Ok(())
 }
 
-/// Reads every member of the archive at `path` (numpy names them
-/// `NAME.npy`; the map is keyed by `NAME`). Errors are one sentence naming
-/// the member.
-pub fn read(path: &Path) -> Result<HashMap<String, Array>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
+/// Reads every member of an archive's bytes (numpy names them `NAME.npy`;
+/// the map is keyed by `NAME`). Errors are one sentence naming the member.
+pub fn read(bytes: &[u8]) -> Result<HashMap<String, Array>, String> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| format!("not an .npz (zip) archive: {e}"))?;
     let mut arrays = HashMap::new();
     for i in 0..archive.len() {

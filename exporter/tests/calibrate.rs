@@ -210,7 +210,7 @@ fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
     // and the old ranges file goes.
     let npz = dir.path().join("calib.npz");
     labelled_npz(&npz, 30);
-    let out = calibrate(&bundle, &npz, &["-q"]);
+    let out = calibrate(&bundle, &npz, &["-q", "--limit", "20"]);
     assert!(
         out.status.success(),
         "{}",
@@ -218,6 +218,7 @@ fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
     );
     let m = manifest(&bundle);
     assert_eq!(m["calibration"]["quality_metric"], "knn_top1");
+    assert_eq!(m["calibration"]["dataset_images"], 20, "--limit 20");
     let files: Vec<_> = std::fs::read_dir(bundle.join("calibration"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
