@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::{export, request, subnets};
 use tailor::calibration::{self, record, Dataset, Options};
+use tailor::exporter::plan::Request;
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::image::Image;
 use tailor::runtime::manifest::{QualityMetric, Sha256};
@@ -34,12 +34,10 @@ fn images(n: usize) -> Dataset {
 
 #[test]
 fn min_quality_selects_among_the_calibrated_scores() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle_dir = dir.path().join("bundle");
-    common::copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/tests/fixtures/bundle-tiny"),
-        &bundle_dir,
-    );
+    let (_dir, bundle_dir) = export(&Request {
+        selection: subnets(&["32x2", "32x3", "32x4"]),
+        ..request("tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth")
+    });
     let bundle = Bundle::open(&bundle_dir).unwrap();
     let dataset = images(24);
     let calibrated =

@@ -98,17 +98,3 @@ pub fn assert_close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
         "{what}: max abs error {err:e} exceeds 1e-4 × {scale}"
     );
 }
-
-/// Copies a directory tree (a committed bundle, to change a copy of it).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
