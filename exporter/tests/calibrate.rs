@@ -184,6 +184,18 @@ fn an_npz_with_labels_scores_every_subnet_and_the_bundle_still_verifies() {
         "{text}"
     );
     assert_eq!(sha256(&bundle.join("graphs/w32-d4.onnx")), graphs_before);
+
+    // The ranges file is part of what --verify checks.
+    let ranges = bundle.join(cal["ranges"]["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&ranges).unwrap();
+    bytes[0] = b' ';
+    std::fs::write(&ranges, bytes).unwrap();
+    let corrupt = exporter(&[&"inspect", &bundle, &"--verify"]);
+    let err = String::from_utf8_lossy(&corrupt.stderr);
+    assert!(
+        !corrupt.status.success() && err.contains("ranges-") && err.contains("corrupted"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -619,6 +619,9 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         for s in &m.subnets {
             bundle.verify(s)?;
         }
+        if let Some(c) = &m.calibration {
+            bundle.verify_data(&c.ranges)?;
+        }
     }
     if json {
         outln!("{}", serde_json::to_string_pretty(&m)?)?;
@@ -669,7 +672,7 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         )?;
     }
     if verify {
-        outln!("verified: every graph and weight file matches its sha256")?;
+        outln!("verified: every graph, weight and calibration file matches its sha256")?;
     }
     Ok(())
 }

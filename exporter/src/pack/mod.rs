@@ -252,6 +252,9 @@ fn filter_bundle<'b>(
     for subnet in &kept {
         bundle.verify(subnet)?;
     }
+    if let Some(c) = &manifest.calibration {
+        bundle.verify_data(&c.ranges)?;
+    }
     let filtered = Manifest {
         format_version: manifest.format_version,
         teacher: manifest.teacher.clone(),
