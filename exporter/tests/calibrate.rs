@@ -46,20 +46,6 @@ fn manifest(bundle: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
 }
 
-/// A grey image: dark (class 0) or bright (class 1), with seeded noise.
-fn grey(class: u8, seed: usize, side: usize) -> Vec<u8> {
-    (0..side * side)
-        .map(|i| {
-            let noise = ((i * 7 + seed * 13) % 40) as u8;
-            if class == 0 {
-                20 + noise
-            } else {
-                190 + noise
-            }
-        })
-        .collect()
-}
-
 fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 {
@@ -88,7 +74,9 @@ fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
 
 /// `n` images of 12x12 alternating between the two classes, labels int64.
 fn labelled_npz(path: &Path, n: usize) {
-    let images: Vec<u8> = (0..n).flat_map(|i| grey((i % 2) as u8, i, 12)).collect();
+    let images: Vec<u8> = (0..n)
+        .flat_map(|i| common::grey((i % 2) as u8, i, 12))
+        .collect();
     let labels: Vec<u8> = (0..n)
         .flat_map(|i| ((i % 2) as i64).to_le_bytes())
         .collect();
@@ -99,14 +87,6 @@ fn labelled_npz(path: &Path, n: usize) {
             ("labels", npy("<i8", &[n], &labels)),
         ],
     );
-}
-
-fn write_png(path: &Path, side: u32, data: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), side, side);
-    enc.set_color(png::ColorType::Grayscale);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.write_header().unwrap().write_image_data(data).unwrap();
 }
 
 fn sha256(path: &Path) -> String {
@@ -203,10 +183,10 @@ fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
     let (dir, bundle) = bundle_copy();
     let data = dir.path().join("photos");
     for i in 0..10 {
-        write_png(
+        common::write_png(
             &data.join(format!("{i}.png")),
             16,
-            &grey((i % 2) as u8, i, 16),
+            &common::grey((i % 2) as u8, i, 16),
         );
     }
     let report = json(&calibrate(&bundle, &data, &["--json"]));
@@ -246,10 +226,10 @@ fn train_and_val_folders_are_the_split() {
     for (part, n) in [("train", 6), ("val", 4)] {
         for i in 0..n {
             for (class, name) in [(0, "dark"), (1, "bright")] {
-                write_png(
+                common::write_png(
                     &data.join(format!("{part}/{name}/{i}.png")),
                     8,
-                    &grey(class, i, 8),
+                    &common::grey(class, i, 8),
                 );
             }
         }
@@ -300,7 +280,11 @@ fn bad_datasets_are_named_and_leave_the_bundle_untouched() {
 
     let one = root.join("one-class");
     for i in 0..4 {
-        write_png(&one.join(format!("cats/{i}.png")), 8, &grey(0, i, 8));
+        common::write_png(
+            &one.join(format!("cats/{i}.png")),
+            8,
+            &common::grey(0, i, 8),
+        );
     }
     assert_refused(
         &bundle,
@@ -310,10 +294,10 @@ fn bad_datasets_are_named_and_leave_the_bundle_untouched() {
 
     let broken = root.join("broken");
     for i in 0..4 {
-        write_png(
+        common::write_png(
             &broken.join(format!("{}/{i}.png", ["a", "b"][i % 2])),
             8,
-            &grey(0, i, 8),
+            &common::grey(0, i, 8),
         );
     }
     std::fs::write(broken.join("b/bad.png"), b"not a png").unwrap();

@@ -459,6 +459,52 @@ fn weight_files_no_packed_sub_network_reads_are_left_out() {
     succeeded(exporter(&["inspect", s(&packed), "--verify"]));
 }
 
+#[test]
+fn a_calibrated_bundle_packs_its_scores_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    common::copy_dir(&tiny_bundle(), &bundle);
+    let data = dir.path().join("photos");
+    for i in 0..6 {
+        common::write_png(
+            &data.join(format!("{i}.png")),
+            8,
+            &common::grey((i % 2) as u8, i, 8),
+        );
+    }
+    succeeded(exporter(&[
+        "calibrate",
+        s(&bundle),
+        "--data",
+        s(&data),
+        "-q",
+    ]));
+    pack(
+        dir.path(),
+        &bundle,
+        "rk3588",
+        &aarch64_stand_in(dir.path()),
+        &[],
+    );
+    let pack_dir = unpack(
+        &dir.path().join("pack.tar.gz"),
+        &dir.path().join("unpacked"),
+    );
+    let packed = pack_dir.join("root/opt/tailor/bundle");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(packed.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["calibration"]["quality_metric"], "cka_fidelity");
+    assert!(manifest["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["quality"].is_f64()));
+    // --verify checks the ranges file the packed manifest names.
+    let ranges = manifest["calibration"]["ranges"]["path"].as_str().unwrap();
+    assert!(packed.join(ranges).is_file(), "{ranges} not packed");
+    succeeded(exporter(&["inspect", s(&packed), "--verify"]));
+}
+
 /// Asserts a failed pack naming every `needle`, and nothing left in `dir`
 /// but `before`.
 fn assert_fails_cleanly(
