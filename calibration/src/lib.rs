@@ -89,6 +89,8 @@ pub enum CalibrationError {
     Engine { id: String, source: EngineError },
     #[error("{0} has no sub-networks")]
     NoSubnets(std::path::PathBuf),
+    #[error("the dataset holds no images")]
+    NoImages,
     #[error("writing {path}")]
     Write {
         path: std::path::PathBuf,
@@ -104,6 +106,9 @@ pub fn score(
     opts: &Options,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Calibrated, CalibrationError> {
+    if dataset.images.is_empty() {
+        return Err(CalibrationError::NoImages);
+    }
     let manifest = bundle.manifest();
     let subnets = &manifest.subnets;
     // The reference runs first, so every other one is compared as it ends.
