@@ -259,6 +259,7 @@ fn write_manifest(
             weight_bytes: 4 * s.planned.costs.params,
             activation_bytes: s.planned.costs.activation_bytes,
             quality: None,
+            fidelity: None,
         };
         subnets.push(subnet);
     }
@@ -271,6 +272,7 @@ fn write_manifest(
             config: plan.family.config(),
         },
         subnets,
+        calibration: None,
     };
     let json_path = dir.join(MANIFEST_JSON);
     fs::write(&json_path, m.to_json()).map_err(io_err(&json_path))?;

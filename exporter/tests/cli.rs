@@ -104,7 +104,12 @@ fn exports_the_grid_and_shares_one_weight_file_per_width() {
 
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format_version"], 2);
+    assert_eq!(manifest["format_version"], 3);
+    assert_eq!(
+        manifest["calibration"],
+        serde_json::Value::Null,
+        "not calibrated yet"
+    );
     assert_eq!(manifest["teacher"]["file"], "teacher_checkpoint.pth");
     assert_eq!(manifest["teacher"]["family"], "vit");
     let subnets = manifest["subnets"].as_array().unwrap();

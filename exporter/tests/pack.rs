@@ -11,6 +11,8 @@
 //! architecture check and for the unit's checks; the real aarch64 binary is
 //! checked under qemu by targets/cross/build.sh.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -457,6 +459,52 @@ fn weight_files_no_packed_sub_network_reads_are_left_out() {
     succeeded(exporter(&["inspect", s(&packed), "--verify"]));
 }
 
+#[test]
+fn a_calibrated_bundle_packs_its_scores_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    common::copy_dir(&tiny_bundle(), &bundle);
+    let data = dir.path().join("photos");
+    for i in 0..6 {
+        common::write_png(
+            &data.join(format!("{i}.png")),
+            8,
+            &common::grey((i % 2) as u8, i, 8),
+        );
+    }
+    succeeded(exporter(&[
+        "calibrate",
+        s(&bundle),
+        "--data",
+        s(&data),
+        "-q",
+    ]));
+    pack(
+        dir.path(),
+        &bundle,
+        "rk3588",
+        &aarch64_stand_in(dir.path()),
+        &[],
+    );
+    let pack_dir = unpack(
+        &dir.path().join("pack.tar.gz"),
+        &dir.path().join("unpacked"),
+    );
+    let packed = pack_dir.join("root/opt/tailor/bundle");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(packed.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["calibration"]["quality_metric"], "cka_fidelity");
+    assert!(manifest["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["quality"].is_f64()));
+    // --verify checks the ranges file the packed manifest names.
+    let ranges = manifest["calibration"]["ranges"]["path"].as_str().unwrap();
+    assert!(packed.join(ranges).is_file(), "{ranges} not packed");
+    succeeded(exporter(&["inspect", s(&packed), "--verify"]));
+}
+
 /// Asserts a failed pack naming every `needle`, and nothing left in `dir`
 /// but `before`.
 fn assert_fails_cleanly(
@@ -540,7 +588,7 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
 
     // A corrupted weight file is found before anything is written.
     let corrupted = dir.path().join("corrupted");
-    copy_dir(&tiny_bundle(), &corrupted);
+    common::copy_dir(&tiny_bundle(), &corrupted);
     let weights = corrupted.join("graphs/weights/w32.bin");
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[100] ^= 1;
@@ -570,19 +618,6 @@ fn bad_inputs_fail_naming_the_problem_and_leave_nothing() {
     );
     succeeded(attempt("rpi5", &stand_in, &["--force"]));
     assert_ne!(tree(&out_dir), before, "--force replaces it");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -1,12 +1,16 @@
-//! Turning a PNG (or, with `serve`, a JPEG) into the `pixel_values` a graph expects: RGB, resized to
-//! the model's side, normalised with ImageNet's mean and std (as POA's
-//! evaluation transforms do).
+//! Turning a PNG (or, with `jpeg`, a JPEG) into the `pixel_values` a graph
+//! expects, exactly as the teacher was evaluated: the shorter side resized to
+//! `round(S·256/224)` (bilinear), the centre `S×S` cropped, grey repeated to
+//! three channels, ImageNet's mean and std (POA's evaluation transforms).
+//!
+//! [`Image::preprocess_into`] is the one implementation: `runtime run`,
+//! `runtime serve` and `exporter calibrate` all go through it.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use ndarray::Array4;
+use ndarray::{Array4, ArrayViewMut3, Axis};
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -31,8 +35,8 @@ pub struct DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Png,
-    /// Needs the `serve` feature (the JPEG decoder comes with it).
-    #[cfg(feature = "serve")]
+    /// Needs the `jpeg` feature (`serve` enables it).
+    #[cfg(feature = "jpeg")]
     Jpeg,
 }
 
@@ -40,7 +44,7 @@ impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Format::Png => "PNG",
-            #[cfg(feature = "serve")]
+            #[cfg(feature = "jpeg")]
             Format::Jpeg => "JPEG",
         })
     }
@@ -54,29 +58,86 @@ pub fn load_png(path: &Path, side: usize) -> Result<Array4<f32>, ImageError> {
     };
     let file = File::open(path).map_err(|e| fail(e.to_string()))?;
     let pixels = png_pixels(BufReader::new(file)).map_err(|e| fail(e.to_string()))?;
-    Ok(pixels.resize_normalised(side))
+    Ok(pixels.to_tensor(side))
 }
 
 /// Decodes an encoded image into a `[1, 3, side, side]` normalised tensor,
 /// exactly as [`load_png`] prepares a file.
 pub fn decode(bytes: &[u8], format: Format, side: usize) -> Result<Array4<f32>, DecodeError> {
-    let pixels = match format {
-        Format::Png => png_pixels(std::io::Cursor::new(bytes))?,
-        #[cfg(feature = "serve")]
-        Format::Jpeg => jpeg_pixels(bytes)?,
-    };
-    Ok(pixels.resize_normalised(side))
+    Ok(Image::decode(bytes, format)?.to_tensor(side))
 }
 
-/// Decoded 8-bit pixels, interleaved, 1 to 4 channels.
-struct Pixels {
+/// Decoded 8-bit pixels, interleaved, 1 to 4 channels (grey, grey + alpha,
+/// RGB, RGBA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
     data: Vec<u8>,
     width: usize,
     height: usize,
     channels: usize,
 }
 
-fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Pixels, DecodeError> {
+/// Why pixels do not make an [`Image`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{width}x{height} pixels with {channels} channels cannot hold {len} bytes (expected 1 to 4 channels, at least one pixel)")]
+pub struct ShapeError {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub len: usize,
+}
+
+impl Image {
+    /// Wraps interleaved 8-bit pixels, e.g. a decoded dataset array.
+    pub fn new(
+        data: Vec<u8>,
+        width: usize,
+        height: usize,
+        channels: usize,
+    ) -> Result<Image, ShapeError> {
+        if width == 0
+            || height == 0
+            || !(1..=4).contains(&channels)
+            || data.len() != width * height * channels
+        {
+            return Err(ShapeError {
+                width,
+                height,
+                channels,
+                len: data.len(),
+            });
+        }
+        Ok(Image {
+            data,
+            width,
+            height,
+            channels,
+        })
+    }
+
+    /// Decodes an encoded image.
+    pub fn decode(bytes: &[u8], format: Format) -> Result<Image, DecodeError> {
+        match format {
+            Format::Png => png_pixels(std::io::Cursor::new(bytes)),
+            #[cfg(feature = "jpeg")]
+            Format::Jpeg => jpeg_pixels(bytes),
+        }
+    }
+
+    /// `(width, height)` in pixels.
+    pub fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    /// The `[1, 3, side, side]` tensor a graph takes.
+    pub fn to_tensor(&self, side: usize) -> Array4<f32> {
+        let mut out = Array4::<f32>::zeros((1, 3, side, side));
+        self.preprocess_into(out.index_axis_mut(Axis(0), 0));
+        out
+    }
+}
+
+fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Image, DecodeError> {
     let fail = |message: String| DecodeError {
         format: Format::Png,
         message,
@@ -95,7 +156,7 @@ fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Pixels, Dec
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => return Err(fail("indexed colour was not expanded".into())),
     };
-    Ok(Pixels {
+    Ok(Image {
         data,
         width: info.width as usize,
         height: info.height as usize,
@@ -103,8 +164,8 @@ fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Pixels, Dec
     })
 }
 
-#[cfg(feature = "serve")]
-fn jpeg_pixels(bytes: &[u8]) -> Result<Pixels, DecodeError> {
+#[cfg(feature = "jpeg")]
+fn jpeg_pixels(bytes: &[u8]) -> Result<Image, DecodeError> {
     use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
     /// Larger sides are refused before their pixels are allocated.
     const MAX_SIDE: usize = 8192;
@@ -121,7 +182,7 @@ fn jpeg_pixels(bytes: &[u8]) -> Result<Pixels, DecodeError> {
     let info = decoder
         .info()
         .ok_or_else(|| fail("no image dimensions".into()))?;
-    Ok(Pixels {
+    Ok(Image {
         data,
         width: usize::from(info.width),
         height: usize::from(info.height),
@@ -129,36 +190,56 @@ fn jpeg_pixels(bytes: &[u8]) -> Result<Pixels, DecodeError> {
     })
 }
 
-impl Pixels {
-    /// Bilinear resize to side × side (pixel centres aligned), then
+impl Image {
+    /// Writes the evaluation transform of this image into `out`
+    /// (`[3, S, S]`): shorter side resized to `round(S·256/224)` with
+    /// bilinear interpolation (pixel centres aligned), centre `S×S` crop,
     /// ImageNet normalisation.
-    fn resize_normalised(&self, side: usize) -> Array4<f32> {
+    pub fn preprocess_into(&self, mut out: ArrayViewMut3<'_, f32>) {
+        let side = out.dim().1;
+        assert_eq!(
+            out.dim(),
+            (3, side, side),
+            "preprocess_into takes [3, S, S]"
+        );
         let (w, h, channels) = (self.width, self.height, self.channels);
+        // The resized image as torchvision's `Resize(short)` sizes it: the
+        // shorter side `short`, the longer one truncated to keep the aspect.
+        let short = (side as f64 * 256.0 / 224.0).round();
+        let long = |a: usize, b: usize| (short * a.max(b) as f64 / a.min(b) as f64).floor();
+        let (rw, rh) = if w >= h {
+            (long(w, h), short)
+        } else {
+            (short, long(w, h))
+        };
+        // The crop's corner, rounded half to even as `CenterCrop` does.
+        let left = ((rw - side as f64) / 2.0).round_ties_even();
+        let top = ((rh - side as f64) / 2.0).round_ties_even();
+        // A resized coordinate's source position and weight along one axis.
+        let source = |i: usize, offset: f64, resized: f64, len: usize| {
+            let f = ((i as f64 + offset + 0.5) * len as f64 / resized - 0.5)
+                .clamp(0.0, (len - 1) as f64);
+            let i0 = f.floor() as usize;
+            (i0, (i0 + 1).min(len - 1), f.fract() as f32)
+        };
         let pixel = |x: usize, y: usize, c: usize| -> f32 {
             let base = (y * w + x) * channels;
             // Grey (with or without alpha) stands for all three channels.
             let c = if channels < 3 { 0 } else { c };
             f32::from(self.data[base + c]) / 255.0
         };
-        let mut out = Array4::<f32>::zeros((1, 3, side, side));
         for y in 0..side {
-            let fy = ((y as f32 + 0.5) * h as f32 / side as f32 - 0.5).clamp(0.0, (h - 1) as f32);
-            let (y0, ty) = (fy.floor() as usize, fy.fract());
-            let y1 = (y0 + 1).min(h - 1);
+            let (y0, y1, ty) = source(y, top, rh, h);
             for x in 0..side {
-                let fx =
-                    ((x as f32 + 0.5) * w as f32 / side as f32 - 0.5).clamp(0.0, (w - 1) as f32);
-                let (x0, tx) = (fx.floor() as usize, fx.fract());
-                let x1 = (x0 + 1).min(w - 1);
+                let (x0, x1, tx) = source(x, left, rw, w);
                 for c in 0..3 {
-                    let top = pixel(x0, y0, c) * (1.0 - tx) + pixel(x1, y0, c) * tx;
-                    let bottom = pixel(x0, y1, c) * (1.0 - tx) + pixel(x1, y1, c) * tx;
-                    let v = top * (1.0 - ty) + bottom * ty;
-                    out[[0, c, y, x]] = (v - MEAN[c]) / STD[c];
+                    let upper = pixel(x0, y0, c) * (1.0 - tx) + pixel(x1, y0, c) * tx;
+                    let lower = pixel(x0, y1, c) * (1.0 - tx) + pixel(x1, y1, c) * tx;
+                    let v = upper * (1.0 - ty) + lower * ty;
+                    out[[c, y, x]] = (v - MEAN[c]) / STD[c];
                 }
             }
         }
-        out
     }
 }
 
@@ -195,6 +276,64 @@ mod tests {
                 .iter()
                 .all(|v| (v - want).abs() < 1e-5));
         }
+    }
+
+    #[test]
+    fn a_wide_image_is_centre_cropped_not_stretched() {
+        // 8x4: red in the two outer columns on each side, blue between.
+        let data: Vec<u8> = (0..4)
+            .flat_map(|_| {
+                (0..8).flat_map(|x| {
+                    if (2..6).contains(&x) {
+                        [0, 0, 255]
+                    } else {
+                        [255, 0, 0]
+                    }
+                })
+            })
+            .collect();
+        let image = Image::new(data, 8, 4, 3).unwrap();
+        // Shorter side 4 -> round(4·256/224) = 5, so 10x5, and the centre
+        // 4x4 reads source columns 2.3..4.7: blue only. Stretching would
+        // bring the red borders in.
+        let t = image.to_tensor(4);
+        let (red, blue) = (-MEAN[0] / STD[0], (1.0 - MEAN[2]) / STD[2]);
+        assert!(
+            t.index_axis(Axis(1), 0)
+                .iter()
+                .all(|v| (v - red).abs() < 1e-5),
+            "{t}"
+        );
+        assert!(
+            t.index_axis(Axis(1), 2)
+                .iter()
+                .all(|v| (v - blue).abs() < 1e-5),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_resize_interpolates_between_source_pixels() {
+        // A 2x2 grey image at side 2: shorter side 2 -> 2, so no crop, and
+        // resized 2 -> 2 maps each pixel to itself.
+        let image = Image::new(vec![0, 255, 255, 0], 2, 2, 1).unwrap();
+        let t = image.to_tensor(2);
+        assert!((t[[0, 1, 0, 0]] - (0.0 - MEAN[1]) / STD[1]).abs() < 1e-5);
+        // At side 7 the shorter side becomes 8 and the crop starts at
+        // round_ties_even(0.5) = 0: the corner (source -0.375, clamped) is
+        // black, and pixel (3, 3) reads source (0.375, 0.375).
+        let t = image.to_tensor(7);
+        assert!((t[[0, 0, 0, 0]] + MEAN[0] / STD[0]).abs() < 1e-5, "{t}");
+        let inner = t[[0, 0, 3, 3]] * STD[0] + MEAN[0];
+        let want = 0.375 * 0.625 + 0.625 * 0.375;
+        assert!((inner - want).abs() < 1e-5, "{inner}");
+    }
+
+    #[test]
+    fn pixels_that_do_not_fit_the_shape_are_refused() {
+        assert!(Image::new(vec![0; 5], 2, 2, 1).is_err());
+        assert!(Image::new(vec![0; 20], 2, 2, 5).is_err());
+        assert!(Image::new(vec![], 0, 0, 1).is_err());
     }
 
     #[test]

@@ -13,9 +13,9 @@ use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest format this build reads and writes (2: family-generic
-/// sub-networks and teacher configs; 1 was ViT only).
-pub const FORMAT_VERSION: u32 = 2;
+/// The manifest format this build reads and writes (3: calibration results;
+/// 2: family-generic sub-networks and teacher configs; 1 was ViT only).
+pub const FORMAT_VERSION: u32 = 3;
 /// The most sub-networks a manifest may list (POA's ResNet grid has 465).
 pub const MAX_SUBNETS: usize = 512;
 /// The most blocks a sub-network may keep.
@@ -46,6 +46,44 @@ pub struct Manifest<'a> {
     /// Every sub-network in the bundle, in grid order (width, then depth).
     #[serde(borrow)]
     pub subnets: Subnets<'a>,
+    /// What `exporter calibrate` measured the qualities on, if it ran.
+    #[serde(borrow)]
+    pub calibration: Option<Calibration<'a>>,
+}
+
+/// The data and metric behind every sub-network's `quality`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration<'a> {
+    /// What `quality` measures.
+    pub quality_metric: QualityMetric,
+    /// sha256 of the dataset (the `.npz` file, or every image of a folder).
+    pub dataset_sha256: Sha256,
+    /// Images the features were computed on.
+    pub dataset_images: u32,
+    /// Per-tensor activation ranges for a later INT8 export.
+    #[serde(borrow)]
+    pub ranges: DataFile<'a>,
+}
+
+/// The score in a sub-network's `quality`, higher is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityMetric {
+    /// Weighted k-NN top-1 accuracy on `cls_token`, in percent (labelled data).
+    KnnTop1,
+    /// Linear CKA of `cls_token` with the largest sub-network's, in [0, 1]
+    /// (label-free).
+    CkaFidelity,
+}
+
+impl QualityMetric {
+    /// The name in manifests and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            QualityMetric::KnnTop1 => "knn_top1",
+            QualityMetric::CkaFidelity => "cka_fidelity",
+        }
+    }
 }
 
 /// The teacher checkpoint's identity and the geometry of its grid.
@@ -198,9 +236,16 @@ pub struct Subnet<'a> {
     pub weight_bytes: u64,
     /// Estimated peak activation memory at batch 1, in bytes.
     pub activation_bytes: u64,
-    /// Calibrated quality score, higher is better, if calibration ran.
+    /// Calibrated quality score in the manifest's
+    /// [`Calibration::quality_metric`], higher is better, if calibration ran.
     pub quality: Option<f32>,
+    /// Linear CKA of `cls_token` with the largest sub-network's (1 for the
+    /// largest itself), if calibration ran: a ranking without labels.
+    pub fidelity: Option<f32>,
 }
+
+/// A file of the bundle other than a graph.
+pub type DataFile<'a> = WeightFile<'a>;
 
 /// An external-data file a graph references.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,7 +330,8 @@ impl fmt::Display for DecodeError {
             DecodeError::Malformed => f.write_str("not a valid manifest (truncated or corrupted)"),
             DecodeError::UnsupportedVersion(v) => write!(
                 f,
-                "manifest format version {v} is not supported (this build reads version {FORMAT_VERSION})"
+                "manifest format version {v} is not supported (this build reads version {FORMAT_VERSION}; {})",
+                if *v < FORMAT_VERSION { "export the bundle again with this exporter" } else { "update the runtime" }
             ),
         }
     }
@@ -384,6 +430,7 @@ mod tests {
             weight_bytes: 400,
             activation_bytes: 64,
             quality: None,
+            fidelity: None,
         }];
         Manifest {
             format_version: FORMAT_VERSION,
@@ -401,6 +448,7 @@ mod tests {
                 }),
             },
             subnets,
+            calibration: None,
         }
     }
 
@@ -444,6 +492,36 @@ mod tests {
         );
         assert_eq!(Manifest::from_json(&text).unwrap(), m);
         assert_eq!(m.teacher.config.image_size(), 64);
+    }
+
+    #[test]
+    fn calibrated_manifests_round_trip_with_the_metric_named() {
+        let mut m = sample();
+        m.subnets[0].quality = Some(91.5);
+        m.subnets[0].fidelity = Some(0.75);
+        m.calibration = Some(Calibration {
+            quality_metric: QualityMetric::KnnTop1,
+            dataset_sha256: Sha256([3; 32]),
+            dataset_images: 1000,
+            ranges: WeightFile {
+                path: "calibration/ranges.json",
+                bytes: 5,
+                sha256: Sha256([4; 32]),
+            },
+        });
+        assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""quality_metric":"knn_top1""#), "{text}");
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn old_bundles_are_told_to_export_again() {
+        let mut m = sample();
+        m.format_version = 2;
+        let err = Manifest::from_postcard(&m.to_postcard()).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert!(err.to_string().contains("export the bundle again"), "{err}");
     }
 
     #[test]

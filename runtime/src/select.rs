@@ -13,7 +13,7 @@ use crate::engine::{
     self, EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Session,
 };
 use crate::isolate::{self, Failure, Isolation, Job};
-use crate::manifest::Subnet;
+use crate::manifest::{Manifest, Subnet};
 use crate::policy::{self, BundleSelector, Candidate, Observation, PolicyError, Shortfall, Step};
 use crate::probe::{self, DeviceInfo};
 use crate::profile::{MeasureOptions, Measurement};
@@ -369,6 +369,26 @@ struct Found {
     noisy: bool,
 }
 
+/// Why `min_quality` excludes everything: the best score and its metric, or
+/// that the bundle was never calibrated.
+fn quality_shortfall(manifest: &Manifest<'_>, min_quality: Option<f32>) -> String {
+    let min = min_quality.map_or(String::new(), |q| format!(" {q}"));
+    let best = manifest
+        .subnets
+        .iter()
+        .filter_map(|s| s.quality.map(|q| (q, s.id)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match (&manifest.calibration, best) {
+        (Some(c), Some((q, id))) => format!(
+            "no sub-network reaches the minimum quality{min} ({}; the best is {id} at {q})",
+            c.quality_metric.name()
+        ),
+        _ => format!(
+            "no sub-network reaches the minimum quality{min}: the bundle is not calibrated (exporter calibrate BUNDLE --data DATA)"
+        ),
+    }
+}
+
 impl Runtime {
     /// Opens `dir` with the default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<Runtime, SelectError> {
@@ -640,7 +660,7 @@ impl Runtime {
             )
         };
         match shortfall {
-            Shortfall::Quality => "no sub-network reaches the minimum quality".into(),
+            Shortfall::Quality => quality_shortfall(&manifest, limits.min_quality),
             Shortfall::Memory { smallest, predicted_bytes } => format!(
                 "the smallest, {}, is predicted to need {:.0} MB, over the {:.0} MB limit",
                 id(smallest),

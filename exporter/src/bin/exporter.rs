@@ -8,12 +8,14 @@ use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::bundle::{self, WriteOptions};
 use tailor_exporter::config::{GridRange, Overrides};
 use tailor_exporter::family::SubnetSpec;
 use tailor_exporter::pack::{self, Fate, PackOptions};
 use tailor_exporter::plan::{Plan, Request, Selection};
 use tailor_runtime::bundle::Bundle;
+use tailor_runtime::engine::{EngineKind, EngineOptions};
 use tailor_runtime::{outln, stdout};
 use tailor_targets::board::find as find_board;
 use tailor_targets::{Board, BOARDS};
@@ -37,6 +39,7 @@ use tailor_targets::{Board, BOARDS};
   exporter --all-subnets teacher.pth --max-params 30M --max-macs 6G -o bundle/
   exporter --all-subnets teacher.pth --dry-run
   exporter inspect bundle/
+  exporter calibrate bundle/ --data images/
   exporter pack bundle/ --target jetson-orin-nano --latency-ms 25 -o tailor-orin.tar.gz"
 )]
 struct Cli {
@@ -76,6 +79,64 @@ A sub-network is dropped when its predicted footprint (the runtime's:
 board's share of its smallest variant's RAM. The service's memory limit is
 --memory-mb, else that share of the memory available at start-up.")]
     Pack(PackArgs),
+    /// Score every sub-network on your data and write the scores into the
+    /// bundle's manifest, so the runtime picks the best one that fits
+    /// rather than the largest.
+    #[command(after_help = "Examples:
+  exporter calibrate bundle/ --data images/            # images/CLASS/*.png|jpg: k-NN accuracy on a seeded 80/20 split
+  exporter calibrate bundle/ --data split/             # split/train/CLASS/*, split/val/CLASS/*: your split
+  exporter calibrate bundle/ --data mnist-calib.npz    # images uint8 [N,H,W] or [N,H,W,3], labels int [N]
+  exporter calibrate bundle/ --data photos/ --no-labels   # label-free: CKA fidelity to the largest
+  runtime select bundle/ --latency-ms 25 --min-quality 90
+
+With labels, quality is the weighted k-NN top-1 accuracy in percent of
+each sub-network's cls_token (DINO's protocol: k=20, T=0.07; the train
+images are the memory, the val images are classified). Without labels (a
+folder of images without class folders, an .npz without `labels`, or
+--no-labels), quality is the linear CKA of cls_token with the largest
+sub-network's, in [0, 1]. Both are in the manifest (`quality`, `fidelity`),
+with the metric's name and the dataset's sha256; activation ranges go to
+calibration/ranges-*.json. docs/calibration.md has the details.")]
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct CalibrateArgs {
+    /// The bundle directory (its manifest is rewritten in place).
+    bundle: PathBuf,
+    /// An image folder (CLASS/ sub-folders, optionally under train/ and
+    /// val/) or an .npz with `images` and `labels`.
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// Ignore labels: rank by fidelity to the largest sub-network.
+    #[arg(long)]
+    no_labels: bool,
+    /// Seed of the 80/20 split when DATA has no train/ and val/.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Score only the first N images (array order, or sorted paths).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Images per inference run.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch: usize,
+    /// The engine that computes the features: tract, or ort (needs a build
+    /// with the `ort` feature and ORT_DYLIB_PATH).
+    #[arg(long, default_value = "tract", value_name = "ENGINE")]
+    engine: EngineKind,
+    /// Intra-op threads [default: the engine's].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Also write every sub-network's cls_token, the labels and the split
+    /// to FILE.npz (to check the metrics with tools/knn_reference.py).
+    #[arg(long, value_name = "FILE.npz")]
+    dump_features: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +266,7 @@ fn main() -> ExitCode {
             verify,
         }) => inspect(&bundle, json, verify),
         Some(Command::Pack(args)) => pack(args),
+        Some(Command::Calibrate(args)) => calibrate(args),
         None => export(cli.export),
     };
     match result {
@@ -450,12 +512,115 @@ fn pack(args: PackArgs) -> Result<()> {
     Ok(())
 }
 
+fn calibrate(args: CalibrateArgs) -> Result<()> {
+    let bundle = Bundle::open(&args.bundle)?;
+    let load = LoadOptions {
+        labels: !args.no_labels,
+        seed: args.seed,
+        limit: args.limit,
+    };
+    let dataset = Dataset::load(&args.data, load)
+        .with_context(|| format!("reading the dataset {}", args.data.display()))?;
+    let options = Options {
+        engine: args.engine,
+        engine_options: EngineOptions {
+            batch: args.batch,
+            threads: args.threads,
+            ..EngineOptions::default()
+        },
+        keep_features: args.dump_features.is_some(),
+    };
+    let bar = if args.quiet || args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix} {pos}/{len} images [{bar:30}] eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let calibrated = tailor_calibration::score(&bundle, &dataset, &options, &mut |p| match p {
+        Progress::Subnet { id, index, total } => {
+            bar.set_prefix(format!("{id} ({}/{total})", index + 1));
+            bar.set_position(0);
+        }
+        Progress::Images { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })
+    .with_context(|| format!("calibrating {}", args.bundle.display()))?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.dump_features {
+        record::write_features(path, &dataset, &calibrated)?;
+    }
+    let ranges = record::write(&bundle, &dataset, &calibrated)
+        .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
+    if args.json {
+        let scores: Vec<_> = calibrated
+            .scores
+            .iter()
+            .map(|s| serde_json::json!({"id": s.id, "quality": s.quality(), "knn_top1": s.knn_top1, "fidelity": s.fidelity}))
+            .collect();
+        outln!(
+            "{:#}",
+            serde_json::json!({
+                "bundle": args.bundle, "quality_metric": calibrated.metric.name(),
+                "reference": calibrated.reference, "dataset": {
+                    "path": args.data, "sha256": dataset.sha256.to_string(), "images": dataset.images.len(),
+                    "bytes": dataset.bytes,
+                    "classes": dataset.labels.as_ref().map(|l| l.names.len()),
+                    "train": dataset.labels.as_ref().map(|l| l.train.len()),
+                    "val": dataset.labels.as_ref().map(|l| l.val.len()),
+                },
+                "ranges": ranges, "subnets": scores,
+            })
+        )?;
+        return Ok(());
+    }
+    match &dataset.labels {
+        Some(l) => eprintln!(
+            "{}: {} images, {} classes, k-NN memory {} / classified {}",
+            args.data.display(),
+            dataset.images.len(),
+            l.names.len(),
+            l.train.len(),
+            l.val.len()
+        ),
+        None => eprintln!(
+            "{}: {} images, no labels",
+            args.data.display(),
+            dataset.images.len()
+        ),
+    }
+    outln!("{:<12} {:>9} {:>9}", "id", "k-NN top1", "fidelity")?;
+    for s in &calibrated.scores {
+        let knn = s.knn_top1.map_or("-".to_owned(), |a| format!("{a:.1}%"));
+        outln!("{:<12} {knn:>9} {:>9.3}", s.id, s.fidelity)?;
+    }
+    eprintln!(
+        "wrote quality ({}) into {}; fidelity is to {}; ranges in {}",
+        calibrated.metric.name(),
+        args.bundle.display(),
+        calibrated.reference,
+        ranges.display()
+    );
+    Ok(())
+}
+
 fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
     let bundle = Bundle::open(dir)?;
     let m = bundle.manifest();
     if verify {
         for s in &m.subnets {
             bundle.verify(s)?;
+        }
+        if let Some(c) = &m.calibration {
+            bundle.verify_data(&c.ranges)?;
         }
     }
     if json {
@@ -471,11 +636,22 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
         m.teacher.config
     )?;
     outln!("teacher sha256 {}", m.teacher.sha256)?;
+    match &m.calibration {
+        Some(c) => outln!(
+            "calibrated on {} images (dataset sha256 {}): quality is {}",
+            c.dataset_images,
+            c.dataset_sha256,
+            c.quality_metric.name()
+        )?,
+        None => outln!("not calibrated: quality unknown (exporter calibrate)")?,
+    }
     outln!(
-        "{}  graph",
+        "{}  {:>8} {:>8}  graph",
         table_row(
             ["id", "width", "depth", "params", "MACs", "weights", "act(b=1)"].map(String::from)
-        )
+        ),
+        "quality",
+        "fidelity"
     )?;
     for s in &m.subnets {
         let row = subnet_row(
@@ -487,10 +663,16 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
             s.weight_bytes,
             s.activation_bytes,
         );
-        outln!("{row}  {}", s.onnx)?;
+        let score = |v: Option<f32>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        outln!(
+            "{row}  {:>8} {:>8}  {}",
+            score(s.quality),
+            score(s.fidelity),
+            s.onnx
+        )?;
     }
     if verify {
-        outln!("verified: every graph and weight file matches its sha256")?;
+        outln!("verified: every graph, weight and calibration file matches its sha256")?;
     }
     Ok(())
 }

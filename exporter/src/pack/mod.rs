@@ -252,10 +252,14 @@ fn filter_bundle<'b>(
     for subnet in &kept {
         bundle.verify(subnet)?;
     }
+    if let Some(c) = &manifest.calibration {
+        bundle.verify_data(&c.ranges)?;
+    }
     let filtered = Manifest {
         format_version: manifest.format_version,
         teacher: manifest.teacher.clone(),
         subnets: kept,
+        calibration: manifest.calibration.clone(),
     };
     Ok((verdicts, filtered))
 }
@@ -270,11 +274,13 @@ fn device_tree(
 ) -> Result<(Vec<Entry>, usize), PackError> {
     let root = |path: &str| path.trim_start_matches('/').to_owned();
     let bundle_root = root(layout::BUNDLE);
-    // Only the files a packed sub-network reads, each once.
+    // Only the files a packed sub-network reads, each once, and the
+    // calibration's ranges the manifest names.
     let files: BTreeSet<&str> = filtered
         .subnets
         .iter()
         .flat_map(|s| std::iter::once(s.onnx).chain(s.weights.iter().map(|w| w.path)))
+        .chain(filtered.calibration.iter().map(|c| c.ranges.path))
         .collect();
     let mut tree = vec![
         Entry::file(root(layout::RUNTIME), 0o755, runtime),

@@ -1,0 +1,226 @@
+//! Reading numpy's `.npz` archives: a zip of `.npy` arrays, of which a
+//! dataset needs only little-endian integer arrays in C order.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// An integer array read from an `.npy` member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Elements,
+}
+
+/// An array's elements, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elements {
+    /// `uint8`, kept as bytes (images).
+    U8(Vec<u8>),
+    /// Any other integer type, widened (labels).
+    Int(Vec<i64>),
+}
+
+impl Elements {
+    /// The elements as signed integers, whatever their width.
+    pub fn to_ints(&self) -> Vec<i64> {
+        match self {
+            Elements::U8(v) => v.iter().map(|&b| i64::from(b)).collect(),
+            Elements::Int(v) => v.clone(),
+        }
+    }
+}
+
+/// A member to write: little-endian f32 or i64 in C order.
+pub enum Member<'a> {
+    F32 { shape: &'a [usize], data: &'a [f32] },
+    I64 { shape: &'a [usize], data: &'a [i64] },
+}
+
+/// Writes an uncompressed `.npz` that `numpy.load` reads.
+pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()> {
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(File::create(path)?));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, member) in members {
+        zip.start_file(format!("{name}.npy"), stored)?;
+        let (descr, shape, bytes): (_, _, Vec<u8>) = match member {
+            Member::F32 { shape, data } => (
+                "<f4",
+                shape,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            Member::I64 { shape, data } => (
+                "<i8",
+                shape,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        };
+        let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        // numpy pads the header so the data starts at a multiple of 64.
+        let unpadded = 10 + header.len() + 1;
+        header.extend(std::iter::repeat_n(
+            ' ',
+            unpadded.next_multiple_of(64) - unpadded,
+        ));
+        header.push('\n');
+        zip.write_all(b"\x93NUMPY\x01\x00")?;
+        zip.write_all(&(header.len() as u16).to_le_bytes())?;
+        zip.write_all(header.as_bytes())?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish()?.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
+
+/// Reads every member of an archive's bytes (numpy names them `NAME.npy`;
+/// the map is keyed by `NAME`). Errors are one sentence naming the member.
+pub fn read(bytes: &[u8]) -> Result<HashMap<String, Array>, String> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format!("not an .npz (zip) archive: {e}"))?;
+    let mut arrays = HashMap::new();
+    for i in 0..archive.len() {
+        let mut member = archive.by_index(i).map_err(|e| e.to_string())?;
+        let name = member.name().to_owned();
+        let mut bytes = Vec::with_capacity(member.size() as usize);
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("member {name}: {e}"))?;
+        let array = parse_npy(&bytes).map_err(|e| format!("member {name}: {e}"))?;
+        arrays.insert(name.trim_end_matches(".npy").to_owned(), array);
+    }
+    Ok(arrays)
+}
+
+/// Parses one `.npy` file (format versions 1 to 3).
+fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
+    let rest = bytes
+        .strip_prefix(b"\x93NUMPY")
+        .ok_or("not a .npy array (no \\x93NUMPY magic)")?;
+    let (header_len, rest) = match rest {
+        [1, _, a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        [2 | 3, _, a, b, c, d, rest @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest),
+        _ => return Err("unknown .npy format version".into()),
+    };
+    let header = rest
+        .get(..header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated .npy header")?;
+    let data = &rest[header_len..];
+    if field(header, "fortran_order")? != "False" {
+        return Err("Fortran-ordered arrays are not read (save with np.ascontiguousarray)".into());
+    }
+    let shape = parse_shape(field(header, "shape")?)?;
+    let count: usize = shape.iter().product();
+    let descr = field(header, "descr")?.trim_matches(['\'', '"']);
+    let (order, kind, size) = match descr.as_bytes() {
+        [o @ (b'<' | b'|' | b'='), k @ (b'i' | b'u'), s @ (b'1' | b'2' | b'4' | b'8')] => {
+            (*o, *k, usize::from(s - b'0'))
+        }
+        _ => return Err(format!("dtype {descr} is not a little-endian integer type")),
+    };
+    if order == b'=' && cfg!(target_endian = "big") {
+        return Err(format!("dtype {descr} is big-endian on this machine"));
+    }
+    if data.len() != count * size {
+        return Err(format!(
+            "shape {shape:?} of {descr} needs {} bytes, the array has {}",
+            count * size,
+            data.len()
+        ));
+    }
+    let data = match (kind, size) {
+        (b'u', 1) => Elements::U8(data.to_vec()),
+        _ => Elements::Int(
+            data.chunks_exact(size)
+                .map(|c| {
+                    let mut le = [0u8; 8];
+                    le[..size].copy_from_slice(c);
+                    let negative = kind == b'i' && c[size - 1] & 0x80 != 0;
+                    if negative {
+                        le[size..].fill(0xff);
+                    }
+                    i64::from_le_bytes(le)
+                })
+                .collect(),
+        ),
+    };
+    Ok(Array { shape, data })
+}
+
+/// The text of `'key': VALUE` in a header dict, up to the next top-level comma.
+fn field<'h>(header: &'h str, key: &str) -> Result<&'h str, String> {
+    let missing = || format!("the .npy header has no `{key}`");
+    let at = header.find(&format!("'{key}'")).ok_or_else(missing)?;
+    let value = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')
+        .ok_or_else(missing)?
+        .trim_start();
+    let end = if value.starts_with('(') {
+        value.find(')').map(|i| i + 1)
+    } else {
+        value.find([',', '}'])
+    };
+    Ok(value[..end.ok_or_else(missing)?].trim())
+}
+
+/// `(1000, 28, 28)` or `(1000,)`.
+fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    text.trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| format!("bad shape {text}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        npy_ordered(descr, "False", shape, data)
+    }
+
+    fn npy_ordered(descr: &str, fortran: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header =
+            format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}\n");
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn bytes_and_signed_labels_are_read() {
+        let a = parse_npy(&npy("|u1", "(2, 2)", &[1, 2, 3, 4])).unwrap();
+        assert_eq!(a.shape, [2, 2]);
+        assert_eq!(a.data, Elements::U8(vec![1, 2, 3, 4]));
+        let mut data = 7i64.to_le_bytes().to_vec();
+        data.extend((-1i64).to_le_bytes());
+        let l = parse_npy(&npy("<i8", "(2,)", &data)).unwrap();
+        assert_eq!(l.data, Elements::Int(vec![7, -1]));
+        let l = parse_npy(&npy("<i2", "(1,)", &(-3i16).to_le_bytes())).unwrap();
+        assert_eq!(l.data, Elements::Int(vec![-3]));
+    }
+
+    #[test]
+    fn floats_short_data_and_fortran_order_are_refused() {
+        let err = parse_npy(&npy("<f4", "(1,)", &[0; 4])).unwrap_err();
+        assert!(err.contains("<f4"), "{err}");
+        let err = parse_npy(&npy("|u1", "(3, 2)", &[0; 5])).unwrap_err();
+        assert!(err.contains("needs 6 bytes"), "{err}");
+        let err = parse_npy(&npy_ordered("|u1", "True", "(1,)", &[0])).unwrap_err();
+        assert!(err.contains("Fortran"), "{err}");
+    }
+}

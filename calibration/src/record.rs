@@ -1,0 +1,168 @@
+//! Writing calibration results into a bundle: the ranges file, then both
+//! manifests with every sub-network's quality and the dataset's identity.
+//!
+//! Every file is written beside its destination and renamed into place once
+//! all are complete, so a failure leaves the bundle as it was. The graphs
+//! and weights are untouched: the bundle still verifies, and its identity
+//! (the manifest's sha256, the runtime's cache key) changes with the scores.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256 as Hasher};
+use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
+use tailor_runtime::manifest::{Calibration, DataFile, Sha256};
+
+use crate::npz::{self, Member};
+use crate::{Calibrated, CalibrationError, Dataset};
+
+/// The ranges files live here, relative to the bundle.
+pub const CALIBRATION_DIR: &str = "calibration";
+
+/// Writes `calibrated` (scored on `dataset`) into `bundle`'s directory and
+/// returns the ranges file's path.
+pub fn write(
+    bundle: &Bundle,
+    dataset: &Dataset,
+    calibrated: &Calibrated,
+) -> Result<PathBuf, CalibrationError> {
+    let dir = bundle.dir();
+    let ranges = serde_json::to_vec_pretty(&calibrated.ranges).expect("ranges always encode");
+    let ranges_sha256 = Sha256(Hasher::digest(&ranges).into());
+    // Named by content: the previous manifest's file stays valid until the
+    // new manifest replaces it.
+    let ranges_rel = format!(
+        "{CALIBRATION_DIR}/ranges-{}.json",
+        &ranges_sha256.to_string()[..16]
+    );
+
+    let old = bundle.manifest();
+    let mut manifest = old.clone();
+    for subnet in &mut manifest.subnets {
+        let scores = calibrated.scores.iter().find(|s| s.id == subnet.id);
+        subnet.quality = scores.map(|s| s.quality() as f32);
+        subnet.fidelity = scores.map(|s| s.fidelity as f32);
+    }
+    manifest.calibration = Some(Calibration {
+        quality_metric: calibrated.metric,
+        dataset_sha256: dataset.sha256,
+        dataset_images: u32::try_from(dataset.images.len()).unwrap_or(u32::MAX),
+        ranges: DataFile {
+            path: &ranges_rel,
+            bytes: ranges.len() as u64,
+            sha256: ranges_sha256,
+        },
+    });
+
+    let calibration_dir = dir.join(CALIBRATION_DIR);
+    fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
+    let staged = [
+        Staged::new(dir.join(&ranges_rel), &ranges)?,
+        Staged::new(dir.join(MANIFEST_JSON), &manifest.to_json())?,
+        // Last: the runtime reads this one.
+        Staged::new(dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
+    ];
+    for file in staged {
+        file.commit()?;
+    }
+    if let Some(previous) = old.calibration.filter(|c| c.ranges.path != ranges_rel) {
+        // Referenced by nothing now; a failure only leaves it behind.
+        let _ = fs::remove_file(dir.join(previous.ranges.path));
+    }
+    Ok(dir.join(&ranges_rel))
+}
+
+/// Writes every kept sub-network's `cls_token`, the labels and the k-NN
+/// split as an `.npz`, for `tools/knn_reference.py check`: members named by
+/// sub-network id, `reference` (the fidelity reference's features again),
+/// `labels`, `train` and `val` (image indices).
+pub fn write_features(
+    path: &Path,
+    dataset: &Dataset,
+    calibrated: &Calibrated,
+) -> Result<(), CalibrationError> {
+    let to_i64 = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+    let (labels, train, val) = match &dataset.labels {
+        Some(l) => (
+            l.class.iter().map(|&c| i64::from(c)).collect(),
+            to_i64(&l.train),
+            to_i64(&l.val),
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let shapes: Vec<[usize; 2]> = calibrated
+        .features
+        .iter()
+        .map(|(_, f)| [f.nrows(), f.ncols()])
+        .collect();
+    let mut members = Vec::new();
+    for ((id, features), shape) in calibrated.features.iter().zip(&shapes) {
+        let data = features.as_slice().expect("features are contiguous");
+        members.push((id.as_str(), Member::F32 { shape, data }));
+        if *id == calibrated.reference {
+            members.push(("reference", Member::F32 { shape, data }));
+        }
+    }
+    let (n, t, v) = ([labels.len()], [train.len()], [val.len()]);
+    members.push((
+        "labels",
+        Member::I64 {
+            shape: &n,
+            data: &labels,
+        },
+    ));
+    members.push((
+        "train",
+        Member::I64 {
+            shape: &t,
+            data: &train,
+        },
+    ));
+    members.push((
+        "val",
+        Member::I64 {
+            shape: &v,
+            data: &val,
+        },
+    ));
+    npz::write(path, &members).map_err(write_err(path))
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> CalibrationError + '_ {
+    move |source| CalibrationError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A file written beside its destination; removed unless committed.
+struct Staged {
+    temp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Staged {
+    fn new(dest: PathBuf, bytes: &[u8]) -> Result<Staged, CalibrationError> {
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dest.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let staged = Staged { temp, dest };
+        fs::write(&staged.temp, bytes).map_err(write_err(&staged.dest))?;
+        Ok(staged)
+    }
+
+    fn commit(self) -> Result<(), CalibrationError> {
+        fs::rename(&self.temp, &self.dest).map_err(write_err(&self.dest))?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.temp);
+    }
+}

@@ -1,0 +1,332 @@
+//! `exporter calibrate` as a user meets it: scores in the manifest, a bundle
+//! that still verifies, and a clear error that leaves the bundle untouched
+//! for every bad dataset.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn bundle_copy() -> (tempfile::TempDir, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/bundle-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("bundle");
+    common::copy_dir(&src, &dst);
+    (dir, dst)
+}
+
+fn exporter(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exporter"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `exporter calibrate BUNDLE --data DATA EXTRA...`
+fn calibrate(bundle: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"calibrate", &bundle, &"--data", &data];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    exporter(&args)
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn manifest(bundle: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in members {
+        zip.start_file(format!("{name}.npy"), stored).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// `n` images of 12x12 alternating between the two classes, labels int64.
+fn labelled_npz(path: &Path, n: usize) {
+    let images: Vec<u8> = (0..n)
+        .flat_map(|i| common::grey((i % 2) as u8, i, 12))
+        .collect();
+    let labels: Vec<u8> = (0..n)
+        .flat_map(|i| ((i % 2) as i64).to_le_bytes())
+        .collect();
+    write_npz(
+        path,
+        &[
+            ("images", npy("|u1", &[n, 12, 12], &images)),
+            ("labels", npy("<i8", &[n], &labels)),
+        ],
+    );
+}
+
+fn sha256(path: &Path) -> String {
+    Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn an_npz_with_labels_scores_every_subnet_and_the_bundle_still_verifies() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 40);
+    let graphs_before = sha256(&bundle.join("graphs/w32-d4.onnx"));
+    let report = json(&calibrate(&bundle, &data, &["--json", "--batch", "8"]));
+
+    assert_eq!(report["quality_metric"], "knn_top1");
+    assert_eq!(report["reference"], "w32-d4", "the most parameters");
+    assert_eq!(
+        (
+            report["dataset"]["train"].as_u64(),
+            report["dataset"]["val"].as_u64()
+        ),
+        (Some(32), Some(8))
+    );
+    let m = manifest(&bundle);
+    let cal = &m["calibration"];
+    assert_eq!(cal["quality_metric"], "knn_top1");
+    assert_eq!(cal["dataset_sha256"], sha256(&data));
+    assert_eq!(cal["dataset_images"], 40);
+    let ranges = bundle.join(cal["ranges"]["path"].as_str().unwrap());
+    assert_eq!(cal["ranges"]["sha256"], sha256(&ranges));
+    let ranges: Value = serde_json::from_slice(&std::fs::read(&ranges).unwrap()).unwrap();
+    // Pixels of this data lie between dark and bright, normalised.
+    let pixels = &ranges["subnets"]["w32-d2"]["pixel_values"];
+    let (lo, hi) = (
+        pixels["min"].as_f64().unwrap(),
+        pixels["max"].as_f64().unwrap(),
+    );
+    assert!(
+        lo > (20.0 / 255.0 - 0.485) / 0.229 - 0.01 && hi < (230.0 / 255.0 - 0.406) / 0.225 + 0.01,
+        "{pixels}"
+    );
+
+    let subnets = m["subnets"].as_array().unwrap();
+    assert_eq!(subnets.len(), 3);
+    for (s, scored) in subnets.iter().zip(report["subnets"].as_array().unwrap()) {
+        assert_eq!(s["id"], scored["id"]);
+        // Dark against bright: any misalignment of labels and images, or
+        // of the split, costs accuracy.
+        assert_eq!(s["quality"].as_f64(), Some(100.0), "{s}");
+        let fidelity = s["fidelity"].as_f64().unwrap();
+        if s["id"] == "w32-d4" {
+            assert!(
+                (fidelity - 1.0).abs() < 1e-6,
+                "the reference against itself: {fidelity}"
+            );
+        } else {
+            // Dark against bright varies along one direction, so every
+            // sub-network nearly agrees; only the reference is exactly 1.
+            assert!(fidelity > 0.5 && fidelity < 1.0, "{}: {fidelity}", s["id"]);
+        }
+    }
+
+    let inspect = exporter(&[&"inspect", &bundle, &"--verify"]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert!(
+        text.contains("quality is knn_top1") && text.contains("100.000"),
+        "{text}"
+    );
+    assert_eq!(sha256(&bundle.join("graphs/w32-d4.onnx")), graphs_before);
+
+    // The ranges file is part of what --verify checks.
+    let ranges = bundle.join(cal["ranges"]["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&ranges).unwrap();
+    bytes[0] = b' ';
+    std::fs::write(&ranges, bytes).unwrap();
+    let corrupt = exporter(&[&"inspect", &bundle, &"--verify"]);
+    let err = String::from_utf8_lossy(&corrupt.stderr);
+    assert!(
+        !corrupt.status.success() && err.contains("ranges-") && err.contains("corrupted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn label_free_folders_rank_by_fidelity_and_recalibration_replaces_the_ranges() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("photos");
+    for i in 0..10 {
+        common::write_png(
+            &data.join(format!("{i}.png")),
+            16,
+            &common::grey((i % 2) as u8, i, 16),
+        );
+    }
+    let report = json(&calibrate(&bundle, &data, &["--json"]));
+    assert_eq!(report["quality_metric"], "cka_fidelity");
+    assert_eq!(report["dataset"]["classes"], Value::Null);
+    let first_ranges = manifest(&bundle)["calibration"]["ranges"]["path"].clone();
+    for s in manifest(&bundle)["subnets"].as_array().unwrap() {
+        assert_eq!(s["quality"], s["fidelity"], "{s}");
+        assert_eq!(s["knn_top1"], Value::Null);
+    }
+
+    // A labelled dataset now: the metric, the scores and the ranges change,
+    // and the old ranges file goes.
+    let npz = dir.path().join("calib.npz");
+    labelled_npz(&npz, 30);
+    let out = calibrate(&bundle, &npz, &["-q", "--limit", "20"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifest(&bundle);
+    assert_eq!(m["calibration"]["quality_metric"], "knn_top1");
+    assert_eq!(m["calibration"]["dataset_images"], 20, "--limit 20");
+    let files: Vec<_> = std::fs::read_dir(bundle.join("calibration"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_ne!(m["calibration"]["ranges"]["path"], first_ranges);
+}
+
+#[test]
+fn train_and_val_folders_are_the_split() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("split");
+    for (part, n) in [("train", 6), ("val", 4)] {
+        for i in 0..n {
+            for (class, name) in [(0, "dark"), (1, "bright")] {
+                common::write_png(
+                    &data.join(format!("{part}/{name}/{i}.png")),
+                    8,
+                    &common::grey(class, i, 8),
+                );
+            }
+        }
+    }
+    let report = json(&calibrate(&bundle, &data, &["--json"]));
+    let d = &report["dataset"];
+    assert_eq!(
+        (
+            d["classes"].as_u64(),
+            d["train"].as_u64(),
+            d["val"].as_u64()
+        ),
+        (Some(2), Some(12), Some(8))
+    );
+    assert_eq!(report["subnets"][0]["knn_top1"].as_f64(), Some(100.0));
+}
+
+/// Runs calibrate on `data`, expecting a failure naming `needles`, and
+/// checks that the bundle's files are as they were.
+fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
+    let before = (
+        std::fs::read(bundle.join("manifest.postcard")).unwrap(),
+        std::fs::read(bundle.join("manifest.json")).unwrap(),
+    );
+    let out = calibrate(bundle, data, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted {}: {err}", data.display());
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+    let after = (
+        std::fs::read(bundle.join("manifest.postcard")).unwrap(),
+        std::fs::read(bundle.join("manifest.json")).unwrap(),
+    );
+    assert!(before == after, "the manifest changed");
+    assert!(!bundle.join("calibration").exists());
+}
+
+#[test]
+fn bad_datasets_are_named_and_leave_the_bundle_untouched() {
+    let (dir, bundle) = bundle_copy();
+    let root = dir.path();
+
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_refused(&bundle, &empty, &["empty", "no images"]);
+
+    let one = root.join("one-class");
+    for i in 0..4 {
+        common::write_png(
+            &one.join(format!("cats/{i}.png")),
+            8,
+            &common::grey(0, i, 8),
+        );
+    }
+    assert_refused(
+        &bundle,
+        &one,
+        &["one-class", "only one class (`cats`)", "--no-labels"],
+    );
+
+    let broken = root.join("broken");
+    for i in 0..4 {
+        common::write_png(
+            &broken.join(format!("{}/{i}.png", ["a", "b"][i % 2])),
+            8,
+            &common::grey(0, i, 8),
+        );
+    }
+    std::fs::write(broken.join("b/bad.png"), b"not a png").unwrap();
+    assert_refused(&bundle, &broken, &["bad.png", "PNG"]);
+
+    let short = root.join("short-labels.npz");
+    let labels: Vec<u8> = (0..3i64).flat_map(i64::to_le_bytes).collect();
+    write_npz(
+        &short,
+        &[
+            ("images", npy("|u1", &[4, 8, 8], &[0; 256])),
+            ("labels", npy("<i8", &[3], &labels)),
+        ],
+    );
+    assert_refused(
+        &bundle,
+        &short,
+        &["short-labels.npz", "`labels` has shape [3]", "4 images"],
+    );
+
+    let sizes = root.join("sizes.npz");
+    write_npz(&sizes, &[("images", npy("|u1", &[4, 8, 8], &[0; 200]))]);
+    assert_refused(&bundle, &sizes, &["sizes.npz", "needs 256 bytes"]);
+
+    let floats = root.join("floats.npz");
+    write_npz(&floats, &[("images", npy("<f4", &[1, 2, 2], &[0; 16]))]);
+    assert_refused(&bundle, &floats, &["floats.npz", "<f4"]);
+
+    let no_zip = root.join("text.npz");
+    std::fs::write(&no_zip, "hello").unwrap();
+    assert_refused(&bundle, &no_zip, &["text.npz", "not an .npz"]);
+}

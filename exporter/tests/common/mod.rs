@@ -1,0 +1,41 @@
+//! Helpers shared by the exporter's test binaries.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+
+/// Copies a directory tree (a committed bundle, to change a copy of it).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A grey image: dark (class 0) or bright (class 1), with seeded noise.
+pub fn grey(class: u8, seed: usize, side: usize) -> Vec<u8> {
+    (0..side * side)
+        .map(|i| {
+            let noise = ((i * 7 + seed * 13) % 40) as u8;
+            if class == 0 {
+                20 + noise
+            } else {
+                190 + noise
+            }
+        })
+        .collect()
+}
+
+/// Writes a square grey PNG, creating its folder.
+pub fn write_png(path: &Path, side: u32, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), side, side);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(data).unwrap();
+}
