@@ -1,0 +1,1 @@
+//! Pareto plot (in progress).
