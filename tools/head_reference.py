@@ -8,9 +8,11 @@
         the format `ablation` reads
     python3 tools/head_reference.py ablation FEATURES.npz
         compares the transfer with the naive variants on real features: an
-        .npz with `teacher` [N, D], one or more `sub_<id>` [N, w], optional
-        `labels` [N] and optional `W` [C, D], `b` [C] (else a head is fitted
-        on the teacher features with the labels)
+        .npz with the teacher's features as `teacher` or `reference` [N, D],
+        every other 2-D array a sub-network's [N, w], optional `labels` [N]
+        and optional `W` [C, D], `b` [C] (else a head is fitted on the
+        teacher features with the labels). `exporter calibrate
+        --dump-features` writes this layout.
 
 Same maths as the Rust code, different route: ridge regression is solved as
 one augmented least-squares problem (np.linalg.lstsq on [X 1; sqrt(l) I 0])
@@ -175,7 +177,8 @@ VARIANTS = {
 
 def ablation(path):
     data = np.load(path)
-    teacher = data["teacher"].astype(np.float64)
+    teacher_key = "teacher" if "teacher" in data else "reference"
+    teacher = data[teacher_key].astype(np.float64)
     labels = data["labels"].astype(np.int64) if "labels" in data else None
     if "W" in data:
         head = data["W"].astype(np.float64), data["b"].astype(np.float64)
@@ -191,7 +194,11 @@ def ablation(path):
         err = np.mean((logits - teacher_logits) ** 2) / spread
         print(f"  {name:52} {np.mean(pred == teacher_pred):6.3f} {np.mean(pred == truth):6.3f} {err:8.4f}")
 
-    for key in sorted(k for k in data.files if k.startswith("sub")):
+    subs = [
+        k for k in data.files
+        if data[k].ndim == 2 and len(data[k]) == len(teacher) and k not in (teacher_key, "reference")
+    ]
+    for key in sorted(subs):
         sub = data[key].astype(np.float64)
         w = sub.shape[1]
         print(f"{key} (w={w} of {teacher.shape[1]}), cross-fitted: agreement, accuracy, logit error / logit variance")
