@@ -1,6 +1,10 @@
 //! The head transfer against `tools/head_reference.py`'s golden fixture
 //! (numpy: augmented least squares and SVD, where the crate uses normal
 //! equations and an eigendecomposition), and the head file reader.
+//!
+//! Dropping the whitening, the KDEP cut or the fitted inverse moves the
+//! folded weights by 0.5% to 10% of their largest value (measured with the
+//! reference's variants), far beyond the tolerance of 1e-8.
 
 use std::path::{Path, PathBuf};
 

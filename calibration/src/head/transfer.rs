@@ -16,8 +16,8 @@
 //! `s` are the same for every image it is exactly `t = m·1 + s·z`, and
 //! otherwise it keeps whatever part of `m` and `s·z` is linear in `z`. Every
 //! step is affine, so sub-network features → `z` → `t` → logits folds into one
-//! layer. `tools/head_reference.py --ablation` compares this with the naive
-//! routes (no whitening; undoing LayerNorm with the mean `m` and `s`).
+//! layer. `tools/head_reference.py ablation` compares this with the naive
+//! routes (docs/calibration.md, "Head transfer").
 
 use ndarray::{Array2, ArrayView2, Axis};
 
