@@ -26,16 +26,20 @@ fn circles_filled(svg: &str, colour: &str) -> usize {
         .count()
 }
 
+/// The grid's chart.
+fn svg(cost: Cost, quality: &str, chosen: Option<&str>) -> String {
+    pareto_svg(&Chart {
+        points: &grid(),
+        cost,
+        quality,
+        chosen,
+    })
+    .unwrap()
+}
+
 #[test]
 fn the_front_is_highlighted_and_the_chosen_point_named() {
-    let points = grid();
-    let svg = pareto_svg(&Chart {
-        points: &points,
-        cost: Cost::Macs,
-        quality: "k-NN accuracy",
-        chosen: Some("w48-d4"),
-    })
-    .unwrap();
+    let svg = svg(Cost::Macs, "k-NN accuracy", Some("w48-d4"));
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     // One grey dot per sub-network and one red per front point (w48-d2 is
     // dominated), each plus its legend entry.
@@ -47,14 +51,7 @@ fn the_front_is_highlighted_and_the_chosen_point_named() {
 
 #[test]
 fn latency_axis_and_no_chosen_point() {
-    let points = grid();
-    let svg = pareto_svg(&Chart {
-        points: &points,
-        cost: Cost::LatencyMs,
-        quality: "agreement",
-        chosen: None,
-    })
-    .unwrap();
+    let svg = svg(Cost::LatencyMs, "agreement", None);
     assert!(svg.contains("measured latency (ms)"));
     assert!(!svg.contains("chosen"));
 }
