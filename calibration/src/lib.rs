@@ -1,6 +1,8 @@
 //! Calibration of a bundle on the user's data: a quality score per
 //! sub-network (k-NN accuracy with labels, CKA fidelity to the largest
-//! without) and activation ranges, written back into the bundle's manifest.
+//! without) and activation ranges, written back into the bundle's manifest;
+//! one task head for every sub-network ([`head`]); the Pareto picture
+//! ([`plot`]).
 //!
 //! [`score`] runs every sub-network over a [`Dataset`]; [`record::write`]
 //! puts the result into the bundle atomically.
@@ -8,8 +10,10 @@
 pub mod cka;
 pub mod dataset;
 pub mod features;
+pub mod head;
 pub mod knn;
 mod npz;
+pub mod plot;
 pub mod ranges;
 pub mod record;
 

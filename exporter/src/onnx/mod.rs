@@ -2,6 +2,7 @@
 //! elastic family so graphs are assembled from typed calls, not templates;
 //! [`layers`] holds the layers several families build from.
 
+pub mod head;
 pub mod layers;
 
 use onnx_protobuf::{
