@@ -142,7 +142,8 @@ def main():
         # A path that differs from the whole net is a test that can fail.
         assert np.abs(cls - refs["full.cls_token"]).max() > 1e-3 * np.abs(cls).max(), name
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.astype(np.float32) for k, v in refs.items()}, out)
+    # Contiguous: safetensors stores a view's buffer, not its logical order.
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in refs.items()}, out)
     print(f"wrote {out}: {len(refs) // 2} sub-networks")
 
 

@@ -195,7 +195,7 @@ impl Family for Geometry {
 
     fn check(&self, s: &SubnetSpec) -> Result<SubnetSpec, FamilyError> {
         let Some(path) = s.path else {
-            return Err(FamilyError::NotSdrId { id: s.id() });
+            return Err(FamilyError::NotSdrId { id: s.to_string() });
         };
         if let SdrPath::Route(r) = path {
             let counts = self.route_groups();
