@@ -49,6 +49,17 @@ fn check(bundle: &Path, refs: &Reference, tag: &str, ids: &[&str]) {
     }
 }
 
+/// The ids of every sub-network in the bundle, in manifest order.
+fn subnet_ids(bundle: &Path) -> Vec<String> {
+    Bundle::open(bundle)
+        .unwrap()
+        .manifest()
+        .subnets
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect()
+}
+
 #[test]
 fn poa_checkpoint_matches_the_reference_for_every_subnet() {
     let req = request(&format!(
@@ -56,13 +67,7 @@ fn poa_checkpoint_matches_the_reference_for_every_subnet() {
     ));
     let (_dir, bundle) = export(&req);
     let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
-    let ids: Vec<String> = Bundle::open(&bundle)
-        .unwrap()
-        .manifest()
-        .subnets
-        .iter()
-        .map(|s| s.id.to_owned())
-        .collect();
+    let ids = subnet_ids(&bundle);
     // The grid comes from the config found in POA's output layout.
     assert_eq!(
         ids,
@@ -276,13 +281,7 @@ fn swin_without_config_is_known_by_its_tensor_names() {
 fn sdr_paths_match_the_masked_sdrnet() {
     let (_dir, bundle) = export(&request("examples/sdr-tiny/sdr.safetensors"));
     let refs = Reference::open("tests/fixtures/sdr-tiny/reference.safetensors");
-    let ids: Vec<String> = Bundle::open(&bundle)
-        .unwrap()
-        .manifest()
-        .subnets
-        .iter()
-        .map(|s| s.id.to_owned())
-        .collect();
+    let ids = subnet_ids(&bundle);
     assert_eq!(ids.len(), 17, "{ids:?}");
     check(
         &bundle,

@@ -22,19 +22,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-
-def conv(x, w, stride, pad):
-    """NCHW cross-correlation, float64."""
-    n, c, h, wd = x.shape
-    o, _, k, _ = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
-    out = np.zeros((n, o, oh, ow))
-    for i in range(k):
-        for j in range(k):
-            patch = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
-    return out
+# Plain NCHW conv, max pool and ReLU, shared with the ResNet reference.
+from resnet_reference import conv2d as conv, max_pool, relu
 
 
 def batch_norm(x, t, name, eps):
@@ -42,20 +31,6 @@ def batch_norm(x, t, name, eps):
     m, v = t[f"{name}.running_mean"], t[f"{name}.running_var"]
     r = lambda a: a.reshape(1, -1, 1, 1)
     return (x - r(m)) / np.sqrt(r(v) + eps) * r(g) + r(b)
-
-
-def max_pool(x):
-    """3×3, stride 2, padding 1 (padding never wins)."""
-    n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    return np.max(
-        [xp[:, :, i:i + 2 * oh:2, j:j + 2 * ow:2] for i in range(3) for j in range(3)], axis=0
-    )
-
-
-def relu(x):
-    return np.maximum(x, 0)
 
 
 def blocks(t):

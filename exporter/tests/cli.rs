@@ -688,10 +688,10 @@ fn sdr_spec() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn sdr_bundle_stores_each_weight_piece_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bundle");
+/// Exports every sub-network of the example SDR teacher into `dir`;
+/// returns the bundle and its manifest.
+fn sdr_bundle(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let out = dir.join("bundle");
     let run = exporter(&[
         "--all-subnets",
         sdr_teacher().to_str().unwrap(),
@@ -700,8 +700,14 @@ fn sdr_bundle_stores_each_weight_piece_once() {
         "-q",
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    (out, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn sdr_bundle_stores_each_weight_piece_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, manifest) = sdr_bundle(dir.path());
     assert_eq!(manifest["teacher"]["family"], "sdr");
     let subnets = manifest["subnets"].as_array().unwrap();
     // 4 SDR blocks × 2 groups: 16 routes, each picking one group per block.
@@ -716,7 +722,9 @@ fn sdr_bundle_stores_each_weight_piece_once() {
         .map(|s| s["weights"][0]["path"].as_str().unwrap())
         .collect();
     assert_eq!(files.len(), 1, "one weight file for every path: {files:?}");
-    let stored = std::fs::metadata(out.join(files.first().unwrap())).unwrap().len();
+    let stored = std::fs::metadata(out.join(files.first().unwrap()))
+        .unwrap()
+        .len();
     let teacher = std::fs::metadata(sdr_teacher()).unwrap().len();
     assert!(
         (stored as f64) <= 1.3 * teacher as f64,
@@ -752,23 +760,13 @@ print(json.dumps(out))";
 #[test]
 fn sdr_manifest_costs_match_the_graphs() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bundle");
-    let run = exporter(&[
-        "--all-subnets",
-        sdr_teacher().to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
+    let (out, manifest) = sdr_bundle(dir.path());
     let counted = Command::new("python3")
         .args(["-c", GRAPH_COSTS, out.to_str().unwrap()])
         .output()
         .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
     assert!(counted.status.success(), "{}", stderr(&counted));
     let counted: BTreeMap<String, [u64; 2]> = serde_json::from_slice(&counted.stdout).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let subnets = manifest["subnets"].as_array().unwrap();
     assert_eq!(counted.len(), subnets.len());
     for s in subnets {
@@ -792,7 +790,9 @@ fn sdr_specs_that_do_not_partition_the_channels_are_refused() {
         .unwrap()
         .push(1.into());
     let mut uncovered = spec.clone();
-    let last = uncovered["sdr_blocks"][3]["groups"][0].as_array_mut().unwrap();
+    let last = uncovered["sdr_blocks"][3]["groups"][0]
+        .as_array_mut()
+        .unwrap();
     let dropped = last.pop().unwrap();
     let cases = [
         (

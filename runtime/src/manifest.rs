@@ -486,9 +486,15 @@ mod tests {
         assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.contains(r#""route":[1,0,3]"#), "{text}");
-        assert!(text.contains(r#""config":{"sdr":{"groups":[2,2,4]"#), "{text}");
+        assert!(
+            text.contains(r#""config":{"sdr":{"groups":[2,2,4]"#),
+            "{text}"
+        );
         assert_eq!(Manifest::from_json(&text).unwrap(), m);
-        assert_eq!(m.teacher.config.to_string(), "3 SDR blocks, groups [2, 2, 4], 16 paths, image 32");
+        assert_eq!(
+            m.teacher.config.to_string(),
+            "3 SDR blocks, groups [2, 2, 4], 16 paths, image 32"
+        );
     }
 
     #[test]

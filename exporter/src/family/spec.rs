@@ -221,7 +221,14 @@ mod tests {
         let full: SubnetSpec = "full".parse().unwrap();
         assert_eq!((full.path, full.id()), (Some(SdrPath::Full), "full".into()));
         assert!(full < route, "the whole net lists first");
-        for bad in ["r", "r0..1", "r0.x", "r256", "r0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0", "fully"] {
+        for bad in [
+            "r",
+            "r0..1",
+            "r0.x",
+            "r256",
+            "r0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0",
+            "fully",
+        ] {
             assert!(bad.parse::<SubnetSpec>().is_err(), "{bad}");
         }
     }

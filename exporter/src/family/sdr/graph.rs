@@ -7,7 +7,7 @@ use super::fold::{part, piece};
 use super::{Block, Geometry};
 use crate::family::{SdrPath, SubnetSpec};
 use crate::onnx::layers::ConvShape;
-use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+use crate::onnx::{Attr, ExternalData, GraphBuilder, Value};
 
 struct Writer<'a> {
     locate: &'a dyn Fn(&str) -> ExternalData,
@@ -59,16 +59,7 @@ pub(super) fn build(
     let x = w.b.conv("stem.conv", &pixels, &weight, Some(&bias), stem);
     let mut x = w.b.node("Relu", "stem.relu", &[&x], &[]);
     if s.max_pool {
-        x = w.b.node(
-            "MaxPool",
-            "stem.maxpool",
-            &[&x],
-            &[
-                ("kernel_shape", Attr::Ints(vec![3, 3])),
-                ("strides", Attr::Ints(vec![2, 2])),
-                ("pads", Attr::Ints(vec![1; 4])),
-            ],
-        );
+        x = w.b.max_pool("stem.maxpool", &x);
     }
     for (block, parts) in g.kept(&path) {
         x = w.bottleneck(block, &parts, &x);
@@ -76,22 +67,7 @@ pub(super) fn build(
     let c = g.blocks.last().map_or(s.channels, |b| b.out) as usize;
     let (_, sides) = g.sides();
     let hw = sides.last().map_or(0, |&s| (s * s) as usize);
-    let flat_shape = w.b.const_i64("tokens.shape", &[3], &[0, c as i64, -1]);
-    let flat = w.b.node("Reshape", "tokens.flatten", &[&x, &flat_shape], &[]);
-    let tokens = w.b.node(
-        "Transpose",
-        "patch_tokens",
-        &[&flat],
-        &[("perm", Attr::Ints(vec![0, 2, 1]))],
-    );
-    let cls = w.b.node(
-        "ReduceMean",
-        "cls_token",
-        &[&tokens],
-        &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
-    );
-    w.b.output(&cls, &[Dim::Named("batch"), Dim::Fixed(c)]);
-    w.b.output(&tokens, &[Dim::Named("batch"), Dim::Fixed(hw), Dim::Fixed(c)]);
+    w.b.map_outputs(&x, c, hw);
     let doc = format!(
         "SDR sub-network {}: BatchNorm folded, mid channels gathered (shared, then the chosen group)",
         spec.id()
@@ -164,11 +140,23 @@ impl Writer<'_> {
             stride: block.stride as usize,
             pad: 1,
         };
-        let h = self.conv(block, &format!("{m}.conv1"), x, (mid, Axis::Whole(cin)), one);
+        let h = self.conv(
+            block,
+            &format!("{m}.conv1"),
+            x,
+            (mid, Axis::Whole(cin)),
+            one,
+        );
         let h = self.b.node("Relu", &format!("{m}.relu1"), &[&h], &[]);
         let h = self.conv(block, &format!("{m}.conv2"), &h, (mid, mid), three);
         let h = self.b.node("Relu", &format!("{m}.relu2"), &[&h], &[]);
-        let h = self.conv(block, &format!("{m}.conv3"), &h, (Axis::Whole(out), mid), one);
+        let h = self.conv(
+            block,
+            &format!("{m}.conv3"),
+            &h,
+            (Axis::Whole(out), mid),
+            one,
+        );
         let identity = if block.shortcut {
             let shortcut = ConvShape {
                 stride: block.stride as usize,

@@ -39,7 +39,9 @@ fn stage_depths(ckpt: &Checkpoint) -> Result<Vec<u32>, FamilyError> {
             continue;
         };
         let (Some(stage), Ok(index)) = (
-            layer.strip_prefix("layer").and_then(|s| s.parse::<usize>().ok()),
+            layer
+                .strip_prefix("layer")
+                .and_then(|s| s.parse::<usize>().ok()),
             index.parse::<u32>(),
         ) else {
             continue;
@@ -110,7 +112,10 @@ pub fn open(
         .into());
     };
     if kernel != k2 || kernel % 2 == 0 {
-        return Err(bad(format!("the stem conv is {kernel}×{k2}: only odd square kernels are read")).into());
+        return Err(bad(format!(
+            "the stem conv is {kernel}×{k2}: only odd square kernels are read"
+        ))
+        .into());
     }
     let stem = Stem {
         channels: channels as u32,
@@ -128,12 +133,13 @@ pub fn open(
             let (mid, out) = (conv1[0] as u32, conv3[0] as u32);
             blocks.push(Block {
                 module: module.clone(),
-                stage,
                 cin,
                 mid,
                 out,
                 stride: if index == 0 { stride } else { 1 },
-                shortcut: ckpt.tensor(&format!("{module}.downsample.0.weight")).is_some(),
+                shortcut: ckpt
+                    .tensor(&format!("{module}.downsample.0.weight"))
+                    .is_some(),
                 parts: Parts::plain(mid),
                 sdr: None,
             });
@@ -142,8 +148,21 @@ pub fn open(
     }
     for (i, b) in spec.sdr_blocks.iter().enumerate() {
         let Some(block) = blocks.iter_mut().find(|x| x.module == b.module) else {
-            return Err(bad(format!("block {} is not a bottleneck of the checkpoint", b.module)).into());
+            return Err(bad(format!(
+                "block {} is not a bottleneck of the checkpoint",
+                b.module
+            ))
+            .into());
         };
+        if b.groups.len() > usize::from(u8::MAX) {
+            return Err(bad(format!(
+                "block {}: {} groups, at most {} are read",
+                b.module,
+                b.groups.len(),
+                u8::MAX
+            ))
+            .into());
+        }
         if block.sdr.is_some() {
             return Err(bad(format!("block {} is listed twice", b.module)).into());
         }
@@ -160,7 +179,10 @@ pub fn open(
         stem,
         blocks,
         depths: Depths::new(&depths).ok_or_else(|| {
-            bad(format!("{} stages: at most {MAX_STAGES} are read", depths.len()))
+            bad(format!(
+                "{} stages: at most {MAX_STAGES} are read",
+                depths.len()
+            ))
         })?,
     };
     fold::pieces(&g, ckpt)?;

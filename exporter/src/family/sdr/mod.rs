@@ -37,7 +37,6 @@ struct Stem {
 struct Block {
     /// The module name, e.g. `layer2.0`.
     module: String,
-    stage: usize,
     cin: u32,
     mid: u32,
     out: u32,
@@ -77,7 +76,7 @@ impl Geometry {
     }
 
     /// Channels of the parts `parts` of block `b`.
-    fn width(b: &Block, parts: &[usize]) -> u64 {
+    fn channels(b: &Block, parts: &[usize]) -> u64 {
         let all: Vec<&[u32]> = b.parts.all().collect();
         parts.iter().map(|&p| all[p].len() as u64).sum()
     }
@@ -101,6 +100,8 @@ impl Geometry {
         (stem_conv, blocks)
     }
 
+    /// Individual groups of each SDR block, in network order (at most 255
+    /// each, checked at open).
     fn route_groups(&self) -> Vec<u8> {
         self.blocks
             .iter()
@@ -150,7 +151,11 @@ impl Geometry {
             stem_side
         };
         for ((b, parts), &side) in self.kept(path).zip(&sides) {
-            let (cin, m, out) = (u64::from(b.cin), Self::width(b, &parts), u64::from(b.out));
+            let (cin, m, out) = (
+                u64::from(b.cin),
+                Self::channels(b, &parts),
+                u64::from(b.out),
+            );
             let (a_in, a_out) = (area(side_in), area(side));
             params += cin * m + m + 9 * m * m + m + m * out + out;
             macs += cin * m * a_in + (9 * m * m + m * out) * a_out;

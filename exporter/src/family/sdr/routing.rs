@@ -165,12 +165,16 @@ mod tests {
     #[test]
     fn groups_must_partition_the_mid_channels() {
         let ok = block(&[0, 2], &[&[1, 5], &[3, 4]]).parts(6).unwrap();
-        assert_eq!(ok.all().collect::<Vec<_>>(), [&[0, 2][..], &[1, 5], &[3, 4]]);
+        assert_eq!(
+            ok.all().collect::<Vec<_>>(),
+            [&[0, 2][..], &[1, 5], &[3, 4]]
+        );
         let err = |b: BlockSpec, mid| b.parts(mid).unwrap_err();
         assert!(err(block(&[0, 2], &[&[1, 2], &[3, 4, 5]]), 6)
             .contains("channel 2 is in both the shared channels and group 0"));
         assert!(err(block(&[0, 2], &[&[1, 5], &[3]]), 6).contains("channel 4 of 6 is in no group"));
-        assert!(err(block(&[0, 2], &[&[1, 5], &[3, 4, 6]]), 6).contains("channel 6 in group 1 is beyond"));
+        assert!(err(block(&[0, 2], &[&[1, 5], &[3, 4, 6]]), 6)
+            .contains("channel 6 in group 1 is beyond"));
         assert!(err(block(&[0, 2], &[&[1, 5], &[]]), 6).contains("group 1 hold no channel"));
         assert!(err(block(&[0, 1, 2, 3, 4, 5], &[]), 6).contains("no individual groups"));
         assert!(err(block(&[0, 2], &[&[1, 5], &[3, 4]]), 8).contains("mid_channels 6 but"));
