@@ -9,6 +9,7 @@ use crate::family::{SdrPath, SubnetSpec};
 use crate::onnx::layers::ConvShape;
 use crate::onnx::{Attr, ExternalData, GraphBuilder, Value};
 
+/// Emits one graph: initializers are the stored pieces, found by `locate`.
 struct Writer<'a> {
     locate: &'a dyn Fn(&str) -> ExternalData,
     b: GraphBuilder,
