@@ -1,7 +1,8 @@
 //! Exported sub-networks compute what POA's elastic forward computes: graphs
 //! from the Rust exporter, run in tract (and ONNX Runtime with `--features
 //! ort`), against references from independent float64 implementations
-//! (tools/poa_reference.py for ViT, tools/resnet_reference.py for ResNet).
+//! (tools/poa_reference.py for ViT, tools/resnet_reference.py for ResNet,
+//! tools/sdr_reference.py for SDR).
 
 mod common;
 
@@ -48,6 +49,17 @@ fn check(bundle: &Path, refs: &Reference, tag: &str, ids: &[&str]) {
     }
 }
 
+/// The ids of every sub-network in the bundle, in manifest order.
+fn subnet_ids(bundle: &Path) -> Vec<String> {
+    Bundle::open(bundle)
+        .unwrap()
+        .manifest()
+        .subnets
+        .iter()
+        .map(|s| s.id.to_owned())
+        .collect()
+}
+
 #[test]
 fn poa_checkpoint_matches_the_reference_for_every_subnet() {
     let req = request(&format!(
@@ -55,13 +67,7 @@ fn poa_checkpoint_matches_the_reference_for_every_subnet() {
     ));
     let (_dir, bundle) = export(&req);
     let refs = Reference::open(&format!("{TINY}/reference.safetensors"));
-    let ids: Vec<String> = Bundle::open(&bundle)
-        .unwrap()
-        .manifest()
-        .subnets
-        .iter()
-        .map(|s| s.id.to_owned())
-        .collect();
+    let ids = subnet_ids(&bundle);
     // The grid comes from the config found in POA's output layout.
     assert_eq!(
         ids,
@@ -266,4 +272,21 @@ fn swin_without_config_is_known_by_its_tensor_names() {
     req.selection = subnets(&ids);
     let (_dir, bundle) = export(&req);
     check(&bundle, &refs, "nobias.", &ids);
+}
+
+/// Every SDR path and the whole SDRnet, exported gathered and folded,
+/// compute what the whole net computes with the path's unchosen groups
+/// masked to zero (tools/sdr_reference.py, float64 numpy).
+#[test]
+fn sdr_paths_match_the_masked_sdrnet() {
+    let (_dir, bundle) = export(&request("examples/sdr-tiny/sdr.safetensors"));
+    let refs = Reference::open("tests/fixtures/sdr-tiny/reference.safetensors");
+    let ids = subnet_ids(&bundle);
+    assert_eq!(ids.len(), 17, "{ids:?}");
+    check(
+        &bundle,
+        &refs,
+        "",
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }

@@ -1,5 +1,6 @@
 //! Writing a bundle: one external-data file per width (the full depth,
-//! shared by every depth variant), one ONNX graph per sub-network, and the
+//! shared by every depth variant; for SDR every path's pieces), one ONNX
+//! graph per sub-network, and the
 //! manifest, all in a temporary directory renamed into place at the end.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
 
 use crate::checkpoint::TensorRef;
-use crate::family::slice::TensorCut;
+use crate::family::slice::{Computed, TensorCut};
 use crate::family::FamilyError;
 use crate::onnx::ExternalData;
 use crate::plan::{Plan, PlannedSubnet};
@@ -168,6 +169,14 @@ fn write_width(
         progress.inc(length);
         index.insert(name, (offset, length));
     }
+    for Computed { name, data, .. } in plan.family.computed(&plan.checkpoint, w)? {
+        sink.align().map_err(io_err(&path))?;
+        let offset = sink.written();
+        sink.put_floats(&data).map_err(io_err(&path))?;
+        let length = 4 * data.len() as u64;
+        progress.inc(length);
+        index.insert(name, (offset, length));
+    }
     let (bytes, sha256) = sink.finish().map_err(io_err(&path))?;
     let weights = WeightRecord {
         path: format!("{GRAPHS_DIR}/{WEIGHTS_DIR}/{file_name}"),
@@ -251,6 +260,10 @@ fn write_manifest(
             mid_widths: per_stage(layout.mid_widths)?,
             block_idx: heapless::Vec::from_slice(&layout.block_idx)
                 .map_err(|_| too_many(dir, "blocks"))?,
+            route: layout
+                .route
+                .map(|r| heapless::Vec::from_slice(&r).map_err(|_| too_many(dir, "SDR blocks")))
+                .transpose()?,
             onnx,
             onnx_sha256: s.onnx_sha256,
             weights,
@@ -344,6 +357,17 @@ impl TensorWriter {
             self.stage.resize(at + n, 0.0);
             tensor.read_f32(start, scale, &mut self.stage[at..]);
             start += n;
+        }
+        Ok(())
+    }
+
+    /// Appends `data` as is.
+    fn put_floats(&mut self, data: &[f32]) -> io::Result<()> {
+        for chunk in data.chunks(STAGE_FLOATS) {
+            if self.stage.len() + chunk.len() > STAGE_FLOATS {
+                self.flush_stage()?;
+            }
+            self.stage.extend_from_slice(chunk);
         }
         Ok(())
     }

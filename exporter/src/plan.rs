@@ -93,7 +93,7 @@ impl Plan {
         };
         let mut subnets = Vec::with_capacity(specs.len());
         for spec in specs {
-            family
+            let spec = family
                 .check(&spec)
                 .map_err(|source| PlanError::Subnet { spec, source })?;
             let costs = family.costs(&spec);

@@ -163,6 +163,7 @@ fn graphs_pass_the_onnx_checker() {
         &resnet("output/eval/training_49/teacher_checkpoint.pth"),
         54,
     );
+    assert_graphs_pass_the_onnx_checker(&sdr_teacher(), 17);
 }
 
 /// Exports every sub-network of `teacher` and runs `onnx.checker`'s full
@@ -670,4 +671,198 @@ fn swin_and_resnet_bundles_are_selected_by_the_runtime_binary() {
         let run = runtime_select(&out, "0.000001");
         assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
     }
+}
+
+fn sdr_teacher() -> PathBuf {
+    root().join("examples/sdr-tiny/sdr.safetensors")
+}
+
+/// The example SDR teacher with `edit` applied to its tensors and `spec`
+/// (sdr.json's text) beside it, in `dir`.
+fn edited_sdr(
+    dir: &Path,
+    spec: &str,
+    edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
+    std::fs::write(dir.join("sdr.json"), spec).unwrap();
+    edited_teacher(dir, &sdr_teacher(), edit)
+}
+
+fn sdr_spec() -> serde_json::Value {
+    let text = std::fs::read_to_string(root().join("examples/sdr-tiny/sdr.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Exports every sub-network of the example SDR teacher into `dir`;
+/// returns the bundle and its manifest.
+fn sdr_bundle(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let out = dir.join("bundle");
+    let run = exporter(&[
+        "--all-subnets",
+        sdr_teacher().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    (out, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn sdr_bundle_stores_each_weight_piece_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, manifest) = sdr_bundle(dir.path());
+    assert_eq!(manifest["teacher"]["family"], "sdr");
+    let subnets = manifest["subnets"].as_array().unwrap();
+    // 4 SDR blocks × 2 groups: 16 routes, each picking one group per block.
+    let routes: Vec<&serde_json::Value> = subnets.iter().map(|s| &s["route"]).collect();
+    assert_eq!(subnets.len(), 17);
+    assert_eq!(subnets[0]["id"], "full");
+    assert!(routes[0].is_null());
+    assert_eq!(subnets[6]["id"], "r0.1.0.1");
+    assert_eq!(*routes[6], serde_json::json!([0, 1, 0, 1]));
+    let files: std::collections::BTreeSet<&str> = subnets
+        .iter()
+        .map(|s| s["weights"][0]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "one weight file for every path: {files:?}");
+    let stored = std::fs::metadata(out.join(files.first().unwrap()))
+        .unwrap()
+        .len();
+    let teacher = std::fs::metadata(sdr_teacher()).unwrap().len();
+    assert!(
+        (stored as f64) <= 1.3 * teacher as f64,
+        "weights {stored} B vs teacher {teacher} B"
+    );
+    // One copy per graph would be more than the paths' sum.
+    let per_graph: u64 = subnets
+        .iter()
+        .map(|s| s["weight_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(per_graph > 8 * stored, "{per_graph} vs {stored}");
+}
+
+/// Parameters (float initializers, all external) and conv MACs (output
+/// elements × weight fan-in, shapes from onnx's inference) of each graph,
+/// counted by onnx from the graphs alone.
+const GRAPH_COSTS: &str = "\
+import glob, json, os, sys, onnx
+from math import prod
+out = {}
+for p in sorted(glob.glob(sys.argv[1] + '/graphs/*.onnx')):
+    m = onnx.shape_inference.infer_shapes(onnx.load(p, load_external_data=False))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(m.graph.value_info) + list(m.graph.output)}
+    dims.update({t.name: list(t.dims) for t in m.graph.initializer})
+    floats = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in floats), p
+    macs = sum(prod(dims[n.output[0]][1:]) * prod(dims[n.input[1]][1:])
+               for n in m.graph.node if n.op_type == 'Conv')
+    out[os.path.basename(p)[:-5]] = [sum(prod(t.dims) for t in floats), macs]
+print(json.dumps(out))";
+
+#[test]
+fn sdr_manifest_costs_match_the_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, manifest) = sdr_bundle(dir.path());
+    let counted = Command::new("python3")
+        .args(["-c", GRAPH_COSTS, out.to_str().unwrap()])
+        .output()
+        .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    let counted: BTreeMap<String, [u64; 2]> = serde_json::from_slice(&counted.stdout).unwrap();
+    let subnets = manifest["subnets"].as_array().unwrap();
+    assert_eq!(counted.len(), subnets.len());
+    for s in subnets {
+        let id = s["id"].as_str().unwrap();
+        let costs = [s["params"].as_u64().unwrap(), s["macs"].as_u64().unwrap()];
+        assert_eq!(costs, counted[id], "{id}: manifest [params, macs] vs graph");
+    }
+    // Paths differ from the whole net, and from each other where their groups' sizes do.
+    assert!(counted["full"][0] > counted["r0.0.0.0"][0]);
+}
+
+#[test]
+fn sdr_specs_that_do_not_partition_the_channels_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let spec = sdr_spec();
+    let mut overlapping = spec.clone();
+    // Channel 1 of layer1.1 is group 0's: also putting it in group 1 overlaps.
+    overlapping["sdr_blocks"][1]["groups"][1]
+        .as_array_mut()
+        .unwrap()
+        .push(1.into());
+    let mut uncovered = spec.clone();
+    let last = uncovered["sdr_blocks"][3]["groups"][0]
+        .as_array_mut()
+        .unwrap();
+    let dropped = last.pop().unwrap();
+    let cases = [
+        (
+            overlapping,
+            "layer1.1: channel 1 is in both group 0 and group 1".to_owned(),
+        ),
+        (
+            uncovered,
+            format!("layer2.1: channel {dropped} of 32 is in no group"),
+        ),
+    ];
+    for (spec, needle) in cases {
+        let teacher = edited_sdr(dir.path(), &spec.to_string(), |_| {});
+        let run = exporter(&[
+            "--all-subnets",
+            teacher.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_fails_cleanly(&run, dir.path(), &["sdr.json", &needle]);
+    }
+}
+
+#[test]
+fn sdr_missing_tensors_and_bad_routes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let missing = edited_sdr(dir.path(), &sdr_spec().to_string(), |t| {
+        t.remove("layer2.0.bn2.running_var");
+    });
+    let run = exporter(&[
+        "--all-subnets",
+        missing.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_cleanly(
+        &run,
+        dir.path(),
+        &["edited.safetensors", "layer2.0.bn2.running_var"],
+    );
+
+    let teacher = sdr_teacher();
+    let cases: [(&str, &[&str]); 3] = [
+        ("r0.2.0.0", &["r0.2.0.0", "[2, 2, 2, 2]"]),
+        ("r0.1.0", &["r0.1.0", "[2, 2, 2, 2]"]),
+        ("64x2.2", &["64x2.2", "or a route"]),
+    ];
+    for (subnets, needles) in cases {
+        let run = exporter(&[
+            "--subnets",
+            subnets,
+            teacher.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_fails_cleanly(&run, dir.path(), needles);
+    }
+    // An SDR id for an elastic teacher.
+    let run = exporter(&[
+        "--subnets",
+        "full",
+        poa_teacher().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_cleanly(&run, dir.path(), &["`full`", "ViT teacher"]);
 }

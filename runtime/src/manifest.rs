@@ -24,6 +24,11 @@ pub const MAX_BLOCKS: usize = 64;
 pub const MAX_WEIGHT_FILES: usize = 4;
 /// The most stages a staged family (Swin, ResNet) has.
 pub const MAX_STAGES: usize = 4;
+/// The most SDR blocks a route picks a group in (a ResNet-50 has 16 bottlenecks).
+pub const MAX_ROUTE: usize = 16;
+
+/// One individual group per SDR block, or a group count per SDR block.
+pub type PerSdrBlock = Vec<u8, MAX_ROUTE>;
 
 /// One number per stage.
 pub type PerStage = Vec<u32, MAX_STAGES>;
@@ -107,6 +112,7 @@ pub enum TeacherConfig {
     Swin(SwinConfig),
     #[serde(rename = "resnet")]
     ResNet(ResNetConfig),
+    Sdr(SdrConfig),
 }
 
 impl TeacherConfig {
@@ -116,6 +122,7 @@ impl TeacherConfig {
             TeacherConfig::Vit(c) => c.image_size,
             TeacherConfig::Swin(c) => c.image_size,
             TeacherConfig::ResNet(c) => c.image_size,
+            TeacherConfig::Sdr(c) => c.image_size,
         }
     }
 }
@@ -146,6 +153,14 @@ impl fmt::Display for TeacherConfig {
                     c.stem_channels, c.base_channels, c.num_gn_groups, c.image_size
                 )
             }
+            TeacherConfig::Sdr(c) => write!(
+                f,
+                "{} SDR blocks, groups {:?}, {} paths, image {}",
+                c.groups.len(),
+                c.groups,
+                c.groups.iter().map(|&g| u64::from(g)).product::<u64>(),
+                c.image_size
+            ),
         }
     }
 }
@@ -205,6 +220,15 @@ pub struct ResNetConfig {
     pub image_size: u32,
 }
 
+/// An SDR teacher's routing geometry (docs/sdr.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SdrConfig {
+    /// Individual groups of each SDR block, in network order.
+    pub groups: PerSdrBlock,
+    /// Side of the square input image, in pixels.
+    pub image_size: u32,
+}
+
 /// One sub-network of the bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subnet<'a> {
@@ -221,6 +245,9 @@ pub struct Subnet<'a> {
     pub mid_widths: Option<PerStage>,
     /// Teacher block indices kept, in order, numbered across stages.
     pub block_idx: Vec<u16, MAX_BLOCKS>,
+    /// The individual group each SDR block computes with (an SDR path;
+    /// `None` for the whole SDRnet and the other families).
+    pub route: Option<PerSdrBlock>,
     /// The ONNX graph, relative to the bundle directory.
     pub onnx: &'a str,
     /// sha256 of the graph file.
@@ -422,6 +449,7 @@ mod tests {
             depths: None,
             mid_widths: None,
             block_idx: Vec::from_slice(&[0, 3]).unwrap(),
+            route: None,
             onnx: "graphs/w32-d2.onnx",
             onnx_sha256: Sha256([1; 32]),
             weights,
@@ -522,6 +550,29 @@ mod tests {
         let err = Manifest::from_postcard(&m.to_postcard()).unwrap_err();
         assert_eq!(err, DecodeError::UnsupportedVersion(2));
         assert!(err.to_string().contains("export the bundle again"), "{err}");
+    }
+
+    #[test]
+    fn sdr_routes_and_configs_round_trip() {
+        let mut m = sample();
+        m.teacher.family = "sdr";
+        m.teacher.config = TeacherConfig::Sdr(SdrConfig {
+            groups: Vec::from_slice(&[2, 2, 4]).unwrap(),
+            image_size: 32,
+        });
+        m.subnets[0].route = Some(Vec::from_slice(&[1, 0, 3]).unwrap());
+        assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""route":[1,0,3]"#), "{text}");
+        assert!(
+            text.contains(r#""config":{"sdr":{"groups":[2,2,4]"#),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+        assert_eq!(
+            m.teacher.config.to_string(),
+            "3 SDR blocks, groups [2, 2, 4], 16 paths, image 32"
+        );
     }
 
     #[test]

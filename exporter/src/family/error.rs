@@ -42,4 +42,15 @@ pub enum FamilyError {
     HeadDim { head_dim: u32, max_width: u32 },
     #[error("image size {image} is not a multiple of the patch size {patch}")]
     ImageSize { image: u32, patch: u32 },
+    #[error("{}: {problem}", path.display())]
+    SdrSpec {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+    #[error("`{id}` is not an SDR sub-network: SDR teachers take `full` or a route such as r0.1")]
+    NotSdrId { id: String },
+    #[error("route `{id}` does not pick one of the teacher's groups in each SDR block (groups per block: {groups:?})")]
+    Route { id: String, groups: Vec<u8> },
+    #[error("`{id}` names an SDR sub-network, but this is a {family} teacher")]
+    SdrId { id: String, family: &'static str },
 }

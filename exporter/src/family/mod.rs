@@ -1,9 +1,10 @@
-//! Elastic families: each module is the one place that knows its
-//! architecture's grid, slicing rules, costs and graph. This module is the
+//! Families (elastic POA grids, SDR routes): each module is the one place
+//! that knows its architecture's grid, slicing rules, costs and graph. This module is the
 //! seam the plan, the bundle writer and the CLI use without knowing any.
 
 mod error;
 pub mod resnet;
+pub mod sdr;
 pub mod slice;
 mod spec;
 pub mod swin;
@@ -18,12 +19,12 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{ConfigError, Overrides, PoaConfig};
 use crate::onnx::ExternalData;
 pub use error::FamilyError;
-use slice::TensorCut;
-pub use spec::{Depths, SubnetSpec};
+use slice::{Computed, TensorCut};
+pub use spec::{Depths, Route, SdrPath, SubnetSpec};
 
 /// What every family answers about its teacher and its sub-networks.
 pub trait Family: fmt::Debug + Send + Sync {
-    /// The manifest's `teacher.family`: `"vit"`, `"swin"`, `"resnet"`.
+    /// The manifest's `teacher.family`: `"vit"`, `"swin"`, `"resnet"`, `"sdr"`.
     fn name(&self) -> &'static str;
 
     /// One line on the teacher's shape, for the user.
@@ -32,8 +33,10 @@ pub trait Family: fmt::Debug + Send + Sync {
     /// The geometry as the manifest records it.
     fn config(&self) -> TeacherConfig;
 
-    /// Checks that `spec` is a sub-network of this teacher.
-    fn check(&self, spec: &SubnetSpec) -> Result<(), FamilyError>;
+    /// Checks that `spec` is a sub-network of this teacher and returns it
+    /// complete (an SDR id names no width or depths: the teacher's are
+    /// filled in).
+    fn check(&self, spec: &SubnetSpec) -> Result<SubnetSpec, FamilyError>;
 
     /// Parameters, MACs and the activation-memory estimate of `spec`.
     fn costs(&self, spec: &SubnetSpec) -> Costs;
@@ -47,6 +50,13 @@ pub trait Family: fmt::Debug + Send + Sync {
     /// Every teacher tensor width `width`'s shared slice holds, in file
     /// order, with its cut: the full depth, so all depths share one file.
     fn width_slice(&self, width: u32) -> Vec<TensorCut>;
+
+    /// Tensors of width `width`'s file computed from several teacher
+    /// tensors rather than cut from one (SDR: BatchNorm folded into the
+    /// convs), written after the cuts.
+    fn computed(&self, _ckpt: &Checkpoint, _width: u32) -> Result<Vec<Computed>, FamilyError> {
+        Ok(Vec::new())
+    }
 
     /// The ONNX graph of `spec`; `locate` says where each sliced teacher
     /// tensor (by canonical name) lies in the width's weight file.
@@ -72,6 +82,8 @@ pub struct Layout {
     pub mid_widths: Option<Vec<u32>>,
     /// Teacher blocks kept, numbered across stages.
     pub block_idx: Vec<u16>,
+    /// An SDR path's group per SDR block.
+    pub route: Option<Vec<u8>>,
 }
 
 /// A teacher read as its family, with the grid to export.
@@ -93,14 +105,17 @@ pub enum OpenError {
     Config(#[from] ConfigError),
 }
 
-/// Reads the teacher as the family its config's `student.arch` names (POA's
-/// own rule: the family's name appears in it) or, without one, its tensor
-/// names show.
+/// Reads the teacher as SDR when a routing spec lies beside it, else as the
+/// family its config's `student.arch` names (POA's own rule: the family's
+/// name appears in it) or, without one, its tensor names show.
 pub fn open(
     ckpt: &Checkpoint,
     config: Option<&PoaConfig>,
     overrides: &Overrides,
 ) -> Result<Teacher, OpenError> {
+    if let Some(spec) = sdr::spec_beside(ckpt.path()) {
+        return sdr::open(ckpt, &spec, overrides);
+    }
     match config.and_then(|c| Some((c, c.arch()?))) {
         Some((_, arch)) if arch.contains("vit") => vit::open(ckpt, config, overrides),
         Some((_, arch)) if arch.contains("resnet") => resnet::open(ckpt, config, overrides),
@@ -113,6 +128,38 @@ pub fn open(
         None if resnet::detect(ckpt) => resnet::open(ckpt, config, overrides),
         None if swin::is_swin(ckpt) => swin::open(ckpt, config, overrides),
         None => vit::open(ckpt, config, overrides),
+    }
+}
+
+/// Refuses the ViT grid flags for a teacher whose grid they do not shape.
+pub(crate) fn refuse_grid_flags(
+    overrides: &Overrides,
+    teacher: &str,
+    why: &str,
+) -> Result<(), ConfigError> {
+    for (flag, given) in [
+        ("--widths", overrides.widths.is_some()),
+        ("--depths", overrides.depths.is_some()),
+        ("--head-dim", overrides.head_dim.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::Invalid(format!(
+                "{flag} does not apply to {teacher} teacher ({why}): use --subnets"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an SDR id (`full`, `r0.1`) for a family whose sub-networks are
+/// a width and depths.
+pub(crate) fn refuse_sdr_id(spec: &SubnetSpec, family: &'static str) -> Result<(), FamilyError> {
+    match spec.path {
+        Some(_) => Err(FamilyError::SdrId {
+            id: spec.id(),
+            family,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -95,3 +95,22 @@ pub struct TensorCut {
     pub name: String,
     pub cut: Cut,
 }
+
+/// A tensor a family computes from several teacher tensors, stored as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Computed {
+    pub fn new(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Computed {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}");
+        Computed {
+            name: name.to_owned(),
+            shape,
+            data,
+        }
+    }
+}

@@ -372,6 +372,7 @@ impl Geometry {
         SubnetSpec {
             width,
             depths: Depths::new(&depths).expect("four stages fit Depths"),
+            path: None,
         }
     }
 
@@ -593,7 +594,8 @@ impl Family for Geometry {
     }
 
     /// Four stage depths, only stage 3's differing from the teacher's.
-    fn check(&self, s: &SubnetSpec) -> Result<(), FamilyError> {
+    fn check(&self, s: &SubnetSpec) -> Result<SubnetSpec, FamilyError> {
+        super::refuse_sdr_id(s, "Swin")?;
         let depths = s.depths.as_slice();
         if depths.len() != STAGES {
             return Err(FamilyError::Stages {
@@ -618,7 +620,8 @@ impl Family for Geometry {
             let min = if stage == ELASTIC_STAGE { 1 } else { max };
             (min, max)
         });
-        super::check_stage_depths(depths, bounds)
+        super::check_stage_depths(depths, bounds)?;
+        Ok(*s)
     }
 
     fn costs(&self, s: &SubnetSpec) -> Costs {
@@ -638,6 +641,7 @@ impl Family for Geometry {
             depths: Some(self.stage_depths(s).to_vec()),
             mid_widths: None,
             block_idx,
+            route: None,
         }
     }
 
@@ -1288,10 +1292,11 @@ mod tests {
     fn only_stage_three_is_elastic() {
         let g = poa_swin();
         assert_eq!(g.subnet(96, 6).id(), "w96-d2.2.6.2");
-        assert_eq!(g.check(&g.subnet(112, 18)), Ok(()));
+        assert_eq!(g.check(&g.subnet(112, 18)), Ok(g.subnet(112, 18)));
         let depths = |d: [u32; 4]| SubnetSpec {
             width: 96,
             depths: Depths::new(&d).unwrap(),
+            path: None,
         };
         let stage = |stage, depth, min, max| {
             Err(FamilyError::StageDepth {

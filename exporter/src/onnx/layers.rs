@@ -2,7 +2,7 @@
 //! the module they come from. Weights are passed in already sliced (α
 //! folded), so a layer knows nothing of elastic rules.
 
-use super::{Attr, GraphBuilder, Value};
+use super::{Attr, Dim, GraphBuilder, Value};
 
 /// The weight and (optional) bias of a `Gemm(transB=1)` in PyTorch's layout.
 #[derive(Debug, Clone)]
@@ -147,6 +147,45 @@ impl GraphBuilder {
         );
         let scaled = self.node("Mul", &format!("{name}.scale"), &[&normed, scale], &[]);
         self.node("Add", name, &[&scaled, bias], &[])
+    }
+
+    /// The outputs of a convolutional family from its last `[B, C, h, w]`
+    /// map of `hw` positions: `patch_tokens` `[B, hw, C]` (the map
+    /// flattened) and `cls_token` `[B, C]`, their mean.
+    pub fn map_outputs(&mut self, x: &Value, c: usize, hw: usize) {
+        let flat_shape = self.const_i64("tokens.shape", &[3], &[0, c as i64, -1]);
+        let flat = self.node("Reshape", "tokens.flatten", &[x, &flat_shape], &[]);
+        let tokens = self.node(
+            "Transpose",
+            "patch_tokens",
+            &[&flat],
+            &[("perm", Attr::Ints(vec![0, 2, 1]))],
+        );
+        let cls = self.node(
+            "ReduceMean",
+            "cls_token",
+            &[&tokens],
+            &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
+        );
+        self.output(&cls, &[Dim::Named("batch"), Dim::Fixed(c)]);
+        self.output(
+            &tokens,
+            &[Dim::Named("batch"), Dim::Fixed(hw), Dim::Fixed(c)],
+        );
+    }
+
+    /// ResNet's stem pool: 3×3 max, stride 2, padded by 1.
+    pub fn max_pool(&mut self, name: &str, x: &Value) -> Value {
+        self.node(
+            "MaxPool",
+            name,
+            &[x],
+            &[
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("strides", Attr::Ints(vec![2, 2])),
+                ("pads", Attr::Ints(vec![1; 4])),
+            ],
+        )
     }
 
     /// A 2-D convolution, `NCHW`.

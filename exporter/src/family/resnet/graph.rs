@@ -7,7 +7,7 @@ use onnx_protobuf::ModelProto;
 use super::{Block, Geometry, GN_EPS, STAGES, STEM_KERNEL};
 use crate::family::SubnetSpec;
 use crate::onnx::layers::{ConvShape, GroupNorm};
-use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+use crate::onnx::{ExternalData, GraphBuilder, Value};
 
 /// Emits the ONNX graph of one sub-network.
 pub(super) struct GraphWriter<'a> {
@@ -79,16 +79,7 @@ impl<'a> GraphWriter<'a> {
         };
         let x = self.conv_norm("stem", &pixels, "conv1.weight", "norm1.", stem, &gn);
         let x = self.relu("stem.relu", &x);
-        let mut x = self.b.node(
-            "MaxPool",
-            "stem.maxpool",
-            &[&x],
-            &[
-                ("kernel_shape", Attr::Ints(vec![3, 3])),
-                ("strides", Attr::Ints(vec![2, 2])),
-                ("pads", Attr::Ints(vec![1; 4])),
-            ],
-        );
+        let mut x = self.b.max_pool("stem.maxpool", &x);
         let kept = self.g.kept(self.spec.depths.as_slice());
         let mut renumbered = [0; STAGES];
         for block in kept.iter().copied() {
@@ -97,31 +88,10 @@ impl<'a> GraphWriter<'a> {
             x = self.bottleneck(&format!("layer{}.{j}", block.stage + 1), block, &x, &gn);
         }
 
-        // [B, C, h, w] -> tokens [B, hw, C]; the CLS output is their mean.
         let c = self.g.out_channels(STAGES - 1) as usize;
         let (_, sides) = self.g.sides();
         let hw = (sides[STAGES - 1] as usize).pow(2);
-        let flat_shape = self.b.const_i64("tokens.shape", &[3], &[0, c as i64, -1]);
-        let flat = self
-            .b
-            .node("Reshape", "tokens.flatten", &[&x, &flat_shape], &[]);
-        let tokens = self.b.node(
-            "Transpose",
-            "patch_tokens",
-            &[&flat],
-            &[("perm", Attr::Ints(vec![0, 2, 1]))],
-        );
-        let cls = self.b.node(
-            "ReduceMean",
-            "cls_token",
-            &[&tokens],
-            &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
-        );
-        self.b.output(&cls, &[Dim::Named("batch"), Dim::Fixed(c)]);
-        self.b.output(
-            &tokens,
-            &[Dim::Named("batch"), Dim::Fixed(hw), Dim::Fixed(c)],
-        );
+        self.b.map_outputs(&x, c, hw);
         let doc = format!(
             "POA elastic ResNet sub-network {}: mid widths {:?}, blocks {:?} of {:?}",
             self.spec.id(),

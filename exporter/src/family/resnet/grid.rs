@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{Geometry, STAGES};
 use crate::checkpoint::Checkpoint;
 use crate::config::{ConfigError, Overrides, PoaConfig};
-use crate::family::{Depths, FamilyError, OpenError, SubnetSpec, Teacher};
+use crate::family::{refuse_grid_flags, Depths, FamilyError, OpenError, SubnetSpec, Teacher};
 
 /// The checkpoints this family reads, as errors name them.
 const FAMILY: &str = "POA ResNet (resnet_dynamic)";
@@ -127,18 +127,11 @@ pub fn open(
     config: Option<&PoaConfig>,
     overrides: &Overrides,
 ) -> Result<Teacher, OpenError> {
-    for (flag, given) in [
-        ("--widths", overrides.widths.is_some()),
-        ("--depths", overrides.depths.is_some()),
-        ("--head-dim", overrides.head_dim.is_some()),
-    ] {
-        if given {
-            return Err(ConfigError::Invalid(format!(
-                "{flag} does not apply to a ResNet teacher (its grid is the config's mid widths × per-stage depths): use --subnets"
-            ))
-            .into());
-        }
-    }
+    refuse_grid_flags(
+        overrides,
+        "a ResNet",
+        "its grid is the config's mid widths × per-stage depths",
+    )?;
     let facts = tensor_facts(ckpt)?;
     let mut assumptions = Vec::new();
     let geometry = match config {
@@ -274,6 +267,7 @@ fn grid(g: &Geometry) -> Vec<SubnetSpec> {
         .into_iter()
         .flat_map(|width| {
             depths.iter().map(move |d| SubnetSpec {
+                path: None,
                 width,
                 depths: Depths::new(d).expect("four stages"),
             })

@@ -310,7 +310,8 @@ impl Family for Geometry {
         })
     }
 
-    fn check(&self, s: &SubnetSpec) -> Result<(), FamilyError> {
+    fn check(&self, s: &SubnetSpec) -> Result<SubnetSpec, FamilyError> {
+        super::refuse_sdr_id(s, "ResNet")?;
         let depths = s.depths.as_slice();
         if depths.len() != STAGES {
             return Err(FamilyError::Stages {
@@ -326,7 +327,8 @@ impl Family for Geometry {
             });
         }
         let bounds = self.min_depths.iter().copied().zip(self.max_depths);
-        super::check_stage_depths(depths, bounds)
+        super::check_stage_depths(depths, bounds)?;
+        Ok(*s)
     }
 
     fn costs(&self, s: &SubnetSpec) -> Costs {
@@ -351,6 +353,7 @@ impl Family for Geometry {
                 .iter()
                 .map(|b| (first[b.stage] + b.index) as u16)
                 .collect(),
+            route: None,
         }
     }
 
@@ -358,6 +361,7 @@ impl Family for Geometry {
         SubnetSpec {
             width,
             depths: super::Depths::new(&self.max_depths).expect("four stages"),
+            path: None,
         }
     }
 

@@ -207,7 +207,8 @@ impl Family for Geometry {
         })
     }
 
-    fn check(&self, s: &SubnetSpec) -> Result<(), FamilyError> {
+    fn check(&self, s: &SubnetSpec) -> Result<SubnetSpec, FamilyError> {
+        super::refuse_sdr_id(s, "ViT")?;
         let &[depth] = s.depths.as_slice() else {
             return Err(FamilyError::Stages {
                 family: "ViT",
@@ -233,7 +234,7 @@ impl Family for Geometry {
                 max: self.max_depth,
             });
         }
-        Ok(())
+        Ok(*s)
     }
 
     fn costs(&self, s: &SubnetSpec) -> Costs {
@@ -245,6 +246,7 @@ impl Family for Geometry {
             depths: None,
             mid_widths: None,
             block_idx: linspace_blocks(self.max_depth, s.depths.total()),
+            route: None,
         }
     }
 
@@ -432,6 +434,9 @@ mod tests {
                 found: 4
             })
         );
-        assert_eq!(g.check(&SubnetSpec::single(384, 12)), Ok(()));
+        assert_eq!(
+            g.check(&SubnetSpec::single(384, 12)),
+            Ok(SubnetSpec::single(384, 12))
+        );
     }
 }
