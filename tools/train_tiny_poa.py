@@ -1,6 +1,6 @@
 """Trains the quickstart's example teacher: `python3 tools/train_tiny_poa.py`.
 
-A tiny POA ViT (widths 48..96, depths 3..6, head_dim 16, patch 4, 32 px) trained
+A tiny POA ViT (widths 48..96, depths 3..6, head_dim 16, patch 8, 32 px) trained
 the way POA trains (alipay/POA, poa/train/ssl_meta_arch.py), shrunk to minutes
 on 2 CPU cores: an EMA teacher (the full network) gives Sinkhorn-Knopp targets
 for two global crops; each step the student runs the full network AND one
@@ -79,9 +79,8 @@ class Recipe:
     local_crops: int = 4
     global_scale: tuple[float, float] = (0.5, 1.0)
     local_scale: tuple[float, float] = (0.2, 0.5)
-    solarize: float = (
-        0.0  # on the second global crop (POA: 0.2; MNIST is already binary)
-    )
+    # Solarize probability of the second global crop (POA: 0.2; MNIST is near binary).
+    solarize: float = 0.0
     local_size: int = 16
     lr: float = 1e-3
     min_lr: float = 2e-5
