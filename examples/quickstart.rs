@@ -59,7 +59,7 @@ fn quickstart() -> Result<()> {
         .unwrap_or(DEFAULT_MEMORY_MB);
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let teacher = root.join("examples/poa-vit-tiny/eval/training_1000/teacher_checkpoint.pth");
+    let teacher = root.join("examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth");
     let out = root.join("target/quickstart-bundle");
 
     // 1. Export every sub-network of the example teacher.

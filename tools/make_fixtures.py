@@ -47,7 +47,6 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     vit_tiny(ROOT / "tests/fixtures/vit-tiny")
     vit_deep31(ROOT / "tests/fixtures/vit-deep31")
-    example(ROOT / "examples/poa-vit-tiny")
 
 
 def vit_tiny(out: Path) -> None:
@@ -111,18 +110,6 @@ def vit_deep31(out: Path) -> None:
     tensors = {"input": x} | references("", g, fp32, x, subnets)
     meta = metadata(g, {d for _, d in subnets}, paper_block_idx={"23": paper})
     save_safetensors(out / "reference.safetensors", tensors, meta)
-
-
-def example(out: Path) -> None:
-    """The quickstart's teacher; untrained until a later issue replaces the weights."""
-    g = Geometry(max_width=96, max_depth=6, head_dim=16, patch_size=4, image_size=32)
-    gen = torch.Generator().manual_seed(1000)
-    fp32 = init_teacher(g, gen)
-    write_config(out / "config.yaml", g, range(48, 97, 16), range(3, 7, 1))
-    save_pth(
-        out / "eval/training_1000/teacher_checkpoint.pth",
-        {"teacher": poa_names(fp32) | training_heads(g, gen)},
-    )
 
 
 def init_teacher(g: Geometry, gen: torch.Generator, ln_bias: bool = True) -> State:
@@ -332,8 +319,16 @@ def metadata(g: Geometry, depths: Iterable[int], **extra: object) -> dict[str, s
     return {"fixture": json.dumps(fixture, sort_keys=True)}
 
 
-def write_config(path: Path, g: Geometry, widths: range, depths: range) -> None:
-    """A POA training config as OmegaConf dumps it; few keys describe the teacher."""
+def write_config(
+    path: Path,
+    g: Geometry,
+    widths: range,
+    depths: range,
+    overrides: dict[str, dict[str, object]] | None = None,
+) -> None:
+    """A POA training config as OmegaConf dumps it; few keys describe the teacher.
+
+    `overrides` replaces keys section by section (a real training run's values)."""
     mixed = {"param_dtype": "fp16", "reduce_dtype": "fp16", "buffer_dtype": "fp32"}
     head = {
         "head_n_prototypes": [64],
@@ -427,6 +422,8 @@ def write_config(path: Path, g: Geometry, widths: range, depths: range) -> None:
         },
         "evaluation": {"eval_period_iterations": 12500},
     }
+    for section, values in (overrides or {}).items():
+        config[section] = {**config.get(section, {}), **values}
     require(
         widths.stop - 1 == g.max_width and depths.stop - 1 == g.max_depth,
         f"{path}: grid does not end at the teacher",

@@ -202,7 +202,15 @@ class ElasticViT(nn.Module):
         )
         patches = patches.flatten(2).transpose(1, 2)
         cls = self.cls_token[..., :width].expand(x.shape[0], -1, -1)
-        return torch.cat([cls, patches], dim=1) + self.pos_embed[..., :width]
+        grid = (x.shape[-2] // conv.stride[0], x.shape[-1] // conv.stride[1])
+        return torch.cat([cls, patches], dim=1) + self.position_embedding(width, grid)
+
+    def position_embedding(self, width: int, grid: tuple[int, int]) -> Tensor:
+        """The CLS and patch position embeddings, sliced; only the teacher's grid."""
+        side = self.geometry.image_size // self.geometry.patch_size
+        if grid != (side, side):
+            raise ValueError(f"patch grid {grid} is not the teacher's {side}x{side}")
+        return self.pos_embed[..., :width]
 
     def forward(self, x: Tensor, width: int, depth: int) -> tuple[Tensor, Tensor]:
         """POA's elastic forward: final-normed CLS [B, w] and patches [B, N, w]."""
@@ -283,6 +291,16 @@ def poa_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
         key = _POA_NORM.sub(r"\1.norm.\2", key)
         renamed[f"backbone.{key}"] = tensor
     return renamed
+
+
+def backbone_from_poa(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """POA's checkpoint names -> plain DINOv2 names; training heads are dropped."""
+    plain = {}
+    for key, tensor in state.items():
+        if key.startswith("backbone."):
+            key = key.removeprefix("backbone.")
+            plain[key.replace(".linear.", ".").replace(".norm.", ".")] = tensor
+    return plain
 
 
 def chunked_names(

@@ -383,7 +383,7 @@ fn a_failed_write_leaves_no_bundle() {
         "trap '' XFSZ; ulimit -f 64; exec '{}' --all-subnets '{}' -o '{}' -q",
         env!("CARGO_BIN_EXE_exporter"),
         root()
-            .join("examples/poa-vit-tiny/eval/training_1000/teacher_checkpoint.pth")
+            .join("examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth")
             .display(),
         out.display()
     );
