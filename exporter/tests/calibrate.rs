@@ -330,3 +330,33 @@ fn bad_datasets_are_named_and_leave_the_bundle_untouched() {
     std::fs::write(&no_zip, "hello").unwrap();
     assert_refused(&bundle, &no_zip, &["text.npz", "not an .npz"]);
 }
+
+#[test]
+fn plot_draws_quality_against_macs_or_changes_nothing() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 40);
+    let before = sha256(&bundle.join("manifest.json"));
+    // A plot that cannot be written fails before the bundle changes.
+    let nowhere = dir.path().join("missing/pareto.svg");
+    let out = calibrate(&bundle, &data, &["--plot", nowhere.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pareto.svg"), "{err}");
+    assert_eq!(sha256(&bundle.join("manifest.json")), before);
+
+    let svg = dir.path().join("pareto.svg");
+    let out = calibrate(&bundle, &data, &["--plot", svg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("MACs per image") && svg.contains("knn_top1"),
+        "{svg}"
+    );
+    assert_ne!(sha256(&bundle.join("manifest.json")), before);
+    assert!(!dir.path().join("pareto.svg.partial").exists());
+}

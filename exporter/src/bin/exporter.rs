@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tailor_calibration::plot::{pareto_svg, Chart, Cost, Point};
 use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::bundle::{self, WriteOptions};
 use tailor_exporter::config::{GridRange, Overrides};
@@ -87,6 +88,7 @@ board's share of its smallest variant's RAM. The service's memory limit is
   exporter calibrate bundle/ --data split/             # split/train/CLASS/*, split/val/CLASS/*: your split
   exporter calibrate bundle/ --data mnist-calib.npz    # images uint8 [N,H,W] or [N,H,W,3], labels int [N]
   exporter calibrate bundle/ --data photos/ --no-labels   # label-free: CKA fidelity to the largest
+  exporter calibrate bundle/ --data mnist-calib.npz --plot pareto.svg   # and draw quality against MACs
   runtime select bundle/ --latency-ms 25 --min-quality 90
 
 With labels, quality is the weighted k-NN top-1 accuracy in percent of
@@ -131,6 +133,10 @@ struct CalibrateArgs {
     /// to FILE.npz (to check the metrics with tools/knn_reference.py).
     #[arg(long, value_name = "FILE.npz")]
     dump_features: Option<PathBuf>,
+    /// Also draw quality against MACs to FILE.svg, the Pareto front
+    /// highlighted (sub-networks no other beats on both).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -558,6 +564,10 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     if let Some(path) = &args.dump_features {
         record::write_features(path, &dataset, &calibrated)?;
     }
+    // Drawn before the bundle changes, so a plot that fails changes nothing.
+    if let Some(path) = &args.plot {
+        plot(path, &bundle, &calibrated).with_context(|| format!("drawing {}", path.display()))?;
+    }
     let ranges = record::write(&bundle, &dataset, &calibrated)
         .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
     if args.json {
@@ -610,6 +620,33 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
         ranges.display()
     );
     Ok(())
+}
+
+/// Quality against MACs, written whole or not at all.
+fn plot(path: &Path, bundle: &Bundle, calibrated: &tailor_calibration::Calibrated) -> Result<()> {
+    let points: Vec<_> = bundle
+        .manifest()
+        .subnets
+        .iter()
+        .zip(&calibrated.scores)
+        .map(|(s, q)| Point {
+            id: s.id.to_owned(),
+            cost: s.macs as f64,
+            quality: q.quality(),
+        })
+        .collect();
+    let svg = pareto_svg(&Chart {
+        points: &points,
+        cost: Cost::Macs,
+        quality: calibrated.metric.name(),
+        chosen: None,
+    })?;
+    let staged = path.with_extension("svg.partial");
+    let written = std::fs::write(&staged, svg).and_then(|()| std::fs::rename(&staged, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    Ok(written?)
 }
 
 fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
