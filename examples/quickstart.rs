@@ -25,9 +25,6 @@ const DEFAULT_LATENCY_MS: f64 = 4.0;
 const DEFAULT_MEMORY_MB: f64 = 512.0;
 /// Held-out MNIST images with labels (written by tools/train_tiny_poa.py).
 const CALIBRATION_DATA: &str = "examples/mnist-calib.npz";
-/// The first images of it are scored: enough to rank the sizes, few enough
-/// to take seconds (`exporter calibrate` scores all by default).
-const CALIBRATION_IMAGES: usize = 300;
 
 fn main() -> ExitCode {
     // Candidates are measured in children: this program re-executed.
@@ -153,7 +150,7 @@ fn calibrate(bundle: &Path, data: &Path) -> Result<()> {
     let load = LoadOptions {
         labels: true,
         seed: 0,
-        limit: Some(CALIBRATION_IMAGES),
+        limit: None,
     };
     let dataset = Dataset::load(data, load)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
