@@ -122,6 +122,15 @@ pub struct GridRange {
 }
 
 impl GridRange {
+    /// `start..=end` by `step`, as a config's `min_*`, `max_*` and interval give it.
+    pub(crate) fn stepped(start: u32, end: u32, step: u32) -> GridRange {
+        GridRange {
+            start,
+            end,
+            step: Some(step),
+        }
+    }
+
     /// The values, stepping by the range's step or else `default_step`.
     pub fn values(self, default_step: u32) -> Vec<u32> {
         let step = self.step.unwrap_or(default_step).max(1) as usize;
@@ -178,6 +187,20 @@ pub(crate) struct Axis {
 }
 
 impl Axis {
+    /// Widths: multiples of `head_dim` from `min` to the teacher's `max`.
+    pub(crate) fn widths(head_dim: u32, min: u32, max: u32, why: &'static str) -> Axis {
+        Axis {
+            name: "widths",
+            unit: head_dim,
+            default: GridRange {
+                start: min,
+                end: max,
+                step: Some(head_dim),
+            },
+            why,
+        }
+    }
+
     pub(crate) fn values(
         self,
         flag: Option<GridRange>,

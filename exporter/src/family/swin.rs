@@ -305,23 +305,17 @@ pub fn resolve(
         .validate()
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let h = facts.head_dim;
-    let widths = Axis {
-        name: "widths",
-        unit: h,
-        default: GridRange {
-            start: (3 * facts.max_width / 4).div_ceil(h) * h,
-            end: facts.max_width,
-            step: Some(h),
-        },
-        why: "POA's Swin grid, 3/4 of the full width; pass --widths",
-    }
+    let widths = Axis::widths(
+        h,
+        (3 * facts.max_width / 4).div_ceil(h) * h,
+        facts.max_width,
+        "POA's Swin grid, 3/4 of the full width; pass --widths",
+    )
     .values(
         overrides.widths,
-        student.as_ref().map(|s| GridRange {
-            start: s.min_embed_dim,
-            end: s.max_embed_dim,
-            step: Some(h * s.width_interval),
-        }),
+        student
+            .as_ref()
+            .map(|s| GridRange::stepped(s.min_embed_dim, s.max_embed_dim, h * s.width_interval)),
         &mut assumptions,
     );
     let max = facts.max_depths[ELASTIC_STAGE];
@@ -337,11 +331,9 @@ pub fn resolve(
     }
     .values(
         overrides.depths,
-        student.as_ref().map(|s| GridRange {
-            start: s.min_s3_depth,
-            end: max,
-            step: Some(s.depth_interval),
-        }),
+        student
+            .as_ref()
+            .map(|s| GridRange::stepped(s.min_s3_depth, max, s.depth_interval)),
         &mut assumptions,
     );
     Ok(Grid {

@@ -248,22 +248,20 @@ fn resolve(
             facts.tokens
         )));
     }
-    let widths = Axis {
-        name: "widths",
-        unit: head_dim,
-        default: GridRange {
-            start: (3 * facts.max_width / 8).div_ceil(head_dim) * head_dim,
-            end: facts.max_width,
-            step: Some(head_dim),
-        },
-        why: "POA's 3/8 of the full width; pass --widths",
-    }
+    let widths = Axis::widths(
+        head_dim,
+        (3 * facts.max_width / 8).div_ceil(head_dim) * head_dim,
+        facts.max_width,
+        "POA's 3/8 of the full width; pass --widths",
+    )
     .values(
         overrides.widths,
-        student.map(|s| GridRange {
-            start: s.min_embed_dim,
-            end: s.max_embed_dim,
-            step: Some(head_dim * s.width_interval),
+        student.map(|s| {
+            GridRange::stepped(
+                s.min_embed_dim,
+                s.max_embed_dim,
+                head_dim * s.width_interval,
+            )
         }),
         &mut assumptions,
     );
@@ -279,11 +277,7 @@ fn resolve(
     }
     .values(
         overrides.depths,
-        student.map(|s| GridRange {
-            start: s.min_depth,
-            end: s.max_depth,
-            step: Some(s.depth_interval),
-        }),
+        student.map(|s| GridRange::stepped(s.min_depth, s.max_depth, s.depth_interval)),
         &mut assumptions,
     );
     Ok(Resolved {
