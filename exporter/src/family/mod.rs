@@ -163,6 +163,25 @@ pub(crate) fn refuse_sdr_id(spec: &SubnetSpec, family: &'static str) -> Result<(
     }
 }
 
+/// A width that exists in an attention family's grid: within the teacher's
+/// and a whole number of heads.
+pub(crate) fn check_head_width(
+    width: u32,
+    max_width: u32,
+    head_dim: u32,
+) -> Result<(), FamilyError> {
+    if width == 0 || width > max_width {
+        return Err(FamilyError::WidthRange {
+            width,
+            max: max_width,
+        });
+    }
+    if !width.is_multiple_of(head_dim) {
+        return Err(FamilyError::WidthNotMultiple { width, head_dim });
+    }
+    Ok(())
+}
+
 /// Each stage's depth within its grid bounds `(min, max)`, stage by stage.
 pub(crate) fn check_stage_depths(
     depths: &[u32],

@@ -596,18 +596,7 @@ impl Family for Geometry {
                 found: depths.len(),
             });
         }
-        if s.width == 0 || s.width > self.max_width {
-            return Err(FamilyError::WidthRange {
-                width: s.width,
-                max: self.max_width,
-            });
-        }
-        if !s.width.is_multiple_of(self.head_dim) {
-            return Err(FamilyError::WidthNotMultiple {
-                width: s.width,
-                head_dim: self.head_dim,
-            });
-        }
+        super::check_head_width(s.width, self.max_width, self.head_dim)?;
         let bounds = self.max_depths.iter().enumerate().map(|(stage, &max)| {
             let min = if stage == ELASTIC_STAGE { 1 } else { max };
             (min, max)
