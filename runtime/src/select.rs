@@ -180,6 +180,8 @@ pub enum Stage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Trial {
     pub id: String,
+    /// The engine that measured it.
+    pub engine: EngineKind,
     pub stage: Stage,
     pub predicted_ms: Option<f64>,
     /// `None` when the candidate failed to load or run.
@@ -367,6 +369,20 @@ struct Found {
     trials: Vec<Trial>,
     confirmed: Confirmed,
     noisy: bool,
+    /// What the user should know about how it was found.
+    notes: Vec<String>,
+}
+
+/// How one engine's search ended.
+enum Ended {
+    /// `index` (in the manifest) won; `better` are the candidates ranked
+    /// above it.
+    Chosen { index: usize, better: Vec<usize> },
+    /// Nothing fits, and why.
+    NothingFits(String),
+    /// The search stopped: the same failure twice in a row, one that would
+    /// hit every candidate, or two candidates over memory.
+    Stopped(SelectError),
 }
 
 /// Why `min_quality` excludes everything: the best score and its metric, or
@@ -465,7 +481,8 @@ impl Runtime {
             }
         }
 
-        let found = self.search(&resolved, limits.percentile, &engines)?;
+        let mut found = self.search(&resolved, limits.percentile, &engines)?;
+        notes.append(&mut found.notes);
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[found.index];
         let session = self
@@ -596,59 +613,88 @@ impl Runtime {
         Ok(measured.remove(0))
     }
 
+    /// Searches with the first engine (racing the others on the first
+    /// candidate). With `auto`, the engine that lost the race then looks
+    /// among the candidates ranked above the choice, or among all when
+    /// nothing fit: one race on the cheapest candidate does not decide
+    /// which engine fits the most at every limit.
     fn search(
         &self,
         limits: &policy::Limits,
         percentile: Percentile,
         engines: &[EngineInfo],
     ) -> Result<Found, SelectError> {
-        let manifest = self.bundle.manifest();
-        let candidates: Vec<Candidate> = manifest.subnets.iter().map(Candidate::from).collect();
-        let mut selector = BundleSelector::new(&candidates, *limits)?;
-        let mut search = Search {
-            runtime: self,
-            limits,
-            percentile,
-            engine: engines[0].clone(),
-            contenders: engines[1..].to_vec(),
-            engine_trials: Vec::new(),
-            trials: Vec::new(),
-            last_failure: None,
-            confirmations: 0,
+        let everyone: Vec<usize> = (0..self.bundle.manifest().subnets.len()).collect();
+        let mut search = Search::new(self, limits, percentile, engines);
+        let ended = search.run(&everyone)?;
+        let other = engines.iter().find(|e| e.kind != search.engine.kind);
+        let (pool, other) = match (&ended, other) {
+            (_, None) => return search.end(ended),
+            // Nothing measured: what excluded everything excludes it for any engine.
+            _ if search.trials.is_empty() => return search.end(ended),
+            (Ended::Chosen { better, .. }, _) if better.is_empty() => return search.end(ended),
+            (Ended::Chosen { better, .. }, Some(other)) => (better.clone(), other),
+            (Ended::NothingFits(_) | Ended::Stopped(_), Some(other)) => (everyone, other),
         };
-        loop {
-            match selector.next() {
-                Step::Measure(i) => {
-                    let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
-                    let obs = search.measure(i, predicted_ms)?;
-                    selector.record(i, obs)?;
-                }
-                Step::Confirm { index, rival } => {
-                    for (i, obs) in search.confirm(index, rival)? {
-                        selector.record_confirmation(i, obs)?;
-                    }
-                }
-                Step::Chosen { index, .. } => return search.found(index),
-                Step::NothingFits(shortfall) => {
-                    let mut why = self.explain(shortfall, limits, percentile);
-                    if let Some(note) = search.trials.iter().rev().find_map(|t| t.note.as_ref()) {
-                        why.push_str(&format!("; the last failure: {note}"));
-                    }
-                    return Err(SelectError::NothingFits(why));
-                }
+        let mut second = Search::new(self, limits, percentile, std::slice::from_ref(other));
+        let looked = second.run(&pool);
+        let manifest = self.bundle.manifest();
+        let beaten = match &ended {
+            Ended::Chosen { index, .. } => format!(
+                "ranked above {}'s choice, {}",
+                search.engine, manifest.subnets[*index].id
+            ),
+            Ended::NothingFits(_) => format!("where nothing fit with {}", search.engine),
+            Ended::Stopped(e) => format!("where the search with {} ended: {e}", search.engine),
+        };
+        let why = match looked {
+            Ok(Ended::Chosen { index, .. }) => {
+                let note = format!(
+                    "{} fits with {}, {beaten}",
+                    manifest.subnets[index].id, second.engine
+                );
+                second
+                    .trials
+                    .splice(0..0, std::mem::take(&mut search.trials));
+                second.engine_trials = std::mem::take(&mut search.engine_trials);
+                let mut found = second.end(Ended::Chosen {
+                    index,
+                    better: Vec::new(),
+                })?;
+                found.notes.push(note);
+                return Ok(found);
             }
+            Ok(Ended::NothingFits(why)) => why,
+            Ok(Ended::Stopped(e)) | Err(e) => format!("{:#}", anyhow::Error::from(e)),
+        };
+        let note = format!("{} found nothing better: {why}", second.engine);
+        match search.end(ended) {
+            Ok(mut found) => {
+                found.trials.append(&mut second.trials);
+                found.notes.push(note);
+                Ok(found)
+            }
+            Err(SelectError::NothingFits(first)) => {
+                Err(SelectError::NothingFits(format!("{first}; {note}")))
+            }
+            Err(SelectError::Stopped(first)) => {
+                Err(SelectError::Stopped(format!("{first}; {note}")))
+            }
+            Err(e) => Err(e),
         }
     }
 
+    /// Why nothing fits, in words; the shortfall's indices are into `pool`.
     fn explain(
         &self,
         shortfall: Shortfall,
+        pool: &[usize],
         limits: &policy::Limits,
         percentile: Percentile,
     ) -> String {
         let manifest = self.bundle.manifest();
         let mb = |b: u64| b as f64 / MB;
-        let id = |i: usize| manifest.subnets[i].id;
+        let id = |i: usize| manifest.subnets[pool[i]].id;
         let against = |m: &policy::Measurement| {
             format!(
                 "{:.2} ms (p{}) and {:.0} MB against limits of {:.2} ms and {:.0} MB",
@@ -768,7 +814,74 @@ struct Search<'r> {
     confirmations: u32,
 }
 
-impl Search<'_> {
+impl<'r> Search<'r> {
+    /// A search measuring with `engines[0]`, racing the rest on the first
+    /// candidate.
+    fn new(
+        runtime: &'r Runtime,
+        limits: &'r policy::Limits,
+        percentile: Percentile,
+        engines: &[EngineInfo],
+    ) -> Self {
+        Search {
+            runtime,
+            limits,
+            percentile,
+            engine: engines[0].clone(),
+            contenders: engines[1..].to_vec(),
+            engine_trials: Vec::new(),
+            trials: Vec::new(),
+            last_failure: None,
+            confirmations: 0,
+        }
+    }
+
+    /// Steps a selector over the `pool`'s candidates (manifest indices)
+    /// until it chooses one or nothing fits.
+    fn run(&mut self, pool: &[usize]) -> Result<Ended, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let candidates: Vec<Candidate> = pool
+            .iter()
+            .map(|&i| Candidate::from(&manifest.subnets[i]))
+            .collect();
+        let mut selector = BundleSelector::new(&candidates, *self.limits)?;
+        loop {
+            match selector.next() {
+                Step::Measure(i) => {
+                    let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
+                    let obs = match self.measure(pool[i], predicted_ms) {
+                        Ok(obs) => obs,
+                        Err(e) => return stopped(e),
+                    };
+                    selector.record(i, obs)?;
+                }
+                Step::Confirm { index, rival } => {
+                    let confirmed = match self.confirm(pool[index], rival.map(|r| pool[r])) {
+                        Ok(confirmed) => confirmed,
+                        Err(e) => return stopped(e),
+                    };
+                    for (i, obs) in std::iter::once(index).chain(rival).zip(confirmed) {
+                        selector.record_confirmation(i, obs)?;
+                    }
+                }
+                Step::Chosen { index, .. } => {
+                    return Ok(Ended::Chosen {
+                        index: pool[index],
+                        better: selector.ranked_above(index).map(|i| pool[i]).collect(),
+                    })
+                }
+                Step::NothingFits(shortfall) => {
+                    let mut why = runtime.explain(shortfall, pool, self.limits, self.percentile);
+                    if let Some(note) = self.trials.iter().rev().find_map(|t| t.note.as_ref()) {
+                        why.push_str(&format!("; the last failure: {note}"));
+                    }
+                    return Ok(Ended::NothingFits(why));
+                }
+            }
+        }
+    }
+
     /// A first measurement of candidate `i`.
     fn measure(&mut self, i: usize, predicted_ms: Option<f64>) -> Result<Observation, SelectError> {
         let runtime = self.runtime;
@@ -793,6 +906,7 @@ impl Search<'_> {
                 let fits = self.limits.admit(&point);
                 self.trials.push(Trial {
                     id: subnet.id.to_owned(),
+                    engine: self.engine.kind,
                     stage: Stage::Search,
                     predicted_ms,
                     measured: Some(m),
@@ -805,6 +919,7 @@ impl Search<'_> {
             Err(Stop::Candidate(note)) => {
                 self.trials.push(Trial {
                     id: subnet.id.to_owned(),
+                    engine: self.engine.kind,
                     stage: Stage::Search,
                     predicted_ms,
                     measured: None,
@@ -868,12 +983,13 @@ impl Search<'_> {
     }
 
     /// Fresh, longer measurements of a would-be winner and its rival,
-    /// interleaved; repeated longer while noisy.
+    /// interleaved; repeated longer while noisy. The observations come in
+    /// that order.
     fn confirm(
         &mut self,
         index: usize,
         rival: Option<usize>,
-    ) -> Result<Vec<(usize, Observation)>, SelectError> {
+    ) -> Result<Vec<Observation>, SelectError> {
         let runtime = self.runtime;
         let manifest = runtime.bundle.manifest();
         let indices: Vec<usize> = std::iter::once(index).chain(rival).collect();
@@ -919,13 +1035,14 @@ impl Search<'_> {
                         let fits = self.limits.admit(&point);
                         self.trials.push(Trial {
                             id: manifest.subnets[i].id.to_owned(),
+                            engine: self.engine.kind,
                             stage: Stage::Confirm,
                             predicted_ms: None,
                             measured: Some(m),
                             note: None,
                             fits,
                         });
-                        (i, Observation::Measured(point))
+                        Observation::Measured(point)
                     })
                     .collect())
             }
@@ -933,19 +1050,25 @@ impl Search<'_> {
             Err(Stop::Candidate(note)) => {
                 self.trials.push(Trial {
                     id: manifest.subnets[index].id.to_owned(),
+                    engine: self.engine.kind,
                     stage: Stage::Confirm,
                     predicted_ms: None,
                     measured: None,
                     note: Some(note),
                     fits: false,
                 });
-                Ok(indices.iter().map(|&i| (i, Observation::Failed)).collect())
+                Ok(vec![Observation::Failed; indices.len()])
             }
         }
     }
 
-    /// The winner's confirmation, as found.
-    fn found(self, index: usize) -> Result<Found, SelectError> {
+    /// The search's result: the winner's confirmation, or why nothing fits.
+    fn end(self, ended: Ended) -> Result<Found, SelectError> {
+        let index = match ended {
+            Ended::Chosen { index, .. } => index,
+            Ended::NothingFits(why) => return Err(SelectError::NothingFits(why)),
+            Ended::Stopped(e) => return Err(e),
+        };
         let runtime = self.runtime;
         let manifest = runtime.bundle.manifest();
         let id = manifest.subnets[index].id;
@@ -991,6 +1114,7 @@ impl Search<'_> {
             measured: winner,
             trials: self.trials,
             confirmed,
+            notes: Vec::new(),
         })
     }
 
@@ -1045,6 +1169,14 @@ impl Search<'_> {
     }
 }
 
+/// A search the failure rules ended, as such; other errors as they are.
+fn stopped(e: SelectError) -> Result<Ended, SelectError> {
+    match e {
+        SelectError::Stopped(_) | SelectError::NothingFits(_) => Ok(Ended::Stopped(e)),
+        e => Err(e),
+    }
+}
+
 /// How a failed measurement ends.
 enum Stop {
     /// The search is over.
@@ -1091,9 +1223,10 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
         );
         let _ = writeln!(
             out,
-            "  {:<12} {:<8} {:>10} {:>10} {:>10} {:>9}  verdict",
+            "  {:<12} {:<8} {:<6} {:>10} {:>10} {:>10} {:>9}  verdict",
             "id",
             "stage",
+            "engine",
             "predicted",
             format!("p{p} ms"),
             "upper ms",
@@ -1122,8 +1255,9 @@ pub fn render_selection(m: &crate::manifest::Manifest<'_>, c: &Chosen) -> String
             };
             let _ = writeln!(
                 out,
-                "  {:<12} {stage:<8} {predicted:>10} {lat:>10} {upper:>10} {mem:>9}  {verdict}",
-                t.id
+                "  {:<12} {stage:<8} {:<6} {predicted:>10} {lat:>10} {upper:>10} {mem:>9}  {verdict}",
+                t.id,
+                t.engine.to_string()
             );
         }
     }

@@ -562,6 +562,15 @@ impl<const N: usize> Selector<N> {
         Some(self.model?.predict(&entry.candidate.shape()) as f32)
     }
 
+    /// The candidates whose objective ranks strictly above `index`'s: all
+    /// another engine could choose that would beat this choice.
+    pub fn ranked_above(&self, index: usize) -> impl Iterator<Item = usize> + '_ {
+        let score = self.entries.get(index).map_or(f64::INFINITY, |e| e.score);
+        self.indexed()
+            .filter(move |(_, e)| e.score > score)
+            .map(|(i, _)| i)
+    }
+
     /// Every observation recorded so far, by candidate index (a
     /// confirmation in place of the search's measurement).
     pub fn measured(&self) -> impl Iterator<Item = (usize, Observation)> + '_ {
