@@ -100,7 +100,10 @@ pub fn transfer_heads(
     let (labels, (fit, score)) = match &dataset.labels {
         Some(l) => {
             let classes: Vec<i64> = l.class.iter().map(|&c| i64::from(c)).collect();
-            (Some(Labels::new(&classes)?), (l.train.clone(), l.val.clone()))
+            (
+                Some(Labels::new(&classes)?),
+                (l.train.clone(), l.val.clone()),
+            )
         }
         None => (None, crate::dataset::split(teacher.nrows(), opts.seed)),
     };

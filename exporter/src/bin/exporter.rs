@@ -710,7 +710,11 @@ fn print_heads(heads: &Heads, args: &CalibrateArgs) -> Result<()> {
     )?;
     outln!(
         "{:<12} {:>9} {:>9} {:>15} {:>15}",
-        "id", "accuracy", "agreement", "trunc. accuracy", "trunc. agreement"
+        "id",
+        "accuracy",
+        "agreement",
+        "trunc. accuracy",
+        "trunc. agreement"
     )?;
     for s in &heads.subnets {
         outln!(

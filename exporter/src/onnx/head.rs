@@ -83,12 +83,10 @@ pub fn with_logits(path: &Path, head: &Affine) -> Result<Vec<u8>, HeadGraphError
         path: path.to_owned(),
         problem,
     })?;
-    model
-        .write_to_bytes()
-        .map_err(|e| HeadGraphError::Write {
-            path: path.to_owned(),
-            source: io::Error::other(e),
-        })
+    model.write_to_bytes().map_err(|e| HeadGraphError::Write {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })
 }
 
 /// Every sub-network's graph with its head from `heads` added, for
@@ -99,10 +97,12 @@ pub fn graphs_with_heads(bundle: &Bundle, heads: &Heads) -> Result<Vec<NewGraph>
         .subnets
         .iter()
         .map(|h| {
-            let subnet = manifest.subnet(&h.id).ok_or_else(|| HeadGraphError::Interface {
-                path: bundle.dir().to_owned(),
-                problem: format!("no sub-network `{}`", h.id),
-            })?;
+            let subnet = manifest
+                .subnet(&h.id)
+                .ok_or_else(|| HeadGraphError::Interface {
+                    path: bundle.dir().to_owned(),
+                    problem: format!("no sub-network `{}`", h.id),
+                })?;
             Ok(NewGraph {
                 id: h.id.clone(),
                 bytes: with_logits(&bundle.graph_path(subnet), &h.folded)?,
