@@ -33,12 +33,16 @@ fn calibrate(bundle: &Path, data: &Path, extra: &[&str]) -> Output {
     exporter(&args)
 }
 
-fn json(out: &Output) -> Value {
+fn assert_succeeded(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn json(out: &Output) -> Value {
+    assert_succeeded(out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -377,6 +381,14 @@ fn plot_draws_quality_against_macs_or_changes_nothing() {
     assert!(!dir.path().join("pareto.svg.partial").exists());
 }
 
+/// A copy of the tiny bundle and 40 labelled dark and bright images.
+fn labelled_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 40);
+    (dir, bundle, data)
+}
+
 /// A head `[classes, width]` as `np.savez` writes `W` and `b` (f64).
 fn head_npz(path: &Path, classes: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
     let w: Vec<f64> = (0..classes * width)
@@ -413,18 +425,11 @@ fn runtime_run(bundle: &Path, image: &Path) -> Value {
 
 #[test]
 fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
-    let (dir, bundle) = bundle_copy();
-    let data = dir.path().join("calib.npz");
-    labelled_npz(&data, 40);
+    let (dir, bundle, data) = labelled_bundle();
     let image = dir.path().join("bright.png");
 
     // Label-free quality, so only the reference scores 1 and `run` picks it.
-    let out = calibrate(&bundle, &data, &["--no-labels", "-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&calibrate(&bundle, &data, &["--no-labels", "-q"]));
     let plain = runtime_run(&bundle, &image);
     assert_eq!(plain["subnet"]["id"], "w32-d4", "{plain}");
     let output = plain["output"].as_object().unwrap();
@@ -480,12 +485,7 @@ fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
         );
         assert_eq!(old["weights"], new["weights"]);
     }
-    let inspect = exporter(&[&"inspect", &bundle, &"--verify"]);
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
+    assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 
     // The reference runs the head itself: logits = cls_token·Wᵀ + b.
     let run = runtime_run(&bundle, &image);
@@ -513,9 +513,7 @@ fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
 
 #[test]
 fn fit_head_scores_every_subnet_against_the_truncated_head() {
-    let (dir, bundle) = bundle_copy();
-    let data = dir.path().join("calib.npz");
-    labelled_npz(&data, 40);
+    let (_dir, bundle, data) = labelled_bundle();
     let report = json(&calibrate(
         &bundle,
         &data,
@@ -547,9 +545,7 @@ fn fit_head_scores_every_subnet_against_the_truncated_head() {
 
 #[test]
 fn bad_heads_are_named_and_leave_the_bundle_untouched() {
-    let (dir, bundle) = bundle_copy();
-    let data = dir.path().join("calib.npz");
-    labelled_npz(&data, 40);
+    let (dir, bundle, data) = labelled_bundle();
     let narrow = dir.path().join("narrow.npz");
     head_npz(&narrow, 2, 16);
     assert_refused_with(
@@ -595,18 +591,11 @@ fn bad_heads_are_named_and_leave_the_bundle_untouched() {
 
 #[test]
 fn a_failure_half_way_through_the_commit_leaves_the_bundle_as_it_was() {
-    let (dir, bundle) = bundle_copy();
-    let data = dir.path().join("calib.npz");
-    labelled_npz(&data, 40);
+    let (_dir, bundle, data) = labelled_bundle();
     // The new graphs are in place before manifest.json is: a directory in
     // its way makes that rename fail after them.
     std::fs::remove_file(bundle.join("manifest.json")).unwrap();
     std::fs::create_dir_all(bundle.join("manifest.json/in-the-way")).unwrap();
     assert_refused_with(&bundle, &data, &["--fit-head"], &["manifest.json"]);
-    let inspect = exporter(&[&"inspect", &bundle, &"--verify"]);
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
+    assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 }

@@ -47,14 +47,14 @@ pub enum Route {
 }
 
 impl Route {
-    const NAMES: [(Route, &'static str); 2] = [(Route::Plain, "plain"), (Route::LnKdep, "ln-kdep")];
+    const ALL: [Route; 2] = [Route::Plain, Route::LnKdep];
 
     /// The name on command lines and in reports.
     pub fn name(self) -> &'static str {
-        Route::NAMES
-            .iter()
-            .find(|(r, _)| *r == self)
-            .map_or("", |(_, n)| n)
+        match self {
+            Route::Plain => "plain",
+            Route::LnKdep => "ln-kdep",
+        }
     }
 }
 
@@ -68,10 +68,9 @@ impl FromStr for Route {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Route, String> {
-        Route::NAMES
-            .iter()
-            .find(|(_, n)| n.eq_ignore_ascii_case(s))
-            .map(|(r, _)| *r)
+        Route::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| format!("unknown transfer route `{s}`: expected plain or ln-kdep"))
     }
 }
