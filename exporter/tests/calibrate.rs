@@ -487,19 +487,25 @@ fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
     }
     assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 
-    // The reference runs the head itself: logits = cls_token·Wᵀ + b.
+    // The reference runs the head itself: logits = cls_token·Wᵀ + b, from
+    // `runtime run` and from `runtime serve` alike.
     let run = runtime_run(&bundle, &image);
     assert_eq!(run["subnet"]["id"], "w32-d4", "{run}");
-    let cls: Vec<f64> = serde_json::from_value(run["output"]["cls_token"].clone()).unwrap();
-    let logits: Vec<f64> = serde_json::from_value(run["output"]["logits"].clone()).unwrap();
-    assert_eq!(logits.len(), 3);
-    for (class, (&got, &bias)) in logits.iter().zip(&b).enumerate() {
-        let want: f64 = cls
-            .iter()
-            .zip(&w[class * 32..])
-            .map(|(x, w)| x * w)
-            .sum::<f64>()
-            + bias;
+    assert_teacher_head(&run["output"], &w, &b);
+    let served = runtime_serve(&bundle, &image, &dir.path().join("sock"));
+    assert_eq!(served["subnet"], "w32-d4", "{served}");
+    assert_teacher_head(&served, &w, &b);
+}
+
+/// `logits` and `class` in `output` are the head `W` `[3, 32]`, `b` on its
+/// `cls_token`.
+fn assert_teacher_head(output: &Value, w: &[f64], b: &[f64]) {
+    let cls: Vec<f64> = serde_json::from_value(output["cls_token"].clone()).unwrap();
+    let logits: Vec<f64> = serde_json::from_value(output["logits"].clone()).unwrap();
+    assert_eq!(logits.len(), 3, "{output}");
+    for (class, (&got, &bias)) in logits.iter().zip(b).enumerate() {
+        let row = &w[class * 32..(class + 1) * 32];
+        let want: f64 = cls.iter().zip(row).map(|(x, w)| x * w).sum::<f64>() + bias;
         assert!(
             (got - want).abs() < 1e-4 * want.abs().max(1.0),
             "class {class}: {got} vs {want}"
@@ -508,7 +514,62 @@ fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
     let top = (0..3)
         .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
         .unwrap();
-    assert_eq!(run["output"]["class"], top);
+    assert_eq!(output["class"], top, "{output}");
+}
+
+/// A `runtime serve` process, killed when dropped.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `POST /v1/embed` of `image` to `runtime serve` on `bundle`, listening on
+/// the Unix socket `socket`, with `runtime_run`'s limits.
+fn runtime_serve(bundle: &Path, image: &Path, socket: &Path) -> Value {
+    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
+    let _server = Serving(
+        Command::new(&bin)
+            .arg("serve")
+            .arg(bundle)
+            .args(["--no-cache", "--engine", "tract"])
+            .args(["--min-runs", "3", "--min-time", "0", "--memory-mb", "4096"])
+            .args(["--latency-ms", "100000", "--min-quality", "1"])
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "60", "--unix-socket"])
+            .arg(socket)
+            .args(args)
+            .output()
+            .expect("curl is installed")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !curl(&["http://tailor/v1/health"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runtime serve never got healthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let image = format!("@{}", image.display());
+    json(&curl(&[
+        "-H",
+        "Content-Type: image/png",
+        "--data-binary",
+        &image,
+        "http://tailor/v1/embed",
+    ]))
 }
 
 #[test]
