@@ -98,34 +98,37 @@ pub fn write_with_graphs(
 
     let calibration_dir = dir.join(CALIBRATION_DIR);
     fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
-    let mut staged = vec![Staged::new(dir.join(&ranges_rel), &ranges)?];
+    // Files named by their content first, then the manifests that list them.
+    let mut content = vec![Staged::new(dir.join(&ranges_rel), &ranges)?];
     for (graph, rel, _) in &new_graphs {
-        staged.push(Staged::new(dir.join(rel), &graph.bytes)?);
+        content.push(Staged::new(dir.join(rel), &graph.bytes)?);
     }
-    staged.push(Staged::new(dir.join(MANIFEST_JSON), &manifest.to_json())?);
-    // Last: the runtime reads this one.
-    staged.push(Staged::new(
-        dir.join(MANIFEST_POSTCARD),
-        &manifest.to_postcard(),
-    )?);
-
-    // The old manifest's files, which must survive a failure.
-    let mut listed: Vec<&str> = old.subnets.iter().map(|s| s.onnx).collect();
-    listed.extend(old.calibration.as_ref().map(|c| c.ranges.path));
-    let mut committed = Vec::new();
-    for file in staged {
-        let dest = file.dest.clone();
-        if let Err(e) = file.commit() {
-            // Until the postcard is renamed the old bundle stands: take the
-            // new files it does not list away again.
-            for path in committed {
-                if !listed.iter().any(|l| dir.join(l) == path) {
-                    let _ = fs::remove_file(path);
-                }
+    let manifests = [
+        Staged::new(dir.join(MANIFEST_JSON), &manifest.to_json())?,
+        // Last: the runtime reads this one.
+        Staged::new(dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
+    ];
+    let mut placed = Vec::new();
+    let committed = content
+        .into_iter()
+        .try_for_each(|file| {
+            let dest = file.dest.clone();
+            file.commit()?;
+            placed.push(dest);
+            Ok(())
+        })
+        .and_then(|()| manifests.into_iter().try_for_each(Staged::commit));
+    if let Err(e) = committed {
+        // The old postcard still stands: take away the new files it does
+        // not list (one the same content kept its name and stays).
+        let old_ranges = old.calibration.as_ref().map(|c| c.ranges.path);
+        for path in placed {
+            let kept = |rel: &str| dir.join(rel) == path;
+            if !old.subnets.iter().any(|s| kept(s.onnx)) && !old_ranges.is_some_and(kept) {
+                let _ = fs::remove_file(path);
             }
-            return Err(e);
         }
-        committed.push(dest);
+        return Err(e);
     }
     // Referenced by nothing now; a failure only leaves them behind.
     let now: Vec<&str> = manifest.subnets.iter().map(|s| s.onnx).collect();
