@@ -209,6 +209,32 @@ fn the_teacher_transferred_to_itself_keeps_its_predictions() {
 }
 
 #[test]
+fn a_split_past_the_images_is_an_error_not_a_panic() {
+    let mut f = Fixture::open();
+    let (teacher, sub, head) = (f.f32("teacher"), f.f32("sub6"), f.head());
+    let (fit, score) = ((0..60).collect::<Vec<_>>(), vec![79, 80]);
+    let split = Split {
+        fit: &fit,
+        score: &score,
+    };
+    let err = compare(
+        &head,
+        sub.view(),
+        teacher.view(),
+        None,
+        split,
+        Route::Plain,
+        Ridge::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("image 80") && err.contains("80 images"),
+        "{err}"
+    );
+}
+
+#[test]
 fn truncated_head_keeps_the_first_columns() {
     let head = Affine::new(
         ndarray::array![[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],

@@ -91,6 +91,13 @@ pub fn compare(
             "no images to score the heads on",
         ));
     }
+    let n = sub.nrows().min(teacher.nrows());
+    if let Some(&i) = split.fit.iter().chain(split.score).find(|&&i| i >= n) {
+        return Err(HeadError::data(
+            "comparing heads",
+            format!("image {i} of the split is past the {n} images"),
+        ));
+    }
     let scored_sub = rows(sub, split.score);
     let teacher_predictions = predictions(head, rows(teacher, split.score).view())?;
     let labels = labels.map(|l| l.rows(split.score)).transpose()?;
