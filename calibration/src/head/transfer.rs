@@ -3,9 +3,9 @@
 //!
 //! [`Route::Plain`] is ridge least squares from the sub-network's features
 //! straight onto the teacher's. [`Route::LnKdep`] is the route the issue
-//! prescribed: targets, as in Feature Distillation, are the teacher features `t` whitened
-//! by a LayerNorm without affine, `z = (t − m·1) / s` with the image's own mean
-//! `m` and deviation `s`. When the sub-network is narrower (`w < D`) the
+//! prescribed: targets, as in Feature Distillation, are the teacher features
+//! `t` whitened by a LayerNorm without affine, `z = (t − m·1) / s` with the
+//! image's own mean `m` and deviation `s`. When the sub-network is narrower (`w < D`) the
 //! centred targets are cut, as in KDEP, to their top `w` principal directions
 //! `V` (`[D, w]`, from the SVD of the centred targets) and the fit aims at
 //! `(z − z̄)·V`; the prediction is lifted back by `p·Vᵀ + z̄`. The map itself
@@ -20,8 +20,8 @@
 //! otherwise it keeps whatever part of `m` and `s·z` is linear in `z`. Every
 //! step is affine, so sub-network features → `z` → `t` → logits folds into one
 //! layer. `tools/head_reference.py ablation` compares the routes on held-out
-//! images; plain least squares wins on the trained example (docs/calibration.md,
-//! "Head transfer"), so it is the default.
+//! images; plain least squares wins on the trained example
+//! (docs/calibration.md, "Head transfer"), so it is the default.
 
 use std::fmt;
 use std::str::FromStr;
