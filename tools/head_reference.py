@@ -9,10 +9,12 @@
     python3 tools/head_reference.py ablation FEATURES.npz
         compares the transfer with the naive variants on real features: an
         .npz with the teacher's features as `teacher` or `reference` [N, D],
-        every other 2-D array a sub-network's [N, w], optional `labels` [N]
+        every other 2-D array a sub-network's [N, w], optional `labels` [N],
+        optional `train` and `val` image indices (else a seeded 80/20 split)
         and optional `W` [C, D], `b` [C] (else a head is fitted on the
-        teacher features with the labels). `exporter calibrate
-        --dump-features` writes this layout.
+        teacher's train features with the labels). Maps are fitted on the
+        train images and every score is on the val images. `exporter
+        calibrate --dump-features` writes this layout.
 
 Same maths as the Rust code, different route: ridge regression is solved as
 one augmented least-squares problem (np.linalg.lstsq on [X 1; sqrt(l) I 0])
@@ -59,11 +61,14 @@ def compose(first, second):
     return w2 @ w1, w2 @ b1 + b2
 
 
+PLAIN = {"whiten": "none", "kdep": False}  # calibration::head's Route::Plain
+
+
 def transfer(sub, teacher, whiten="layer_norm", back="fitted", kdep=True):
     """The map sub-network features -> teacher features, (weight [D, w], bias [D]).
 
-    The defaults are what calibration::head does; the other settings are the
-    naive variants `ablation` compares it with.
+    The defaults are calibration::head's Route::LnKdep, PLAIN its
+    Route::Plain; the other settings are the variants `ablation` compares.
     """
     w, d = sub.shape[1], teacher.shape[1]
     if whiten == "layer_norm":
@@ -96,22 +101,13 @@ def predict(layer, x):
     return np.argmax(x @ weight.T + bias, axis=1)
 
 
-def cross_fitted_logits(sub, teacher, head, **variant):
-    """Logits of the folded head, each half scored by a fit on the other."""
-    n = len(sub)
-    halves = [np.arange(0, n, 2), np.arange(1, n, 2)]
-    out = np.zeros((n, len(head[1])))
-    for scored, fitted in [(halves[0], halves[1]), (halves[1], halves[0])]:
-        if variant.get("whiten") == "logits":  # regress the teacher's logits directly
-            folded = ridge(sub[fitted], teacher[fitted] @ head[0].T + head[1])
-        else:
-            folded = compose(transfer(sub[fitted], teacher[fitted], **variant), head)
-        out[scored] = sub[scored] @ folded[0].T + folded[1]
-    return out
-
-
-def cross_fitted(sub, teacher, head, **variant):
-    return np.argmax(cross_fitted_logits(sub, teacher, head, **variant), axis=1)
+def held_out_logits(sub, teacher, head, fit, score, **variant):
+    """Logits on the `score` images of the head folded with a map fitted on `fit`."""
+    if variant.get("whiten") == "logits":  # regress the teacher's logits directly
+        folded = ridge(sub[fit], teacher[fit] @ head[0].T + head[1])
+    else:
+        folded = compose(transfer(sub[fit], teacher[fit], **variant), head)
+    return sub[score] @ folded[0].T + folded[1]
 
 
 def truncated(head, w):
@@ -141,10 +137,17 @@ def synthetic(rng, n, d, k, classes, widths):
 def make_fixture(out):
     """Structured teacher features and two sub-networks' features (a noisy
     mix of the teacher's first channels and the latent classes), the head the
-    reference fits, and every golden value the Rust tests check."""
-    labels, teacher, subs = synthetic(np.random.default_rng(10), 80, 12, 4, 3, (6, 12))
+    reference fits, a train/val split, and every golden value the Rust tests
+    check."""
+    rng = np.random.default_rng(10)
+    labels, teacher, subs = synthetic(rng, 80, 12, 4, 3, (6, 12))
     classes = 3
-    arrays = {"labels": labels.astype(np.int64), "teacher": teacher.astype(np.float32)}
+    order = rng.permutation(80)
+    train, val = np.sort(order[:60]), np.sort(order[60:])
+    arrays = {
+        "labels": labels.astype(np.int64), "teacher": teacher.astype(np.float32),
+        "train": train.astype(np.int64), "val": val.astype(np.int64),
+    }
     head = fit_head(arrays["teacher"].astype(np.float64), labels, classes)
     arrays["W"], arrays["b"] = head
     teacher_pred = predict(head, arrays["teacher"].astype(np.float64))
@@ -153,24 +156,29 @@ def make_fixture(out):
         s64, t64 = sub.astype(np.float64), arrays["teacher"].astype(np.float64)
         arrays[f"sub{w}"] = sub
         arrays[f"A{w}"], arrays[f"c{w}"] = compose(transfer(s64, t64), head)
-        transferred = scores(cross_fitted(s64, t64, head), teacher_pred, labels)
-        naive = scores(predict(truncated(head, w), s64), teacher_pred, labels)
-        # [agreement, accuracy] of the cross-fitted transfer, then the truncated head.
-        arrays[f"quality{w}"] = np.array([*transferred, *naive])
-        assert transferred[0] > naive[0] and transferred[1] > naive[1], (w, transferred, naive)
+        arrays[f"plainA{w}"], arrays[f"plainc{w}"] = compose(transfer(s64, t64, **PLAIN), head)
+        naive = scores(predict(truncated(head, w), s64[val]), teacher_pred[val], labels[val])
+        for name, variant in (("quality", PLAIN), ("lnkdep_quality", {})):
+            pred = np.argmax(held_out_logits(s64, t64, head, train, val, **variant), axis=1)
+            transferred = scores(pred, teacher_pred[val], labels[val])
+            # [agreement, accuracy] on val of the map fitted on train, then the truncated head.
+            arrays[f"{name}{w}"] = np.array([*transferred, *naive])
+            assert transferred[0] > naive[0] and transferred[1] > naive[1], (w, name, transferred, naive)
     np.savez(out, **arrays)
     print(f"wrote {out}")
     for w in (6, 12):
-        print(f"  w{w}: transferred agreement/accuracy {arrays[f'quality{w}'][:2]}, truncated {arrays[f'quality{w}'][2:]}")
+        for name in ("quality", "lnkdep_quality"):
+            q = arrays[f"{name}{w}"]
+            print(f"  w{w} {name}: transferred agreement/accuracy {q[:2]}, truncated {q[2:]}")
 
 
 VARIANTS = {
-    "LayerNorm + KDEP + fitted inverse (calibration::head)": {},
+    "LayerNorm + KDEP + fitted inverse (Route::LnKdep)": {},
     "LayerNorm + fitted inverse, no KDEP": {"kdep": False},
     "LayerNorm + KDEP + mean-scale inverse": {"back": "mean"},
     "per-feature standardisation + KDEP": {"whiten": "standardise"},
     "raw targets + KDEP": {"whiten": "none"},
-    "raw targets, no KDEP (plain least squares)": {"whiten": "none", "kdep": False},
+    "raw targets, no KDEP (plain least squares; Route::Plain)": PLAIN,
     "teacher logits as targets (no feature space)": {"whiten": "logits"},
 }
 
@@ -179,32 +187,39 @@ def ablation(path):
     data = np.load(path)
     teacher_key = "teacher" if "teacher" in data else "reference"
     teacher = data[teacher_key].astype(np.float64)
-    labels = data["labels"].astype(np.int64) if "labels" in data else None
+    n = len(teacher)
+    labels = data["labels"].astype(np.int64) if "labels" in data and len(data["labels"]) else None
+    if "train" in data and len(data["train"]):
+        train, val = data["train"].astype(np.int64), data["val"].astype(np.int64)
+    else:
+        order = np.random.default_rng(0).permutation(n)
+        train, val = order[: (4 * n + 4) // 5], order[(4 * n + 4) // 5 :]
     if "W" in data:
         head = data["W"].astype(np.float64), data["b"].astype(np.float64)
     else:
-        head = fit_head(teacher, labels, int(labels.max()) + 1)
-    teacher_logits = teacher @ head[0].T + head[1]
+        head = fit_head(teacher[train], labels[train], int(labels.max()) + 1)
+    teacher_logits = teacher[val] @ head[0].T + head[1]
     teacher_pred = np.argmax(teacher_logits, axis=1)
-    truth = labels if labels is not None else teacher_pred
+    truth = labels[val] if labels is not None else teacher_pred
     spread = np.mean((teacher_logits - teacher_logits.mean(0)) ** 2)
+    print(f"teacher head on the {len(val)} val images: accuracy {np.mean(teacher_pred == truth):.3f}; maps fitted on {len(train)}")
 
     def row(name, logits):
         pred = np.argmax(logits, axis=1)
         err = np.mean((logits - teacher_logits) ** 2) / spread
-        print(f"  {name:52} {np.mean(pred == teacher_pred):6.3f} {np.mean(pred == truth):6.3f} {err:8.4f}")
+        print(f"  {name:56} {np.mean(pred == teacher_pred):6.3f} {np.mean(pred == truth):6.3f} {err:8.4f}")
 
     subs = [
         k for k in data.files
-        if data[k].ndim == 2 and len(data[k]) == len(teacher) and k not in (teacher_key, "reference")
+        if data[k].ndim == 2 and len(data[k]) == n and k not in (teacher_key, "reference")
     ]
     for key in sorted(subs):
         sub = data[key].astype(np.float64)
         w = sub.shape[1]
-        print(f"{key} (w={w} of {teacher.shape[1]}), cross-fitted: agreement, accuracy, logit error / logit variance")
-        row("truncated head", sub @ truncated(head, w)[0].T + head[1])
+        print(f"{key} (w={w} of {teacher.shape[1]}), on val: agreement, accuracy, logit error / logit variance")
+        row("truncated head", sub[val] @ truncated(head, w)[0].T + head[1])
         for name, variant in VARIANTS.items():
-            row(name, cross_fitted_logits(sub, teacher, head, **variant))
+            row(name, held_out_logits(sub, teacher, head, train, val, **variant))
 
 
 if __name__ == "__main__":

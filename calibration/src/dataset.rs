@@ -155,7 +155,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatasetError + '_ {
 }
 
 /// A seeded shuffle of `0..n` cut at [`TRAIN_PERCENT`].
-fn split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub(crate) fn split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = seed;
     // Fisher-Yates driven by splitmix64: the same split on every platform.

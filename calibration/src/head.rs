@@ -2,12 +2,13 @@
 //!
 //! A user trains one linear head on the teacher's features ([`read_head`], or
 //! [`fit_head`] on labelled features). [`Transfer::fit`] maps a sub-network's
-//! `cls_token` into the teacher's feature space by ridge least squares
-//! (Feature Distillation's whitened targets, KDEP's SVD-truncated targets
-//! when the sub-network is narrower), and [`Transfer::fold`] folds map and
-//! head into one [`Affine`] layer the exporter appends to the graph.
-//! [`truncated`] is the naive alternative it is measured against
-//! ([`compare`]).
+//! `cls_token` into the teacher's feature space in closed form (a [`Route`]:
+//! plain ridge least squares, or Feature Distillation's whitened targets
+//! with KDEP's SVD-truncated targets when the sub-network is narrower), and
+//! [`Transfer::fold`] folds map and head into one [`Affine`] layer the
+//! exporter appends to the graph. [`truncated`] is the naive alternative it
+//! is measured against ([`compare`]); [`transfer_heads`] does it all for a
+//! calibrated bundle.
 //!
 //! Features come in as `[images, width]` f32 views; everything is computed
 //! in f64.
@@ -15,14 +16,16 @@
 mod file;
 mod quality;
 mod ridge;
+mod subnets;
 mod transfer;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 pub use file::read_head;
-pub use quality::{compare, predictions, quality, Comparison, Quality};
+pub use quality::{compare, predictions, quality, Comparison, Quality, Split};
 pub use ridge::{fit_head, Labels, Ridge};
-pub use transfer::{truncated, Transfer};
+pub use subnets::{transfer_heads, HeadOptions, HeadSource, Heads, SubnetHead};
+pub use transfer::{truncated, Route, Transfer};
 
 /// An affine layer `y = x·Wᵀ + b`: a task head, a feature map, or both
 /// folded into one.

@@ -95,6 +95,8 @@ pub enum CalibrationError {
     NoSubnets(std::path::PathBuf),
     #[error("the dataset holds no images")]
     NoImages,
+    #[error("the bundle has no sub-network `{0}` to replace the graph of")]
+    UnknownSubnet(String),
     #[error("writing {path}")]
     Write {
         path: std::path::PathBuf,

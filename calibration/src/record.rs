@@ -1,10 +1,14 @@
-//! Writing calibration results into a bundle: the ranges file, then both
-//! manifests with every sub-network's quality and the dataset's identity.
+//! Writing calibration results into a bundle: the ranges file, replaced
+//! graphs (with a task head), then both manifests with every sub-network's
+//! quality and the dataset's identity.
 //!
 //! Every file is written beside its destination and renamed into place once
-//! all are complete, so a failure leaves the bundle as it was. The graphs
-//! and weights are untouched: the bundle still verifies, and its identity
-//! (the manifest's sha256, the runtime's cache key) changes with the scores.
+//! all are complete, so a failure leaves the bundle as it was. New files are
+//! named by their content, so no file the old manifest lists is overwritten:
+//! until `manifest.postcard` is renamed the runtime sees the old bundle, and
+//! a failure before that removes the new files again. The weights are
+//! untouched: the bundle still verifies, and its identity (the manifest's
+//! sha256, the runtime's cache key) changes with the scores.
 
 use std::fs;
 use std::io;
@@ -20,12 +24,32 @@ use crate::{Calibrated, CalibrationError, Dataset};
 /// The ranges files live here, relative to the bundle.
 pub const CALIBRATION_DIR: &str = "calibration";
 
+/// A sub-network's graph to replace, e.g. with a `logits` output added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGraph {
+    pub id: String,
+    /// The whole ONNX file.
+    pub bytes: Vec<u8>,
+}
+
 /// Writes `calibrated` (scored on `dataset`) into `bundle`'s directory and
 /// returns the ranges file's path.
 pub fn write(
     bundle: &Bundle,
     dataset: &Dataset,
     calibrated: &Calibrated,
+) -> Result<PathBuf, CalibrationError> {
+    write_with_graphs(bundle, dataset, calibrated, &[])
+}
+
+/// [`write`], also replacing the graphs of `graphs`' sub-networks: each new
+/// graph goes beside the old one as `ID.SHA256-PREFIX.onnx` (its external
+/// data paths stay valid), and the manifest lists it with its sha256.
+pub fn write_with_graphs(
+    bundle: &Bundle,
+    dataset: &Dataset,
+    calibrated: &Calibrated,
+    graphs: &[NewGraph],
 ) -> Result<PathBuf, CalibrationError> {
     let dir = bundle.dir();
     let ranges = serde_json::to_vec_pretty(&calibrated.ranges).expect("ranges always encode");
@@ -38,11 +62,28 @@ pub fn write(
     );
 
     let old = bundle.manifest();
+    let mut new_graphs = Vec::with_capacity(graphs.len());
+    for graph in graphs {
+        let subnet = old
+            .subnet(&graph.id)
+            .ok_or_else(|| CalibrationError::UnknownSubnet(graph.id.clone()))?;
+        let sha256 = Sha256(Hasher::digest(&graph.bytes).into());
+        let rel = Path::new(subnet.onnx).with_file_name(format!(
+            "{}.{}.onnx",
+            graph.id,
+            &sha256.to_string()[..16]
+        ));
+        new_graphs.push((graph, rel.to_string_lossy().into_owned(), sha256));
+    }
     let mut manifest = old.clone();
     for subnet in &mut manifest.subnets {
         let scores = calibrated.scores.iter().find(|s| s.id == subnet.id);
         subnet.quality = scores.map(|s| s.quality() as f32);
         subnet.fidelity = scores.map(|s| s.fidelity as f32);
+        if let Some((_, rel, sha256)) = new_graphs.iter().find(|(g, ..)| g.id == subnet.id) {
+            subnet.onnx = rel;
+            subnet.onnx_sha256 = *sha256;
+        }
     }
     manifest.calibration = Some(Calibration {
         quality_metric: calibrated.metric,
@@ -57,17 +98,46 @@ pub fn write(
 
     let calibration_dir = dir.join(CALIBRATION_DIR);
     fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
-    let staged = [
-        Staged::new(dir.join(&ranges_rel), &ranges)?,
+    // Files named by their content first, then the manifests that list them.
+    let mut content = vec![Staged::new(dir.join(&ranges_rel), &ranges)?];
+    for (graph, rel, _) in &new_graphs {
+        content.push(Staged::new(dir.join(rel), &graph.bytes)?);
+    }
+    let manifests = [
         Staged::new(dir.join(MANIFEST_JSON), &manifest.to_json())?,
         // Last: the runtime reads this one.
         Staged::new(dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
     ];
-    for file in staged {
-        file.commit()?;
+    let mut placed = Vec::new();
+    let committed = content
+        .into_iter()
+        .try_for_each(|file| {
+            let dest = file.dest.clone();
+            file.commit()?;
+            placed.push(dest);
+            Ok(())
+        })
+        .and_then(|()| manifests.into_iter().try_for_each(Staged::commit));
+    if let Err(e) = committed {
+        // The old postcard still stands: take away the new files it does
+        // not list (one the same content kept its name and stays).
+        let old_ranges = old.calibration.as_ref().map(|c| c.ranges.path);
+        for path in placed {
+            let kept = |rel: &str| dir.join(rel) == path;
+            if !old.subnets.iter().any(|s| kept(s.onnx)) && !old_ranges.is_some_and(kept) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        return Err(e);
+    }
+    // Referenced by nothing now; a failure only leaves them behind.
+    let now: Vec<&str> = manifest.subnets.iter().map(|s| s.onnx).collect();
+    for stale in old.subnets.iter().map(|s| s.onnx) {
+        if !now.contains(&stale) {
+            let _ = fs::remove_file(dir.join(stale));
+        }
     }
     if let Some(previous) = old.calibration.filter(|c| c.ranges.path != ranges_rel) {
-        // Referenced by nothing now; a failure only leaves it behind.
         let _ = fs::remove_file(dir.join(previous.ranges.path));
     }
     Ok(dir.join(&ranges_rel))

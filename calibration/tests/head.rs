@@ -1,6 +1,7 @@
 //! The head transfer against `tools/head_reference.py`'s golden fixture
 //! (numpy: augmented least squares and SVD, where the crate uses normal
-//! equations and an eigendecomposition), and the head file reader.
+//! equations and an eigendecomposition), both routes, and the head file
+//! reader.
 //!
 //! Dropping the whitening, the KDEP cut or the fitted inverse moves the
 //! folded weights by 0.5% to 10% of their largest value (measured with the
@@ -12,7 +13,7 @@ use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 use tailor_calibration::head::{
     compare, fit_head, predictions, quality, read_head, truncated, Affine, HeadError, Labels,
-    Ridge, Transfer,
+    Ridge, Route, Split, Transfer,
 };
 
 fn fixture_path() -> PathBuf {
@@ -39,6 +40,12 @@ impl Fixture {
 
     fn f64_1(&mut self, name: &str) -> Array1<f64> {
         self.npz.by_name(name).unwrap()
+    }
+
+    /// Image indices stored as int64.
+    fn indices(&mut self, name: &str) -> Vec<usize> {
+        let v: Array1<i64> = self.npz.by_name(name).unwrap();
+        v.iter().map(|&i| i as usize).collect()
     }
 
     fn labels(&mut self) -> Labels {
@@ -79,20 +86,49 @@ fn fitted_head_matches_the_reference() {
     assert!(rel_err_1(head.bias(), golden.bias()) < 1e-9);
 }
 
+/// Each route and the prefix of its golden arrays in the fixture.
+const ROUTES: [(Route, &str); 2] = [(Route::Plain, "plain"), (Route::LnKdep, "")];
+
 #[test]
 fn folded_transfer_matches_the_reference_for_narrower_and_equal_widths() {
     let mut f = Fixture::open();
     let teacher = f.f32("teacher");
     let head = f.head();
-    for w in [6, 12] {
-        let sub = f.f32(&format!("sub{w}"));
-        let transfer = Transfer::fit(sub.view(), teacher.view(), Ridge::default()).unwrap();
-        assert_eq!(transfer.map().weight().dim(), (12, w));
-        let folded = transfer.fold(&head).unwrap();
-        let (a, c) = (f.f64_2(&format!("A{w}")), f.f64_1(&format!("c{w}")));
-        let (ea, ec) = (rel_err(folded.weight(), &a), rel_err_1(folded.bias(), &c));
-        assert!(ea < 1e-8 && ec < 1e-8, "w{w}: weight {ea:e}, bias {ec:e}");
+    for (route, prefix) in ROUTES {
+        for w in [6, 12] {
+            let sub = f.f32(&format!("sub{w}"));
+            let transfer =
+                Transfer::fit(sub.view(), teacher.view(), route, Ridge::default()).unwrap();
+            assert_eq!(transfer.map().weight().dim(), (12, w));
+            let folded = transfer.fold(&head).unwrap();
+            let a = f.f64_2(&format!("{prefix}A{w}"));
+            let c = f.f64_1(&format!("{prefix}c{w}"));
+            let (ea, ec) = (rel_err(folded.weight(), &a), rel_err_1(folded.bias(), &c));
+            assert!(
+                ea < 1e-8 && ec < 1e-8,
+                "{route} w{w}: weight {ea:e}, bias {ec:e}"
+            );
+        }
     }
+}
+
+#[test]
+fn the_routes_differ() {
+    // Each golden comparison above can only pass for its own route.
+    let mut f = Fixture::open();
+    let (plain, ln_kdep) = (f.f64_2("plainA6"), f.f64_2("A6"));
+    assert!(rel_err(&plain, &ln_kdep) > 1e-3);
+}
+
+#[test]
+fn route_names_parse_both_ways() {
+    for (route, name) in [(Route::Plain, "plain"), (Route::LnKdep, "ln-kdep")] {
+        assert_eq!(route.to_string(), name);
+        assert_eq!(name.parse::<Route>(), Ok(route));
+    }
+    let err = "kdep".parse::<Route>().unwrap_err();
+    assert!(err.contains("kdep") && err.contains("ln-kdep"), "{err}");
+    assert_eq!(Route::default(), Route::Plain);
 }
 
 #[test]
@@ -101,29 +137,52 @@ fn transfer_beats_the_truncated_head_and_matches_the_reference_scores() {
     let teacher = f.f32("teacher");
     let labels = f.labels();
     let head = f.head();
-    for w in [6, 12] {
-        let sub = f.f32(&format!("sub{w}"));
-        let c = compare(
-            &head,
-            sub.view(),
-            teacher.view(),
-            Some(&labels),
-            Ridge::default(),
-        )
-        .unwrap();
-        let golden = f.f64_1(&format!("quality{w}"));
-        let ours = [
-            c.transferred.agreement,
-            c.transferred.accuracy.unwrap(),
-            c.truncated.agreement,
-            c.truncated.accuracy.unwrap(),
-        ];
-        assert_eq!(ours.to_vec(), golden.to_vec(), "w{w}");
-        assert!(
-            c.transferred.agreement > c.truncated.agreement + 0.05,
-            "w{w}: {c:?}"
-        );
-        assert!(c.transferred.accuracy > c.truncated.accuracy, "w{w}: {c:?}");
+    let (train, val) = (f.indices("train"), f.indices("val"));
+    let split = Split {
+        fit: &train,
+        score: &val,
+    };
+    for (route, name) in [(Route::Plain, "quality"), (Route::LnKdep, "lnkdep_quality")] {
+        for w in [6, 12] {
+            let sub = f.f32(&format!("sub{w}"));
+            let c = compare(
+                &head,
+                sub.view(),
+                teacher.view(),
+                Some(&labels),
+                split,
+                route,
+                Ridge::default(),
+            )
+            .unwrap();
+            // The layer compared is the one fitted on the train images only.
+            let fitted = Transfer::fit(
+                sub.select(ndarray::Axis(0), &train).view(),
+                teacher.select(ndarray::Axis(0), &train).view(),
+                route,
+                Ridge::default(),
+            )
+            .unwrap()
+            .fold(&head)
+            .unwrap();
+            assert_eq!(c.folded, fitted);
+            let golden = f.f64_1(&format!("{name}{w}"));
+            let ours = [
+                c.transferred.agreement,
+                c.transferred.accuracy.unwrap(),
+                c.truncated.agreement,
+                c.truncated.accuracy.unwrap(),
+            ];
+            assert_eq!(ours.to_vec(), golden.to_vec(), "{route} w{w}");
+            assert!(
+                c.transferred.agreement > c.truncated.agreement + 0.04,
+                "{route} w{w}: {c:?}"
+            );
+            assert!(
+                c.transferred.accuracy > c.truncated.accuracy,
+                "{route} w{w}: {c:?}"
+            );
+        }
     }
 }
 
@@ -132,19 +191,47 @@ fn the_teacher_transferred_to_itself_keeps_its_predictions() {
     let mut f = Fixture::open();
     let teacher = f.f32("teacher");
     let head = f.head();
-    let folded = Transfer::fit(teacher.view(), teacher.view(), Ridge::default())
-        .unwrap()
-        .fold(&head)
-        .unwrap();
-    let ours = predictions(&folded, teacher.view()).unwrap();
-    let theirs = predictions(&head, teacher.view()).unwrap();
-    assert_eq!(ours, theirs);
-    // The map is close to the identity: logits move by a small fraction.
-    let moved = rel_err(
-        &folded.apply(teacher.view()).unwrap(),
-        &head.apply(teacher.view()).unwrap(),
+    for (route, _) in ROUTES {
+        let folded = Transfer::fit(teacher.view(), teacher.view(), route, Ridge::default())
+            .unwrap()
+            .fold(&head)
+            .unwrap();
+        let ours = predictions(&folded, teacher.view()).unwrap();
+        let theirs = predictions(&head, teacher.view()).unwrap();
+        assert_eq!(ours, theirs, "{route}");
+        // The map is close to the identity: logits move by a small fraction.
+        let moved = rel_err(
+            &folded.apply(teacher.view()).unwrap(),
+            &head.apply(teacher.view()).unwrap(),
+        );
+        assert!(moved < 0.05, "{route}: {moved}");
+    }
+}
+
+#[test]
+fn a_split_past_the_images_is_an_error_not_a_panic() {
+    let mut f = Fixture::open();
+    let (teacher, sub, head) = (f.f32("teacher"), f.f32("sub6"), f.head());
+    let (fit, score) = ((0..60).collect::<Vec<_>>(), vec![79, 80]);
+    let split = Split {
+        fit: &fit,
+        score: &score,
+    };
+    let err = compare(
+        &head,
+        sub.view(),
+        teacher.view(),
+        None,
+        split,
+        Route::Plain,
+        Ridge::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("image 80") && err.contains("80 images"),
+        "{err}"
     );
-    assert!(moved < 0.05, "{moved}");
 }
 
 #[test]
@@ -177,11 +264,25 @@ fn a_head_of_another_width_is_refused_with_both_widths() {
     let mut f = Fixture::open();
     let teacher = f.f32("teacher");
     let sub = f.f32("sub6");
-    let transfer = Transfer::fit(sub.view(), teacher.view(), Ridge::default()).unwrap();
+    let transfer =
+        Transfer::fit(sub.view(), teacher.view(), Route::Plain, Ridge::default()).unwrap();
     let narrow = Affine::new(Array2::zeros((3, 10)), Array1::zeros(3)).unwrap();
     let err = transfer.fold(&narrow).unwrap_err().to_string();
     assert!(err.contains("10") && err.contains("12"), "{err}");
-    let err = compare(&narrow, sub.view(), teacher.view(), None, Ridge::default());
+    let (train, val) = (f.indices("train"), f.indices("val"));
+    let split = Split {
+        fit: &train,
+        score: &val,
+    };
+    let err = compare(
+        &narrow,
+        sub.view(),
+        teacher.view(),
+        None,
+        split,
+        Route::Plain,
+        Ridge::default(),
+    );
     assert!(err.is_err());
 }
 

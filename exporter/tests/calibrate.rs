@@ -33,12 +33,16 @@ fn calibrate(bundle: &Path, data: &Path, extra: &[&str]) -> Output {
     exporter(&args)
 }
 
-fn json(out: &Output) -> Value {
+fn assert_succeeded(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn json(out: &Output) -> Value {
+    assert_succeeded(out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -247,26 +251,42 @@ fn train_and_val_folders_are_the_split() {
     assert_eq!(report["subnets"][0]["knn_top1"].as_f64(), Some(100.0));
 }
 
+/// Every file of the bundle (relative path, sha256), sorted.
+fn files(bundle: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![bundle.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(bundle).unwrap().to_owned();
+                found.push((rel, sha256(&path)));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Runs calibrate on `data`, expecting a failure naming `needles`, and
 /// checks that the bundle's files are as they were.
 fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
-    let before = (
-        std::fs::read(bundle.join("manifest.postcard")).unwrap(),
-        std::fs::read(bundle.join("manifest.json")).unwrap(),
-    );
-    let out = calibrate(bundle, data, &[]);
+    assert_refused_with(bundle, data, &[], needles);
+}
+
+/// [`assert_refused`] with `extra` arguments.
+fn assert_refused_with(bundle: &Path, data: &Path, extra: &[&str], needles: &[&str]) {
+    let before = files(bundle);
+    let out = calibrate(bundle, data, extra);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted {}: {err}", data.display());
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "`{n}` missing from: {err}");
     }
-    let after = (
-        std::fs::read(bundle.join("manifest.postcard")).unwrap(),
-        std::fs::read(bundle.join("manifest.json")).unwrap(),
-    );
-    assert!(before == after, "the manifest changed");
-    assert!(!bundle.join("calibration").exists());
+    assert!(files(bundle) == before, "the bundle changed");
 }
 
 #[test]
@@ -359,4 +379,284 @@ fn plot_draws_quality_against_macs_or_changes_nothing() {
     );
     assert_ne!(sha256(&bundle.join("manifest.json")), before);
     assert!(!dir.path().join("pareto.svg.partial").exists());
+}
+
+/// A copy of the tiny bundle and 40 labelled dark and bright images.
+fn labelled_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 40);
+    (dir, bundle, data)
+}
+
+/// A head `[classes, width]` as `np.savez` writes `W` and `b` (f64).
+fn head_npz(path: &Path, classes: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
+    let w: Vec<f64> = (0..classes * width)
+        .map(|i| ((i as f64) * 0.37).sin())
+        .collect();
+    let b: Vec<f64> = (0..classes).map(|i| i as f64 * 0.5 - 0.25).collect();
+    let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    write_npz(
+        path,
+        &[
+            ("W", npy("<f8", &[classes, width], &bytes(&w))),
+            ("b", npy("<f8", &[classes], &bytes(&b))),
+        ],
+    );
+    (w, b)
+}
+
+/// `runtime run --json` on `bundle` with a bright 16-pixel image, picking
+/// the sub-network of quality 1 (the fidelity reference).
+fn runtime_run(bundle: &Path, image: &Path) -> Value {
+    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
+    common::write_png(image, 16, &common::grey(1, 3, 16));
+    let out = Command::new(&bin)
+        .args(["run", "--json", "--no-cache", "--engine", "tract"])
+        .args(["--min-runs", "3", "--min-time", "0", "--memory-mb", "4096"])
+        .args(["--latency-ms", "100000", "--min-quality", "1"])
+        .arg("--input")
+        .arg(image)
+        .arg(bundle)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tailor-runtime)", bin.display()));
+    json(&out)
+}
+
+#[test]
+fn a_head_file_gives_every_graph_logits_the_runtime_returns() {
+    let (dir, bundle, data) = labelled_bundle();
+    let image = dir.path().join("bright.png");
+
+    // Label-free quality, so only the reference scores 1 and `run` picks it.
+    assert_succeeded(&calibrate(&bundle, &data, &["--no-labels", "-q"]));
+    let plain = runtime_run(&bundle, &image);
+    assert_eq!(plain["subnet"]["id"], "w32-d4", "{plain}");
+    let output = plain["output"].as_object().unwrap();
+    assert!(
+        !output.contains_key("logits") && !output.contains_key("class"),
+        "{plain}"
+    );
+
+    let head = dir.path().join("head.npz");
+    let (w, b) = head_npz(&head, 3, 32);
+    let before = manifest(&bundle);
+    let report = json(&calibrate(
+        &bundle,
+        &data,
+        &["--no-labels", "--head", head.to_str().unwrap(), "--json"],
+    ));
+    let h = &report["head"];
+    assert_eq!(h["classes"], 3);
+    assert_eq!(h["transfer"], "plain");
+    assert_eq!(
+        (h["fitted_on"].as_u64(), h["scored_on"].as_u64()),
+        (Some(32), Some(8))
+    );
+    let subnets = h["subnets"].as_array().unwrap();
+    assert_eq!(subnets.len(), 3);
+    for s in subnets {
+        assert_eq!(s["accuracy"], Value::Null, "no labels: {s}");
+        let agreement = s["agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agreement), "{s}");
+    }
+    assert_eq!(subnets[2]["id"], "w32-d4");
+    assert_eq!(subnets[2]["agreement"], 1.0, "the teacher keeps the head");
+
+    // Every graph is new, content-named, listed with its sha256; the old
+    // files are gone and the weight file is the same.
+    let after = manifest(&bundle);
+    for (old, new) in before["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["subnets"].as_array().unwrap())
+    {
+        let path = new["onnx"].as_str().unwrap();
+        let sha = new["onnx_sha256"].as_str().unwrap();
+        assert_eq!(
+            path,
+            format!("graphs/{}.{}.onnx", new["id"].as_str().unwrap(), &sha[..16])
+        );
+        assert_eq!(sha256(&bundle.join(path)), sha);
+        assert!(
+            !bundle.join(old["onnx"].as_str().unwrap()).exists(),
+            "{old}"
+        );
+        assert_eq!(old["weights"], new["weights"]);
+    }
+    assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
+
+    // The reference runs the head itself: logits = cls_token·Wᵀ + b, from
+    // `runtime run` and from `runtime serve` alike.
+    let run = runtime_run(&bundle, &image);
+    assert_eq!(run["subnet"]["id"], "w32-d4", "{run}");
+    assert_teacher_head(&run["output"], &w, &b);
+    let served = runtime_serve(&bundle, &image, &dir.path().join("sock"));
+    assert_eq!(served["subnet"], "w32-d4", "{served}");
+    assert_teacher_head(&served, &w, &b);
+}
+
+/// `logits` and `class` in `output` are the head `W` `[3, 32]`, `b` on its
+/// `cls_token`.
+fn assert_teacher_head(output: &Value, w: &[f64], b: &[f64]) {
+    let cls: Vec<f64> = serde_json::from_value(output["cls_token"].clone()).unwrap();
+    let logits: Vec<f64> = serde_json::from_value(output["logits"].clone()).unwrap();
+    assert_eq!(logits.len(), 3, "{output}");
+    for (class, (&got, &bias)) in logits.iter().zip(b).enumerate() {
+        let row = &w[class * 32..(class + 1) * 32];
+        let want: f64 = cls.iter().zip(row).map(|(x, w)| x * w).sum::<f64>() + bias;
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "class {class}: {got} vs {want}"
+        );
+    }
+    let top = (0..3)
+        .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
+        .unwrap();
+    assert_eq!(output["class"], top, "{output}");
+}
+
+/// A `runtime serve` process, killed when dropped.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `POST /v1/embed` of `image` to `runtime serve` on `bundle`, listening on
+/// the Unix socket `socket`, with `runtime_run`'s limits.
+fn runtime_serve(bundle: &Path, image: &Path, socket: &Path) -> Value {
+    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
+    let _server = Serving(
+        Command::new(&bin)
+            .arg("serve")
+            .arg(bundle)
+            .args(["--no-cache", "--engine", "tract"])
+            .args(["--min-runs", "3", "--min-time", "0", "--memory-mb", "4096"])
+            .args(["--latency-ms", "100000", "--min-quality", "1"])
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "60", "--unix-socket"])
+            .arg(socket)
+            .args(args)
+            .output()
+            .expect("curl is installed")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !curl(&["http://tailor/v1/health"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runtime serve never got healthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let image = format!("@{}", image.display());
+    json(&curl(&[
+        "-H",
+        "Content-Type: image/png",
+        "--data-binary",
+        &image,
+        "http://tailor/v1/embed",
+    ]))
+}
+
+#[test]
+fn fit_head_scores_every_subnet_against_the_truncated_head() {
+    let (_dir, bundle, data) = labelled_bundle();
+    let report = json(&calibrate(
+        &bundle,
+        &data,
+        &["--fit-head", "--json", "--transfer", "ln-kdep"],
+    ));
+    let h = &report["head"];
+    assert_eq!(
+        (h["classes"].as_u64(), h["transfer"].as_str()),
+        (Some(2), Some("ln-kdep"))
+    );
+    // Dark against bright: the teacher's fitted head and every transferred
+    // one classify all 8 held-out images right.
+    assert_eq!(h["teacher_accuracy"], 1.0);
+    for s in h["subnets"].as_array().unwrap() {
+        assert_eq!(
+            (s["accuracy"].as_f64(), s["agreement"].as_f64()),
+            (Some(1.0), Some(1.0)),
+            "{s}"
+        );
+        assert!(s["truncated_accuracy"].as_f64().is_some(), "{s}");
+    }
+    let text = calibrate(&bundle, &data, &["--fit-head"]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.status.success() && stdout.contains("trunc. accuracy") && stdout.contains("w32-d2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_heads_are_named_and_leave_the_bundle_untouched() {
+    let (dir, bundle, data) = labelled_bundle();
+    let narrow = dir.path().join("narrow.npz");
+    head_npz(&narrow, 2, 16);
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--head", narrow.to_str().unwrap()],
+        &["narrow.npz", "takes 16 features", "32 wide"],
+    );
+    let missing = dir.path().join("missing.safetensors");
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--head", missing.to_str().unwrap()],
+        &["missing.safetensors"],
+    );
+    let garbage = dir.path().join("garbage.npz");
+    std::fs::write(&garbage, "not a zip").unwrap();
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--head", garbage.to_str().unwrap()],
+        &["garbage.npz"],
+    );
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--fit-head", "--no-labels"],
+        &["calib.npz", "no labels"],
+    );
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--fit-head", "--head", narrow.to_str().unwrap()],
+        &["--fit-head", "--head", "cannot be used with"],
+    );
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--fit-head", "--transfer", "kdep"],
+        &["kdep", "ln-kdep"],
+    );
+}
+
+#[test]
+fn a_failure_half_way_through_the_commit_leaves_the_bundle_as_it_was() {
+    let (_dir, bundle, data) = labelled_bundle();
+    // The new graphs are in place before manifest.json is: a directory in
+    // its way makes that rename fail after them.
+    std::fs::remove_file(bundle.join("manifest.json")).unwrap();
+    std::fs::create_dir_all(bundle.join("manifest.json/in-the-way")).unwrap();
+    assert_refused_with(&bundle, &data, &["--fit-head"], &["manifest.json"]);
+    assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 }

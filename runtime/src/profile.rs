@@ -415,6 +415,7 @@ mod tests {
             Ok(Outputs {
                 cls_token: Array2::zeros((1, 1)),
                 patch_tokens: Array3::zeros((1, 1, 1)),
+                logits: None,
             })
         }
 

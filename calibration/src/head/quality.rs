@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayView2, Axis};
 
-use super::{rows, truncated, Affine, HeadError, Labels, Ridge, Transfer};
+use super::{rows, truncated, Affine, HeadError, Labels, Ridge, Route, Transfer};
 
 /// A head's quality on a set of images.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,14 +15,27 @@ pub struct Quality {
 }
 
 /// The closed-form transfer against the truncated head on one sub-network.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
-    /// [`Transfer`], cross-fitted: each half of the images (even and odd
-    /// rows) is scored by the map fitted on the other half, so no image
-    /// grades a fit it took part in.
+    /// The teacher's head folded with the map fitted on [`Split::fit`]: the
+    /// layer the sub-network's graph gets.
+    pub folded: Affine,
+    /// [`Comparison::folded`] on [`Split::score`].
     pub transferred: Quality,
-    /// [`truncated`]: nothing is fitted, so it is scored on every image.
+    /// [`truncated`] on [`Split::score`] (nothing is fitted).
     pub truncated: Quality,
+}
+
+/// The images a map is fitted on and the images that grade it.
+///
+/// A split by row parity is not enough: a dataset stored class by class in
+/// turn (digits 0, 1, ..., 9, 0, ...) puts disjoint classes in the even and
+/// odd rows, and a map fitted on one half then grades the other on classes
+/// it never saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split<'a> {
+    pub fit: &'a [usize],
+    pub score: &'a [usize],
 }
 
 /// The class `head` predicts for each row of `features` (argmax; the first
@@ -58,50 +71,58 @@ pub fn quality(
     score(&predictions(head, features)?, teacher_predictions, labels)
 }
 
-/// Scores the transferred and the truncated head on sub-network features
-/// `sub` (`[images, w]`), the teacher's features `teacher` (`[images, D]`)
-/// of the same images and the teacher's `head`.
+/// Fits the transfer from sub-network features `sub` (`[images, w]`) to the
+/// teacher's `teacher` (`[images, D]`) on `split.fit`, folds it with the
+/// teacher's `head`, and scores it and the truncated head on `split.score`
+/// against the teacher head's predictions (and `labels`, given for every
+/// image).
 pub fn compare(
     head: &Affine,
     sub: ArrayView2<'_, f32>,
     teacher: ArrayView2<'_, f32>,
     labels: Option<&Labels>,
+    split: Split<'_>,
+    route: Route,
     ridge: Ridge,
 ) -> Result<Comparison, HeadError> {
-    let n = sub.nrows();
-    if n < 4 {
+    if split.score.is_empty() {
         return Err(HeadError::data(
             "comparing heads",
-            format!("cross-fitting needs at least 4 images, got {n}"),
+            "no images to score the heads on",
         ));
     }
-    let teacher_predictions = predictions(head, teacher)?;
+    let n = sub.nrows().min(teacher.nrows());
+    if let Some(&i) = split.fit.iter().chain(split.score).find(|&&i| i >= n) {
+        return Err(HeadError::data(
+            "comparing heads",
+            format!("image {i} of the split is past the {n} images"),
+        ));
+    }
+    let scored_sub = rows(sub, split.score);
+    let teacher_predictions = predictions(head, rows(teacher, split.score).view())?;
+    let labels = labels.map(|l| l.rows(split.score)).transpose()?;
     let naive = quality(
         &truncated(head, sub.ncols())?,
-        sub,
+        scored_sub.view(),
         &teacher_predictions,
-        labels,
+        labels.as_ref(),
     )?;
-
-    let halves: [Vec<usize>; 2] = [(0..n).step_by(2).collect(), (1..n).step_by(2).collect()];
-    let mut predicted = vec![0; n];
-    for (scored, fitted) in [(&halves[0], &halves[1]), (&halves[1], &halves[0])] {
-        let transfer = Transfer::fit(
-            rows(sub, fitted).view(),
-            rows(teacher, fitted).view(),
-            ridge,
-        )?;
-        let folded = transfer.fold(head)?;
-        for (&row, class) in scored
-            .iter()
-            .zip(predictions(&folded, rows(sub, scored).view())?)
-        {
-            predicted[row] = class;
-        }
-    }
+    let folded = Transfer::fit(
+        rows(sub, split.fit).view(),
+        rows(teacher, split.fit).view(),
+        route,
+        ridge,
+    )?
+    .fold(head)?;
     Ok(Comparison {
-        transferred: score(&predicted, &teacher_predictions, labels)?,
+        transferred: quality(
+            &folded,
+            scored_sub.view(),
+            &teacher_predictions,
+            labels.as_ref(),
+        )?,
         truncated: naive,
+        folded,
     })
 }
 

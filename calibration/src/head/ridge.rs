@@ -108,6 +108,24 @@ impl Labels {
     pub fn as_slice(&self) -> &[usize] {
         &self.values
     }
+
+    /// The labels of images `rows`, keeping every class.
+    pub fn rows(&self, rows: &[usize]) -> Result<Labels, HeadError> {
+        let values = rows
+            .iter()
+            .map(|&r| self.values.get(r).copied())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                HeadError::data(
+                    "labels",
+                    format!("an image index is past the {} labels", self.values.len()),
+                )
+            })?;
+        Ok(Labels {
+            values,
+            classes: self.classes,
+        })
+    }
 }
 
 /// A linear head on `features` `[images, D]`: ridge regression onto one-hot

@@ -8,11 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tailor_calibration::head::{transfer_heads, HeadOptions, HeadSource, Heads, Ridge, Route};
 use tailor_calibration::plot::{pareto_svg, Chart, Cost, Point};
 use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::bundle::{self, WriteOptions};
 use tailor_exporter::config::{GridRange, Overrides};
 use tailor_exporter::family::SubnetSpec;
+use tailor_exporter::onnx::head::graphs_with_heads;
 use tailor_exporter::pack::{self, Fate, PackOptions};
 use tailor_exporter::plan::{Plan, Request, Selection};
 use tailor_runtime::bundle::Bundle;
@@ -137,6 +139,23 @@ struct CalibrateArgs {
     /// highlighted (sub-networks no other beats on both).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Give every sub-network this task head, trained on the teacher's
+    /// features: a linear layer in an .npz or .safetensors (`weight`
+    /// [classes, D] and `bias`, or `W` and `b`). Each graph gets a third
+    /// output, `logits`, through a map from its cls_token to the teacher's
+    /// features fitted in closed form on the train images; the head is
+    /// scored on the held-out images.
+    #[arg(long, value_name = "HEAD", conflicts_with = "fit_head")]
+    head: Option<PathBuf>,
+    /// As --head, with the teacher's head fitted first by ridge regression
+    /// on the labelled train images.
+    #[arg(long)]
+    fit_head: bool,
+    /// How --head's map is fitted: plain (ridge least squares onto the
+    /// teacher's features) or ln-kdep (onto LayerNorm-whitened features cut
+    /// to the top principal directions; docs/calibration.md compares them).
+    #[arg(long, default_value = "plain", value_name = "ROUTE")]
+    transfer: Route,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -527,6 +546,16 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     };
     let dataset = Dataset::load(&args.data, load)
         .with_context(|| format!("reading the dataset {}", args.data.display()))?;
+    let head = match (&args.head, args.fit_head) {
+        (Some(path), _) => Some(HeadSource::File(path)),
+        (None, true) => Some(HeadSource::Fit),
+        (None, false) => None,
+    };
+    if let Some(source) = head {
+        source
+            .check(&dataset)
+            .with_context(|| format!("the task head for {}", args.data.display()))?;
+    }
     let options = Options {
         engine: args.engine,
         engine_options: EngineOptions {
@@ -534,7 +563,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
             threads: args.threads,
             ..EngineOptions::default()
         },
-        keep_features: args.dump_features.is_some(),
+        keep_features: args.dump_features.is_some() || head.is_some(),
     };
     let bar = if args.quiet || args.json {
         ProgressBar::hidden()
@@ -568,7 +597,23 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     if let Some(path) = &args.plot {
         plot(path, &bundle, &calibrated).with_context(|| format!("drawing {}", path.display()))?;
     }
-    let ranges = record::write(&bundle, &dataset, &calibrated)
+    let heads = head
+        .map(|source| {
+            let opts = HeadOptions {
+                source,
+                route: args.transfer,
+                ridge: Ridge::default(),
+                seed: args.seed,
+            };
+            transfer_heads(&calibrated, &dataset, &opts)
+                .with_context(|| format!("transferring the task head to {}", args.bundle.display()))
+        })
+        .transpose()?;
+    let graphs = match &heads {
+        Some(h) => graphs_with_heads(&bundle, h)?,
+        None => Vec::new(),
+    };
+    let ranges = record::write_with_graphs(&bundle, &dataset, &calibrated, &graphs)
         .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
     if args.json {
         let scores: Vec<_> = calibrated
@@ -588,6 +633,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
                     "val": dataset.labels.as_ref().map(|l| l.val.len()),
                 },
                 "ranges": ranges, "subnets": scores,
+                "head": heads.as_ref().map(|h| head_json(h, &args)),
             })
         )?;
         return Ok(());
@@ -619,6 +665,68 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
         calibrated.reference,
         ranges.display()
     );
+    if let Some(h) = &heads {
+        print_heads(h, &args)?;
+    }
+    Ok(())
+}
+
+/// Where `--head`/`--fit-head` took the teacher's head from.
+fn head_origin(args: &CalibrateArgs) -> String {
+    args.head.as_ref().map_or_else(
+        || "fitted on the train images".to_owned(),
+        |p| p.display().to_string(),
+    )
+}
+
+fn head_json(heads: &Heads, args: &CalibrateArgs) -> serde_json::Value {
+    let subnets: Vec<_> = heads
+        .subnets
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id, "agreement": s.transferred.agreement, "accuracy": s.transferred.accuracy,
+                "truncated_agreement": s.truncated.agreement, "truncated_accuracy": s.truncated.accuracy,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "head": head_origin(args), "transfer": args.transfer.name(), "classes": heads.classes,
+        "fitted_on": heads.fitted_on, "scored_on": heads.scored_on,
+        "teacher_accuracy": heads.teacher.accuracy, "subnets": subnets,
+    })
+}
+
+/// The task head per sub-network, beside the truncated head it replaces.
+fn print_heads(heads: &Heads, args: &CalibrateArgs) -> Result<()> {
+    let percent = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+    outln!(
+        "\nhead {} ({} classes, {} transfer): fitted on {} images, scored on {}",
+        head_origin(args),
+        heads.classes,
+        args.transfer,
+        heads.fitted_on,
+        heads.scored_on
+    )?;
+    outln!(
+        "{:<12} {:>9} {:>9} {:>15} {:>15}",
+        "id",
+        "accuracy",
+        "agreement",
+        "trunc. accuracy",
+        "trunc. agreement"
+    )?;
+    for s in &heads.subnets {
+        outln!(
+            "{:<12} {:>9} {:>9} {:>15} {:>15}",
+            s.id,
+            percent(s.transferred.accuracy),
+            percent(Some(s.transferred.agreement)),
+            percent(s.truncated.accuracy),
+            percent(Some(s.truncated.agreement))
+        )?;
+    }
+    eprintln!("every graph now has a `logits` output (agreement: with the teacher head's class)");
     Ok(())
 }
 

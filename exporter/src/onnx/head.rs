@@ -15,7 +15,9 @@ use onnx_protobuf::tensor_shape_proto::dimension;
 use onnx_protobuf::{type_proto, ModelProto};
 use protobuf::Message;
 use sha2::{Digest, Sha256 as Hasher};
-use tailor_calibration::head::Affine;
+use tailor_calibration::head::{Affine, Heads};
+use tailor_calibration::record::NewGraph;
+use tailor_runtime::bundle::Bundle;
 use tailor_runtime::manifest::Sha256;
 
 use super::{Attr, Dim, GraphBuilder, Value};
@@ -50,6 +52,24 @@ pub enum HeadGraphError {
 /// The new graph is written next to the old one and renamed over it, so a
 /// failure leaves the old graph in place.
 pub fn add_logits(path: &Path, head: &Affine) -> Result<Sha256, HeadGraphError> {
+    let bytes = with_logits(path, head)?;
+    let write = |source| HeadGraphError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let partial = path.with_extension("onnx.partial");
+    fs::write(&partial, &bytes)
+        .and_then(|()| fs::rename(&partial, path))
+        .map_err(|source| {
+            let _ = fs::remove_file(&partial);
+            write(source)
+        })?;
+    Ok(Sha256(Hasher::digest(&bytes).into()))
+}
+
+/// The graph file at `path` with `head` added (a head added before
+/// replaced), as the bytes of a new file; the file itself is not touched.
+pub fn with_logits(path: &Path, head: &Affine) -> Result<Vec<u8>, HeadGraphError> {
     let bytes = fs::read(path).map_err(|source| HeadGraphError::Read {
         path: path.to_owned(),
         source,
@@ -63,21 +83,32 @@ pub fn add_logits(path: &Path, head: &Affine) -> Result<Sha256, HeadGraphError> 
         path: path.to_owned(),
         problem,
     })?;
-    let write = |source| HeadGraphError::Write {
+    model.write_to_bytes().map_err(|e| HeadGraphError::Write {
         path: path.to_owned(),
-        source,
-    };
-    let bytes = model
-        .write_to_bytes()
-        .map_err(|e| write(io::Error::other(e)))?;
-    let partial = path.with_extension("onnx.partial");
-    fs::write(&partial, &bytes)
-        .and_then(|()| fs::rename(&partial, path))
-        .map_err(|source| {
-            let _ = fs::remove_file(&partial);
-            write(source)
-        })?;
-    Ok(Sha256(Hasher::digest(&bytes).into()))
+        source: io::Error::other(e),
+    })
+}
+
+/// Every sub-network's graph with its head from `heads` added, for
+/// [`tailor_calibration::record::write_with_graphs`] to put into `bundle` with the manifest.
+pub fn graphs_with_heads(bundle: &Bundle, heads: &Heads) -> Result<Vec<NewGraph>, HeadGraphError> {
+    let manifest = bundle.manifest();
+    heads
+        .subnets
+        .iter()
+        .map(|h| {
+            let subnet = manifest
+                .subnet(&h.id)
+                .ok_or_else(|| HeadGraphError::Interface {
+                    path: bundle.dir().to_owned(),
+                    problem: format!("no sub-network `{}`", h.id),
+                })?;
+            Ok(NewGraph {
+                id: h.id.clone(),
+                bytes: with_logits(&bundle.graph_path(subnet), &h.folded)?,
+            })
+        })
+        .collect()
 }
 
 /// Appends `logits = Gemm(cls_token, A, c, transB=1)` to `model`, `A` and

@@ -17,6 +17,8 @@ use super::EngineError;
 pub(super) const INPUT: &str = "pixel_values";
 /// The graph outputs every bundle graph has, in [`Graph::outputs`] order.
 pub(super) const OUTPUTS: [&str; 2] = ["cls_token", "patch_tokens"];
+/// The output a graph has when `exporter calibrate --head` gave it a task head.
+pub(super) const LOGITS: &str = "logits";
 
 /// A decoded graph whose interface and external data have been checked.
 pub(super) struct Graph {
@@ -26,6 +28,8 @@ pub(super) struct Graph {
     pub image: [usize; 2],
     /// Where [`OUTPUTS`] sit among the graph's outputs.
     pub outputs: [usize; 2],
+    /// Where [`LOGITS`] sits, if the graph has it.
+    pub logits: Option<usize>,
 }
 
 impl Graph {
@@ -82,6 +86,7 @@ impl Graph {
                 .ok_or_else(|| interface(format!("no output `{name}`")))
         };
         let outputs = [output(OUTPUTS[0])?, output(OUTPUTS[1])?];
+        let logits = body.output.iter().position(|o| o.name == LOGITS);
 
         let dir = path.parent().unwrap_or(Path::new(""));
         for tensor in &body.initializer {
@@ -92,6 +97,7 @@ impl Graph {
             proto,
             image,
             outputs,
+            logits,
         })
     }
 }

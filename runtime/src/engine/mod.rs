@@ -4,7 +4,9 @@
 //!
 //! Both engines load the same bundle graphs: input `pixel_values`
 //! `[batch, 3, H, W]`, outputs `cls_token` `[batch, w]` and `patch_tokens`
-//! `[batch, N, w]`, weights as ONNX external data next to the graph. The batch
+//! `[batch, N, w]` (and `logits` `[batch, classes]` once `exporter calibrate
+//! --head` added a task head), weights as ONNX external data next to the
+//! graph. The batch
 //! is fixed when a session is loaded, so every run has the shape it was
 //! planned (and measured) for.
 
@@ -175,6 +177,23 @@ pub struct Outputs {
     pub cls_token: Array2<f32>,
     /// `[batch, N, w]`
     pub patch_tokens: Array3<f32>,
+    /// `[batch, classes]`, when the graph has a task head.
+    pub logits: Option<Array2<f32>>,
+}
+
+impl Outputs {
+    /// The class with the largest logit for image `image` of the batch (the
+    /// first of equal ones); `None` without a task head.
+    pub fn top_class(&self, image: usize) -> Option<usize> {
+        let row = self.logits.as_ref()?.row(image);
+        row.iter()
+            .enumerate()
+            .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((i, v)),
+            })
+            .map(|(i, _)| i)
+    }
 }
 
 /// Loads `graph` into `kind`'s engine.
@@ -273,13 +292,14 @@ fn check_input(
     }
 }
 
-/// Copies an engine's two output views into [`Outputs`], checking that they
+/// Copies an engine's output views into [`Outputs`], checking that they
 /// have the shapes every bundle graph promises for `batch`.
 fn outputs(
     graph: &Path,
     batch: usize,
     cls: ArrayViewD<'_, f32>,
     patch: ArrayViewD<'_, f32>,
+    logits: Option<ArrayViewD<'_, f32>>,
 ) -> Result<Outputs, EngineError> {
     let bad = |name: &str, shape: &[usize], want: &str| EngineError::Interface {
         graph: graph.to_owned(),
@@ -296,9 +316,20 @@ fn outputs(
         .ok()
         .filter(|p| p.dim().0 == batch && p.dim().2 == cls.ncols())
         .ok_or_else(|| bad(graph::OUTPUTS[1], &patch_shape, "[batch, N, w]"))?;
+    let logits = logits
+        .map(|l| {
+            let shape = l.shape().to_vec();
+            l.into_dimensionality::<Ix2>()
+                .ok()
+                .filter(|l| l.nrows() == batch && l.ncols() > 0)
+                .map(|l| l.to_owned())
+                .ok_or_else(|| bad(graph::LOGITS, &shape, "[batch, classes]"))
+        })
+        .transpose()?;
     Ok(Outputs {
         cls_token: cls.to_owned(),
         patch_tokens: patch.to_owned(),
+        logits,
     })
 }
 

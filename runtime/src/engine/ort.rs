@@ -16,7 +16,7 @@ use ort::value::TensorRef;
 use ort::AsPointer;
 
 use super::error::BackendError;
-use super::graph::{Graph, INPUT, OUTPUTS};
+use super::graph::{Graph, INPUT, LOGITS, OUTPUTS};
 use super::{
     EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session,
 };
@@ -71,6 +71,8 @@ pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
 pub(super) struct OrtSession {
     graph: PathBuf,
     shape: [usize; 4],
+    /// The graph has a `logits` output.
+    logits: bool,
     /// The short names of the providers that got nodes, joined by `+`.
     provider: String,
     session: ort::session::Session,
@@ -127,6 +129,7 @@ impl OrtSession {
         Ok(OrtSession {
             graph: path,
             shape: [opts.batch, 3, h, w],
+            logits: graph.logits.is_some(),
             provider: label(&assigned),
             session,
             built_engine,
@@ -149,11 +152,17 @@ impl Session for OrtSession {
                 .and_then(|v| v.try_extract_array::<f32>())
                 .map_err(|e| backend(&self.graph, e))
         };
+        let logits = if self.logits {
+            Some(view(LOGITS)?)
+        } else {
+            None
+        };
         super::outputs(
             &self.graph,
             self.shape[0],
             view(OUTPUTS[0])?,
             view(OUTPUTS[1])?,
+            logits,
         )
     }
 

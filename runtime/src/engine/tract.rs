@@ -44,6 +44,7 @@ pub(super) struct TractSession {
     graph: PathBuf,
     shape: [usize; 4],
     outputs: [usize; 2],
+    logits: Option<usize>,
     /// One per worker, reused across runs so a run allocates only its tensors.
     workers: Vec<TypedSimpleState>,
 }
@@ -87,6 +88,7 @@ impl TractSession {
             graph: graph.path,
             shape: [opts.batch, 3, h, w],
             outputs: graph.outputs,
+            logits: graph.logits,
             workers,
         })
     }
@@ -142,11 +144,13 @@ impl Session for TractSession {
             concatenate(Axis(0), &views).map_err(|e| backend(&self.graph, e.into()))
         };
         let [cls, patch] = self.outputs;
+        let logits = self.logits.map(stack).transpose()?;
         super::outputs(
             &self.graph,
             self.shape[0],
             stack(cls)?.view(),
             stack(patch)?.view(),
+            logits.as_ref().map(|l| l.view()),
         )
     }
 

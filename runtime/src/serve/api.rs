@@ -370,6 +370,10 @@ fn infer(
         "latency_ms": seconds * 1e3,
         "cls_token": out.cls_token.row(0).to_vec(),
     });
+    if let Some(logits) = &out.logits {
+        value["logits"] = json!(logits.row(0).to_vec());
+        value["class"] = json!(out.top_class(0));
+    }
     if patch_tokens {
         let tokens = out.patch_tokens.index_axis(Axis(0), 0);
         value["patch_tokens"] = json!(tokens

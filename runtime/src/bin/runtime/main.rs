@@ -476,6 +476,10 @@ fn run(command: Command) -> Result<()> {
                     "cls_token": cls.to_vec(),
                     "patch_tokens_shape": out.patch_tokens.shape(),
                 });
+                if let Some(logits) = &out.logits {
+                    obj["output"]["logits"] = json!(logits.row(0).to_vec());
+                    obj["output"]["class"] = json!(out.top_class(0));
+                }
                 outln!("{obj:#}")?;
             } else {
                 outln!(@no_newline "{}", render_selection(&rt.bundle().manifest(), &chosen))?;
@@ -491,6 +495,9 @@ fn run(command: Command) -> Result<()> {
                         + ", ...",
                     out.patch_tokens.shape()
                 )?;
+                if let Some(class) = out.top_class(0) {
+                    outln!("task head: class {class}")?;
+                }
             }
             Ok(())
         }
