@@ -18,7 +18,11 @@
 //! (the runtime's default: ONNX Runtime when it runs the first candidate
 //! faster), to show the sub-network it buys against tract's pick.
 //!
-//! Usage: `cargo bench [--features ort] --bench select [-- --limits N]`
+//! `--auto-only` skips the brute force and the rest: the limits then span
+//! tract's p90 of the cheapest and the largest candidate, and each is
+//! selected with tract only and with `auto`, back to back.
+//!
+//! Usage: `cargo bench [--features ort] --bench select [-- --limits N] [--auto-only]`
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     }
     let mut args = std::env::args().skip(1);
     let mut sweep = 16usize;
+    let mut auto_only = false;
     while let Some(a) = args.next() {
         if a == "--limits" {
             sweep = args
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
                 .and_then(|v| v.parse().ok())
                 .expect("--limits N");
         }
+        auto_only |= a == "--auto-only";
     }
     let dir = tempfile::tempdir().unwrap();
     let teacher = dir.path().join("teacher.safetensors");
@@ -120,6 +126,25 @@ fn main() -> ExitCode {
     let n = manifest.subnets.len();
     let shape = rt.input_shape(1);
     eprintln!("bundle: {n} sub-networks");
+    #[cfg(feature = "ort")]
+    if auto_only {
+        let p90 = |by: fn(&&Subnet<'_>) -> u64| {
+            let id = manifest.subnets.iter().min_by_key(by).unwrap().id;
+            rt.profile(id, 1).unwrap().p90_ms
+        };
+        let (lo, hi) = (p90(|s| s.macs), p90(|s| u64::MAX - s.macs));
+        for k in 0..sweep {
+            let limit = limit_at(lo, hi, k, sweep);
+            match rt.select(&Limits::latency_ms(limit).memory_mb(4096)) {
+                Ok(tract) => auto.select(limit, &tract.id),
+                Err(e) => eprintln!("limit {limit:.3} ms: tract: {e}"),
+            }
+        }
+        auto.print();
+        return ExitCode::SUCCESS;
+    }
+    #[cfg(not(feature = "ort"))]
+    assert!(!auto_only, "--auto-only needs --features ort");
 
     // The careful brute force, twice.
     let t0 = Instant::now();
@@ -151,8 +176,7 @@ fn main() -> ExitCode {
         (0, 0, 0, Vec::new(), Vec::new());
     let mut rows = Vec::new();
     for k in 0..sweep {
-        // Limits spread geometrically from just above the fastest to the slowest.
-        let limit = lo * 1.05 * (hi / (lo * 1.05)).powf(k as f64 / (sweep - 1) as f64);
+        let limit = limit_at(lo, hi, k, sweep);
         let (best_a, best_b) = (best_within(&pass_a, limit), best_within(&pass_b, limit));
         if best_a.map(|c| &c.id) == best_b.map(|c| &c.id) {
             self_agree += 1;
@@ -199,7 +223,7 @@ fn main() -> ExitCode {
             times.last().unwrap()
         ));
         #[cfg(feature = "ort")]
-        auto.select(limit, &chosen.id, &judge);
+        auto.select(limit, &chosen.id);
     }
     times.sort_by(f64::total_cmp);
     counts.sort();
@@ -302,8 +326,9 @@ impl AutoSweep {
         }
     }
 
-    fn select(&mut self, limit: f64, tract_pick: &str, judge: &[Careful]) {
-        let macs = |id: &str| judge.iter().find(|c| c.id == id).unwrap().macs;
+    fn select(&mut self, limit: f64, tract_pick: &str) {
+        let manifest = self.rt.bundle().manifest();
+        let macs = |id: &str| manifest.subnet(id).unwrap().macs;
         match self.rt.select(&Limits::latency_ms(limit).memory_mb(4096)) {
             Ok(pick) => {
                 if macs(&pick.id) >= macs(tract_pick) {
@@ -390,6 +415,11 @@ fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Caref
 }
 
 /// The candidate with the most MACs whose p90 is within `limit`.
+/// Limit `k` of `sweep`, spread geometrically from just above `lo` to `hi`.
+fn limit_at(lo: f64, hi: f64, k: usize, sweep: usize) -> f64 {
+    lo * 1.05 * (hi / (lo * 1.05)).powf(k as f64 / (sweep - 1) as f64)
+}
+
 fn best_within(table: &[Careful], limit: f64) -> Option<&Careful> {
     table
         .iter()
