@@ -53,6 +53,7 @@ pub fn write(
             bytes: ranges.len() as u64,
             sha256: ranges_sha256,
         },
+        task: calibrated.task.as_deref(),
     });
 
     let calibration_dir = dir.join(CALIBRATION_DIR);
