@@ -114,8 +114,11 @@ impl Nodes {
             output: vec![value_info(output)],
             ..GraphProto::default()
         };
+        // Without the graph's own description, so equal cuts of different
+        // graphs compare equal.
         let mut model = self.proto.clone();
         model.graph = Some(graph);
+        model.doc_string.clear();
         Ok(Cut {
             graph: self.path.clone(),
             model,
@@ -146,13 +149,20 @@ fn value_info(name: &str) -> ValueInfoProto {
     }
 }
 
-/// Some nodes of a graph as a graph of their own. Two cuts are equal when
-/// they compute the same thing from the same weights.
-#[derive(Clone, PartialEq)]
+/// Some nodes of a graph as a graph of their own.
+#[derive(Clone)]
 pub struct Cut {
     /// The graph cut from: external data paths are relative to its folder.
     graph: PathBuf,
     model: ModelProto,
+}
+
+/// Equal cuts compute the same thing from the same weights, whichever
+/// graph they were cut from.
+impl PartialEq for Cut {
+    fn eq(&self, other: &Cut) -> bool {
+        self.model == other.model && self.graph.parent() == other.graph.parent()
+    }
 }
 
 impl std::fmt::Debug for Cut {
