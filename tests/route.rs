@@ -88,6 +88,9 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     assert_eq!(calibration.task, Some("digits"));
     assert_eq!(calibration.dataset_sha256, data.sha256);
     let limits = Limits::latency_ms(1e5).memory_mb(4096.0);
+    // Everything fits: quality is the objective.
+    assert_eq!(rt.select(&limits).unwrap().id, best.id);
+    // Only the best reaches the minimum.
     let threshold = ((best.quality() + second.quality()) / 2.0) as f32;
     let chosen = rt.select(&limits.min_quality(threshold)).unwrap();
     assert_eq!(chosen.id, best.id);
