@@ -1,22 +1,31 @@
 //! Routing every path of the SDR example over 1,000 MNIST digits: the tree
 //! of graph cuts (each shared prefix once per image) against running each
-//! sub-network's own graph over the same images, same engine (tract), one
-//! thread, batch 1, in the same process, alternating, median of the runs.
-//! The baseline's images are preprocessed before its clock starts; the
-//! tree's preprocessing is timed.
+//! sub-network's whole graph over the same images, on tract, one thread, in
+//! the same process, the variants alternating, median of the runs:
+//!
+//! - `tree bN`: `Tree::features` at batch N (preprocessing timed);
+//! - `graphs bN`: each graph as one cut (the same planning and engine as
+//!   the tree's cuts, nothing shared) at batch N;
+//! - `sessions`: each graph through the runtime's engine session, as
+//!   `exporter calibrate` runs it (tract runs a batch image by image).
+//!
+//! The baselines' images are preprocessed before their clocks start.
 //!
 //! Usage: `cargo bench --bench route [-- --runs N]`
 
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use ndarray::Array4;
+use ndarray::{Array4, Axis};
 use tailor::calibration::route::Tree;
 use tailor::calibration::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::runtime::bundle::Bundle;
+use tailor::runtime::engine::segment::{Activation, Cut, Nodes};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|image| {
             let mut p = Array4::zeros((1, 3, side, side));
-            image.preprocess_into(p.index_axis_mut(ndarray::Axis(0), 0));
+            image.preprocess_into(p.index_axis_mut(Axis(0), 0));
             p
         })
         .collect();
@@ -64,20 +73,53 @@ fn main() -> anyhow::Result<()> {
         ..EngineOptions::default()
     };
     let manifest = bundle.manifest();
-    let (mut tree_times, mut graph_times) = (Vec::new(), Vec::new());
+    let tree = Tree::build(&bundle)?;
+    eprintln!(
+        "{} sub-networks, {} images: {} cuts in the tree, {} one graph at a time",
+        manifest.subnets.len(),
+        data.images.len(),
+        tree.len(),
+        tree.unshared_len()
+    );
+    let graphs: Vec<Cut> = manifest
+        .subnets
+        .iter()
+        .map(|s| Nodes::read(&bundle.graph_path(s))?.whole())
+        .collect::<Result<_, _>>()?;
+    let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for run in 0..runs {
-        let start = Instant::now();
-        let tree = Tree::build(&bundle)?;
-        tree.features(&data, &mut |_| {})?;
-        tree_times.push(start.elapsed());
-        if run == 0 {
-            eprintln!(
-                "{} sub-networks, {} images: {} cuts per image in the tree, {} one graph at a time",
-                manifest.subnets.len(),
-                data.images.len(),
-                tree.len(),
-                tree.unshared_len()
-            );
+        for batch in BATCHES {
+            let start = Instant::now();
+            tree.features(
+                &data,
+                NonZeroUsize::new(batch).expect("batches are positive"),
+                &mut |_| {},
+            )?;
+            let tree_time = start.elapsed();
+
+            let batched: Vec<Activation> = pixels
+                .chunks(batch)
+                .filter(|c| c.len() == batch)
+                .map(|c| {
+                    let views: Vec<_> = c.iter().map(|p| p.view()).collect();
+                    Ok(Activation::pixels(
+                        ndarray::concatenate(Axis(0), &views)?.view(),
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let start = Instant::now();
+            for graph in &graphs {
+                let mut state = graph.plan(&[batch, 3, side, side])?.spawn()?;
+                for p in &batched {
+                    state.run(p)?;
+                }
+            }
+            // Whole batches only: scaled to every image.
+            let graph_time = start
+                .elapsed()
+                .mul_f64(pixels.len() as f64 / (batched.len() * batch) as f64);
+            record(&mut times, format!("tree b{batch}"), tree_time, run);
+            record(&mut times, format!("graphs b{batch}"), graph_time, run);
         }
 
         let start = Instant::now();
@@ -87,22 +129,34 @@ fn main() -> anyhow::Result<()> {
                 session.run(p.view())?;
             }
         }
-        graph_times.push(start.elapsed());
-        eprintln!(
-            "run {}: tree {:.2} s, graphs {:.2} s",
-            run + 1,
-            tree_times[run].as_secs_f64(),
-            graph_times[run].as_secs_f64()
+        record(&mut times, "sessions".into(), start.elapsed(), run);
+    }
+    let median: BTreeMap<String, f64> = times
+        .iter_mut()
+        .map(|(k, t)| (k.clone(), median(t).as_secs_f64()))
+        .collect();
+    println!("median of {runs} runs, {} images:", data.images.len());
+    for batch in BATCHES {
+        let (tree, graphs) = (
+            median[&format!("tree b{batch}")],
+            median[&format!("graphs b{batch}")],
+        );
+        println!(
+            "batch {batch:>2}: tree {tree:.2} s, each graph on its own {graphs:.2} s: {:.2}x; sessions {:.2} s: {:.2}x",
+            graphs / tree,
+            median["sessions"],
+            median["sessions"] / tree
         );
     }
-    let (tree, graphs) = (median(&mut tree_times), median(&mut graph_times));
-    println!(
-        "median of {runs}: tree {:.2} s, each graph on its own {:.2} s: {:.2}x",
-        tree.as_secs_f64(),
-        graphs.as_secs_f64(),
-        graphs.as_secs_f64() / tree.as_secs_f64()
-    );
     Ok(())
+}
+
+/// Batch sizes the tree and the whole graphs run at.
+const BATCHES: [usize; 2] = [1, 32];
+
+fn record(times: &mut BTreeMap<String, Vec<Duration>>, key: String, t: Duration, run: usize) {
+    eprintln!("run {}: {key} {:.2} s", run + 1, t.as_secs_f64());
+    times.entry(key).or_default().push(t);
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::num::NonZeroUsize;
+
 use common::{export, request, subnets};
 use tailor::calibration::route::{self, Tree};
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
@@ -12,6 +14,7 @@ use tailor::runtime::profile::MeasureOptions;
 use tailor::runtime::select::{Limits, Runtime, RuntimeOptions};
 
 const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
+const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
 fn mnist(limit: usize) -> Dataset {
     let load = LoadOptions {
@@ -31,8 +34,11 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
     // (the last block joined with the outputs). One graph at a time: 17 × 5.
     assert_eq!((tree.len(), tree.unshared_len()), (1 + 4 + 30, 85));
 
+    // Batches of 24: the last of the 64 images is short.
     let data = mnist(64);
-    let routed = tree.features(&data, &mut |_| {}).unwrap();
+    let routed = tree
+        .features(&data, NonZeroUsize::new(24).unwrap(), &mut |_| {})
+        .unwrap();
     let options = Options {
         keep_features: true,
         ..Options::default()
@@ -64,7 +70,7 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     });
     let bundle = Bundle::open(&dir).unwrap();
     let data = mnist(1000);
-    let routed = route::route(&bundle, &data, "digits", &mut |_| {}).unwrap();
+    let routed = route::route(&bundle, &data, "digits", BATCH, &mut |_| {}).unwrap();
     let ranking = route::ranking(&routed);
     let (best, second) = (ranking[0], ranking[1]);
     assert!(

@@ -7,6 +7,7 @@ pub mod histogram;
 pub mod tree;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 
 use tailor_runtime::bundle::Bundle;
 
@@ -25,12 +26,14 @@ pub enum Progress {
 }
 
 /// Scores every sub-network of the SDR `bundle` on the labelled `dataset`
-/// for `task`; the result goes into the bundle with [`crate::record::write`]
-/// (no activation ranges: `exporter calibrate` records those).
+/// for `task`, running the tree on `batch` images at a time; the result goes
+/// into the bundle with [`crate::record::write`] (no activation ranges:
+/// `exporter calibrate` records those).
 pub fn route(
     bundle: &Bundle,
     dataset: &Dataset,
     task: &str,
+    batch: NonZeroUsize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Calibrated, CalibrationError> {
     let manifest = bundle.manifest();
@@ -53,7 +56,7 @@ pub fn route(
         unshared: tree.unshared_len(),
     });
     let total = dataset.images.len();
-    let features = tree.features(dataset, &mut |done| {
+    let features = tree.features(dataset, batch, &mut |done| {
         progress(Progress::Images { done, total })
     })?;
     let reference_features = features

@@ -3,6 +3,7 @@
 //! the last block), and equal cuts under the same parent are merged, so a
 //! prefix of choices that several paths share runs once per image.
 
+use std::num::NonZeroUsize;
 use std::ops::Range;
 
 use ndarray::{Array2, Array4};
@@ -128,18 +129,21 @@ impl Tree {
     }
 
     /// Every sub-network's `cls_token` per image of `dataset` (manifest
-    /// order), each cut run once per image; `progress` hears the images done.
+    /// order), each cut run once per `batch` images; `progress` hears the
+    /// images done.
     pub fn features(
         &self,
         dataset: &Dataset,
+        batch: NonZeroUsize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<(String, Array2<f32>)>, CalibrationError> {
+        let batch = batch.get();
         let side = self.image_size;
         let mut plans: Vec<Plan> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let input = match node.parent {
                 Some(p) => plans[p].output_shape().to_vec(),
-                None => vec![1, 3, side, side],
+                None => vec![batch, 3, side, side],
             };
             plans.push(node.cut.plan(&input).map_err(engine(node))?);
         }
@@ -152,12 +156,20 @@ impl Tree {
         let mut features: Vec<Array2<f32>> = self
             .leaves
             .iter()
-            .map(|&(_, leaf)| Array2::zeros((n, plans[leaf].output_shape().iter().product())))
+            .map(|&(_, leaf)| {
+                let width = plans[leaf].output_shape().iter().skip(1).product();
+                Array2::zeros((n, width))
+            })
             .collect();
-        let mut pixels = Array4::<f32>::zeros((1, 3, side, side));
+        let mut pixels = Array4::<f32>::zeros((batch, 3, side, side));
         let mut values: Vec<Activation> = Vec::with_capacity(self.nodes.len());
-        for (i, image) in dataset.images.iter().enumerate() {
-            image.preprocess_into(pixels.index_axis_mut(ndarray::Axis(0), 0));
+        for start in (0..n).step_by(batch) {
+            let images = &dataset.images[start..(start + batch).min(n)];
+            // A short last batch keeps the previous images in its tail;
+            // their rows are dropped.
+            for (image, out) in images.iter().zip(pixels.outer_iter_mut()) {
+                image.preprocess_into(out);
+            }
             let input = Activation::pixels(pixels.view());
             values.clear();
             for (node, run) in self.nodes.iter().zip(&mut runs) {
@@ -167,12 +179,12 @@ impl Tree {
             }
             for ((_, leaf), out) in self.leaves.iter().zip(&mut features) {
                 let cls = values[*leaf].to_array();
-                out.row_mut(i)
-                    .iter_mut()
-                    .zip(cls.iter())
-                    .for_each(|(o, v)| *o = *v);
+                let rows = cls.rows().into_iter().take(images.len());
+                for (row, mut dest) in rows.zip(out.outer_iter_mut().skip(start)) {
+                    dest.assign(&row);
+                }
             }
-            progress(i + 1);
+            progress(start + images.len());
         }
         Ok(self
             .leaves

@@ -134,6 +134,9 @@ struct RouteArgs {
     /// Route on the first N images only (array order, or sorted paths).
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// Images per run of each block.
+    #[arg(long, default_value = "32", value_name = "N")]
+    batch: std::num::NonZeroUsize,
     /// Also draw the histogram of path accuracies to FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -691,7 +694,7 @@ fn route(args: RouteArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let routed = route::route(&bundle, &dataset, &task, &mut |p| match p {
+    let routed = route::route(&bundle, &dataset, &task, args.batch, &mut |p| match p {
         route::Progress::Planned { cuts, unshared } if !args.quiet => eprintln!(
             "{} sub-networks: {cuts} blocks run per image ({unshared} one graph at a time)",
             bundle.manifest().subnets.len()

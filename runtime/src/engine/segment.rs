@@ -45,6 +45,11 @@ impl Nodes {
         self.proto.graph.as_ref().expect("checked by Graph::read")
     }
 
+    /// The whole graph as one cut (from the image to `cls_token`).
+    pub fn whole(&self) -> Result<Cut, EngineError> {
+        self.cut(0..self.body().node.len())
+    }
+
     /// Nodes `range` as a graph of their own: its input the one value they
     /// read from earlier nodes (or the graph's input), its output `cls_token`
     /// if they compute it, else the one value later nodes read from them.
@@ -173,7 +178,7 @@ impl std::fmt::Debug for Cut {
 }
 
 impl Cut {
-    /// Plans the cut for one input of `shape` (batch 1).
+    /// Plans the cut for an input of `shape` (its first axis the batch).
     pub fn plan(&self, shape: &[usize]) -> Result<Plan, EngineError> {
         let dir = self.graph.parent().and_then(Path::to_str);
         let plan = || -> TractResult<Arc<TypedRunnableModel>> {
@@ -235,7 +240,7 @@ pub struct Run {
 pub struct Activation(TValue);
 
 impl Activation {
-    /// One preprocessed image, `[1, 3, H, W]`.
+    /// A batch of preprocessed images, `[batch, 3, H, W]`.
     pub fn pixels(pixels: ArrayView4<'_, f32>) -> Activation {
         Activation(Tensor::from(pixels.as_standard_layout().into_owned()).into_tvalue())
     }
