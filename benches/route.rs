@@ -23,7 +23,7 @@ use ndarray::{Array4, Axis};
 use tailor::calibration::route::Tree;
 use tailor::calibration::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self, WriteOptions};
-use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::exporter::plan::{Plan, Request};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::segment::{Activation, Cut, Nodes};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
@@ -36,14 +36,9 @@ fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("bundle");
-    let plan = Plan::new(&Request {
-        teacher: root.join("examples/sdr-tiny/sdr.safetensors"),
-        config: None,
-        overrides: Default::default(),
-        selection: Selection::All,
-        max_params: None,
-        max_macs: None,
-    })?;
+    let plan = Plan::new(&Request::all(
+        root.join("examples/sdr-tiny/sdr.safetensors"),
+    ))?;
     let write = WriteOptions {
         force: false,
         jobs: 2,

@@ -12,14 +12,13 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use indicatif::ProgressBar;
+mod common;
+
+use anyhow::Result;
 use tailor::calibration::route;
 use tailor::calibration::{record, Dataset, LoadOptions};
-use tailor::exporter::bundle::{self, WriteOptions};
-use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::isolate::{self, Isolation};
+use tailor::runtime::isolate::Isolation;
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
 
 /// Default budget: generous for the tiny example on any CPU, so the choice
@@ -32,55 +31,15 @@ const TASK_DATA: &str = "examples/mnist-calib.npz";
 const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
 fn main() -> ExitCode {
-    // Candidates are measured in children: this program re-executed.
-    if let Some(code) = isolate::child_main() {
-        return code;
-    }
-    match sdr() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(sdr, (DEFAULT_LATENCY_MS, DEFAULT_MEMORY_MB))
 }
 
-fn sdr() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut number = |name: &str, default: f64| -> Result<f64> {
-        args.next()
-            .map(|a| a.parse().with_context(|| name.to_owned()))
-            .unwrap_or(Ok(default))
-    };
-    let latency_ms = number("LATENCY_MS", DEFAULT_LATENCY_MS)?;
-    let memory_mb = number("MEMORY_MB", DEFAULT_MEMORY_MB)?;
-
+fn sdr(limits: Limits) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = root.join("target/sdr-bundle");
 
     // 1. Export the whole SDRnet and every path (sdr.json lies beside it).
-    let plan = Plan::new(&Request {
-        teacher: root.join("examples/sdr-tiny/sdr.safetensors"),
-        config: None,
-        overrides: Default::default(),
-        selection: Selection::All,
-        max_params: None,
-        max_macs: None,
-    })?;
-    let options = WriteOptions {
-        force: true,
-        jobs: 2,
-        progress: ProgressBar::hidden(),
-    };
-    let summary = bundle::write(&plan, &out, &options)?;
-    println!(
-        "exported {} sub-networks of {} into {} ({} files, {:.1} KiB)\n",
-        summary.subnets,
-        plan.teacher().display(),
-        out.display(),
-        summary.files,
-        summary.bytes as f64 / 1024.0
-    );
+    common::export(&root.join("examples/sdr-tiny/sdr.safetensors"), &out)?;
 
     // 2. Route the task: every path's k-NN accuracy, written into the manifest.
     let load = LoadOptions {
@@ -114,7 +73,7 @@ fn sdr() -> Result<()> {
     let rt = Runtime::with_options(&out, options)?;
     let manifest = rt.bundle().manifest();
     println!("\nselecting on {}:", rt.device().summary());
-    let chosen = rt.select(&Limits::latency_ms(latency_ms).memory_mb(memory_mb))?;
+    let chosen = rt.select(&limits)?;
     print!("{}", render_selection(&manifest, &chosen));
     println!("the bundle stays in {}", out.display());
     Ok(())

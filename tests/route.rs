@@ -10,8 +10,7 @@ use common::{export, request, subnets};
 use tailor::calibration::route::{self, Tree};
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::profile::MeasureOptions;
-use tailor::runtime::select::{Limits, Runtime, RuntimeOptions};
+use tailor::runtime::select::Limits;
 
 const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
 const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
@@ -79,16 +78,7 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     );
     record::write(&bundle, &data, &routed).unwrap();
 
-    let mut options = RuntimeOptions {
-        cache: None,
-        ..RuntimeOptions::default()
-    };
-    options.measure = MeasureOptions {
-        min_runs: 3,
-        min_time: std::time::Duration::ZERO,
-        ..MeasureOptions::default()
-    };
-    let rt = Runtime::with_options(&dir, options).unwrap();
+    let rt = common::quick_runtime(&dir);
     let manifest = rt.bundle().manifest();
     let calibration = manifest.calibration.as_ref().unwrap();
     assert_eq!(calibration.task, Some("digits"));

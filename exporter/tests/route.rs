@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::exporter as run;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,13 +14,6 @@ use serde_json::Value;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exporter"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn stderr(out: &Output) -> String {
@@ -120,7 +114,10 @@ fn route_writes_every_paths_knn_score_as_numpy_computes_it() {
         );
     }
     let svg = std::fs::read_to_string(&svg).unwrap();
-    assert!(svg.contains("16 paths routed to digits"), "{svg}");
+    assert!(
+        svg.contains("16 paths routed to digits (red line: full"),
+        "{svg}"
+    );
 
     // The graphs and weights are untouched: the bundle still verifies.
     let inspect = run(&[&"inspect", &bundle, &"--verify"]);
@@ -150,6 +147,13 @@ fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
     assert!(!plot.exists());
 }
 
+/// Four small grey PNGs in `dir`, the i-th at `name(i)`.
+fn pngs(dir: &Path, name: impl Fn(usize) -> String) {
+    for i in 0..4 {
+        common::write_png(&dir.join(name(i)), 8, &common::grey(0, i, 8));
+    }
+}
+
 #[test]
 fn bad_inputs_are_named_and_leave_the_bundle_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,36 +165,17 @@ fn bad_inputs_are_named_and_leave_the_bundle_untouched() {
     assert_refused(&bundle, &empty, &["empty", "no images"]);
 
     let one = root_dir.join("one-class");
-    for i in 0..4 {
-        common::write_png(
-            &one.join(format!("sevens/{i}.png")),
-            8,
-            &common::grey(0, i, 8),
-        );
-    }
+    pngs(&one, |i| format!("sevens/{i}.png"));
     assert_refused(&bundle, &one, &["one-class", "only one class (`sevens`)"]);
 
     let broken = root_dir.join("broken");
-    for i in 0..4 {
-        let class = ["a", "b"][i % 2];
-        common::write_png(
-            &broken.join(format!("{class}/{i}.png")),
-            8,
-            &common::grey(0, i, 8),
-        );
-    }
+    pngs(&broken, |i| format!("{}/{i}.png", ["a", "b"][i % 2]));
     std::fs::write(broken.join("b/bad.png"), b"not a png").unwrap();
     assert_refused(&bundle, &broken, &["bad.png", "PNG"]);
 
     // Images without classes: nothing to route by.
     let unlabelled = root_dir.join("unlabelled");
-    for i in 0..4 {
-        common::write_png(
-            &unlabelled.join(format!("{i}.png")),
-            8,
-            &common::grey(0, i, 8),
-        );
-    }
+    pngs(&unlabelled, |i| format!("{i}.png"));
     assert_refused(&bundle, &unlabelled, &["routing needs labels"]);
 
     // A bundle of another family.
