@@ -73,8 +73,8 @@ fn main() -> anyhow::Result<()> {
         "{} sub-networks, {} images: {} cuts in the tree, {} one graph at a time",
         manifest.subnets.len(),
         data.images.len(),
-        tree.len(),
-        tree.unshared_len()
+        tree.cuts(),
+        tree.unshared_cuts()
     );
     let graphs: Vec<Cut> = manifest
         .subnets

@@ -31,7 +31,7 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
     let tree = Tree::build(&bundle).unwrap();
     // The stem once; under it full's 4 blocks and the routes' 2 + 4 + 8 + 16
     // (the last block joined with the outputs). One graph at a time: 17 × 5.
-    assert_eq!((tree.len(), tree.unshared_len()), (1 + 4 + 30, 85));
+    assert_eq!((tree.cuts(), tree.unshared_cuts()), (1 + 4 + 30, 85));
 
     // Batches of 24: the last of the 64 images is short.
     let data = mnist(64);

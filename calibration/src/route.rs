@@ -52,8 +52,8 @@ pub fn route(
     let reference = reference(&manifest, bundle)?.id;
     let tree = Tree::build(bundle)?;
     progress(Progress::Planned {
-        cuts: tree.len(),
-        unshared: tree.unshared_len(),
+        cuts: tree.cuts(),
+        unshared: tree.unshared_cuts(),
     });
     let total = dataset.images.len();
     let features = tree.features(dataset, batch, &mut |done| {

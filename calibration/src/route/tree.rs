@@ -105,17 +105,12 @@ impl Tree {
     }
 
     /// Cuts in the tree (the graphs' blocks counted once per shared prefix).
-    pub fn len(&self) -> usize {
+    pub fn cuts(&self) -> usize {
         self.nodes.len()
     }
 
-    /// Always false: a bundle has at least one graph with nodes.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// Cuts the sub-networks' graphs would run one by one.
-    pub fn unshared_len(&self) -> usize {
+    pub fn unshared_cuts(&self) -> usize {
         self.leaves
             .iter()
             .map(|&(_, mut node)| {

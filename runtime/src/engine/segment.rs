@@ -77,6 +77,7 @@ impl Nodes {
             .map(String::as_str)
             .filter(|v| !produced.contains(v) && !initializers.contains(v))
             .collect();
+        inputs.sort_unstable();
         inputs.dedup();
         let [input] = inputs[..] else {
             return Err(problem(format!(
