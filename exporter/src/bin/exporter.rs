@@ -101,8 +101,7 @@ with the metric's name and the dataset's sha256; activation ranges go to
 calibration/ranges-*.json. docs/calibration.md has the details.")]
     Calibrate(CalibrateArgs),
     /// Route a task to an SDR bundle: score every path by k-NN on your
-    /// labelled data (the shared prefixes of the paths computed once per
-    /// image), write the scores into the manifest with the task's name, and
+    /// labelled data (the shared prefixes of the paths computed once), write the scores into the manifest with the task's name, and
     /// print the ranking, so the runtime picks the best-routed path that fits.
     #[command(after_help = "Examples:
   exporter route bundle/ --data images/                  # images/CLASS/*.png|jpg, seeded 80/20 split
@@ -112,7 +111,7 @@ calibration/ranges-*.json. docs/calibration.md has the details.")]
 Quality is the weighted k-NN top-1 accuracy in percent of each path's
 cls_token (DINO's protocol: k=20, T=0.07), exactly as `exporter calibrate`
 scores it, but every path's graph is cut at its blocks and a block that
-several paths share with the same choices before it runs once per image
+several paths share with the same choices before it runs once per batch
 (tract, one thread). docs/sdr.md has the details.")]
     Route(RouteArgs),
 }
