@@ -101,8 +101,9 @@ with the metric's name and the dataset's sha256; activation ranges go to
 calibration/ranges-*.json. docs/calibration.md has the details.")]
     Calibrate(CalibrateArgs),
     /// Route a task to an SDR bundle: score every path by k-NN on your
-    /// labelled data (the shared prefixes of the paths computed once), write the scores into the manifest with the task's name, and
-    /// print the ranking, so the runtime picks the best-routed path that fits.
+    /// labelled data (the paths' shared prefixes computed once), write the
+    /// scores into the manifest with the task's name, and print the
+    /// ranking, so the runtime picks the best-routed path that fits.
     #[command(after_help = "Examples:
   exporter route bundle/ --data images/                  # images/CLASS/*.png|jpg, seeded 80/20 split
   exporter route bundle/ --data mnist-calib.npz --task digits --plot routes.svg
