@@ -8,15 +8,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use indicatif::ProgressBar;
+mod common;
+
+use anyhow::Result;
 use ndarray::Array4;
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
-use tailor::exporter::bundle::{self, WriteOptions};
-use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::EngineOptions;
-use tailor::runtime::isolate::{self, Isolation};
+use tailor::runtime::isolate::Isolation;
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
 
 /// Default budget: a latency a mid-range CPU core meets with the middle of
@@ -27,62 +26,17 @@ const DEFAULT_MEMORY_MB: f64 = 512.0;
 const CALIBRATION_DATA: &str = "examples/mnist-calib.npz";
 
 fn main() -> ExitCode {
-    // Candidates are measured in children: this program re-executed.
-    if let Some(code) = isolate::child_main() {
-        return code;
-    }
-    match quickstart() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(quickstart, (DEFAULT_LATENCY_MS, DEFAULT_MEMORY_MB))
 }
 
-fn quickstart() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let latency_ms = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()
-        .context("LATENCY_MS")?
-        .unwrap_or(DEFAULT_LATENCY_MS);
-    let memory_mb = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()
-        .context("MEMORY_MB")?
-        .unwrap_or(DEFAULT_MEMORY_MB);
-
+fn quickstart(limits: Limits) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let teacher = root.join("examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth");
     let out = root.join("target/quickstart-bundle");
 
     // 1. Export every sub-network of the example teacher.
-    let request = Request {
-        teacher,
-        config: None, // found from POA's layout: examples/poa-vit-tiny/config.yaml
-        overrides: Default::default(),
-        selection: Selection::All,
-        max_params: None,
-        max_macs: None,
-    };
-    let plan = Plan::new(&request)?;
-    let options = WriteOptions {
-        force: true,
-        jobs: 2,
-        progress: ProgressBar::hidden(),
-    };
-    let summary = bundle::write(&plan, &out, &options)?;
-    println!(
-        "exported {} sub-networks of {} into {} ({} files, {:.1} MiB)\n",
-        summary.subnets,
-        plan.teacher().display(),
-        out.display(),
-        summary.files,
-        summary.bytes as f64 / (1024.0 * 1024.0)
-    );
+    // Its config is found from POA's layout: examples/poa-vit-tiny/config.yaml.
+    common::export(&teacher, &out)?;
 
     // 2. Quality per size on held-out images: k-NN accuracy of each
     // sub-network's cls_token, written into the manifest so selection ranks
@@ -126,7 +80,6 @@ fn quickstart() -> Result<()> {
 
     // 4. Start-up selection on this machine.
     println!("\nselecting on {}:", rt.device().summary());
-    let limits = Limits::latency_ms(latency_ms).memory_mb(memory_mb);
     let mut chosen = rt.select(&limits)?;
     print!("{}", render_selection(&manifest, &chosen));
 

@@ -9,8 +9,7 @@ use tailor::exporter::plan::Request;
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::image::Image;
 use tailor::runtime::manifest::{QualityMetric, Sha256};
-use tailor::runtime::profile::MeasureOptions;
-use tailor::runtime::select::{Limits, Runtime, RuntimeOptions, SelectError};
+use tailor::runtime::select::{Limits, SelectError};
 
 /// Label-free images with varied content (a seeded hash per pixel).
 fn images(n: usize) -> Dataset {
@@ -45,16 +44,7 @@ fn min_quality_selects_among_the_calibrated_scores() {
     assert_eq!(calibrated.metric, QualityMetric::CkaFidelity);
     record::write(&bundle, &dataset, &calibrated).unwrap();
 
-    let mut options = RuntimeOptions {
-        cache: None,
-        ..RuntimeOptions::default()
-    };
-    options.measure = MeasureOptions {
-        min_runs: 5,
-        min_time: std::time::Duration::ZERO,
-        ..MeasureOptions::default()
-    };
-    let rt = Runtime::with_options(&bundle_dir, options).unwrap();
+    let rt = common::quick_runtime(&bundle_dir);
     let manifest = rt.bundle().manifest();
     let quality = |id: &str| manifest.subnet(id).unwrap().quality.unwrap();
     // The reference scores 1; a minimum between the runner-up and 1 leaves

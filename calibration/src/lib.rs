@@ -16,13 +16,14 @@ mod npz;
 pub mod plot;
 pub mod ranges;
 pub mod record;
+pub mod route;
 
 use std::collections::BTreeMap;
 
 use ndarray::Array2;
 use tailor_runtime::bundle::{Bundle, BundleError};
 use tailor_runtime::engine::{EngineError, EngineKind, EngineOptions};
-use tailor_runtime::manifest::QualityMetric;
+use tailor_runtime::manifest::{Manifest, QualityMetric, Subnet};
 
 pub use dataset::{Dataset, DatasetError, LoadOptions};
 use features::{extract, rows};
@@ -82,6 +83,8 @@ pub struct Calibrated {
     /// `cls_token` per image of each sub-network, in the manifest's order,
     /// when [`Options::keep_features`] asked for them.
     pub features: Vec<(String, Array2<f32>)>,
+    /// The task the scores are for ([`route::route`] names it).
+    pub task: Option<String>,
 }
 
 /// Why calibration stopped. The bundle is untouched.
@@ -97,6 +100,10 @@ pub enum CalibrationError {
     NoImages,
     #[error("the bundle has no sub-network `{0}` to replace the graph of")]
     UnknownSubnet(String),
+    #[error("{0} is not an SDR bundle (its teacher family is `{1}`): route scores an SDR teacher's paths; `exporter calibrate` scores any bundle")]
+    NotSdr(std::path::PathBuf, String),
+    #[error("routing needs labels: the dataset has none (an image folder with one sub-folder per class, or an .npz with `labels`)")]
+    NoLabels,
     #[error("writing {path}")]
     Write {
         path: std::path::PathBuf,
@@ -118,10 +125,7 @@ pub fn score(
     let manifest = bundle.manifest();
     let subnets = &manifest.subnets;
     // The reference runs first, so every other one is compared as it ends.
-    let reference = subnets
-        .iter()
-        .max_by_key(|s| (s.params, s.macs))
-        .ok_or_else(|| CalibrationError::NoSubnets(bundle.dir().to_owned()))?;
+    let reference = reference(&manifest, bundle)?;
     let order = std::iter::once(reference).chain(subnets.iter().filter(|s| s.id != reference.id));
     let total = dataset.images.len();
     let mut reference_features = None;
@@ -147,20 +151,8 @@ pub fn score(
             source,
         })?;
         let cls = features.cls_token;
-        let fidelity = cka::linear(
-            reference_features.as_ref().unwrap_or(&cls).view(),
-            cls.view(),
-        );
-        let knn_top1 = dataset.labels.as_ref().map(|l| {
-            let labels = |idx: &[usize]| idx.iter().map(|&i| l.class[i]).collect::<Vec<_>>();
-            knn::Knn::DINO.top1(
-                rows(&cls, &l.train).view(),
-                &labels(&l.train),
-                rows(&cls, &l.val).view(),
-                &labels(&l.val),
-                l.names.len(),
-            )
-        });
+        let (knn_top1, fidelity) =
+            measure(&cls, reference_features.as_ref().unwrap_or(&cls), dataset);
         scored.insert(subnet.id, (knn_top1, fidelity));
         if opts.keep_features {
             kept.insert(subnet.id, cls.clone());
@@ -171,10 +163,7 @@ pub fn score(
         reference_features.get_or_insert(cls);
     }
     Ok(Calibrated {
-        metric: match dataset.labels {
-            Some(_) => QualityMetric::KnnTop1,
-            None => QualityMetric::CkaFidelity,
-        },
+        metric: metric(dataset),
         reference: reference.id.to_owned(),
         scores: subnets
             .iter()
@@ -196,5 +185,43 @@ pub fn score(
             .iter()
             .filter_map(|s| Some((s.id.to_owned(), kept.remove(s.id)?)))
             .collect(),
+        task: None,
     })
+}
+
+/// The largest sub-network (most parameters, then MACs): fidelity's reference.
+fn reference<'m, 'a>(
+    manifest: &'m Manifest<'a>,
+    bundle: &Bundle,
+) -> Result<&'m Subnet<'a>, CalibrationError> {
+    manifest
+        .subnets
+        .iter()
+        .max_by_key(|s| (s.params, s.macs))
+        .ok_or_else(|| CalibrationError::NoSubnets(bundle.dir().to_owned()))
+}
+
+/// What `quality` is on `dataset`: k-NN accuracy with labels, fidelity without.
+fn metric(dataset: &Dataset) -> QualityMetric {
+    match dataset.labels {
+        Some(_) => QualityMetric::KnnTop1,
+        None => QualityMetric::CkaFidelity,
+    }
+}
+
+/// One sub-network's k-NN top-1 (with labels) and CKA fidelity to the
+/// reference's features: the one scoring of `calibrate` and `route`.
+fn measure(cls: &Array2<f32>, reference: &Array2<f32>, dataset: &Dataset) -> (Option<f64>, f64) {
+    let fidelity = cka::linear(reference.view(), cls.view());
+    let knn_top1 = dataset.labels.as_ref().map(|l| {
+        let labels = |idx: &[usize]| idx.iter().map(|&i| l.class[i]).collect::<Vec<_>>();
+        knn::Knn::DINO.top1(
+            rows(cls, &l.train).view(),
+            &labels(&l.train),
+            rows(cls, &l.val).view(),
+            &labels(&l.val),
+            l.names.len(),
+        )
+    });
+    (knn_top1, fidelity)
 }

@@ -94,6 +94,7 @@ pub fn write_with_graphs(
             bytes: ranges.len() as u64,
             sha256: ranges_sha256,
         },
+        task: calibrated.task.as_deref(),
     });
 
     let calibration_dir = dir.join(CALIBRATION_DIR);

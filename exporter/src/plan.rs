@@ -28,6 +28,20 @@ pub struct Request {
     pub max_macs: Option<u64>,
 }
 
+impl Request {
+    /// Every sub-network of `teacher`, its config found from its layout.
+    pub fn all(teacher: impl Into<PathBuf>) -> Request {
+        Request {
+            teacher: teacher.into(),
+            config: None,
+            overrides: Overrides::default(),
+            selection: Selection::All,
+            max_params: None,
+            max_macs: None,
+        }
+    }
+}
+
 /// A sub-network of the plan with its costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlannedSubnet {

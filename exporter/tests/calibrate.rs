@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::exporter;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -17,13 +18,6 @@ fn bundle_copy() -> (tempfile::TempDir, PathBuf) {
     let dst = dir.path().join("bundle");
     common::copy_dir(&src, &dst);
     (dir, dst)
-}
-
-fn exporter(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exporter"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// `exporter calibrate BUNDLE --data DATA EXTRA...`

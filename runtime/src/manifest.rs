@@ -13,9 +13,10 @@ use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest format this build reads and writes (3: calibration results;
-/// 2: family-generic sub-networks and teacher configs; 1 was ViT only).
-pub const FORMAT_VERSION: u32 = 3;
+/// The manifest format this build reads and writes (4: the task a bundle was
+/// routed to; 3: calibration results; 2: family-generic sub-networks and
+/// teacher configs; 1 was ViT only).
+pub const FORMAT_VERSION: u32 = 4;
 /// The most sub-networks a manifest may list (POA's ResNet grid has 465).
 pub const MAX_SUBNETS: usize = 512;
 /// The most blocks a sub-network may keep.
@@ -68,6 +69,10 @@ pub struct Calibration<'a> {
     /// Per-tensor activation ranges for a later INT8 export.
     #[serde(borrow)]
     pub ranges: DataFile<'a>,
+    /// The task the qualities score (`exporter route --task`); `None` from
+    /// `exporter calibrate`.
+    #[serde(borrow)]
+    pub task: Option<&'a str>,
 }
 
 /// The score in a sub-network's `quality`, higher is better.
@@ -536,19 +541,21 @@ mod tests {
                 bytes: 5,
                 sha256: Sha256([4; 32]),
             },
+            task: Some("digits"),
         });
         assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.contains(r#""quality_metric":"knn_top1""#), "{text}");
+        assert!(text.contains(r#""task":"digits""#), "{text}");
         assert_eq!(Manifest::from_json(&text).unwrap(), m);
     }
 
     #[test]
     fn old_bundles_are_told_to_export_again() {
         let mut m = sample();
-        m.format_version = 2;
+        m.format_version = 3;
         let err = Manifest::from_postcard(&m.to_postcard()).unwrap_err();
-        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert_eq!(err, DecodeError::UnsupportedVersion(3));
         assert!(err.to_string().contains("export the bundle again"), "{err}");
     }
 

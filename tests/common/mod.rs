@@ -11,6 +11,8 @@ use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::config::Overrides;
 use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::runtime::profile::MeasureOptions;
+use tailor::runtime::select::{Runtime, RuntimeOptions};
 
 /// A fixture path, relative to the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -49,6 +51,21 @@ pub fn export(req: &Request) -> (tempfile::TempDir, PathBuf) {
     };
     bundle::write(&plan, &out, &opts).unwrap_or_else(|e| panic!("exporting: {e}"));
     (dir, out)
+}
+
+/// A runtime on `bundle` without a decision cache, measuring each candidate
+/// five times (enough to rank the tiny test graphs).
+pub fn quick_runtime(bundle: &Path) -> Runtime {
+    let mut options = RuntimeOptions {
+        cache: None,
+        ..RuntimeOptions::default()
+    };
+    options.measure = MeasureOptions {
+        min_runs: 5,
+        min_time: std::time::Duration::ZERO,
+        ..MeasureOptions::default()
+    };
+    Runtime::with_options(bundle, options).unwrap()
 }
 
 /// The tensors of a `reference.safetensors` written by tools/make_fixtures.py.

@@ -102,6 +102,53 @@ sub-network's, in [0, 1]. Both are in the manifest (`quality`, `fidelity`),
 with the metric's name and the dataset's sha256; activation ranges go to
 calibration/ranges-*.json. docs/calibration.md has the details.")]
     Calibrate(CalibrateArgs),
+    /// Route a task to an SDR bundle: score every path by k-NN on your
+    /// labelled data (the paths' shared prefixes computed once), write the
+    /// scores into the manifest with the task's name, and print the
+    /// ranking, so the runtime picks the best-routed path that fits.
+    #[command(after_help = "Examples:
+  exporter route bundle/ --data images/                  # images/CLASS/*.png|jpg, seeded 80/20 split
+  exporter route bundle/ --data mnist-calib.npz --task digits --plot routes.svg
+  runtime select bundle/ --latency-ms 5 --memory-mb 512
+
+Quality is the weighted k-NN top-1 accuracy in percent of each path's
+cls_token (DINO's protocol: k=20, T=0.07), exactly as `exporter calibrate`
+scores it, but every path's graph is cut at its blocks and a block that
+several paths share with the same choices before it runs once per batch
+(tract, one thread). docs/sdr.md has the details.")]
+    Route(RouteArgs),
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    /// The SDR bundle directory (its manifest is rewritten in place).
+    bundle: PathBuf,
+    /// An image folder (CLASS/ sub-folders, optionally under train/ and
+    /// val/) or an .npz with `images` and `labels`.
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// The task's name in the manifest [default: DATA's file name].
+    #[arg(long)]
+    task: Option<String>,
+    /// Seed of the 80/20 split when DATA has no train/ and val/.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Route on the first N images only (array order, or sorted paths).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Images per run of each block.
+    #[arg(long, default_value = "32", value_name = "N")]
+    batch: std::num::NonZeroUsize,
+    /// Also draw the histogram of path accuracies to FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Also write every path's cls_token, the labels and the split to
+    /// FILE.npz (to check the scores with tools/knn_reference.py).
+    #[arg(long, value_name = "FILE.npz")]
+    dump_features: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +339,7 @@ fn main() -> ExitCode {
         }) => inspect(&bundle, json, verify),
         Some(Command::Pack(args)) => pack(args),
         Some(Command::Calibrate(args)) => calibrate(args),
+        Some(Command::Route(args)) => route(args),
         None => export(cli.export),
     };
     match result {
@@ -727,6 +775,77 @@ fn print_heads(heads: &Heads, args: &CalibrateArgs) -> Result<()> {
         )?;
     }
     eprintln!("every graph now has a `logits` output (agreement: with the teacher head's class)");
+    Ok(())
+}
+
+fn route(args: RouteArgs) -> Result<()> {
+    use tailor_calibration::route::{self, histogram};
+    let bundle = Bundle::open(&args.bundle)?;
+    let load = LoadOptions {
+        labels: true,
+        seed: args.seed,
+        limit: args.limit,
+    };
+    let dataset = Dataset::load(&args.data, load)
+        .with_context(|| format!("reading the dataset {}", args.data.display()))?;
+    let task = args.task.clone().unwrap_or_else(|| {
+        let name = args.data.file_stem().unwrap_or(args.data.as_os_str());
+        name.to_string_lossy().into_owned()
+    });
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} routing {pos}/{len} images [{bar:30}] eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let routed = route::route(&bundle, &dataset, &task, args.batch, &mut |p| match p {
+        route::Progress::Planned { cuts, unshared } if !args.quiet => eprintln!(
+            "{} sub-networks: {cuts} blocks run per image ({unshared} one graph at a time)",
+            bundle.manifest().subnets.len()
+        ),
+        route::Progress::Planned { .. } => {}
+        route::Progress::Images { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })
+    .with_context(|| format!("routing {}", args.bundle.display()))?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.dump_features {
+        record::write_features(path, &dataset, &routed)?;
+    }
+    // Drawn before the bundle changes, so a plot that fails changes nothing.
+    if let Some(path) = &args.plot {
+        histogram::write(path, &routed.scores, &routed.reference, &task)
+            .with_context(|| format!("drawing {}", path.display()))?;
+    }
+    record::write(&bundle, &dataset, &routed)
+        .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
+    outln!(
+        "{:<4} {:<12} {:>9} {:>9}",
+        "rank",
+        "path",
+        "k-NN top1",
+        "fidelity"
+    )?;
+    for (rank, s) in route::ranking(&routed).into_iter().enumerate() {
+        outln!(
+            "{:<4} {:<12} {:>8.1}% {:>9.3}",
+            rank + 1,
+            s.id,
+            s.quality(),
+            s.fidelity
+        )?;
+    }
+    eprintln!(
+        "wrote quality (knn_top1 on task `{task}`, dataset sha256 {}) into {}",
+        dataset.sha256,
+        args.bundle.display()
+    );
     Ok(())
 }
 

@@ -1,7 +1,17 @@
 //! Helpers shared by the exporter's test binaries.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the exporter binary with `args`.
+pub fn exporter(args: &[&dyn AsRef<OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exporter"))
+        .args(args)
+        .output()
+        .unwrap()
+}
 
 /// Copies a directory tree (a committed bundle, to change a copy of it).
 pub fn copy_dir(from: &Path, to: &Path) {

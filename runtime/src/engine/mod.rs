@@ -14,6 +14,7 @@ mod error;
 mod graph;
 #[cfg(feature = "ort")]
 mod ort;
+pub mod segment;
 mod tract;
 
 use std::fmt;

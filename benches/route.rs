@@ -1,0 +1,160 @@
+//! Routing every path of the SDR example over 1,000 MNIST digits: the tree
+//! of graph cuts (each shared prefix once per image) against running each
+//! sub-network's whole graph over the same images, on tract, one thread, in
+//! the same process, the variants alternating, median of the runs:
+//!
+//! - `tree bN`: `Tree::features` at batch N (preprocessing timed);
+//! - `graphs bN`: each graph as one cut (the same planning and engine as
+//!   the tree's cuts, nothing shared) at batch N;
+//! - `sessions`: each graph through the runtime's engine session, as
+//!   `exporter calibrate` runs it (tract runs a batch image by image).
+//!
+//! The baselines' images are preprocessed before their clocks start.
+//!
+//! Usage: `cargo bench --bench route [-- --runs N]`
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use ndarray::{Array4, Axis};
+use tailor::calibration::route::Tree;
+use tailor::calibration::{Dataset, LoadOptions};
+use tailor::exporter::bundle::{self, WriteOptions};
+use tailor::exporter::plan::{Plan, Request};
+use tailor::runtime::bundle::Bundle;
+use tailor::runtime::engine::segment::{Activation, Cut, Nodes};
+use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = match std::env::args().skip_while(|a| a != "--runs").nth(1) {
+        Some(n) => n.parse()?,
+        None => 3,
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("bundle");
+    let plan = Plan::new(&Request::all(
+        root.join("examples/sdr-tiny/sdr.safetensors"),
+    ))?;
+    let write = WriteOptions {
+        force: false,
+        jobs: 2,
+        progress: ProgressBar::hidden(),
+    };
+    bundle::write(&plan, &out, &write)?;
+    let bundle = Bundle::open(&out)?;
+    let load = LoadOptions {
+        labels: true,
+        seed: 0,
+        limit: None,
+    };
+    let data = Dataset::load(&root.join("examples/mnist-calib.npz"), load)?;
+    let side = bundle.manifest().teacher.config.image_size() as usize;
+    let pixels: Vec<Array4<f32>> = data
+        .images
+        .iter()
+        .map(|image| {
+            let mut p = Array4::zeros((1, 3, side, side));
+            image.preprocess_into(p.index_axis_mut(Axis(0), 0));
+            p
+        })
+        .collect();
+    let opts = EngineOptions {
+        threads: Some(1),
+        batch: 1,
+        ..EngineOptions::default()
+    };
+    let manifest = bundle.manifest();
+    let tree = Tree::build(&bundle)?;
+    eprintln!(
+        "{} sub-networks, {} images: {} cuts in the tree, {} one graph at a time",
+        manifest.subnets.len(),
+        data.images.len(),
+        tree.cuts(),
+        tree.unshared_cuts()
+    );
+    let graphs: Vec<Cut> = manifest
+        .subnets
+        .iter()
+        .map(|s| Nodes::read(&bundle.graph_path(s))?.whole())
+        .collect::<Result<_, _>>()?;
+    let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for run in 0..runs {
+        for batch in BATCHES {
+            let start = Instant::now();
+            tree.features(
+                &data,
+                NonZeroUsize::new(batch).expect("batches are positive"),
+                &mut |_| {},
+            )?;
+            let tree_time = start.elapsed();
+
+            let batched: Vec<Activation> = pixels
+                .chunks(batch)
+                .filter(|c| c.len() == batch)
+                .map(|c| {
+                    let views: Vec<_> = c.iter().map(|p| p.view()).collect();
+                    Ok(Activation::pixels(
+                        ndarray::concatenate(Axis(0), &views)?.view(),
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let start = Instant::now();
+            for graph in &graphs {
+                let mut state = graph.plan(&[batch, 3, side, side])?.spawn()?;
+                for p in &batched {
+                    state.run(p)?;
+                }
+            }
+            // Whole batches only: scaled to every image.
+            let graph_time = start
+                .elapsed()
+                .mul_f64(pixels.len() as f64 / (batched.len() * batch) as f64);
+            record(&mut times, format!("tree b{batch}"), tree_time, run);
+            record(&mut times, format!("graphs b{batch}"), graph_time, run);
+        }
+
+        let start = Instant::now();
+        for subnet in &manifest.subnets {
+            let mut session = engine::load(EngineKind::Tract, &bundle.graph_path(subnet), &opts)?;
+            for p in &pixels {
+                session.run(p.view())?;
+            }
+        }
+        record(&mut times, "sessions".into(), start.elapsed(), run);
+    }
+    let median: BTreeMap<String, f64> = times
+        .iter_mut()
+        .map(|(k, t)| (k.clone(), median(t).as_secs_f64()))
+        .collect();
+    println!("median of {runs} runs, {} images:", data.images.len());
+    for batch in BATCHES {
+        let (tree, graphs) = (
+            median[&format!("tree b{batch}")],
+            median[&format!("graphs b{batch}")],
+        );
+        println!(
+            "batch {batch:>2}: tree {tree:.2} s, each graph on its own {graphs:.2} s: {:.2}x; sessions {:.2} s: {:.2}x",
+            graphs / tree,
+            median["sessions"],
+            median["sessions"] / tree
+        );
+    }
+    Ok(())
+}
+
+/// Batch sizes the tree and the whole graphs run at.
+const BATCHES: [usize; 2] = [1, 32];
+
+fn record(times: &mut BTreeMap<String, Vec<Duration>>, key: String, t: Duration, run: usize) {
+    eprintln!("run {}: {key} {:.2} s", run + 1, t.as_secs_f64());
+    times.entry(key).or_default().push(t);
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}

@@ -1,0 +1,190 @@
+//! `exporter route` as a user meets it: every path's score in the manifest
+//! with the task, equal to numpy's k-NN on the same features, the ranking
+//! and the histogram; a clear error that leaves the bundle untouched for
+//! every bad input.
+
+mod common;
+
+use common::exporter as run;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The example SDR teacher exported whole into `dir/bundle`.
+fn sdr_bundle(dir: &Path) -> PathBuf {
+    let out = dir.join("bundle");
+    let teacher = root().join("examples/sdr-tiny/sdr.safetensors");
+    let export = run(&[&"--all-subnets", &teacher, &"-o", &out, &"-q"]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    out
+}
+
+fn manifest(bundle: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn route_writes_every_paths_knn_score_as_numpy_computes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sdr_bundle(dir.path());
+    let data = root().join("examples/mnist-calib.npz");
+    let (features, svg) = (dir.path().join("f.npz"), dir.path().join("routes.svg"));
+    let out = run(&[
+        &"route",
+        &bundle,
+        &"--data",
+        &data,
+        &"--task",
+        &"digits",
+        &"--limit",
+        &"500",
+        &"--dump-features",
+        &features,
+        &"--plot",
+        &svg,
+        &"-q",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let m = manifest(&bundle);
+    let cal = &m["calibration"];
+    assert_eq!(cal["task"], "digits");
+    assert_eq!(cal["quality_metric"], "knn_top1");
+    assert_eq!(cal["dataset_images"], 500);
+    let quality: BTreeMap<String, f64> = m["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["quality"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(quality.len(), 17);
+
+    // numpy's k-NN (tools/knn_reference.py) on the features route scored.
+    let check = Command::new("python3")
+        .arg(root().join("tools/knn_reference.py"))
+        .arg("check")
+        .arg(&features)
+        .output()
+        .expect("python3 with numpy is needed for this test (.ci/run installs it)");
+    assert!(check.status.success(), "{}", stderr(&check));
+    let text = String::from_utf8_lossy(&check.stdout);
+    let numpy: BTreeMap<String, f64> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[2].trim_end_matches('%').parse().unwrap())
+        })
+        .collect();
+    assert_eq!(numpy.len(), 17, "{text}");
+    for (id, q) in &quality {
+        assert!(
+            (q - numpy[id]).abs() < 0.006,
+            "{id}: route {q}, numpy {}",
+            numpy[id]
+        );
+    }
+
+    // The ranking, best first.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ranked: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(ranked.len(), 17);
+    for pair in ranked.windows(2) {
+        assert!(
+            quality[pair[0]] >= quality[pair[1]],
+            "{pair:?} out of order"
+        );
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("16 paths routed to digits (red line: full"),
+        "{svg}"
+    );
+
+    // The graphs and weights are untouched: the bundle still verifies.
+    let inspect = run(&[&"inspect", &bundle, &"--verify"]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+}
+
+/// Routes `bundle` on `data`, expecting a failure naming `needles`, and
+/// checks that the manifests are byte for byte as they were.
+fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
+    let read = || {
+        (
+            std::fs::read(bundle.join("manifest.postcard")).unwrap(),
+            std::fs::read(bundle.join("manifest.json")).unwrap(),
+        )
+    };
+    let before = read();
+    let plot = bundle.with_file_name("refused.svg");
+    let out = run(&[&"route", &bundle, &"--data", &data, &"--plot", &plot]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "accepted {}: {err}", data.display());
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+    assert!(read() == before, "the manifest changed");
+    assert!(!bundle.join("calibration").exists());
+    assert!(!plot.exists());
+}
+
+/// Four small grey PNGs in `dir`, the i-th at `name(i)`.
+fn pngs(dir: &Path, name: impl Fn(usize) -> String) {
+    for i in 0..4 {
+        common::write_png(&dir.join(name(i)), 8, &common::grey(0, i, 8));
+    }
+}
+
+#[test]
+fn bad_inputs_are_named_and_leave_the_bundle_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_dir = dir.path();
+    let bundle = sdr_bundle(root_dir);
+
+    let empty = root_dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_refused(&bundle, &empty, &["empty", "no images"]);
+
+    let one = root_dir.join("one-class");
+    pngs(&one, |i| format!("sevens/{i}.png"));
+    assert_refused(&bundle, &one, &["one-class", "only one class (`sevens`)"]);
+
+    let broken = root_dir.join("broken");
+    pngs(&broken, |i| format!("{}/{i}.png", ["a", "b"][i % 2]));
+    std::fs::write(broken.join("b/bad.png"), b"not a png").unwrap();
+    assert_refused(&bundle, &broken, &["bad.png", "PNG"]);
+
+    // Images without classes: nothing to route by.
+    let unlabelled = root_dir.join("unlabelled");
+    pngs(&unlabelled, |i| format!("{i}.png"));
+    assert_refused(&bundle, &unlabelled, &["routing needs labels"]);
+
+    // A bundle of another family.
+    let vit = root_dir.join("vit");
+    common::copy_dir(&root().join("runtime/tests/fixtures/bundle-tiny"), &vit);
+    let digits = root().join("examples/mnist-calib.npz");
+    assert_refused(
+        &vit,
+        &digits,
+        &["not an SDR bundle", "`vit`", "exporter calibrate"],
+    );
+}

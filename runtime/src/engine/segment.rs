@@ -1,0 +1,274 @@
+//! Runs of a bundle graph's nodes planned and run on their own with tract,
+//! so work that several graphs share is done once (calibration routes an
+//! SDR bundle this way: every path's shared prefix runs once per image).
+//!
+//! A [`Cut`] keeps the graph's initializers as they are, external data
+//! included: its weights are read from the bundle's weight files, never
+//! copied.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayView4};
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::type_proto::{Tensor as TensorType, Value as Type};
+use tract_onnx::pb::{GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto};
+use tract_onnx::prelude::*;
+
+use super::graph::{Graph, OUTPUTS};
+use super::{EngineError, EngineKind};
+
+/// A bundle graph read for cutting (its interface and external data checked).
+pub struct Nodes {
+    path: PathBuf,
+    proto: ModelProto,
+}
+
+impl Nodes {
+    pub fn read(path: &Path) -> Result<Nodes, EngineError> {
+        let graph = Graph::read(path)?;
+        Ok(Nodes {
+            path: graph.path,
+            proto: graph.proto,
+        })
+    }
+
+    /// The nodes' names, in the graph's (topological) order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.body().node.iter().map(|n| n.name.as_str())
+    }
+
+    fn body(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("checked by Graph::read")
+    }
+
+    /// The whole graph as one cut (from the image to `cls_token`).
+    pub fn whole(&self) -> Result<Cut, EngineError> {
+        self.cut(0..self.body().node.len())
+    }
+
+    /// Nodes `range` as a graph of their own: its input the one value they
+    /// read from earlier nodes (or the graph's input), its output `cls_token`
+    /// if they compute it, else the one value later nodes read from them.
+    pub fn cut(&self, range: Range<usize>) -> Result<Cut, EngineError> {
+        let body = self.body();
+        let problem = |problem: String| EngineError::Interface {
+            graph: self.path.clone(),
+            problem,
+        };
+        let nodes = body
+            .node
+            .get(range.clone())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| problem(format!("no nodes {range:?} to cut")))?;
+        let initializers: HashSet<&str> =
+            body.initializer.iter().map(|t| t.name.as_str()).collect();
+        let produced: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|n| &n.output)
+            .map(String::as_str)
+            .collect();
+        let mut inputs: Vec<&str> = nodes
+            .iter()
+            .flat_map(|n| &n.input)
+            .map(String::as_str)
+            .filter(|v| !produced.contains(v) && !initializers.contains(v))
+            .collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        let [input] = inputs[..] else {
+            return Err(problem(format!(
+                "nodes {range:?} read {inputs:?}; a cut reads one value"
+            )));
+        };
+        let output = if produced.contains(OUTPUTS[0]) {
+            OUTPUTS[0]
+        } else {
+            let mut read_later: Vec<&str> = body.node[range.end..]
+                .iter()
+                .flat_map(|n| &n.input)
+                .map(String::as_str)
+                .filter(|v| produced.contains(v))
+                .collect();
+            read_later.sort_unstable();
+            read_later.dedup();
+            let [output] = read_later[..] else {
+                return Err(problem(format!(
+                    "later nodes read {read_later:?} from nodes {range:?}; a cut yields one value"
+                )));
+            };
+            output
+        };
+        let used: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|n| &n.input)
+            .map(String::as_str)
+            .collect();
+        let graph = GraphProto {
+            name: "cut".into(),
+            node: nodes.to_vec(),
+            initializer: body
+                .initializer
+                .iter()
+                .filter(|t| used.contains(t.name.as_str()))
+                .cloned()
+                .collect(),
+            input: vec![value_info(input)],
+            output: vec![value_info(output)],
+            ..GraphProto::default()
+        };
+        // Without the graph's own description, so equal cuts of different
+        // graphs compare equal.
+        let mut model = self.proto.clone();
+        model.graph = Some(graph);
+        model.doc_string.clear();
+        Ok(Cut {
+            graph: self.path.clone(),
+            model,
+        })
+    }
+}
+
+/// An f32 value of unknown shape: [`Cut::plan`] gives the shape.
+fn value_info(name: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(Type::TensorType(TensorType {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        Dimension {
+                            value: Some(dimension::Value::DimParam("n".into())),
+                            ..Dimension::default()
+                        };
+                        4
+                    ],
+                }),
+            })),
+            ..TypeProto::default()
+        }),
+        ..ValueInfoProto::default()
+    }
+}
+
+/// Some nodes of a graph as a graph of their own.
+#[derive(Clone)]
+pub struct Cut {
+    /// The graph cut from: external data paths are relative to its folder.
+    graph: PathBuf,
+    model: ModelProto,
+}
+
+/// Equal cuts compute the same thing from the same weights, whichever
+/// graph they were cut from.
+impl PartialEq for Cut {
+    fn eq(&self, other: &Cut) -> bool {
+        self.model == other.model && self.graph.parent() == other.graph.parent()
+    }
+}
+
+impl std::fmt::Debug for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes = self.model.graph.as_ref().map_or(0, |g| g.node.len());
+        write!(f, "Cut({}, {nodes} nodes)", self.graph.display())
+    }
+}
+
+impl Cut {
+    /// Plans the cut for an input of `shape` (its first axis the batch).
+    pub fn plan(&self, shape: &[usize]) -> Result<Plan, EngineError> {
+        let dir = self.graph.parent().and_then(Path::to_str);
+        let plan = || -> TractResult<Arc<TypedRunnableModel>> {
+            tract_onnx::onnx()
+                .parse(&self.model, dir)?
+                .model
+                .with_input_fact(0, f32::fact(shape).into())?
+                .into_optimized()?
+                .into_runnable_with_options(&Default::default())
+        };
+        let plan = plan().map_err(|e| backend(&self.graph, e))?;
+        let output = plan
+            .model()
+            .output_fact(0)
+            .ok()
+            .filter(|f| f.datum_type == f32::datum_type())
+            .and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
+            .ok_or_else(|| EngineError::Interface {
+                graph: self.graph.clone(),
+                problem: "a cut's output is not f32 of a fixed shape".into(),
+            })?;
+        Ok(Plan {
+            graph: self.graph.clone(),
+            plan,
+            output,
+        })
+    }
+}
+
+/// A planned cut; [`Plan::spawn`] gives the state that runs it.
+pub struct Plan {
+    graph: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    output: Vec<usize>,
+}
+
+impl Plan {
+    /// The output's shape for the planned input.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.output
+    }
+
+    pub fn spawn(&self) -> Result<Run, EngineError> {
+        Ok(Run {
+            state: self.plan.spawn().map_err(|e| backend(&self.graph, e))?,
+            graph: self.graph.clone(),
+        })
+    }
+}
+
+/// Runs one planned cut, reusing its buffers across images.
+pub struct Run {
+    graph: PathBuf,
+    state: TypedSimpleState,
+}
+
+/// A value passed from one cut to the next without leaving the engine.
+#[derive(Clone)]
+pub struct Activation(TValue);
+
+impl Activation {
+    /// A batch of preprocessed images, `[batch, 3, H, W]`.
+    pub fn pixels(pixels: ArrayView4<'_, f32>) -> Activation {
+        Activation(Tensor::from(pixels.as_standard_layout().into_owned()).into_tvalue())
+    }
+
+    /// The value as an array.
+    pub fn to_array(&self) -> ArrayD<f32> {
+        self.0
+            .to_plain_array_view::<f32>()
+            .expect("cuts are planned with f32 outputs")
+            .to_owned()
+    }
+}
+
+impl Run {
+    pub fn run(&mut self, input: &Activation) -> Result<Activation, EngineError> {
+        let mut outputs = self
+            .state
+            .run(tvec!(input.0.clone()))
+            .map_err(|e| backend(&self.graph, e))?;
+        Ok(Activation(outputs.remove(0)))
+    }
+}
+
+fn backend(graph: &Path, e: TractError) -> EngineError {
+    EngineError::Backend {
+        graph: graph.to_owned(),
+        engine: EngineKind::Tract,
+        source: e.into(),
+    }
+}

@@ -1,0 +1,93 @@
+//! Routing an SDR bundle through the libraries: the tree of graph cuts
+//! computes what every path's own graph computes, and the runtime then
+//! picks the best-routed path.
+
+mod common;
+
+use std::num::NonZeroUsize;
+
+use common::{export, request, subnets};
+use tailor::calibration::route::{self, Tree};
+use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
+use tailor::runtime::bundle::Bundle;
+use tailor::runtime::select::Limits;
+
+const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
+const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+
+fn mnist(limit: usize) -> Dataset {
+    let load = LoadOptions {
+        labels: true,
+        seed: 0,
+        limit: Some(limit),
+    };
+    Dataset::load(&common::fixture("examples/mnist-calib.npz"), load).unwrap()
+}
+
+#[test]
+fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
+    let (_dir, dir) = export(&request(SDR));
+    let bundle = Bundle::open(&dir).unwrap();
+    let tree = Tree::build(&bundle).unwrap();
+    // The stem once; under it full's 4 blocks and the routes' 2 + 4 + 8 + 16
+    // (the last block joined with the outputs). One graph at a time: 17 × 5.
+    assert_eq!((tree.cuts(), tree.unshared_cuts()), (1 + 4 + 30, 85));
+
+    // Batches of 24: the last of the 64 images is short.
+    let data = mnist(64);
+    let routed = tree
+        .features(&data, NonZeroUsize::new(24).unwrap(), &mut |_| {})
+        .unwrap();
+    let options = Options {
+        keep_features: true,
+        ..Options::default()
+    };
+    let graphs = calibration::score(&bundle, &data, &options, &mut |_| {}).unwrap();
+    assert_eq!(routed.len(), 17);
+    for ((id, tree_cls), (graph_id, graph_cls)) in routed.iter().zip(&graphs.features) {
+        assert_eq!(id, graph_id);
+        let worst = (tree_cls - graph_cls)
+            .mapv(f32::abs)
+            .fold(0f32, |a, &b| a.max(b));
+        assert!(worst <= 1e-4, "{id}: |tree - graph| up to {worst}");
+    }
+    // Paths differ, so a tree that fed every leaf the same prefix fails above.
+    assert!((&routed[1].1 - &routed[2].1).mapv(f32::abs).sum() > 1.0);
+}
+
+#[test]
+fn selection_prefers_the_best_routed_path_among_equal_sizes() {
+    // Routes only: every path has the same size, so nothing but the routing
+    // tells them apart.
+    let routes: Vec<String> = (0..16)
+        .map(|k| format!("r{}.{}.{}.{}", k >> 3, (k >> 2) & 1, (k >> 1) & 1, k & 1))
+        .collect();
+    let ids: Vec<&str> = routes.iter().map(String::as_str).collect();
+    let (_dir, dir) = export(&tailor::exporter::plan::Request {
+        selection: subnets(&ids),
+        ..request(SDR)
+    });
+    let bundle = Bundle::open(&dir).unwrap();
+    let data = mnist(1000);
+    let routed = route::route(&bundle, &data, "digits", BATCH, &mut |_| {}).unwrap();
+    let ranking = route::ranking(&routed);
+    let (best, second) = (ranking[0], ranking[1]);
+    assert!(
+        best.quality() > second.quality(),
+        "a unique best: {ranking:?}"
+    );
+    record::write(&bundle, &data, &routed).unwrap();
+
+    let rt = common::quick_runtime(&dir);
+    let manifest = rt.bundle().manifest();
+    let calibration = manifest.calibration.as_ref().unwrap();
+    assert_eq!(calibration.task, Some("digits"));
+    assert_eq!(calibration.dataset_sha256, data.sha256);
+    let limits = Limits::latency_ms(1e5).memory_mb(4096.0);
+    // Everything fits: quality is the objective.
+    assert_eq!(rt.select(&limits).unwrap().id, best.id);
+    // Only the best reaches the minimum.
+    let threshold = ((best.quality() + second.quality()) / 2.0) as f32;
+    let chosen = rt.select(&limits.min_quality(threshold)).unwrap();
+    assert_eq!(chosen.id, best.id);
+}
