@@ -12,7 +12,7 @@ pub mod dataset;
 pub mod features;
 pub mod head;
 pub mod knn;
-mod npz;
+pub mod npz;
 pub mod plot;
 pub mod ranges;
 pub mod record;
