@@ -101,8 +101,8 @@ fn main() -> ExitCode {
         &WriteOptions {
             force: false,
             jobs: 2,
-            progress: ProgressBar::hidden(),
         },
+        &|_| {},
     )
     .unwrap();
 

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use indicatif::ProgressBar;
 use ndarray::Array4;
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::exporter::bundle::{self, WriteOptions};
@@ -72,9 +71,8 @@ fn quickstart() -> Result<()> {
     let options = WriteOptions {
         force: true,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    let summary = bundle::write(&plan, &out, &options)?;
+    let summary = bundle::write(&plan, &out, &options, &|_| {})?;
     println!(
         "exported {} sub-networks of {} into {} ({} files, {:.1} MiB)\n",
         summary.subnets,

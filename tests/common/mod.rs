@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use indicatif::ProgressBar;
 use ndarray::{ArrayD, IxDyn};
 use safetensors::SafeTensors;
 use tailor::exporter::bundle::{self, WriteOptions};
@@ -45,9 +45,15 @@ pub fn export(req: &Request) -> (tempfile::TempDir, PathBuf) {
     let opts = WriteOptions {
         force: false,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    bundle::write(&plan, &out, &opts).unwrap_or_else(|e| panic!("exporting: {e}"));
+    // Every export also checks the progress callback: it hears each weight
+    // byte once, so the calls add up to the planned size.
+    let heard = AtomicU64::new(0);
+    bundle::write(&plan, &out, &opts, &|bytes| {
+        heard.fetch_add(bytes, Ordering::Relaxed);
+    })
+    .unwrap_or_else(|e| panic!("exporting: {e}"));
+    assert_eq!(heard.into_inner(), bundle::planned_bytes(&plan));
     (dir, out)
 }
 

@@ -338,15 +338,15 @@ fn export(args: ExportArgs) -> Result<()> {
     let options = WriteOptions {
         force: args.force,
         jobs,
-        progress: progress.clone(),
     };
-    let summary = bundle::write(&plan, &out, &options).with_context(|| {
-        format!(
-            "exporting {} to {}",
-            plan.teacher().display(),
-            out.display()
-        )
-    })?;
+    let summary =
+        bundle::write(&plan, &out, &options, &|bytes| progress.inc(bytes)).with_context(|| {
+            format!(
+                "exporting {} to {}",
+                plan.teacher().display(),
+                out.display()
+            )
+        })?;
     progress.finish_and_clear();
     if args.json {
         outln!(
