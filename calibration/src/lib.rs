@@ -26,7 +26,7 @@ use tailor_runtime::manifest::QualityMetric;
 
 pub use dataset::{Dataset, DatasetError, LoadOptions};
 use features::{extract, rows};
-use ranges::RangesFile;
+use ranges::{RangesFile, Scope};
 
 /// Which engine computes the features.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,8 @@ pub struct Options {
     /// Keep every sub-network's features in [`Calibrated::features`] (to
     /// cross-check the metrics; they take images × width floats each).
     pub keep_features: bool,
+    /// Which tensors' ranges to record; [`Scope::Inner`] runs tract.
+    pub ranges: Scope,
 }
 
 /// What [`score`] is doing, for progress displays.
@@ -95,6 +97,8 @@ pub enum CalibrationError {
     NoSubnets(std::path::PathBuf),
     #[error("the dataset holds no images")]
     NoImages,
+    #[error("inner activation ranges are recorded with tract, not {0}: choose --engine tract")]
+    InnerNeedsTract(EngineKind),
     #[error("writing {path}")]
     Write {
         path: std::path::PathBuf,
@@ -112,6 +116,9 @@ pub fn score(
 ) -> Result<Calibrated, CalibrationError> {
     if dataset.images.is_empty() {
         return Err(CalibrationError::NoImages);
+    }
+    if opts.ranges == Scope::Inner && opts.engine != EngineKind::Tract {
+        return Err(CalibrationError::InnerNeedsTract(opts.engine));
     }
     let manifest = bundle.manifest();
     let subnets = &manifest.subnets;
@@ -138,6 +145,7 @@ pub fn score(
             dataset,
             opts.engine,
             &opts.engine_options,
+            opts.ranges,
             &mut |done| progress(Progress::Images { done, total }),
         )
         .map_err(|source| CalibrationError::Engine {
@@ -186,8 +194,10 @@ pub fn score(
             })
             .collect(),
         ranges: RangesFile {
+            format: ranges::FORMAT,
             percentile: ranges::PERCENTILE,
             images: total,
+            scope: opts.ranges,
             subnets: graph_ranges,
         },
         features: subnets

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{ArrayD, IxDyn};
 use safetensors::SafeTensors;
+use tailor::calibration::Dataset;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::config::Overrides;
 use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::runtime::image::Image;
+use tailor::runtime::manifest::Sha256;
 
 /// A fixture path, relative to the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -103,4 +106,24 @@ pub fn assert_close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
         err <= 1e-4 * scale,
         "{what}: max abs error {err:e} exceeds 1e-4 × {scale}"
     );
+}
+
+/// Label-free images with varied content (a seeded hash per pixel).
+pub fn images(n: usize) -> Dataset {
+    let images = (0..n)
+        .map(|i| {
+            let data = (0..20 * 20 * 3)
+                .map(|p: usize| {
+                    ((p.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) >> 5) as u8
+                })
+                .collect();
+            Image::new(data, 20, 20, 3).unwrap()
+        })
+        .collect();
+    Dataset {
+        images,
+        labels: None,
+        sha256: Sha256([1; 32]),
+        bytes: 0,
+    }
 }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tailor_calibration::plot::measured::{read_latencies, read_selection};
 use tailor_calibration::plot::{pareto_front, pareto_svg, pareto_table, Chart, Cost, Point};
+use tailor_calibration::ranges::Scope;
 use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::bundle::{self, WriteOptions};
 use tailor_exporter::config::{GridRange, Overrides};
@@ -159,12 +160,25 @@ struct CalibrateArgs {
     /// `runtime select BUNDLE ... --json`.
     #[arg(long, value_name = "FILE.json", requires = "plot")]
     selection: Option<PathBuf>,
+    /// Which activation ranges to record for a later INT8 export: the
+    /// graph's input and outputs, or also every MatMul, Gemm and Conv
+    /// activation inside (tract only).
+    #[arg(long, default_value = "interface", value_name = "SCOPE", value_parser = scope_parser())]
+    ranges: Scope,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
     /// Print the scores as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--ranges interface|inner`.
+fn scope_parser() -> impl TypedValueParser<Value = Scope> {
+    PossibleValuesParser::new(["interface", "inner"]).map(|s| match s.as_str() {
+        "inner" => Scope::Inner,
+        _ => Scope::Interface,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -563,6 +577,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
             ..EngineOptions::default()
         },
         keep_features: args.dump_features.is_some(),
+        ranges: args.ranges,
     };
     let bar = if args.quiet || args.json {
         ProgressBar::hidden()
