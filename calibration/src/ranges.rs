@@ -11,7 +11,7 @@ pub mod inner;
 
 use std::collections::BTreeMap;
 
-use ndarray::{s, ArrayView4};
+use ndarray::{s, ArrayView, ArrayView4, Dimension};
 use serde::Serialize;
 use tailor_runtime::engine::Outputs;
 
@@ -92,24 +92,37 @@ impl Default for Recorder {
 }
 
 impl Recorder {
-    pub fn observe(&mut self, values: impl IntoIterator<Item = f32>) {
-        for v in values {
+    /// Observes a run of values. Past the first 65536, only the values
+    /// Algorithm L picks are touched besides the extremes: it jumps to the
+    /// next one rather than deciding value by value.
+    pub fn observe(&mut self, values: &[f32]) {
+        for &v in values {
             self.min = self.min.min(v);
             self.max = self.max.max(v);
-            let index = self.seen;
-            self.seen += 1;
-            if self.sample.len() < SAMPLE {
-                self.sample.push(v.abs());
-                if self.sample.len() == SAMPLE {
-                    self.weight = self.draw_weight();
-                    self.next = index + self.skip() + 1;
-                }
-            } else if index == self.next {
-                let slot = (self.rng.next() % SAMPLE as u64) as usize;
-                self.sample[slot] = v.abs();
-                self.weight *= self.draw_weight();
-                self.next = index + self.skip() + 1;
-            }
+        }
+        let fill = (SAMPLE - self.sample.len()).min(values.len());
+        self.sample.extend(values[..fill].iter().map(|v| v.abs()));
+        if fill > 0 && self.sample.len() == SAMPLE {
+            let last = self.seen + fill as u64 - 1;
+            self.weight = self.draw_weight();
+            self.next = last + self.skip() + 1;
+        }
+        let end = self.seen + values.len() as u64;
+        while self.sample.len() == SAMPLE && self.next < end {
+            let v = values[(self.next - self.seen) as usize];
+            let slot = (self.rng.next() % SAMPLE as u64) as usize;
+            self.sample[slot] = v.abs();
+            self.weight *= self.draw_weight();
+            self.next = self.next.saturating_add(self.skip()).saturating_add(1);
+        }
+        self.seen = end;
+    }
+
+    /// [`Self::observe`] for an array in any layout.
+    pub fn observe_view<D: Dimension>(&mut self, values: ArrayView<'_, f32, D>) {
+        match values.as_slice() {
+            Some(slice) => self.observe(slice),
+            None => self.observe(&values.iter().copied().collect::<Vec<_>>()),
         }
     }
 
@@ -187,8 +200,8 @@ impl GraphRecorder {
     }
 
     /// Observes values of the tensor in `slot`.
-    pub fn observe(&mut self, slot: usize, values: impl IntoIterator<Item = f32>) {
-        self.tensors[slot].1.observe(values);
+    pub fn observe<D: Dimension>(&mut self, slot: usize, values: ArrayView<'_, f32, D>) {
+        self.tensors[slot].1.observe_view(values);
     }
 
     /// Observes the interface of the first `rows` images of a batch (the
@@ -199,12 +212,9 @@ impl GraphRecorder {
         outputs: &Outputs,
         rows: usize,
     ) {
-        let pixels = pixels.slice(s![..rows, .., .., ..]);
-        self.observe(0, pixels.iter().copied());
-        let cls = outputs.cls_token.slice(s![..rows, ..]);
-        self.observe(1, cls.iter().copied());
-        let patches = outputs.patch_tokens.slice(s![..rows, .., ..]);
-        self.observe(2, patches.iter().copied());
+        self.observe(0, pixels.slice(s![..rows, .., .., ..]));
+        self.observe(1, outputs.cls_token.slice(s![..rows, ..]));
+        self.observe(2, outputs.patch_tokens.slice(s![..rows, .., ..]));
     }
 
     /// Every tensor's range by name; `None` when no image ran.
@@ -225,8 +235,8 @@ mod tests {
         let mut r = Recorder::default();
         // 1..=10000 and one outlier at -1e6: min is the outlier, the
         // 99.99th percentile of |x| is the 10000th of 10001 sorted values.
-        r.observe((1..=10_000).map(|v| v as f32));
-        r.observe([-1e6]);
+        r.observe(&(1..=10_000).map(|v| v as f32).collect::<Vec<_>>());
+        r.observe(&[-1e6]);
         let range = r.finish().unwrap();
         assert_eq!((range.min, range.max), (-1e6, 10_000.0));
         assert_eq!(range.abs_percentile, 10_000.0);
@@ -239,10 +249,32 @@ mod tests {
         // Four times the sample, uniform on 0..1: the 99.99th percentile
         // stays near 0.9999 (the estimate's deviation is about 4e-5).
         let n = 4 * SAMPLE;
-        r.observe((0..n).map(|i| i as f32 / n as f32));
+        let values: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+        // In runs of every length, across the moment the sample fills.
+        for run in values.chunks(SAMPLE / 3 + 7) {
+            r.observe(run);
+        }
         assert_eq!(r.sample.len(), SAMPLE);
         let p = r.finish().unwrap().abs_percentile;
         assert!((p - 0.9999).abs() < 2e-4, "{p}");
+    }
+
+    #[test]
+    fn runs_of_any_length_give_the_sample_one_run_gives() {
+        let values: Vec<f32> = (0..3 * SAMPLE + 11)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let mut whole = Recorder::default();
+        whole.observe(&values);
+        let mut runs = Recorder::default();
+        for (i, run) in values.chunks(1000).enumerate() {
+            // Some empty runs too.
+            runs.observe(&run[..0]);
+            runs.observe(run);
+            assert_eq!(runs.seen, (i * 1000 + run.len()) as u64);
+        }
+        assert_eq!(runs.sample, whole.sample);
+        assert_eq!(runs.finish(), whole.finish());
     }
 
     #[test]
@@ -252,7 +284,10 @@ mod tests {
         // It is 1.6% of the values, so the 99.99th percentile is 100.
         let mut r = Recorder::default();
         let n = 16 * SAMPLE;
-        r.observe((0..n).map(|i| if i % 64 == 1 { 100.0 } else { 0.5 }));
+        let values: Vec<f32> = (0..n)
+            .map(|i| if i % 64 == 1 { 100.0 } else { 0.5 })
+            .collect();
+        r.observe(&values);
         let outliers = r.sample.iter().filter(|&&v| v == 100.0).count();
         // Expected 1024 of 65536; five deviations either side.
         assert!((864..1184).contains(&outliers), "{outliers}");
@@ -265,9 +300,9 @@ mod tests {
         let slot = g.add("blocks.0.mlp.fc1".into());
         assert_eq!(GraphRecorder::default().finish(), None);
         for i in 0..3 {
-            g.observe(i, [1.0]);
+            g.observe(i, ndarray::aview1(&[1.0]));
         }
-        g.observe(slot, [-3.0, 2.0]);
+        g.observe(slot, ndarray::aview1(&[-3.0, 2.0]));
         let ranges = g.finish().unwrap();
         assert_eq!(
             ranges.keys().map(String::as_str).collect::<Vec<_>>(),

@@ -587,3 +587,50 @@ fn inspect_shows_the_pareto_front_once_calibrated() {
         assert_eq!(row.last() == Some(&"*"), on_front, "{text}");
     }
 }
+
+#[test]
+fn inner_ranges_are_recorded_on_request_with_tract_only() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 12);
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--ranges", "inner", "--engine", "ort"],
+        &["inner activation ranges", "--engine tract"],
+    );
+
+    let ranges = |extra: &[&str]| {
+        let out = calibrate(&bundle, &data, extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = manifest(&bundle)["calibration"]["ranges"]["path"].clone();
+        let text = std::fs::read(bundle.join(path.as_str().unwrap())).unwrap();
+        serde_json::from_slice::<Value>(&text).unwrap()
+    };
+    let interface = ranges(&["-q"]);
+    assert_eq!(
+        (&interface["format"], &interface["scope"]),
+        (&2.into(), &"interface".into())
+    );
+    let tensors = interface["subnets"]["w32-d3"].as_object().unwrap();
+    assert_eq!(tensors.len(), 3, "{tensors:?}");
+
+    let inner = ranges(&["-q", "--ranges", "inner"]);
+    assert_eq!(inner["scope"], "inner");
+    let tensors = inner["subnets"]["w32-d3"].as_object().unwrap();
+    for name in [
+        "patch_embed.proj",
+        "blocks.2.mlp.fc1",
+        "blocks.2.attn.softmax",
+        "cls_token",
+    ] {
+        assert!(tensors.contains_key(name), "{name} missing: {tensors:?}");
+    }
+    // Softmax is a probability.
+    let softmax = &tensors["blocks.0.attn.softmax"];
+    assert!(softmax["min"].as_f64() >= Some(0.0) && softmax["max"].as_f64() <= Some(1.0));
+}

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{concatenate, s, ArrayD, ArrayView4, Axis, Ix2, Ix3};
 use tailor_runtime::engine::{EngineError, EngineKind, EngineOptions, Outputs};
-use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
-use tract_onnx::pb::type_proto::Value as Type;
 use tract_onnx::pb::GraphProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{bail, format_err};
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::GraphRecorder;
 
@@ -50,9 +49,9 @@ impl InnerSession {
                 .as_ref()
                 .ok_or_else(|| format_err!("the file holds no graph"))?;
             let names = inner_tensors(body);
-            let image = image_size(body)?;
             let dir = graph.parent().and_then(Path::to_str);
             let mut model = onnx.parse(&proto, dir)?.model;
+            let image = image_size(&model)?;
             let outlets = OUTPUTS
                 .iter()
                 .copied()
@@ -115,7 +114,7 @@ impl InnerSession {
                 cls.push(c.to_plain_array_view::<f32>()?.to_owned());
                 patches.push(p.to_plain_array_view::<f32>()?.to_owned());
                 for (&slot, value) in slots.iter().zip(inner) {
-                    recorder.observe(slot, value.to_plain_array_view::<f32>()?.iter().copied());
+                    recorder.observe(slot, value.to_plain_array_view::<f32>()?);
                 }
             }
             let stack = |images: &[ArrayD<f32>]| {
@@ -169,27 +168,20 @@ pub fn inner_tensors(graph: &GraphProto) -> Vec<String> {
     names
 }
 
-/// `[H, W]` of the `[batch, 3, H, W]` input.
-fn image_size(graph: &GraphProto) -> TractResult<[usize; 2]> {
-    let input = graph
-        .input
-        .iter()
-        .find(|i| i.name == INPUT)
-        .ok_or_else(|| format_err!("no input `{INPUT}`"))?;
-    let dims: Vec<Option<i64>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(Type::TensorType(t)) => t
-            .shape
-            .iter()
-            .flat_map(|s| &s.dim)
-            .map(|d| match d.value {
-                Some(Dim::DimValue(v)) => Some(v),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+/// `[H, W]` of the model's `[batch, 3, H, W]` input, as tract read it.
+fn image_size(model: &InferenceModel) -> TractResult<[usize; 2]> {
+    let fact = model.input_fact(0)?;
+    let dims: Vec<Option<usize>> = fact
+        .shape
+        .dims()
+        .map(|d| {
+            d.concretize()?
+                .as_i64()
+                .and_then(|v| usize::try_from(v).ok())
+        })
+        .collect();
     match dims[..] {
-        [_, Some(3), Some(h), Some(w)] if h > 0 && w > 0 => Ok([h as usize, w as usize]),
+        [_, Some(3), Some(h), Some(w)] if h > 0 && w > 0 => Ok([h, w]),
         _ => bail!("input `{INPUT}` is not [batch, 3, H, W] with fixed H and W"),
     }
 }

@@ -103,8 +103,10 @@ images are the memory, the val images are classified). Without labels (a
 folder of images without class folders, an .npz without `labels`, or
 --no-labels), quality is the linear CKA of cls_token with the largest
 sub-network's, in [0, 1]. Both are in the manifest (`quality`, `fidelity`),
-with the metric's name and the dataset's sha256; activation ranges go to
-calibration/ranges-*.json. docs/calibration.md has the details.")]
+with the metric's name and the dataset's sha256; activation ranges (of the
+graph's input and outputs, or with --ranges inner of every MatMul, Gemm
+and Conv activation too) go to calibration/ranges-*.json.
+docs/calibration.md has the details.")]
     Calibrate(CalibrateArgs),
 }
 
