@@ -53,16 +53,9 @@ fn inner_ranges_match_onnxruntime_on_the_same_graph_and_images() {
         batch: n,
         ..EngineOptions::default()
     };
-    let mut session = InnerSession::load(&bundle.graph_path(&subnet), &opts).unwrap();
     let mut recorder = GraphRecorder::default();
-    let slots: Vec<usize> = session
-        .names()
-        .iter()
-        .map(|name| recorder.add(name.clone()))
-        .collect();
-    let outputs = session
-        .run(pixels.view(), n, &mut recorder, &slots)
-        .unwrap();
+    let mut session = InnerSession::load(&bundle.graph_path(subnet), &opts, &mut recorder).unwrap();
+    let outputs = session.run(pixels.view(), n, &mut recorder).unwrap();
     recorder.observe_interface(pixels.view(), &outputs, n);
     let ranges = recorder.finish().unwrap();
 

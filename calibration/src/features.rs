@@ -22,10 +22,10 @@ pub struct Features {
 }
 
 /// What runs the batches: the runtime's engine, or tract with the inner
-/// tensors as extra outputs (recorded into their slots).
+/// tensors as extra outputs (which it records).
 enum Runner {
     Engine(Box<dyn Session>),
-    Inner(InnerSession, Vec<usize>),
+    Inner(InnerSession),
 }
 
 impl Runner {
@@ -43,11 +43,9 @@ impl Runner {
                 (Runner::Engine(session), shape)
             }
             Scope::Inner => {
-                let session = InnerSession::load(graph, opts)?;
-                let slots = session.names().iter().map(|n| recorder.add(n.clone()));
-                let slots = slots.collect();
+                let session = InnerSession::load(graph, opts, recorder)?;
                 let [h, w] = session.image();
-                (Runner::Inner(session, slots), [opts.batch, 3, h, w])
+                (Runner::Inner(session), [opts.batch, 3, h, w])
             }
         })
     }
@@ -61,7 +59,7 @@ impl Runner {
     ) -> Result<Outputs, EngineError> {
         match self {
             Runner::Engine(session) => session.run(pixels),
-            Runner::Inner(session, slots) => session.run(pixels, rows, recorder, slots),
+            Runner::Inner(session) => session.run(pixels, rows, recorder),
         }
     }
 }

@@ -141,13 +141,14 @@ impl Recorder {
         if self.seen == 0 {
             return None;
         }
-        self.sample.sort_unstable_by(f32::total_cmp);
-        // Nearest rank.
+        // Nearest rank, selected in linear time rather than sorted.
         let rank = (PERCENTILE / 100.0 * self.sample.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, self.sample.len()) - 1;
+        let (_, &mut abs_percentile, _) = self.sample.select_nth_unstable_by(index, f32::total_cmp);
         Some(Range {
             min: self.min,
             max: self.max,
-            abs_percentile: self.sample[rank.clamp(1, self.sample.len()) - 1],
+            abs_percentile,
         })
     }
 }

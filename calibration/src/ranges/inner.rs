@@ -2,7 +2,8 @@
 //! activations: the graph's outputs plus every tensor a MatMul, Gemm or
 //! Conv reads or writes that depends on the input (weights are constants,
 //! ranged at export instead), selected by their ONNX names as extra model
-//! outputs before tract optimises, so optimisation keeps them.
+//! outputs before tract optimises, so optimisation keeps them. It costs
+//! about three times the interface run (docs/calibration.md), hence opt-in.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,16 +33,21 @@ pub struct InnerSession {
     state: TypedSimpleState,
     /// `[H, W]` of the input.
     image: [usize; 2],
-    /// The inner tensors' names, in the order of the extra outputs.
-    names: Vec<String>,
+    /// The recorder slots of the inner tensors, in the order of the extra
+    /// outputs.
+    slots: Vec<usize>,
 }
 
 impl InnerSession {
     /// Loads `graph` (a bundle graph whose files were verified) with the
-    /// inner tensors as extra outputs; `opts.threads` threads share each
-    /// product.
-    pub fn load(graph: &Path, opts: &EngineOptions) -> Result<InnerSession, EngineError> {
-        let load = || -> TractResult<InnerSession> {
+    /// inner tensors as extra outputs, each added to `recorder` by name;
+    /// `opts.threads` threads share each product.
+    pub fn load(
+        graph: &Path,
+        opts: &EngineOptions,
+        recorder: &mut GraphRecorder,
+    ) -> Result<InnerSession, EngineError> {
+        let mut load = || -> TractResult<InnerSession> {
             let onnx = tract_onnx::onnx();
             let proto = onnx.proto_model_for_path(graph)?;
             let body = proto
@@ -76,7 +82,7 @@ impl InnerSession {
                 graph: graph.to_owned(),
                 state: plan.spawn()?,
                 image,
-                names,
+                slots: names.into_iter().map(|n| recorder.add(n)).collect(),
             })
         };
         load().map_err(|e| backend(graph, e))
@@ -87,20 +93,14 @@ impl InnerSession {
         self.image
     }
 
-    /// The inner tensors' ONNX names.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
     /// Runs the first `rows` images of `pixels` (the rest is padding, not
     /// run): returns their outputs and records the inner tensors into
-    /// `recorder`'s `slots` (one per [`Self::names`]).
+    /// `recorder`, the one given to [`Self::load`].
     pub fn run(
         &mut self,
         pixels: ArrayView4<'_, f32>,
         rows: usize,
         recorder: &mut GraphRecorder,
-        slots: &[usize],
     ) -> Result<Outputs, EngineError> {
         let mut run = || -> TractResult<Outputs> {
             let (mut cls, mut patches) = (Vec::new(), Vec::new());
@@ -113,7 +113,7 @@ impl InnerSession {
                 };
                 cls.push(c.to_plain_array_view::<f32>()?.to_owned());
                 patches.push(p.to_plain_array_view::<f32>()?.to_owned());
-                for (&slot, value) in slots.iter().zip(inner) {
+                for (&slot, value) in self.slots.iter().zip(inner) {
                     recorder.observe(slot, value.to_plain_array_view::<f32>()?);
                 }
             }
