@@ -25,7 +25,7 @@ pub struct Features {
 /// tensors as extra outputs (which it records).
 enum Runner {
     Engine(Box<dyn Session>),
-    Inner(InnerSession),
+    Inner(Box<InnerSession>),
 }
 
 impl Runner {
@@ -43,7 +43,7 @@ impl Runner {
                 (Runner::Engine(session), shape)
             }
             Scope::Inner => {
-                let session = InnerSession::load(graph, opts, recorder)?;
+                let session = Box::new(InnerSession::load(graph, opts, recorder)?);
                 let [h, w] = session.image();
                 (Runner::Inner(session), [opts.batch, 3, h, w])
             }

@@ -381,71 +381,48 @@ fn plot_against_measured_latency_marks_the_chosen_subnet() {
     let (dir, bundle) = bundle_copy();
     let data = dir.path().join("calib.npz");
     labelled_npz(&data, 40);
-    // The runtime's own reports: two of the three sub-networks profiled,
-    // and a selection.
-    let profile = common::runtime("profile", &bundle, &["--subnets", "w32-d2,w32-d4"]);
-    assert!(
-        profile.status.success(),
-        "{}",
-        String::from_utf8_lossy(&profile.stderr)
-    );
-    let profile_json = dir.path().join("profile.json");
-    std::fs::write(&profile_json, &profile.stdout).unwrap();
-    let select = common::runtime(
-        "select",
-        &bundle,
-        &["--latency-ms", "100000", "--memory-mb", "4096"],
-    );
-    assert!(
-        select.status.success(),
-        "{}",
-        String::from_utf8_lossy(&select.stderr)
-    );
-    let selection = dir.path().join("selection.json");
-    std::fs::write(&selection, &select.stdout).unwrap();
-    let selected: Value = serde_json::from_slice(&select.stdout).unwrap();
+    // The runtime's own reports, saved as a user would: two of the three
+    // sub-networks profiled, and a selection.
+    let report = |command: &str, args: &[&str]| {
+        let out = common::runtime(command, &bundle, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join(format!("{command}.json"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        (path, serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let (profile_json, _) = report("profile", &["--subnets", "w32-d2,w32-d4"]);
+    let (selection, selected) = report("select", &["--latency-ms", "1e5", "--memory-mb", "4096"]);
     let selected = selected["subnet"]["id"].as_str().unwrap();
 
+    // Calibrates with `--plot` and `flags`; returns the SVG and stderr.
     let svg = dir.path().join("latency.svg");
-    let out = calibrate(
-        &bundle,
-        &data,
-        &[
-            "--plot",
-            svg.to_str().unwrap(),
-            "--latency",
-            profile_json.to_str().unwrap(),
-            "--chosen",
-            "w32-d4",
-        ],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let plot = |flags: &[&str]| {
+        let mut args = vec!["--plot", svg.to_str().unwrap()];
+        args.extend(flags);
+        let out = calibrate(&bundle, &data, &args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (std::fs::read_to_string(&svg).unwrap(), err)
+    };
+    let (text, err) = plot(&[
+        "--latency",
+        profile_json.to_str().unwrap(),
+        "--chosen",
+        "w32-d4",
+    ]);
     assert!(
         err.contains("not plotted, no latency in") && err.contains("profile.json: w32-d3"),
         "{err}"
     );
-    let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("measured latency (ms)") && text.contains("chosen: w32-d4"));
     // Two measured sub-networks, each a grey dot, plus the legend's.
     assert_eq!(dots(&text).1, 2 + 1, "{text}");
 
-    let out = calibrate(
-        &bundle,
-        &data,
-        &[
-            "--plot",
-            svg.to_str().unwrap(),
-            "--selection",
-            selection.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&svg).unwrap();
+    let (text, _) = plot(&["--selection", selection.to_str().unwrap()]);
     assert!(text.contains("MACs per image"));
     assert!(text.contains(&format!("chosen: {selected}")), "{selected}");
     assert_eq!(dots(&text).1, 3 + 1, "every sub-network against MACs");
