@@ -99,10 +99,12 @@ def main(graph_path):
     tensors = {"pixel_values": ranges([images])}
     for k, name in enumerate(wanted):
         tensors[name] = ranges([out[k] for out in per_image])
+    # The locations, as the file names them (loading resolves them away).
+    references = onnx.load(graph_path, load_external_data=False)
     weights = sorted(
         {
             e.value
-            for t in model.graph.initializer
+            for t in references.graph.initializer
             for e in t.external_data
             if e.key == "location"
         }
