@@ -21,7 +21,6 @@
 use std::process::Command;
 use std::time::Instant;
 
-use indicatif::ProgressBar;
 use ndarray::Array4;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::config::Overrides;
@@ -86,9 +85,8 @@ fn main() {
     let write = WriteOptions {
         force: false,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    bundle::write(&Plan::new(&request).unwrap(), &out, &write).unwrap();
+    bundle::write(&Plan::new(&request).unwrap(), &out, &write, &|_| {}).unwrap();
     let bundle = Bundle::open(&out).unwrap();
 
     let mut rows = Vec::new();

@@ -18,7 +18,6 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use ndarray::{Array4, Axis};
 use tailor::calibration::route::Tree;
 use tailor::calibration::{Dataset, LoadOptions};
@@ -42,9 +41,8 @@ fn main() -> anyhow::Result<()> {
     let write = WriteOptions {
         force: false,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    bundle::write(&plan, &out, &write)?;
+    bundle::write(&plan, &out, &write, &|_| {})?;
     let bundle = Bundle::open(&out)?;
     let load = LoadOptions {
         labels: true,

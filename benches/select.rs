@@ -107,8 +107,8 @@ fn main() -> ExitCode {
         &WriteOptions {
             force: false,
             jobs: 2,
-            progress: ProgressBar::hidden(),
         },
+        &|_| {},
     )
     .unwrap();
 

@@ -3,33 +3,12 @@
 
 mod common;
 
-use common::{export, request, subnets};
-use tailor::calibration::{self, record, Dataset, Options};
+use common::{export, images, request, subnets};
+use tailor::calibration::{self, record, Options};
 use tailor::exporter::plan::Request;
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::image::Image;
-use tailor::runtime::manifest::{QualityMetric, Sha256};
+use tailor::runtime::manifest::QualityMetric;
 use tailor::runtime::select::{Limits, SelectError};
-
-/// Label-free images with varied content (a seeded hash per pixel).
-fn images(n: usize) -> Dataset {
-    let images = (0..n)
-        .map(|i| {
-            let data = (0..20 * 20 * 3)
-                .map(|p: usize| {
-                    ((p.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) >> 5) as u8
-                })
-                .collect();
-            Image::new(data, 20, 20, 3).unwrap()
-        })
-        .collect();
-    Dataset {
-        images,
-        labels: None,
-        sha256: Sha256([1; 32]),
-        bytes: 0,
-    }
-}
 
 #[test]
 fn min_quality_selects_among_the_calibrated_scores() {

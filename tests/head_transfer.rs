@@ -55,6 +55,7 @@ fn every_smaller_subnet_beats_the_truncated_head_and_the_logits_reach_both_engin
             ..EngineOptions::default()
         },
         keep_features: true,
+        ..Options::default()
     };
     let calibrated = calibration::score(&bundle, &dataset, &options, &mut |_| {}).unwrap();
     let heads = transfer_heads(

@@ -295,7 +295,10 @@ fn load_npz(path: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
         fail("no `images` array (expected uint8 [N, H, W] or [N, H, W, 3])".into())
     })?;
     let Elements::U8(pixels) = &images.data else {
-        return Err(fail("`images` must be uint8".into()));
+        return Err(fail(format!(
+            "`images` must be uint8, not {}",
+            images.dtype
+        )));
     };
     let (n, h, w, channels) = match images.shape[..] {
         [n, h, w] => (n, h, w, 1),
@@ -315,7 +318,9 @@ fn load_npz(path: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
         .map_err(|e| fail(format!("`images`: {e}")))?;
     let classes = match arrays.get("labels") {
         Some(labels) if opts.labels => {
-            let values = labels.data.to_ints();
+            let values = labels
+                .to_ints()
+                .ok_or_else(|| fail(format!("`labels` must be integers, not {}", labels.dtype)))?;
             if labels.shape != [n] {
                 return Err(fail(format!(
                     "`labels` has shape {:?} but `images` holds {n} images: expected [{n}]",

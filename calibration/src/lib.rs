@@ -12,7 +12,7 @@ pub mod dataset;
 pub mod features;
 pub mod head;
 pub mod knn;
-mod npz;
+pub mod npz;
 pub mod plot;
 pub mod ranges;
 pub mod record;
@@ -27,7 +27,7 @@ use tailor_runtime::manifest::{Manifest, QualityMetric, Subnet};
 
 pub use dataset::{Dataset, DatasetError, LoadOptions};
 use features::{extract, rows};
-use ranges::RangesFile;
+use ranges::{RangesFile, Scope};
 
 /// Which engine computes the features.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,8 @@ pub struct Options {
     /// Keep every sub-network's features in [`Calibrated::features`] (to
     /// cross-check the metrics; they take images × width floats each).
     pub keep_features: bool,
+    /// Which tensors' ranges to record; [`Scope::Inner`] runs tract.
+    pub ranges: Scope,
 }
 
 /// What [`score`] is doing, for progress displays.
@@ -104,6 +106,8 @@ pub enum CalibrationError {
     NotSdr(std::path::PathBuf, String),
     #[error("routing needs labels: the dataset has none (an image folder with one sub-folder per class, or an .npz with `labels`)")]
     NoLabels,
+    #[error("inner activation ranges are recorded with tract, not {0}: choose --engine tract")]
+    InnerNeedsTract(EngineKind),
     #[error("writing {path}")]
     Write {
         path: std::path::PathBuf,
@@ -121,6 +125,9 @@ pub fn score(
 ) -> Result<Calibrated, CalibrationError> {
     if dataset.images.is_empty() {
         return Err(CalibrationError::NoImages);
+    }
+    if opts.ranges == Scope::Inner && opts.engine != EngineKind::Tract {
+        return Err(CalibrationError::InnerNeedsTract(opts.engine));
     }
     let manifest = bundle.manifest();
     let subnets = &manifest.subnets;
@@ -144,6 +151,7 @@ pub fn score(
             dataset,
             opts.engine,
             &opts.engine_options,
+            opts.ranges,
             &mut |done| progress(Progress::Images { done, total }),
         )
         .map_err(|source| CalibrationError::Engine {
@@ -177,8 +185,10 @@ pub fn score(
             })
             .collect(),
         ranges: RangesFile {
+            format: ranges::FORMAT,
             percentile: ranges::PERCENTILE,
             images: total,
+            scope: opts.ranges,
             subnets: graph_ranges,
         },
         features: subnets

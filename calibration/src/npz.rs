@@ -1,15 +1,20 @@
-//! Reading numpy's `.npz` archives: a zip of `.npy` arrays, of which a
-//! dataset needs only little-endian integer arrays in C order.
+//! Reading and writing numpy's `.npz` archives: a zip of `.npy` arrays,
+//! stored (`np.savez`) or deflated (`np.savez_compressed`). Datasets read
+//! integer arrays, head files float arrays; both little-endian, C order.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// An integer array read from an `.npy` member.
+use ndarray::{ArrayD, Dimension, IxDyn};
+
+/// An array read from an `.npy` member.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
     pub shape: Vec<usize>,
+    /// numpy's dtype string, e.g. `<f4`, for error messages.
+    pub dtype: String,
     pub data: Elements,
 }
 
@@ -20,15 +25,37 @@ pub enum Elements {
     U8(Vec<u8>),
     /// Any other integer type, widened (labels).
     Int(Vec<i64>),
+    /// `float32` or `float64`, widened (head weights, features).
+    Float(Vec<f64>),
 }
 
-impl Elements {
-    /// The elements as signed integers, whatever their width.
-    pub fn to_ints(&self) -> Vec<i64> {
-        match self {
-            Elements::U8(v) => v.iter().map(|&b| i64::from(b)).collect(),
-            Elements::Int(v) => v.clone(),
+impl Array {
+    /// The elements as signed integers, whatever their width; `None` for
+    /// floats.
+    pub fn to_ints(&self) -> Option<Vec<i64>> {
+        match &self.data {
+            Elements::U8(v) => Some(v.iter().map(|&b| i64::from(b)).collect()),
+            Elements::Int(v) => Some(v.clone()),
+            Elements::Float(_) => None,
         }
+    }
+
+    /// A float array of `D`'s dimensions; the problem in one sentence
+    /// otherwise (another dtype, another number of dimensions).
+    pub fn to_floats<D: Dimension>(&self) -> Result<ndarray::Array<f64, D>, String> {
+        let Elements::Float(values) = &self.data else {
+            return Err(format!("is {}; expected float32 or float64", self.dtype));
+        };
+        ArrayD::from_shape_vec(IxDyn(&self.shape), values.clone())
+            .expect("the parser checked the length")
+            .into_dimensionality()
+            .map_err(|_| {
+                format!(
+                    "has shape {:?}; expected {} dimensions",
+                    self.shape,
+                    D::NDIM.unwrap_or_default()
+                )
+            })
     }
 }
 
@@ -114,17 +141,22 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated .npy header")?;
     let data = &rest[header_len..];
-    if field(header, "fortran_order")? != "False" {
-        return Err("Fortran-ordered arrays are not read (save with np.ascontiguousarray)".into());
-    }
+    let fortran = match field(header, "fortran_order")? {
+        "False" => false,
+        "True" => true,
+        other => return Err(format!("fortran_order is {other}")),
+    };
     let shape = parse_shape(field(header, "shape")?)?;
     let count: usize = shape.iter().product();
     let descr = field(header, "descr")?.trim_matches(['\'', '"']);
     let (order, kind, size) = match descr.as_bytes() {
-        [o @ (b'<' | b'|' | b'='), k @ (b'i' | b'u'), s @ (b'1' | b'2' | b'4' | b'8')] => {
-            (*o, *k, usize::from(s - b'0'))
+        [o @ (b'<' | b'|' | b'='), k @ (b'i' | b'u'), s @ (b'1' | b'2' | b'4' | b'8')]
+        | [o @ (b'<' | b'='), k @ b'f', s @ (b'4' | b'8')] => (*o, *k, usize::from(s - b'0')),
+        _ => {
+            return Err(format!(
+                "dtype {descr} is not a little-endian integer, float32 or float64 type"
+            ))
         }
-        _ => return Err(format!("dtype {descr} is not a little-endian integer type")),
     };
     if order == b'=' && cfg!(target_endian = "big") {
         return Err(format!("dtype {descr} is big-endian on this machine"));
@@ -136,8 +168,18 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
             data.len()
         ));
     }
-    let data = match (kind, size) {
+    let elements = match (kind, size) {
         (b'u', 1) => Elements::U8(data.to_vec()),
+        (b'f', 4) => Elements::Float(
+            data.chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                .collect(),
+        ),
+        (b'f', _) => Elements::Float(
+            data.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
         _ => Elements::Int(
             data.chunks_exact(size)
                 .map(|c| {
@@ -152,7 +194,29 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
                 .collect(),
         ),
     };
-    Ok(Array { shape, data })
+    let data = match elements {
+        _ if !fortran => elements,
+        Elements::U8(v) => Elements::U8(c_order(&shape, v)),
+        Elements::Int(v) => Elements::Int(c_order(&shape, v)),
+        Elements::Float(v) => Elements::Float(c_order(&shape, v)),
+    };
+    Ok(Array {
+        shape,
+        dtype: descr.to_owned(),
+        data,
+    })
+}
+
+/// Fortran-ordered `values` of `shape` in C order (numpy saves a
+/// transposed array as it lies in memory).
+fn c_order<T: Clone>(shape: &[usize], values: Vec<T>) -> Vec<T> {
+    let reversed: Vec<usize> = shape.iter().rev().copied().collect();
+    ArrayD::from_shape_vec(IxDyn(&reversed), values)
+        .expect("the parser checked the length")
+        .reversed_axes()
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// The text of `'key': VALUE` in a header dict, up to the next top-level comma.
@@ -215,12 +279,83 @@ mod tests {
     }
 
     #[test]
-    fn floats_short_data_and_fortran_order_are_refused() {
-        let err = parse_npy(&npy("<f4", "(1,)", &[0; 4])).unwrap_err();
-        assert!(err.contains("<f4"), "{err}");
+    fn floats_are_widened_and_checked_by_shape() {
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let a = parse_npy(&npy("<f4", "(1, 2)", &data)).unwrap();
+        assert_eq!(a.data, Elements::Float(vec![1.5, -2.0]));
+        assert_eq!(a.to_ints(), None);
+        assert_eq!(
+            a.to_floats::<ndarray::Ix2>().unwrap(),
+            ndarray::array![[1.5, -2.0]]
+        );
+        let err = a.to_floats::<ndarray::Ix1>().unwrap_err();
+        assert!(
+            err.contains("[1, 2]") && err.contains("1 dimensions"),
+            "{err}"
+        );
+        let d = parse_npy(&npy("<f8", "(1,)", &0.25f64.to_le_bytes())).unwrap();
+        assert_eq!(d.data, Elements::Float(vec![0.25]));
+        let err = parse_npy(&npy("|u1", "(1,)", &[7]))
+            .unwrap()
+            .to_floats::<ndarray::Ix1>()
+            .unwrap_err();
+        assert!(err.contains("|u1"), "{err}");
+    }
+
+    #[test]
+    fn other_dtypes_and_short_data_are_refused() {
+        for descr in ["<f2", ">f8", ">i4", "<c8"] {
+            let err = parse_npy(&npy(descr, "(1,)", &[0; 8])).unwrap_err();
+            assert!(err.contains(descr), "{err}");
+        }
         let err = parse_npy(&npy("|u1", "(3, 2)", &[0; 5])).unwrap_err();
         assert!(err.contains("needs 6 bytes"), "{err}");
-        let err = parse_npy(&npy_ordered("|u1", "True", "(1,)", &[0])).unwrap_err();
-        assert!(err.contains("Fortran"), "{err}");
+    }
+
+    #[test]
+    fn fortran_order_is_read_into_c_order() {
+        // [[1, 2, 3], [4, 5, 6]] lies column by column in Fortran order.
+        let a = parse_npy(&npy_ordered("|u1", "True", "(2, 3)", &[1, 4, 2, 5, 3, 6])).unwrap();
+        assert_eq!(
+            (a.shape, a.data),
+            (vec![2, 3], Elements::U8(vec![1, 2, 3, 4, 5, 6]))
+        );
+    }
+
+    /// An archive of `members`, deflated or stored.
+    fn archive(members: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
+        for (name, bytes) in members {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn stored_and_deflated_archives_read_alike() {
+        let members = [
+            ("images.npy", npy("|u1", "(4,)", &[9, 8, 7, 6])),
+            ("W.npy", npy("<f8", "(1,)", &2.5f64.to_le_bytes())),
+        ];
+        for method in [
+            zip::CompressionMethod::Stored,
+            zip::CompressionMethod::Deflated,
+        ] {
+            let arrays = read(&archive(&members, method)).unwrap();
+            assert_eq!(arrays["images"].data, Elements::U8(vec![9, 8, 7, 6]));
+            assert_eq!(arrays["W"].data, Elements::Float(vec![2.5]));
+        }
+        let err = read(&archive(
+            &[("bad.npy", b"not numpy".to_vec())],
+            zip::CompressionMethod::Deflated,
+        ))
+        .unwrap_err();
+        assert!(err.contains("bad.npy") && err.contains("magic"), "{err}");
+        assert!(read(b"PK not a zip").unwrap_err().contains("not an .npz"));
     }
 }

@@ -1,6 +1,8 @@
 //! Quality against cost for every sub-network: the Pareto front, as a
 //! picture (`exporter calibrate --plot`) and as a table (`inspect`).
 
+pub mod measured;
+
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
@@ -20,7 +22,7 @@ pub struct Point {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cost {
     Macs,
-    /// From a `runtime profile --json` file.
+    /// The median from a `runtime profile --json` file ([`measured`]).
     LatencyMs,
 }
 

@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 
 use tailor_runtime::bundle::Bundle;
 
-use crate::ranges::{RangesFile, PERCENTILE};
+use crate::ranges::{RangesFile, Scope, FORMAT, PERCENTILE};
 use crate::{measure, metric, reference, Calibrated, CalibrationError, Dataset, Scores};
 pub use tree::Tree;
 
@@ -80,8 +80,10 @@ pub fn route(
         reference: reference.to_owned(),
         scores,
         ranges: RangesFile {
+            format: FORMAT,
             percentile: PERCENTILE,
             images: total,
+            scope: Scope::Interface,
             subnets: BTreeMap::new(),
         },
         features,

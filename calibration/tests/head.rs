@@ -7,50 +7,50 @@
 //! folded weights by 0.5% to 10% of their largest value (measured with the
 //! reference's variants), far beyond the tolerance of 1e-8.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
-use ndarray_npy::NpzReader;
 use tailor_calibration::head::{
     compare, fit_head, predictions, quality, read_head, truncated, Affine, HeadError, Labels,
     Ridge, Route, Split, Transfer,
 };
+use tailor_calibration::npz;
 
 fn fixture_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/head-transfer.npz")
 }
 
 struct Fixture {
-    npz: NpzReader<std::fs::File>,
+    arrays: HashMap<String, npz::Array>,
 }
 
 impl Fixture {
     fn open() -> Fixture {
-        let npz = NpzReader::new(std::fs::File::open(fixture_path()).unwrap()).unwrap();
-        Fixture { npz }
+        let arrays = npz::read(&std::fs::read(fixture_path()).unwrap()).unwrap();
+        Fixture { arrays }
     }
 
     fn f32(&mut self, name: &str) -> Array2<f32> {
-        self.npz.by_name(name).unwrap()
+        self.f64_2(name).mapv(|v| v as f32)
     }
 
     fn f64_2(&mut self, name: &str) -> Array2<f64> {
-        self.npz.by_name(name).unwrap()
+        self.arrays[name].to_floats().unwrap()
     }
 
     fn f64_1(&mut self, name: &str) -> Array1<f64> {
-        self.npz.by_name(name).unwrap()
+        self.arrays[name].to_floats().unwrap()
     }
 
     /// Image indices stored as int64.
     fn indices(&mut self, name: &str) -> Vec<usize> {
-        let v: Array1<i64> = self.npz.by_name(name).unwrap();
+        let v = self.arrays[name].to_ints().unwrap();
         v.iter().map(|&i| i as usize).collect()
     }
 
     fn labels(&mut self) -> Labels {
-        let labels: Array1<i64> = self.npz.by_name("labels").unwrap();
-        Labels::new(labels.as_slice().unwrap()).unwrap()
+        Labels::new(&self.arrays["labels"].to_ints().unwrap()).unwrap()
     }
 
     /// The head the reference fitted on the teacher's features.

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use indicatif::ProgressBar;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request};
 use tailor::runtime::isolate;
@@ -45,9 +44,8 @@ pub fn export(teacher: &Path, out: &Path) -> Result<()> {
     let options = WriteOptions {
         force: true,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    let summary = bundle::write(&plan, out, &options)?;
+    let summary = bundle::write(&plan, out, &options, &|_| {})?;
     println!(
         "exported {} sub-networks of {} into {} ({} files, {:.2} MiB)\n",
         summary.subnets,

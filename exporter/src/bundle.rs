@@ -9,7 +9,6 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use indicatif::ProgressBar;
 use protobuf::Message;
 use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
@@ -30,15 +29,17 @@ pub const WEIGHTS_DIR: &str = "weights";
 const ALIGN: u64 = 64;
 
 /// How to write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
     /// Replace an existing bundle directory.
     pub force: bool,
     /// Widths written at once.
     pub jobs: usize,
-    /// Advanced by bytes written.
-    pub progress: ProgressBar,
 }
+
+/// Hears the bytes of each weight tensor as it is written, from every
+/// writer thread; the calls add up to [`planned_bytes`].
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +75,14 @@ pub fn planned_bytes(plan: &Plan) -> u64 {
         .sum()
 }
 
-/// Writes the bundle for `plan` at `out`, atomically.
-pub fn write(plan: &Plan, out: &Path, opts: &WriteOptions) -> Result<Summary, BundleError> {
+/// Writes the bundle for `plan` at `out`, atomically; `progress` hears the
+/// weight bytes written.
+pub fn write(
+    plan: &Plan,
+    out: &Path,
+    opts: &WriteOptions,
+    progress: Progress<'_>,
+) -> Result<Summary, BundleError> {
     if out.exists() && !opts.force {
         return Err(BundleError::Exists(out.to_owned()));
     }
@@ -94,7 +101,7 @@ pub fn write(plan: &Plan, out: &Path, opts: &WriteOptions) -> Result<Summary, Bu
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     while let Some(&w) = widths.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        done.extend(write_width(plan, w, &graphs, &opts.progress)?);
+                        done.extend(write_width(plan, w, &graphs, progress)?);
                     }
                     Ok::<_, BundleError>(done)
                 })
@@ -146,7 +153,7 @@ fn write_width(
     plan: &Plan,
     w: u32,
     graphs: &Path,
-    progress: &ProgressBar,
+    progress: Progress<'_>,
 ) -> Result<Vec<WrittenSubnet>, BundleError> {
     let file_name = format!("w{w}.bin");
     let path = graphs.join(WEIGHTS_DIR).join(&file_name);
@@ -166,7 +173,7 @@ fn write_width(
             sink.put(&tensor, run, cut.scale()).map_err(io_err(&path))?;
         }
         let length = 4 * cut.elements() as u64;
-        progress.inc(length);
+        progress(length);
         index.insert(name, (offset, length));
     }
     for Computed { name, data, .. } in plan.family.computed(&plan.checkpoint, w)? {
@@ -174,7 +181,7 @@ fn write_width(
         let offset = sink.written();
         sink.put_floats(&data).map_err(io_err(&path))?;
         let length = 4 * data.len() as u64;
-        progress.inc(length);
+        progress(length);
         index.insert(name, (offset, length));
     }
     let (bytes, sha256) = sink.finish().map_err(io_err(&path))?;

@@ -654,3 +654,249 @@ fn a_failure_half_way_through_the_commit_leaves_the_bundle_as_it_was() {
     assert_refused_with(&bundle, &data, &["--fit-head"], &["manifest.json"]);
     assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 }
+
+/// Red front dots and grey dots in an SVG chart, legend entries included.
+fn dots(svg: &str) -> (usize, usize) {
+    let filled = |colour: &str| {
+        svg.lines()
+            .filter(|l| l.contains("<circle") && l.contains(&format!("fill=\"{colour}\"")))
+            .count()
+    };
+    (filled("#FF0000"), filled("#969696"))
+}
+
+#[test]
+fn plot_against_measured_latency_marks_the_chosen_subnet() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 40);
+    // The runtime's own reports, saved as a user would: two of the three
+    // sub-networks profiled, and a selection.
+    let report = |command: &str, args: &[&str]| {
+        let out = common::runtime(command, &bundle, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join(format!("{command}.json"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        (path, serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let (profile_json, _) = report("profile", &["--subnets", "w32-d2,w32-d4"]);
+    let (selection, selected) = report("select", &["--latency-ms", "1e5", "--memory-mb", "4096"]);
+    let selected = selected["subnet"]["id"].as_str().unwrap();
+
+    // Calibrates with `--plot` and `flags`; returns the SVG and stderr.
+    let svg = dir.path().join("latency.svg");
+    let plot = |flags: &[&str]| {
+        let mut args = vec!["--plot", svg.to_str().unwrap()];
+        args.extend(flags);
+        let out = calibrate(&bundle, &data, &args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (std::fs::read_to_string(&svg).unwrap(), err)
+    };
+    let (text, err) = plot(&[
+        "--latency",
+        profile_json.to_str().unwrap(),
+        "--chosen",
+        "w32-d4",
+    ]);
+    assert!(
+        err.contains("not plotted, no latency in") && err.contains("profile.json: w32-d3"),
+        "{err}"
+    );
+    assert!(text.contains("measured latency (ms)") && text.contains("chosen: w32-d4"));
+    // Two measured sub-networks, each a grey dot, plus the legend's.
+    assert_eq!(dots(&text).1, 2 + 1, "{text}");
+
+    let (text, _) = plot(&["--selection", selection.to_str().unwrap()]);
+    assert!(text.contains("MACs per image"));
+    assert!(text.contains(&format!("chosen: {selected}")), "{selected}");
+    assert_eq!(dots(&text).1, 3 + 1, "every sub-network against MACs");
+}
+
+#[test]
+fn bad_plot_reports_are_named_before_any_image_runs() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 12);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let svg = dir.path().join("p.svg");
+    let svg = svg.to_str().unwrap();
+    let profile = write(
+        "profile.json",
+        r#"{"results": [{"id": "w32-d2", "p50_ms": 1.5}]}"#,
+    );
+    let selection = write("selection.json", r#"{"subnet": {"id": "w32-d3"}}"#);
+    let foreign = write(
+        "foreign.json",
+        r#"{"results": [{"id": "w96-d6", "p50_ms": 1.5}]}"#,
+    );
+    let missing = dir.path().join("nowhere.json");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--latency", missing], &["nowhere.json"]),
+        (
+            &["--latency", &selection],
+            &[
+                "selection.json",
+                "not the output of `runtime profile --json`",
+            ],
+        ),
+        (
+            &["--selection", &profile],
+            &["profile.json", "not the output of `runtime select --json`"],
+        ),
+        (
+            &["--latency", &foreign],
+            &["foreign.json", "w96-d6 is not in the bundle"],
+        ),
+        (
+            &["--chosen", "w8-d1"],
+            &["--chosen w8-d1", "no such sub-network"],
+        ),
+        (
+            &["--latency", &profile, "--selection", &selection],
+            &["w32-d3 has no latency in", "profile.json"],
+        ),
+    ];
+    for (flags, needles) in cases {
+        let mut extra = vec!["--plot", svg];
+        extra.extend(flags);
+        assert_refused_with(&bundle, &data, &extra, needles);
+    }
+    assert!(!Path::new(svg).exists());
+    // The reports need a plot to go into.
+    let out = calibrate(&bundle, &data, &["--chosen", "w32-d2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--plot"), "{err}");
+}
+
+#[test]
+fn inspect_shows_the_pareto_front_once_calibrated() {
+    let (dir, bundle) = bundle_copy();
+    let inspect = |json: bool| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"inspect", &bundle];
+        if json {
+            args.push(&"--json");
+        }
+        let out = exporter(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = inspect(false);
+    assert!(
+        text.contains("not calibrated") && !text.contains("Pareto"),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&inspect(true)).unwrap();
+    assert_eq!(json.get("pareto_front"), None);
+
+    // Label-free: the fidelities differ, so the front is not just the
+    // cheapest sub-network.
+    let photos = dir.path().join("photos");
+    for i in 0..10 {
+        common::write_png(
+            &photos.join(format!("{i}.png")),
+            16,
+            &common::grey((i % 2) as u8, i, 16),
+        );
+    }
+    assert!(calibrate(&bundle, &photos, &["-q"]).status.success());
+    let json: Value = serde_json::from_str(&inspect(true)).unwrap();
+    let subnets = json["subnets"].as_array().unwrap();
+    let cost = |s: &Value| (s["macs"].as_f64().unwrap(), s["quality"].as_f64().unwrap());
+    // The front by its definition: no other sub-network costs no more and
+    // scores no less, and is better in one.
+    let mut front: Vec<&Value> = subnets
+        .iter()
+        .filter(|s| {
+            let (m, q) = cost(s);
+            !subnets.iter().any(|o| {
+                let (om, oq) = cost(o);
+                om <= m && oq >= q && (om < m || oq > q)
+            })
+        })
+        .collect();
+    front.sort_by(|a, b| cost(a).0.total_cmp(&cost(b).0));
+    let front: Vec<&Value> = front.iter().map(|s| &s["id"]).collect();
+    assert!(front.len() >= 2, "{front:?}");
+    assert_eq!(
+        json["pareto_front"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        front
+    );
+
+    let text = inspect(false);
+    let table: Vec<Vec<&str>> = text
+        .lines()
+        .skip_while(|l| !l.contains("Pareto"))
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(table.len(), subnets.len(), "{text}");
+    for row in &table {
+        let on_front = front.iter().any(|id| id.as_str() == Some(row[0]));
+        assert_eq!(row.last() == Some(&"*"), on_front, "{text}");
+    }
+}
+
+#[test]
+fn inner_ranges_are_recorded_on_request_with_tract_only() {
+    let (dir, bundle) = bundle_copy();
+    let data = dir.path().join("calib.npz");
+    labelled_npz(&data, 12);
+    assert_refused_with(
+        &bundle,
+        &data,
+        &["--ranges", "inner", "--engine", "ort"],
+        &["inner activation ranges", "--engine tract"],
+    );
+
+    let ranges = |extra: &[&str]| {
+        let out = calibrate(&bundle, &data, extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = manifest(&bundle)["calibration"]["ranges"]["path"].clone();
+        let text = std::fs::read(bundle.join(path.as_str().unwrap())).unwrap();
+        serde_json::from_slice::<Value>(&text).unwrap()
+    };
+    let interface = ranges(&["-q"]);
+    assert_eq!(
+        (&interface["format"], &interface["scope"]),
+        (&2.into(), &"interface".into())
+    );
+    let tensors = interface["subnets"]["w32-d3"].as_object().unwrap();
+    assert_eq!(tensors.len(), 3, "{tensors:?}");
+
+    let inner = ranges(&["-q", "--ranges", "inner"]);
+    assert_eq!(inner["scope"], "inner");
+    let tensors = inner["subnets"]["w32-d3"].as_object().unwrap();
+    for name in [
+        "patch_embed.proj",
+        "blocks.2.mlp.fc1",
+        "blocks.2.attn.softmax",
+        "cls_token",
+    ] {
+        assert!(tensors.contains_key(name), "{name} missing: {tensors:?}");
+    }
+    // Softmax is a probability.
+    let softmax = &tensors["blocks.0.attn.softmax"];
+    assert!(softmax["min"].as_f64() >= Some(0.0) && softmax["max"].as_f64() <= Some(1.0));
+}

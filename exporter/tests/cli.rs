@@ -1,6 +1,8 @@
 //! The `exporter` command as a user meets it: bundles, dry runs, and a clear
 //! error with nothing half-written for every bad input.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -628,14 +630,11 @@ fn swin_dry_run_filters_and_inspect_show_the_stage_depths() {
 
 /// `runtime select --json` on a bundle, as a deployment script runs it.
 fn runtime_select(bundle: &Path, latency_ms: &str) -> Output {
-    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
-    Command::new(&bin)
-        .args(["select", "--json", "--no-cache", "--engine", "tract"])
-        .args(["--min-runs", "10", "--min-time", "0", "--memory-mb", "4096"])
-        .args(["--latency-ms", latency_ms])
-        .arg(bundle)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tailor-runtime)", bin.display()))
+    common::runtime(
+        "select",
+        bundle,
+        &["--memory-mb", "4096", "--latency-ms", latency_ms],
+    )
 }
 
 #[test]

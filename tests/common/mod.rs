@@ -3,14 +3,17 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use indicatif::ProgressBar;
 use ndarray::{ArrayD, IxDyn};
 use safetensors::SafeTensors;
+use tailor::calibration::Dataset;
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::config::Overrides;
 use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
+use tailor::runtime::image::Image;
+use tailor::runtime::manifest::Sha256;
 use tailor::runtime::profile::MeasureOptions;
 use tailor::runtime::select::{Runtime, RuntimeOptions};
 
@@ -47,9 +50,15 @@ pub fn export(req: &Request) -> (tempfile::TempDir, PathBuf) {
     let opts = WriteOptions {
         force: false,
         jobs: 2,
-        progress: ProgressBar::hidden(),
     };
-    bundle::write(&plan, &out, &opts).unwrap_or_else(|e| panic!("exporting: {e}"));
+    // Every export also checks the progress callback: it hears each weight
+    // byte once, so the calls add up to the planned size.
+    let heard = AtomicU64::new(0);
+    bundle::write(&plan, &out, &opts, &|bytes| {
+        heard.fetch_add(bytes, Ordering::Relaxed);
+    })
+    .unwrap_or_else(|e| panic!("exporting: {e}"));
+    assert_eq!(heard.into_inner(), bundle::planned_bytes(&plan));
     (dir, out)
 }
 
@@ -114,4 +123,24 @@ pub fn assert_close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
         err <= 1e-4 * scale,
         "{what}: max abs error {err:e} exceeds 1e-4 × {scale}"
     );
+}
+
+/// Label-free images with varied content (a seeded hash per pixel).
+pub fn images(n: usize) -> Dataset {
+    let images = (0..n)
+        .map(|i| {
+            let data = (0..20 * 20 * 3)
+                .map(|p: usize| {
+                    ((p.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) >> 5) as u8
+                })
+                .collect();
+            Image::new(data, 20, 20, 3).unwrap()
+        })
+        .collect();
+    Dataset {
+        images,
+        labels: None,
+        sha256: Sha256([1; 32]),
+        bytes: 0,
+    }
 }

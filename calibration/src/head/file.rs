@@ -1,13 +1,13 @@
 //! Reading a task head trained on the teacher's features.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
 
-use ndarray::{Array, Array1, Array2, Dimension};
-use ndarray_npy::{NpzReader, ReadableElement};
+use ndarray::{Array1, Array2};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{Affine, HeadError};
+use crate::npz;
 
 /// The tensor names accepted for the weight `[classes, D]` and the bias
 /// `[classes]`, in either file format: PyTorch's `nn.Linear` names, or the
@@ -17,7 +17,7 @@ const NAMES: [(&str, &str); 2] = [("weight", "bias"), ("W", "b")];
 /// Reads a linear head from `path` and checks it takes the teacher's
 /// `teacher_width` features.
 ///
-/// `.npz` (as `np.savez` writes it; not compressed) and `.safetensors` files
+/// `.npz` (`np.savez` or `np.savez_compressed`) and `.safetensors` files
 /// are read, f32 or f64, with the weight `[classes, D]` and bias `[classes]`
 /// named `weight`/`bias` or `W`/`b`.
 pub fn read_head(path: &Path, teacher_width: usize) -> Result<Affine, HeadError> {
@@ -52,35 +52,25 @@ pub fn read_head(path: &Path, teacher_width: usize) -> Result<Affine, HeadError>
 }
 
 fn read_npz(path: &Path) -> Result<(Array2<f64>, Array1<f64>), HeadError> {
-    let file = File::open(path).map_err(|source| HeadError::Read {
+    let bytes = fs::read(path).map_err(|source| HeadError::Read {
         path: path.to_owned(),
         source,
     })?;
     let arrays = || {
-        let mut npz = NpzReader::new(file).map_err(|e| e.to_string())?;
-        let names = npz.names().map_err(|e| e.to_string())?;
+        let arrays = npz::read(&bytes)?;
+        let mut names: Vec<String> = arrays.keys().cloned().collect();
+        names.sort_unstable();
         let (w, b) = pick(&names)?;
-        Ok((read_npz_array(&mut npz, w)?, read_npz_array(&mut npz, b)?))
+        let array = |name: &str| format!("array `{name}` ");
+        Ok((
+            arrays[w].to_floats().map_err(|e| array(w) + &e)?,
+            arrays[b].to_floats().map_err(|e| array(b) + &e)?,
+        ))
     };
     arrays().map_err(|problem| HeadError::Format {
         path: path.to_owned(),
         problem,
     })
-}
-
-/// Array `name`, stored as f64 or f32.
-fn read_npz_array<D: Dimension>(
-    npz: &mut NpzReader<File>,
-    name: &str,
-) -> Result<Array<f64, D>, String> {
-    fn read<T: ReadableElement, D: Dimension>(
-        npz: &mut NpzReader<File>,
-        name: &str,
-    ) -> Result<Array<T, D>, String> {
-        npz.by_name(name)
-            .map_err(|e| format!("array `{name}`: {e}"))
-    }
-    read::<f64, D>(npz, name).or_else(|_| Ok(read::<f32, D>(npz, name)?.mapv(f64::from)))
 }
 
 fn read_safetensors(path: &Path) -> Result<(Array2<f64>, Array1<f64>), HeadError> {

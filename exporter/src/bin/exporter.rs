@@ -1,6 +1,7 @@
 //! `exporter`: slice a POA teacher checkpoint into a bundle of per-budget
 //! ONNX graphs, or show what a bundle holds.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,7 +10,9 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tailor_calibration::head::{transfer_heads, HeadOptions, HeadSource, Heads, Ridge, Route};
-use tailor_calibration::plot::{pareto_svg, Chart, Cost, Point};
+use tailor_calibration::plot::measured::{read_latencies, read_selection};
+use tailor_calibration::plot::{pareto_front, pareto_svg, pareto_table, Chart, Cost, Point};
+use tailor_calibration::ranges::Scope;
 use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::bundle::{self, WriteOptions};
 use tailor_exporter::config::{GridRange, Overrides};
@@ -91,6 +94,9 @@ board's share of its smallest variant's RAM. The service's memory limit is
   exporter calibrate bundle/ --data mnist-calib.npz    # images uint8 [N,H,W] or [N,H,W,3], labels int [N]
   exporter calibrate bundle/ --data photos/ --no-labels   # label-free: CKA fidelity to the largest
   exporter calibrate bundle/ --data mnist-calib.npz --plot pareto.svg   # and draw quality against MACs
+  runtime profile bundle/ --all --json > profile.json
+  runtime select bundle/ --latency-ms 25 --json > chosen.json
+  exporter calibrate bundle/ --data mnist-calib.npz --plot pareto.svg --latency profile.json --selection chosen.json
   runtime select bundle/ --latency-ms 25 --min-quality 90
 
 With labels, quality is the weighted k-NN top-1 accuracy in percent of
@@ -99,8 +105,10 @@ images are the memory, the val images are classified). Without labels (a
 folder of images without class folders, an .npz without `labels`, or
 --no-labels), quality is the linear CKA of cls_token with the largest
 sub-network's, in [0, 1]. Both are in the manifest (`quality`, `fidelity`),
-with the metric's name and the dataset's sha256; activation ranges go to
-calibration/ranges-*.json. docs/calibration.md has the details.")]
+with the metric's name and the dataset's sha256; activation ranges (of the
+graph's input and outputs, or with --ranges inner of every MatMul, Gemm
+and Conv activation too) go to calibration/ranges-*.json.
+docs/calibration.md has the details.")]
     Calibrate(CalibrateArgs),
     /// Route a task to an SDR bundle: score every path by k-NN on your
     /// labelled data (the paths' shared prefixes computed once), write the
@@ -203,12 +211,42 @@ struct CalibrateArgs {
     /// to the top principal directions; docs/calibration.md compares them).
     #[arg(long, default_value = "plain", value_name = "ROUTE")]
     transfer: Route,
+    /// Plot against measured latency instead of MACs: the p50 of each
+    /// sub-network in FILE, the output of `runtime profile BUNDLE --all
+    /// --json` (sub-networks it did not measure are left out).
+    #[arg(long, value_name = "PROFILE.json", requires = "plot")]
+    latency: Option<PathBuf>,
+    /// Mark this sub-network on the plot as the chosen one.
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "plot",
+        conflicts_with = "selection"
+    )]
+    chosen: Option<String>,
+    /// Mark the sub-network the runtime chose: FILE holds the output of
+    /// `runtime select BUNDLE ... --json`.
+    #[arg(long, value_name = "FILE.json", requires = "plot")]
+    selection: Option<PathBuf>,
+    /// Which activation ranges to record for a later INT8 export: the
+    /// graph's input and outputs, or also every MatMul, Gemm and Conv
+    /// activation inside (tract only).
+    #[arg(long, default_value = "interface", value_name = "SCOPE", value_parser = scope_parser())]
+    ranges: Scope,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
     /// Print the scores as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--ranges interface|inner`.
+fn scope_parser() -> impl TypedValueParser<Value = Scope> {
+    PossibleValuesParser::new(["interface", "inner"]).map(|s| match s.as_str() {
+        "inner" => Scope::Inner,
+        _ => Scope::Interface,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -405,15 +443,15 @@ fn export(args: ExportArgs) -> Result<()> {
     let options = WriteOptions {
         force: args.force,
         jobs,
-        progress: progress.clone(),
     };
-    let summary = bundle::write(&plan, &out, &options).with_context(|| {
-        format!(
-            "exporting {} to {}",
-            plan.teacher().display(),
-            out.display()
-        )
-    })?;
+    let summary =
+        bundle::write(&plan, &out, &options, &|bytes| progress.inc(bytes)).with_context(|| {
+            format!(
+                "exporting {} to {}",
+                plan.teacher().display(),
+                out.display()
+            )
+        })?;
     progress.finish_and_clear();
     if args.json {
         outln!(
@@ -587,6 +625,12 @@ fn pack(args: PackArgs) -> Result<()> {
 
 fn calibrate(args: CalibrateArgs) -> Result<()> {
     let bundle = Bundle::open(&args.bundle)?;
+    // Read before any image runs: a bad report fails at once.
+    let plot = args
+        .plot
+        .as_ref()
+        .map(|path| PlotSpec::read(path, &args, &bundle))
+        .transpose()?;
     let load = LoadOptions {
         labels: !args.no_labels,
         seed: args.seed,
@@ -612,6 +656,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
             ..EngineOptions::default()
         },
         keep_features: args.dump_features.is_some() || head.is_some(),
+        ranges: args.ranges,
     };
     let bar = if args.quiet || args.json {
         ProgressBar::hidden()
@@ -642,8 +687,9 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
         record::write_features(path, &dataset, &calibrated)?;
     }
     // Drawn before the bundle changes, so a plot that fails changes nothing.
-    if let Some(path) = &args.plot {
-        plot(path, &bundle, &calibrated).with_context(|| format!("drawing {}", path.display()))?;
+    if let Some(plot) = &plot {
+        plot.draw(&bundle, &calibrated)
+            .with_context(|| format!("drawing {}", plot.path.display()))?;
     }
     let heads = head
         .map(|source| {
@@ -849,31 +895,100 @@ fn route(args: RouteArgs) -> Result<()> {
     Ok(())
 }
 
-/// Quality against MACs, written whole or not at all.
-fn plot(path: &Path, bundle: &Bundle, calibrated: &tailor_calibration::Calibrated) -> Result<()> {
-    let points: Vec<_> = bundle
-        .manifest()
-        .subnets
-        .iter()
-        .zip(&calibrated.scores)
-        .map(|(s, q)| Point {
-            id: s.id.to_owned(),
-            cost: s.macs as f64,
-            quality: q.quality(),
+/// What `--plot` draws: quality against MACs, or against the latencies of
+/// a `runtime profile --json` file, with the chosen sub-network marked.
+struct PlotSpec {
+    path: PathBuf,
+    /// The profile and its p50 per sub-network.
+    latency: Option<(PathBuf, BTreeMap<String, f64>)>,
+    chosen: Option<String>,
+}
+
+impl PlotSpec {
+    /// Reads the reports the flags name and checks their ids against the
+    /// bundle.
+    fn read(path: &Path, args: &CalibrateArgs, bundle: &Bundle) -> Result<PlotSpec> {
+        let manifest = bundle.manifest();
+        let ids: Vec<&str> = manifest.subnets.iter().map(|s| s.id).collect();
+        let latency = args
+            .latency
+            .as_ref()
+            .map(|file| Ok::<_, anyhow::Error>((file.clone(), read_latencies(file, &ids)?)))
+            .transpose()?;
+        let chosen = match (&args.chosen, &args.selection) {
+            (Some(id), _) if !ids.contains(&id.as_str()) => bail!(
+                "--chosen {id}: no such sub-network in {} (it holds {})",
+                args.bundle.display(),
+                ids.join(", ")
+            ),
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(file)) => Some(read_selection(file, &ids)?),
+            (None, None) => None,
+        };
+        if let (Some(id), Some((file, latencies))) = (&chosen, &latency) {
+            if !latencies.contains_key(id) {
+                bail!(
+                    "the chosen sub-network {id} has no latency in {}: profile it too",
+                    file.display()
+                );
+            }
+        }
+        Ok(PlotSpec {
+            path: path.to_owned(),
+            latency,
+            chosen,
         })
-        .collect();
-    let svg = pareto_svg(&Chart {
-        points: &points,
-        cost: Cost::Macs,
-        quality: calibrated.metric.name(),
-        chosen: None,
-    })?;
-    let staged = path.with_extension("svg.partial");
-    let written = std::fs::write(&staged, svg).and_then(|()| std::fs::rename(&staged, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&staged);
     }
-    Ok(written?)
+
+    /// Draws the chart, written whole or not at all.
+    fn draw(&self, bundle: &Bundle, calibrated: &tailor_calibration::Calibrated) -> Result<()> {
+        let manifest = bundle.manifest();
+        let scored = manifest.subnets.iter().zip(&calibrated.scores);
+        let (points, cost): (Vec<_>, _) = match &self.latency {
+            None => (
+                scored.map(|(s, q)| point(s.id, s.macs as f64, q)).collect(),
+                Cost::Macs,
+            ),
+            Some((file, latencies)) => {
+                let (measured, unmeasured): (Vec<_>, Vec<_>) =
+                    scored.partition(|(s, _)| latencies.contains_key(s.id));
+                if !unmeasured.is_empty() {
+                    let ids: Vec<&str> = unmeasured.iter().map(|(s, _)| s.id).collect();
+                    eprintln!(
+                        "note: not plotted, no latency in {}: {}",
+                        file.display(),
+                        ids.join(", ")
+                    );
+                }
+                let points = measured
+                    .into_iter()
+                    .map(|(s, q)| point(s.id, latencies[s.id], q))
+                    .collect();
+                (points, Cost::LatencyMs)
+            }
+        };
+        let svg = pareto_svg(&Chart {
+            points: &points,
+            cost,
+            quality: calibrated.metric.name(),
+            chosen: self.chosen.as_deref(),
+        })?;
+        let staged = self.path.with_extension("svg.partial");
+        let written =
+            std::fs::write(&staged, svg).and_then(|()| std::fs::rename(&staged, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        Ok(written?)
+    }
+}
+
+fn point(id: &str, cost: f64, scores: &tailor_calibration::Scores) -> Point {
+    Point {
+        id: id.to_owned(),
+        cost,
+        quality: scores.quality(),
+    }
 }
 
 fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
@@ -887,8 +1002,29 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
             bundle.verify_data(&c.ranges)?;
         }
     }
+    // Quality against MACs, once calibration has scored the sub-networks.
+    let points: Option<Vec<Point>> = m.calibration.as_ref().map(|_| {
+        m.subnets
+            .iter()
+            .filter_map(|s| {
+                Some(Point {
+                    id: s.id.to_owned(),
+                    cost: s.macs as f64,
+                    quality: f64::from(s.quality?),
+                })
+            })
+            .collect()
+    });
     if json {
-        outln!("{}", serde_json::to_string_pretty(&m)?)?;
+        let mut out = serde_json::to_value(&m)?;
+        if let Some(points) = &points {
+            // By increasing MACs, as on the chart.
+            out["pareto_front"] = pareto_front(points)
+                .into_iter()
+                .map(|i| points[i].id.as_str())
+                .collect();
+        }
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     }
     outln!(
@@ -934,6 +1070,19 @@ fn inspect(dir: &Path, json: bool, verify: bool) -> Result<()> {
             score(s.fidelity),
             s.onnx
         )?;
+    }
+    if let (Some(points), Some(c)) = (&points, &m.calibration) {
+        let chart = Chart {
+            points,
+            cost: Cost::Macs,
+            quality: c.quality_metric.name(),
+            chosen: None,
+        };
+        outln!(
+            "\n{} against MACs (* marks the Pareto front: the sub-networks no other beats on both):",
+            c.quality_metric.name()
+        )?;
+        outln!(@no_newline "{}", pareto_table(&chart))?;
     }
     if verify {
         outln!("verified: every graph, weight and calibration file matches its sha256")?;

@@ -13,6 +13,19 @@ pub fn exporter(args: &[&dyn AsRef<OsStr>]) -> Output {
         .unwrap()
 }
 
+/// Runs the `runtime` binary built beside `exporter`, measuring with tract
+/// briefly and without a cache, as a deployment script would.
+pub fn runtime(command: &str, bundle: &Path, args: &[&str]) -> Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_exporter")).with_file_name("runtime");
+    Command::new(&bin)
+        .args([command, "--json", "--no-cache", "--engine", "tract"])
+        .args(["--min-runs", "10", "--min-time", "0"])
+        .args(args)
+        .arg(bundle)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tailor-runtime)", bin.display()))
+}
+
 /// Copies a directory tree (a committed bundle, to change a copy of it).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
