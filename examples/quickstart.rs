@@ -16,7 +16,7 @@ use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::EngineOptions;
 use tailor::runtime::isolate::Isolation;
-use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
+use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions, SelectError};
 
 /// Default budget: a latency a mid-range CPU core meets with the middle of
 /// the example's grid, and a small board's memory share.
@@ -80,7 +80,23 @@ fn quickstart(limits: Limits) -> Result<()> {
 
     // 4. Start-up selection on this machine.
     println!("\nselecting on {}:", rt.device().summary());
-    let mut chosen = rt.select(&limits)?;
+    let mut chosen = match rt.select(&limits) {
+        // The default budget assumes a desktop core: a slower machine gets
+        // it loosened once, said aloud; a budget the user gave stands.
+        Err(SelectError::NothingFits(why)) if limits.latency_ms == DEFAULT_LATENCY_MS => {
+            let looser = Limits {
+                latency_ms: 4.0 * DEFAULT_LATENCY_MS,
+                ..limits
+            };
+            println!(
+                "nothing fits the default {DEFAULT_LATENCY_MS} ms here ({why}); \
+                 selecting again under {} ms (give your own: -- LATENCY_MS)",
+                looser.latency_ms
+            );
+            rt.select(&looser)?
+        }
+        chosen => chosen?,
+    };
     print!("{}", render_selection(&manifest, &chosen));
 
     // 5. One inference with the chosen sub-network.
