@@ -21,7 +21,7 @@ use tailor::runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor::runtime::engine::EngineKind;
 use tailor::runtime::manifest::Manifest;
 use tailor::runtime::profile::MeasureOptions;
-use tailor::runtime::select::{Chosen, Limits, Runtime, RuntimeOptions, SelectError};
+use tailor::runtime::select::{Chosen, EngineChoice, Limits, Runtime, RuntimeOptions, SelectError};
 
 const TEACHER: &str = "tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth";
 
@@ -93,10 +93,11 @@ fn break_graph(bundle: &Path, id: &str, breaks: Breaks) {
     fs::write(bundle.join(MANIFEST_POSTCARD), manifest.to_postcard()).unwrap();
 }
 
-/// `auto` (the default) with a generous budget, quick measurements, no cache.
-fn select_auto(bundle: &Path) -> Result<Chosen, SelectError> {
+/// Selects with `engine` under a generous budget, quick measurements, no cache.
+fn select(bundle: &Path, engine: EngineChoice) -> Result<Chosen, SelectError> {
     let options = RuntimeOptions {
         cache: None,
+        engine,
         measure: MeasureOptions {
             min_runs: 5,
             min_time: std::time::Duration::ZERO,
@@ -122,7 +123,7 @@ fn the_race_loser_takes_a_better_candidate_the_winner_cannot_run() {
     // tract cannot run the largest, so its own search settles on w32-d3.
     break_graph(&bundle, "w32-d2", Breaks::Ort);
     break_graph(&bundle, "w32-d4", Breaks::Tract);
-    let chosen = select_auto(&bundle).unwrap();
+    let chosen = select(&bundle, EngineChoice::Auto).unwrap();
     let raced: Vec<(bool, bool)> = chosen
         .engine_trials
         .iter()
@@ -149,6 +150,9 @@ fn the_race_loser_takes_a_better_candidate_the_winner_cannot_run() {
         !ort_tried.is_empty() && ort_tried.iter().all(|&id| id == "w32-d4"),
         "{ort_tried:?}"
     );
+    // Both searches confirmed a winner (w32-d3 with tract, w32-d4 with ONNX
+    // Runtime): the count covers both, not the last search's alone.
+    assert!(chosen.confirmed.as_ref().unwrap().confirmations >= 2);
     assert!(
         chosen
             .notes
@@ -167,7 +171,7 @@ fn the_race_loser_searches_everything_when_the_winner_finds_nothing() {
     break_graph(&bundle, "w32-d2", Breaks::Ort);
     break_graph(&bundle, "w32-d3", Breaks::Tract);
     break_graph(&bundle, "w32-d4", Breaks::Tract);
-    let chosen = select_auto(&bundle).unwrap();
+    let chosen = select(&bundle, EngineChoice::Auto).unwrap();
     assert_eq!(
         (chosen.id.as_str(), chosen.engine.split(' ').next()),
         ("w32-d4", Some("ort")),
@@ -185,20 +189,7 @@ fn the_race_loser_searches_everything_when_the_winner_finds_nothing() {
 fn an_explicit_engine_gets_no_second_look() {
     let (_dir, bundle) = column();
     break_graph(&bundle, "w32-d4", Breaks::Tract);
-    let options = RuntimeOptions {
-        cache: None,
-        engine: "tract".parse().unwrap(),
-        measure: MeasureOptions {
-            min_runs: 5,
-            min_time: std::time::Duration::ZERO,
-            ..MeasureOptions::default()
-        },
-        ..RuntimeOptions::default()
-    };
-    let rt = Runtime::with_options(&bundle, options).unwrap();
-    let chosen = rt
-        .select(&Limits::latency_ms(1e5).memory_mb(4096.0))
-        .unwrap();
+    let chosen = select(&bundle, EngineChoice::Only(EngineKind::Tract)).unwrap();
     // The fixture is sound: tract alone cannot take w32-d4.
     assert_eq!(chosen.id, "w32-d3");
     assert!(chosen.trials.iter().all(|t| t.engine == EngineKind::Tract));

@@ -616,8 +616,8 @@ impl Runtime {
     /// Searches with the first engine (racing the others on the first
     /// candidate). With `auto`, the engine that lost the race then looks
     /// among the candidates ranked above the choice, or among all when
-    /// nothing fit: one race on the cheapest candidate does not decide
-    /// which engine fits the most at every limit.
+    /// nothing fit or the search stopped: one race on the cheapest candidate
+    /// does not decide which engine fits the most at every limit.
     fn search(
         &self,
         limits: &policy::Limits,
@@ -657,6 +657,7 @@ impl Runtime {
                     .trials
                     .splice(0..0, std::mem::take(&mut search.trials));
                 second.engine_trials = std::mem::take(&mut search.engine_trials);
+                second.confirmations += search.confirmations;
                 let mut found = second.end(Ended::Chosen {
                     index,
                     better: Vec::new(),
@@ -671,6 +672,7 @@ impl Runtime {
         match search.end(ended) {
             Ok(mut found) => {
                 found.trials.append(&mut second.trials);
+                found.confirmed.confirmations += second.confirmations;
                 found.notes.push(note);
                 Ok(found)
             }
