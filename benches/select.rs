@@ -128,11 +128,9 @@ fn main() -> ExitCode {
     eprintln!("bundle: {n} sub-networks");
     #[cfg(feature = "ort")]
     if auto_only {
-        let p90 = |by: fn(&&Subnet<'_>) -> u64| {
-            let id = manifest.subnets.iter().min_by_key(by).unwrap().id;
-            rt.profile(id, 1).unwrap().p90_ms
-        };
-        let (lo, hi) = (p90(|s| s.macs), p90(|s| u64::MAX - s.macs));
+        let p90 = |s: Option<&Subnet<'_>>| rt.profile(s.unwrap().id, 1).unwrap().p90_ms;
+        let lo = p90(manifest.subnets.iter().min_by_key(|s| s.macs));
+        let hi = p90(manifest.subnets.iter().max_by_key(|s| s.macs));
         for k in 0..sweep {
             let limit = limit_at(lo, hi, k, sweep);
             match rt.select(&Limits::latency_ms(limit).memory_mb(4096)) {
