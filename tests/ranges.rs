@@ -112,15 +112,16 @@ fn calibrating_with_inner_ranges_scores_as_the_engine_does() {
         assert_eq!(a.id, b.id);
         assert!((a.fidelity - b.fidelity).abs() < 1e-5, "{a:?} {b:?}");
     }
+    let (interface, inner) = (
+        interface.ranges.expect("calibrate records ranges"),
+        inner.ranges.expect("calibrate records ranges"),
+    );
     assert_eq!(
-        (interface.ranges.scope, inner.ranges.scope),
+        (interface.scope, inner.scope),
         (Scope::Interface, Scope::Inner)
     );
     let names = |r: &BTreeMap<String, _>| r.keys().cloned().collect::<Vec<String>>();
-    let (few, many) = (
-        &interface.ranges.subnets["w32-d4"],
-        &inner.ranges.subnets["w32-d4"],
-    );
+    let (few, many) = (&interface.subnets["w32-d4"], &inner.subnets["w32-d4"]);
     assert_eq!(names(few), ["cls_token", "patch_tokens", "pixel_values"]);
     // Four blocks of 14 activations each, and the patch embedding's.
     assert_eq!(many.len(), 3 + 4 * 14 + 1, "{:?}", names(many));

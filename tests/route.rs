@@ -91,3 +91,49 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     let chosen = rt.select(&limits.min_quality(threshold)).unwrap();
     assert_eq!(chosen.id, best.id);
 }
+
+#[test]
+fn routing_keeps_the_ranges_calibrate_recorded() {
+    let (_dir, dir) = export(&tailor::exporter::plan::Request {
+        selection: subnets(&["full", "r0.0.0.0", "r1.1.1.1"]),
+        ..request(SDR)
+    });
+    let ranges_of = |dir: &std::path::Path| {
+        let bundle = Bundle::open(dir).unwrap();
+        let manifest = bundle.manifest();
+        let listed = manifest.calibration.as_ref().unwrap().ranges.path;
+        let text = std::fs::read(dir.join(listed)).unwrap();
+        (
+            listed.to_owned(),
+            serde_json::from_slice::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+
+    // Routed first: nothing to keep, so an empty file stands in.
+    let (routing, calibrating) = (mnist(60), mnist(40));
+    let bundle = Bundle::open(&dir).unwrap();
+    let routed = route::route(&bundle, &routing, "digits", BATCH, &mut |_| {}).unwrap();
+    record::write(&bundle, &routing, &routed).unwrap();
+    let (_, none) = ranges_of(&dir);
+    assert_eq!(none["images"], 0, "route records no ranges: {none}");
+
+    let bundle = Bundle::open(&dir).unwrap();
+    let calibrated =
+        calibration::score(&bundle, &calibrating, &Options::default(), &mut |_| {}).unwrap();
+    record::write(&bundle, &calibrating, &calibrated).unwrap();
+    let (path, recorded) = ranges_of(&dir);
+    assert_eq!(recorded["images"], 40);
+    assert_eq!(recorded["dataset_sha256"], calibrating.sha256.to_string());
+
+    // Routing again replaces the scores, not the ranges (it used to list an
+    // empty file in their place and delete them).
+    let bundle = Bundle::open(&dir).unwrap();
+    let routed = route::route(&bundle, &routing, "digits", BATCH, &mut |_| {}).unwrap();
+    record::write(&bundle, &routing, &routed).unwrap();
+    assert_eq!(ranges_of(&dir), (path, recorded));
+    let bundle = Bundle::open(&dir).unwrap();
+    let manifest = bundle.manifest();
+    let calibration = manifest.calibration.as_ref().unwrap();
+    assert_eq!(calibration.dataset_sha256, routing.sha256);
+    bundle.verify_data(&calibration.ranges).unwrap();
+}

@@ -81,7 +81,9 @@ pub struct Calibrated {
     pub reference: String,
     /// In the manifest's order.
     pub scores: Vec<Scores>,
-    pub ranges: RangesFile,
+    /// `None` when none were recorded ([`route::route`]): the bundle keeps
+    /// the ranges it has.
+    pub ranges: Option<RangesFile>,
     /// `cls_token` per image of each sub-network, in the manifest's order,
     /// when [`Options::keep_features`] asked for them.
     pub features: Vec<(String, Array2<f32>)>,
@@ -184,13 +186,14 @@ pub fn score(
                 }
             })
             .collect(),
-        ranges: RangesFile {
+        ranges: Some(RangesFile {
             format: ranges::FORMAT,
             percentile: ranges::PERCENTILE,
             images: total,
+            dataset_sha256: dataset.sha256,
             scope: opts.ranges,
             subnets: graph_ranges,
-        },
+        }),
         features: subnets
             .iter()
             .filter_map(|s| Some((s.id.to_owned(), kept.remove(s.id)?)))

@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use ndarray::{s, ArrayView, ArrayView4, Dimension};
 use serde::Serialize;
 use tailor_runtime::engine::Outputs;
+use tailor_runtime::manifest::Sha256;
 
 /// The percentile of |x| recorded per tensor.
 pub const PERCENTILE: f64 = 99.99;
-/// The ranges file's layout: 2 keys each sub-network's tensors by name (1
-/// had three fixed fields).
-pub const FORMAT: u32 = 2;
+/// The ranges file's layout: 3 names the dataset the ranges come from (a
+/// later `exporter route` keeps them while scoring on other data), 2 keys
+/// each sub-network's tensors by name (1 had three fixed fields).
+pub const FORMAT: u32 = 3;
 /// Values kept per tensor to estimate the percentile (256 KiB): below it
 /// the percentile is exact.
 const SAMPLE: usize = 1 << 16;
@@ -53,9 +55,25 @@ pub struct RangesFile {
     pub percentile: f64,
     /// Images the ranges were recorded over.
     pub images: usize,
+    /// The dataset those images are (as the manifest's `dataset_sha256`).
+    pub dataset_sha256: Sha256,
     pub scope: Scope,
     /// Sub-network id, then ONNX tensor name.
     pub subnets: BTreeMap<String, BTreeMap<String, Range>>,
+}
+
+impl RangesFile {
+    /// No ranges, for a bundle scored without recording them.
+    pub fn none(dataset_sha256: Sha256) -> RangesFile {
+        RangesFile {
+            format: FORMAT,
+            percentile: PERCENTILE,
+            images: 0,
+            dataset_sha256,
+            scope: Scope::Interface,
+            subnets: BTreeMap::new(),
+        }
+    }
 }
 
 /// Records one tensor's values as batches run, in bounded memory: the

@@ -19,6 +19,7 @@ use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{Calibration, DataFile, Sha256};
 
 use crate::npz::{self, Member};
+use crate::ranges::RangesFile;
 use crate::{Calibrated, CalibrationError, Dataset};
 
 /// The ranges files live here, relative to the bundle.
@@ -33,7 +34,7 @@ pub struct NewGraph {
 }
 
 /// Writes `calibrated` (scored on `dataset`) into `bundle`'s directory and
-/// returns the ranges file's path.
+/// returns the path of the ranges file the manifest lists.
 pub fn write(
     bundle: &Bundle,
     dataset: &Dataset,
@@ -52,16 +53,14 @@ pub fn write_with_graphs(
     graphs: &[NewGraph],
 ) -> Result<PathBuf, CalibrationError> {
     let dir = bundle.dir();
-    let ranges = serde_json::to_vec_pretty(&calibrated.ranges).expect("ranges always encode");
-    let ranges_sha256 = Sha256(Hasher::digest(&ranges).into());
-    // Named by content: the previous manifest's file stays valid until the
-    // new manifest replaces it.
-    let ranges_rel = format!(
-        "{CALIBRATION_DIR}/ranges-{}.json",
-        &ranges_sha256.to_string()[..16]
-    );
-
     let old = bundle.manifest();
+    // Ranges not recorded: the bundle keeps its own (they name their
+    // dataset), or gets an empty file if it has none.
+    let ranges = match (&calibrated.ranges, &old.calibration) {
+        (None, Some(previous)) => Ranges::Kept(previous.ranges.clone()),
+        (Some(ranges), _) => Ranges::new(ranges),
+        (None, None) => Ranges::new(&RangesFile::none(dataset.sha256)),
+    };
     let mut new_graphs = Vec::with_capacity(graphs.len());
     for graph in graphs {
         let subnet = old
@@ -89,18 +88,17 @@ pub fn write_with_graphs(
         quality_metric: calibrated.metric,
         dataset_sha256: dataset.sha256,
         dataset_images: u32::try_from(dataset.images.len()).unwrap_or(u32::MAX),
-        ranges: DataFile {
-            path: &ranges_rel,
-            bytes: ranges.len() as u64,
-            sha256: ranges_sha256,
-        },
+        ranges: ranges.listed(),
         task: calibrated.task.as_deref(),
     });
 
     let calibration_dir = dir.join(CALIBRATION_DIR);
     fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
     // Files named by their content first, then the manifests that list them.
-    let mut content = vec![Staged::new(dir.join(&ranges_rel), &ranges)?];
+    let mut content = Vec::new();
+    if let Ranges::New { rel, json, .. } = &ranges {
+        content.push(Staged::new(dir.join(rel), json)?);
+    }
     for (graph, rel, _) in &new_graphs {
         content.push(Staged::new(dir.join(rel), &graph.bytes)?);
     }
@@ -138,10 +136,48 @@ pub fn write_with_graphs(
             let _ = fs::remove_file(dir.join(stale));
         }
     }
-    if let Some(previous) = old.calibration.filter(|c| c.ranges.path != ranges_rel) {
+    let now = ranges.listed().path;
+    if let Some(previous) = old.calibration.filter(|c| c.ranges.path != now) {
         let _ = fs::remove_file(dir.join(previous.ranges.path));
     }
-    Ok(dir.join(&ranges_rel))
+    Ok(dir.join(now))
+}
+
+/// The ranges file the new manifest lists.
+enum Ranges<'a> {
+    /// Written, named by its content.
+    New {
+        json: Vec<u8>,
+        rel: String,
+        sha256: Sha256,
+    },
+    /// The bundle's, left as it is.
+    Kept(DataFile<'a>),
+}
+
+impl Ranges<'_> {
+    fn new(file: &RangesFile) -> Self {
+        let json = serde_json::to_vec_pretty(file).expect("ranges always encode");
+        let sha256 = Sha256(Hasher::digest(&json).into());
+        // Named by content: the previous manifest's file stays valid until
+        // the new manifest replaces it.
+        let rel = format!(
+            "{CALIBRATION_DIR}/ranges-{}.json",
+            &sha256.to_string()[..16]
+        );
+        Ranges::New { json, rel, sha256 }
+    }
+
+    fn listed(&self) -> DataFile<'_> {
+        match self {
+            Ranges::New { json, rel, sha256 } => DataFile {
+                path: rel,
+                bytes: json.len() as u64,
+                sha256: *sha256,
+            },
+            Ranges::Kept(file) => file.clone(),
+        }
+    }
 }
 
 /// Writes every kept sub-network's `cls_token`, the labels and the k-NN

@@ -6,12 +6,10 @@
 pub mod histogram;
 pub mod tree;
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
 use tailor_runtime::bundle::Bundle;
 
-use crate::ranges::{RangesFile, Scope, FORMAT, PERCENTILE};
 use crate::{measure, metric, reference, Calibrated, CalibrationError, Dataset, Scores};
 pub use tree::Tree;
 
@@ -27,8 +25,8 @@ pub enum Progress {
 
 /// Scores every sub-network of the SDR `bundle` on the labelled `dataset`
 /// for `task`, running the tree on `batch` images at a time; the result goes
-/// into the bundle with [`crate::record::write`] (no activation ranges:
-/// `exporter calibrate` records those).
+/// into the bundle with [`crate::record::write`], which keeps the ranges an
+/// earlier `exporter calibrate` recorded (route records none).
 pub fn route(
     bundle: &Bundle,
     dataset: &Dataset,
@@ -79,13 +77,7 @@ pub fn route(
         metric: metric(dataset),
         reference: reference.to_owned(),
         scores,
-        ranges: RangesFile {
-            format: FORMAT,
-            percentile: PERCENTILE,
-            images: total,
-            scope: Scope::Interface,
-            subnets: BTreeMap::new(),
-        },
+        ranges: None,
         features,
         task: Some(task.to_owned()),
     })

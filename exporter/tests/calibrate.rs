@@ -880,7 +880,12 @@ fn inner_ranges_are_recorded_on_request_with_tract_only() {
     let interface = ranges(&["-q"]);
     assert_eq!(
         (&interface["format"], &interface["scope"]),
-        (&2.into(), &"interface".into())
+        (&3.into(), &"interface".into())
+    );
+    // The ranges name their dataset, which a later `route` does not change.
+    assert_eq!(
+        interface["dataset_sha256"],
+        manifest(&bundle)["calibration"]["dataset_sha256"]
     );
     let tensors = interface["subnets"]["w32-d3"].as_object().unwrap();
     assert_eq!(tensors.len(), 3, "{tensors:?}");
