@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array4, Axis};
-use tailor::calibration::route::Tree;
+use tailor::calibration::route::{Pass, Tree};
 use tailor::calibration::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request};
@@ -83,11 +83,11 @@ fn main() -> anyhow::Result<()> {
     for run in 0..runs {
         for batch in BATCHES {
             let start = Instant::now();
-            tree.features(
-                &data,
-                NonZeroUsize::new(batch).expect("batches are positive"),
-                &mut |_| {},
-            )?;
+            let pass = Pass {
+                batch: NonZeroUsize::new(batch).expect("batches are positive"),
+                threads: NonZeroUsize::MIN,
+            };
+            tree.features(&data, pass, &mut |_| {})?;
             let tree_time = start.elapsed();
 
             let batched: Vec<Activation> = pixels

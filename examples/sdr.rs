@@ -8,14 +8,13 @@
 //!
 //! The bundle stays in `target/sdr-bundle/`.
 
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::ExitCode;
 
 mod common;
 
 use anyhow::Result;
-use tailor::calibration::route;
+use tailor::calibration::route::{self, Pass};
 use tailor::calibration::{record, Dataset, LoadOptions};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::isolate::Isolation;
@@ -27,8 +26,6 @@ const DEFAULT_LATENCY_MS: f64 = 50.0;
 const DEFAULT_MEMORY_MB: f64 = 512.0;
 /// Held-out MNIST images with labels: the task routed to.
 const TASK_DATA: &str = "examples/mnist-calib.npz";
-/// Images per run of each block (docs/benchmarks.md: faster than one by one).
-const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
 fn main() -> ExitCode {
     common::main(sdr, (DEFAULT_LATENCY_MS, DEFAULT_MEMORY_MB))
@@ -50,7 +47,7 @@ fn sdr(limits: Limits) -> Result<()> {
     let data = root.join(TASK_DATA);
     let dataset = Dataset::load(&data, load)?;
     let opened = Bundle::open(&out)?;
-    let routed = route::route(&opened, &dataset, "digits", BATCH, &mut |p| {
+    let routed = route::route(&opened, &dataset, "digits", Pass::default(), &mut |p| {
         if let route::Progress::Planned { cuts, unshared } = p {
             println!(
                 "routing {} digits: {cuts} blocks per image ({unshared} one graph at a time)",

@@ -7,13 +7,12 @@ mod common;
 use std::num::NonZeroUsize;
 
 use common::{export, request, subnets};
-use tailor::calibration::route::{self, Tree};
+use tailor::calibration::route::{self, Pass, Tree};
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::select::Limits;
 
 const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
-const BATCH: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
 fn mnist(limit: usize) -> Dataset {
     let load = LoadOptions {
@@ -33,11 +32,20 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
     // (the last block joined with the outputs). One graph at a time: 17 × 5.
     assert_eq!((tree.cuts(), tree.unshared_cuts()), (1 + 4 + 30, 85));
 
-    // Batches of 24: the last of the 64 images is short.
+    // Batches of 24: the last of the 64 images is short. Three workers take
+    // one batch each, finishing in any order.
     let data = mnist(64);
-    let routed = tree
-        .features(&data, NonZeroUsize::new(24).unwrap(), &mut |_| {})
-        .unwrap();
+    let pass = Pass {
+        batch: NonZeroUsize::new(24).unwrap(),
+        threads: NonZeroUsize::new(3).unwrap(),
+    };
+    let mut done = Vec::new();
+    let routed = tree.features(&data, pass, &mut |n| done.push(n)).unwrap();
+    assert_eq!(
+        done.last(),
+        Some(&64),
+        "progress reaches every image: {done:?}"
+    );
     let options = Options {
         keep_features: true,
         ..Options::default()
@@ -69,7 +77,7 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     });
     let bundle = Bundle::open(&dir).unwrap();
     let data = mnist(1000);
-    let routed = route::route(&bundle, &data, "digits", BATCH, &mut |_| {}).unwrap();
+    let routed = route::route(&bundle, &data, "digits", Pass::default(), &mut |_| {}).unwrap();
     let ranking = route::ranking(&routed);
     let (best, second) = (ranking[0], ranking[1]);
     assert!(
@@ -112,7 +120,7 @@ fn routing_keeps_the_ranges_calibrate_recorded() {
     // Routed first: nothing to keep, so an empty file stands in.
     let (routing, calibrating) = (mnist(60), mnist(40));
     let bundle = Bundle::open(&dir).unwrap();
-    let routed = route::route(&bundle, &routing, "digits", BATCH, &mut |_| {}).unwrap();
+    let routed = route::route(&bundle, &routing, "digits", Pass::default(), &mut |_| {}).unwrap();
     record::write(&bundle, &routing, &routed).unwrap();
     let (_, none) = ranges_of(&dir);
     assert_eq!(none["images"], 0, "route records no ranges: {none}");
@@ -128,7 +136,7 @@ fn routing_keeps_the_ranges_calibrate_recorded() {
     // Routing again replaces the scores, not the ranges (it used to list an
     // empty file in their place and delete them).
     let bundle = Bundle::open(&dir).unwrap();
-    let routed = route::route(&bundle, &routing, "digits", BATCH, &mut |_| {}).unwrap();
+    let routed = route::route(&bundle, &routing, "digits", Pass::default(), &mut |_| {}).unwrap();
     record::write(&bundle, &routing, &routed).unwrap();
     assert_eq!(ranges_of(&dir), (path, recorded));
     let bundle = Bundle::open(&dir).unwrap();

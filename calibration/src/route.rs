@@ -6,12 +6,10 @@
 pub mod histogram;
 pub mod tree;
 
-use std::num::NonZeroUsize;
-
 use tailor_runtime::bundle::Bundle;
 
 use crate::{measure, metric, reference, Calibrated, CalibrationError, Dataset, Scores};
-pub use tree::Tree;
+pub use tree::{Pass, Tree};
 
 /// What [`route`] is doing, for progress displays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +22,14 @@ pub enum Progress {
 }
 
 /// Scores every sub-network of the SDR `bundle` on the labelled `dataset`
-/// for `task`, running the tree on `batch` images at a time; the result goes
+/// for `task`, running the tree as `pass` says; the result goes
 /// into the bundle with [`crate::record::write`], which keeps the ranges an
 /// earlier `exporter calibrate` recorded (route records none).
 pub fn route(
     bundle: &Bundle,
     dataset: &Dataset,
     task: &str,
-    batch: NonZeroUsize,
+    pass: Pass,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Calibrated, CalibrationError> {
     let manifest = bundle.manifest();
@@ -54,7 +52,7 @@ pub fn route(
         unshared: tree.unshared_cuts(),
     });
     let total = dataset.images.len();
-    let features = tree.features(dataset, batch, &mut |done| {
+    let features = tree.features(dataset, pass, &mut |done| {
         progress(Progress::Images { done, total })
     })?;
     let reference_features = features

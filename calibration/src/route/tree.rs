@@ -5,8 +5,11 @@
 
 use std::num::NonZeroUsize;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
 
-use ndarray::{Array2, Array4};
+use ndarray::{Array2, Array4, ArrayD};
 use tailor_runtime::bundle::Bundle;
 use tailor_runtime::engine::segment::{Activation, Cut, Nodes, Plan, Run};
 use tailor_runtime::engine::EngineError;
@@ -124,29 +127,23 @@ impl Tree {
     }
 
     /// Every sub-network's `cls_token` per image of `dataset` (manifest
-    /// order), each cut run once per `batch` images; `progress` hears the
-    /// images done.
+    /// order), each cut run once per batch of images, the batches shared
+    /// among `pass.threads` workers; `progress` hears the images done.
     pub fn features(
         &self,
         dataset: &Dataset,
-        batch: NonZeroUsize,
+        pass: Pass,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<(String, Array2<f32>)>, CalibrationError> {
-        let batch = batch.get();
-        let side = self.image_size;
+        let batch = pass.batch.get();
         let mut plans: Vec<Plan> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let input = match node.parent {
                 Some(p) => plans[p].output_shape().to_vec(),
-                None => vec![batch, 3, side, side],
+                None => vec![batch, 3, self.image_size, self.image_size],
             };
             plans.push(node.cut.plan(&input).map_err(engine(node))?);
         }
-        let mut runs: Vec<Run> = plans
-            .iter()
-            .zip(&self.nodes)
-            .map(|(p, node)| p.spawn().map_err(engine(node)))
-            .collect::<Result<_, _>>()?;
         let n = dataset.images.len();
         let mut features: Vec<Array2<f32>> = self
             .leaves
@@ -156,36 +153,122 @@ impl Tree {
                 Array2::zeros((n, width))
             })
             .collect();
-        let mut pixels = Array4::<f32>::zeros((batch, 3, side, side));
-        let mut values: Vec<Activation> = Vec::with_capacity(self.nodes.len());
-        for start in (0..n).step_by(batch) {
-            let images = &dataset.images[start..(start + batch).min(n)];
-            // A short last batch keeps the previous images in its tail;
-            // their rows are dropped.
-            for (image, out) in images.iter().zip(pixels.outer_iter_mut()) {
-                image.preprocess_into(out);
+        let starts: Vec<usize> = (0..n).step_by(batch).collect();
+        let next = AtomicUsize::new(0);
+        let (sender, batches) = mpsc::channel();
+        thread::scope(|scope| {
+            for _ in 0..pass.threads.get().min(starts.len()) {
+                let sender = sender.clone();
+                let (plans, starts, next) = (&plans, &starts, &next);
+                scope.spawn(move || {
+                    let mut worker = match Worker::new(self, plans, batch) {
+                        Ok(worker) => worker,
+                        Err(e) => return drop(sender.send(Err(e))),
+                    };
+                    while let Some(&start) = starts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let leaves = worker.run(dataset, start);
+                        let failed = leaves.is_err();
+                        // A closed channel: the pass stopped on an error.
+                        if sender.send(leaves.map(|l| (start, l))).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
             }
-            let input = Activation::pixels(pixels.view());
-            values.clear();
-            for (node, run) in self.nodes.iter().zip(&mut runs) {
-                let x = node.parent.map_or(&input, |p| &values[p]);
-                let y = run.run(x).map_err(engine(node))?;
-                values.push(y);
-            }
-            for ((_, leaf), out) in self.leaves.iter().zip(&mut features) {
-                let cls = values[*leaf].to_array();
-                let rows = cls.rows().into_iter().take(images.len());
-                for (row, mut dest) in rows.zip(out.outer_iter_mut().skip(start)) {
-                    dest.assign(&row);
+            drop(sender);
+            let mut done = 0;
+            for result in batches {
+                let (start, leaves) = result?;
+                let images = batch.min(n - start);
+                for (cls, out) in leaves.iter().zip(&mut features) {
+                    let rows = cls.rows().into_iter().take(images);
+                    for (row, mut dest) in rows.zip(out.outer_iter_mut().skip(start)) {
+                        dest.assign(&row);
+                    }
                 }
+                done += images;
+                progress(done);
             }
-            progress(start + images.len());
-        }
+            Ok::<(), CalibrationError>(())
+        })?;
         Ok(self
             .leaves
             .iter()
             .map(|(id, _)| id.clone())
             .zip(features)
+            .collect())
+    }
+}
+
+/// How [`Tree::features`] runs the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Images per run of each cut.
+    pub batch: NonZeroUsize,
+    /// Workers, each running whole batches through the tree on one thread.
+    pub threads: NonZeroUsize,
+}
+
+/// Batches of 32 (tract's cuts gain little from larger ones), one worker
+/// per core.
+impl Default for Pass {
+    fn default() -> Pass {
+        Pass {
+            batch: NonZeroUsize::new(32).expect("positive"),
+            threads: thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// One thread's states of every cut and its image buffer.
+struct Worker<'a> {
+    tree: &'a Tree,
+    runs: Vec<Run>,
+    pixels: Array4<f32>,
+    values: Vec<Activation>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(tree: &'a Tree, plans: &[Plan], batch: usize) -> Result<Self, CalibrationError> {
+        let runs = plans
+            .iter()
+            .zip(&tree.nodes)
+            .map(|(p, node)| p.spawn().map_err(engine(node)))
+            .collect::<Result<_, _>>()?;
+        let side = tree.image_size;
+        Ok(Worker {
+            tree,
+            runs,
+            pixels: Array4::zeros((batch, 3, side, side)),
+            values: Vec::with_capacity(plans.len()),
+        })
+    }
+
+    /// The batch of images from `start` through the tree: every leaf's
+    /// `cls_token`, one row per image of the batch.
+    fn run(
+        &mut self,
+        dataset: &Dataset,
+        start: usize,
+    ) -> Result<Vec<ArrayD<f32>>, CalibrationError> {
+        let images = dataset.images.iter().skip(start);
+        // A short last batch keeps the previous images in its tail; their
+        // rows are dropped.
+        for (image, out) in images.zip(self.pixels.outer_iter_mut()) {
+            image.preprocess_into(out);
+        }
+        let input = Activation::pixels(self.pixels.view());
+        self.values.clear();
+        for (node, run) in self.tree.nodes.iter().zip(&mut self.runs) {
+            let x = node.parent.map_or(&input, |p| &self.values[p]);
+            let y = run.run(x).map_err(engine(node))?;
+            self.values.push(y);
+        }
+        Ok(self
+            .tree
+            .leaves
+            .iter()
+            .map(|&(_, leaf)| self.values[leaf].to_array())
             .collect())
     }
 }

@@ -123,7 +123,7 @@ Quality is the weighted k-NN top-1 accuracy in percent of each path's
 cls_token (DINO's protocol: k=20, T=0.07), exactly as `exporter calibrate`
 scores it, but every path's graph is cut at its blocks and a block that
 several paths share with the same choices before it runs once per batch
-(tract, one thread). docs/sdr.md has the details.")]
+(tract; --threads workers share the batches). docs/sdr.md has the details.")]
     Route(RouteArgs),
 }
 
@@ -147,6 +147,10 @@ struct RouteArgs {
     /// Images per run of each block.
     #[arg(long, default_value = "32", value_name = "N")]
     batch: std::num::NonZeroUsize,
+    /// Workers, each running whole batches on one thread [default: one
+    /// per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<std::num::NonZeroUsize>,
     /// Also draw the histogram of path accuracies to FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -848,7 +852,11 @@ fn route(args: RouteArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let routed = route::route(&bundle, &dataset, &task, args.batch, &mut |p| match p {
+    let pass = route::Pass {
+        batch: args.batch,
+        threads: args.threads.unwrap_or(route::Pass::default().threads),
+    };
+    let routed = route::route(&bundle, &dataset, &task, pass, &mut |p| match p {
         route::Progress::Planned { cuts, unshared } if !args.quiet => eprintln!(
             "{} sub-networks: {cuts} blocks run per image ({unshared} one graph at a time)",
             bundle.manifest().subnets.len()
