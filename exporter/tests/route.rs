@@ -124,6 +124,47 @@ fn route_writes_every_paths_knn_score_as_numpy_computes_it() {
     assert!(inspect.status.success(), "{}", stderr(&inspect));
 }
 
+#[test]
+fn route_json_ranks_the_paths_the_manifest_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sdr_bundle(dir.path());
+    let data = root().join("examples/mnist-calib.npz");
+    let out = run(&[
+        &"route", &bundle, &"--data", &data, &"--limit", &"100", &"--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is only the JSON");
+    assert_eq!(
+        json["task"], "mnist-calib",
+        "the data's file name by default"
+    );
+    assert_eq!(json["dataset"]["images"], 100);
+
+    let m = manifest(&bundle);
+    let subnets: BTreeMap<&str, &Value> = m["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s))
+        .collect();
+    let ranking = json["ranking"].as_array().unwrap();
+    assert_eq!(ranking.len(), subnets.len(), "every path ranked once");
+    for pair in ranking.windows(2) {
+        let knn = |p: &Value| p["knn_top1"].as_f64().unwrap();
+        assert!(knn(&pair[0]) >= knn(&pair[1]), "best first: {pair:?}");
+    }
+    for path in ranking {
+        let subnet = subnets[path["id"].as_str().unwrap()];
+        // The manifest rounds to f32.
+        let (printed, written) = (
+            path["knn_top1"].as_f64().unwrap(),
+            subnet["quality"].as_f64().unwrap(),
+        );
+        assert!((printed - written).abs() < 1e-4, "{path} against {subnet}");
+        assert_eq!(path["route"], subnet["route"], "{path}");
+    }
+}
+
 /// Routes `bundle` on `data`, expecting a failure naming `needles`, and
 /// checks that the manifests are byte for byte as they were.
 fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {

@@ -117,6 +117,7 @@ docs/calibration.md has the details.")]
     #[command(after_help = "Examples:
   exporter route bundle/ --data images/                  # images/CLASS/*.png|jpg, seeded 80/20 split
   exporter route bundle/ --data mnist-calib.npz --task digits --plot routes.svg
+  exporter route bundle/ --data images/ --json > ranking.json  # best first, with each path's route
   runtime select bundle/ --latency-ms 5 --memory-mb 512
 
 Quality is the weighted k-NN top-1 accuracy in percent of each path's
@@ -161,6 +162,10 @@ struct RouteArgs {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// Print the ranking as JSON (each path's route, k-NN top-1 and
+    /// fidelity, best first) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -723,13 +728,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
             "{:#}",
             serde_json::json!({
                 "bundle": args.bundle, "quality_metric": calibrated.metric.name(),
-                "reference": calibrated.reference, "dataset": {
-                    "path": args.data, "sha256": dataset.sha256.to_string(), "images": dataset.images.len(),
-                    "bytes": dataset.bytes,
-                    "classes": dataset.labels.as_ref().map(|l| l.names.len()),
-                    "train": dataset.labels.as_ref().map(|l| l.train.len()),
-                    "val": dataset.labels.as_ref().map(|l| l.val.len()),
-                },
+                "reference": calibrated.reference, "dataset": dataset_json(&args.data, &dataset),
                 "ranges": ranges, "subnets": scores,
                 "head": heads.as_ref().map(|h| head_json(h, &args)),
             })
@@ -842,7 +841,7 @@ fn route(args: RouteArgs) -> Result<()> {
         let name = args.data.file_stem().unwrap_or(args.data.as_os_str());
         name.to_string_lossy().into_owned()
     });
-    let bar = if args.quiet {
+    let bar = if args.quiet || args.json {
         ProgressBar::hidden()
     } else {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
@@ -857,7 +856,7 @@ fn route(args: RouteArgs) -> Result<()> {
         threads: args.threads.unwrap_or(route::Pass::default().threads),
     };
     let routed = route::route(&bundle, &dataset, &task, pass, &mut |p| match p {
-        route::Progress::Planned { cuts, unshared } if !args.quiet => eprintln!(
+        route::Progress::Planned { cuts, unshared } if !args.quiet && !args.json => eprintln!(
             "{} sub-networks: {cuts} blocks run per image ({unshared} one graph at a time)",
             bundle.manifest().subnets.len()
         ),
@@ -879,6 +878,26 @@ fn route(args: RouteArgs) -> Result<()> {
     }
     record::write(&bundle, &dataset, &routed)
         .with_context(|| format!("writing the scores into {}", args.bundle.display()))?;
+    let ranking = route::ranking(&routed);
+    if args.json {
+        let manifest = bundle.manifest();
+        let paths: Vec<_> = ranking
+            .iter()
+            .map(|s| {
+                let route = manifest.subnet(&s.id).and_then(|m| m.route.clone());
+                serde_json::json!({"id": s.id, "route": route, "knn_top1": s.knn_top1, "fidelity": s.fidelity})
+            })
+            .collect();
+        outln!(
+            "{:#}",
+            serde_json::json!({
+                "bundle": args.bundle, "task": task, "quality_metric": routed.metric.name(),
+                "reference": routed.reference, "dataset": dataset_json(&args.data, &dataset),
+                "ranking": paths,
+            })
+        )?;
+        return Ok(());
+    }
     outln!(
         "{:<4} {:<12} {:>9} {:>9}",
         "rank",
@@ -886,7 +905,7 @@ fn route(args: RouteArgs) -> Result<()> {
         "k-NN top1",
         "fidelity"
     )?;
-    for (rank, s) in route::ranking(&routed).into_iter().enumerate() {
+    for (rank, s) in ranking.into_iter().enumerate() {
         outln!(
             "{:<4} {:<12} {:>8.1}% {:>9.3}",
             rank + 1,
@@ -901,6 +920,17 @@ fn route(args: RouteArgs) -> Result<()> {
         args.bundle.display()
     );
     Ok(())
+}
+
+/// `--json`'s description of the data scored: where, which, how split.
+fn dataset_json(path: &Path, dataset: &Dataset) -> serde_json::Value {
+    serde_json::json!({
+        "path": path, "sha256": dataset.sha256.to_string(), "images": dataset.images.len(),
+        "bytes": dataset.bytes,
+        "classes": dataset.labels.as_ref().map(|l| l.names.len()),
+        "train": dataset.labels.as_ref().map(|l| l.train.len()),
+        "val": dataset.labels.as_ref().map(|l| l.val.len()),
+    })
 }
 
 /// What `--plot` draws: quality against MACs, or against the latencies of
