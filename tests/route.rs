@@ -28,9 +28,14 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
     let (_dir, dir) = export(&request(SDR));
     let bundle = Bundle::open(&dir).unwrap();
     let tree = Tree::build(&bundle).unwrap();
-    // The stem once; under it full's 4 blocks and the routes' 2 + 4 + 8 + 16
-    // (the last block joined with the outputs). One graph at a time: 17 × 5.
-    assert_eq!((tree.cuts(), tree.unshared_cuts()), (1 + 4 + 30, 85));
+    // The plain trunk once for all 17 (the stem, layer1.0, layer1.1,
+    // layer2.0); under it full's 4 SDR blocks and the routes' 2 + 4 + 8 + 16
+    // (the last block joined with the outputs). One graph at a time: 17 × 8.
+    assert_eq!(
+        (tree.cuts(), tree.unshared_cuts()),
+        (4 + 4 + 30, 17 * 8),
+        "a trunk block not merged across the paths, or a shared prefix run twice"
+    );
 
     // Batches of 24: the last of the 64 images is short. Three workers take
     // one batch each, finishing in any order.

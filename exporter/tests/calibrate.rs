@@ -247,21 +247,13 @@ fn train_and_val_folders_are_the_split() {
 
 /// Every file of the bundle (relative path, sha256), sorted.
 fn files(bundle: &Path) -> Vec<(PathBuf, String)> {
-    let mut found = Vec::new();
-    let mut dirs = vec![bundle.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let rel = path.strip_prefix(bundle).unwrap().to_owned();
-                found.push((rel, sha256(&path)));
-            }
-        }
-    }
-    found.sort();
-    found
+    common::files_under(bundle)
+        .into_iter()
+        .map(|path| {
+            let hash = sha256(&path);
+            (path.strip_prefix(bundle).unwrap().to_owned(), hash)
+        })
+        .collect()
 }
 
 /// Runs calibrate on `data`, expecting a failure naming `needles`, and

@@ -740,6 +740,17 @@ fn sdr_bundle_stores_each_weight_piece_once() {
         .map(|s| s["weight_bytes"].as_u64().unwrap())
         .sum();
     assert!(per_graph > 8 * stored, "{per_graph} vs {stored}");
+    // The whole bundle (graphs, weights, manifest) beside the teacher: the
+    // 17 graphs' structure is a few kB each, so a weight piece stored per
+    // path instead of once (the trunk alone is in all 17) would overflow it.
+    let bundle: u64 = common::files_under(&out)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        (bundle as f64) <= 1.3 * teacher as f64,
+        "bundle {bundle} B vs teacher {teacher} B: a weight piece stored more than once?"
+    );
 }
 
 /// Parameters (float initializers, all external) and conv MACs (output
@@ -788,7 +799,8 @@ fn sdr_specs_that_do_not_partition_the_channels_are_refused() {
     let out = dir.path().join("bundle");
     let spec = sdr_spec();
     let mut overlapping = spec.clone();
-    // Channel 1 of layer1.1 is group 0's: also putting it in group 1 overlaps.
+    // Channel 1 of layer3.1 (the second SDR block) is group 0's: also
+    // putting it in group 1 overlaps.
     overlapping["sdr_blocks"][1]["groups"][1]
         .as_array_mut()
         .unwrap()
@@ -801,11 +813,11 @@ fn sdr_specs_that_do_not_partition_the_channels_are_refused() {
     let cases = [
         (
             overlapping,
-            "layer1.1: channel 1 is in both group 0 and group 1".to_owned(),
+            "layer3.1: channel 1 is in both group 0 and group 1".to_owned(),
         ),
         (
             uncovered,
-            format!("layer2.1: channel {dropped} of 32 is in no group"),
+            format!("layer3.3: channel {dropped} of 64 is in no group"),
         ),
     ];
     for (spec, needle) in cases {
