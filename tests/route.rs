@@ -84,11 +84,18 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     let data = mnist(1000);
     let routed = route::route(&bundle, &data, "digits", Pass::default(), &mut |_| {}).unwrap();
     let ranking = route::ranking(&routed);
-    let (best, second) = (ranking[0], ranking[1]);
-    assert!(
-        best.quality() > second.quality(),
-        "a unique best: {ranking:?}"
-    );
+    // The best score, held by one path today; a retrained example may tie.
+    let top = ranking[0].quality();
+    let best: Vec<&str> = ranking
+        .iter()
+        .take_while(|s| s.quality() == top)
+        .map(|s| s.id.as_str())
+        .collect();
+    let below = ranking
+        .iter()
+        .find(|s| s.quality() < top)
+        .expect("the routing tells the paths apart")
+        .quality();
     record::write(&bundle, &data, &routed).unwrap();
 
     let rt = common::quick_runtime(&dir);
@@ -98,11 +105,20 @@ fn selection_prefers_the_best_routed_path_among_equal_sizes() {
     assert_eq!(calibration.dataset_sha256, data.sha256);
     let limits = Limits::latency_ms(1e5).memory_mb(4096.0);
     // Everything fits: quality is the objective.
-    assert_eq!(rt.select(&limits).unwrap().id, best.id);
+    let chosen = rt.select(&limits).unwrap();
+    assert!(
+        best.contains(&chosen.id.as_str()),
+        "{} of {ranking:?}",
+        chosen.id
+    );
     // Only the best reaches the minimum.
-    let threshold = ((best.quality() + second.quality()) / 2.0) as f32;
+    let threshold = ((top + below) / 2.0) as f32;
     let chosen = rt.select(&limits.min_quality(threshold)).unwrap();
-    assert_eq!(chosen.id, best.id);
+    assert!(
+        best.contains(&chosen.id.as_str()),
+        "{} of {ranking:?}",
+        chosen.id
+    );
 }
 
 #[test]
