@@ -2,6 +2,7 @@
 //! from the graph's folder (nothing is written or copied into the bundle).
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
@@ -19,6 +20,9 @@ use crate::engine::{EngineError, EngineOptions, ExecutionProvider};
 pub(super) struct Plan {
     model: Vec<u8>,
     opts: EngineOptions,
+    /// The session planning committed, for the first spawn to take: a
+    /// commit costs about as much as a batch of the example's cuts.
+    planned: Mutex<Option<Session>>,
 }
 
 impl Plan {
@@ -46,12 +50,28 @@ impl Plan {
             _ => None,
         }
         .ok_or_else(|| cut.unfixed_output())?;
-        Ok((Plan { model, opts }, output))
+        let planned = Mutex::new(Some(session));
+        Ok((
+            Plan {
+                model,
+                opts,
+                planned,
+            },
+            output,
+        ))
     }
 
     /// A session of its own: ONNX Runtime runs a session for one caller.
     pub fn spawn(&self, graph: &Path) -> Result<Run, EngineError> {
-        let session = commit(graph, Model::Memory(&self.model), &self.opts)?.session;
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let session = match planned {
+            Some(session) => session,
+            None => commit(graph, Model::Memory(&self.model), &self.opts)?.session,
+        };
         let output = session
             .outputs()
             .first()
