@@ -189,7 +189,8 @@ pub enum Engine {
     #[default]
     Tract,
     /// ONNX Runtime (feature `ort`, the library `ORT_DYLIB_PATH` names) on
-    /// this provider: a cut it gets no node of is an error, not a CPU run.
+    /// this provider: a cut the provider gets no node of is an error, never
+    /// a quiet CPU run.
     Ort(ExecutionProvider),
 }
 

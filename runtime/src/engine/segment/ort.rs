@@ -36,7 +36,6 @@ impl Plan {
         let model = with_input_shape(&cut.model, shape).encode_to_vec();
         let opts = EngineOptions {
             threads: Some(1),
-            batch: shape.first().copied().unwrap_or(1),
             provider,
             ..EngineOptions::default()
         };

@@ -1,6 +1,6 @@
 //! Cuts planned and run by tract.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -50,7 +50,7 @@ pub(super) fn run(
 
 pub(super) fn backend(graph: &Path, e: TractError) -> EngineError {
     EngineError::Backend {
-        graph: PathBuf::from(graph),
+        graph: graph.to_owned(),
         engine: EngineKind::Tract,
         source: e.into(),
     }
