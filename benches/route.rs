@@ -7,11 +7,13 @@
 //! - `graphs bN`: each graph as one cut (the same planning and engine as
 //!   the tree's cuts, nothing shared) at batch N;
 //! - `sessions`: each graph through the runtime's engine session, as
-//!   `exporter calibrate` runs it (tract runs a batch image by image).
+//!   `exporter calibrate` runs it (tract runs a batch image by image);
+//! - with `--features ort`, `tree ort b32` and `graphs ort b32`: the same
+//!   on ONNX Runtime (CPU, one thread, the library `ORT_DYLIB_PATH` names).
 //!
 //! The baselines' images are preprocessed before their clocks start.
 //!
-//! Usage: `cargo bench --bench route [-- --runs N]`
+//! Usage: `cargo bench [--features ort] --bench route [-- --runs N]`
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -24,8 +26,8 @@ use tailor::calibration::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request};
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::engine::segment::{Activation, Cut, Nodes};
-use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+use tailor::runtime::engine::segment::{Activation, Cut, Engine, Nodes};
+use tailor::runtime::engine::{self, EngineKind, EngineOptions, ExecutionProvider};
 
 fn main() -> anyhow::Result<()> {
     let runs: usize = match std::env::args().skip_while(|a| a != "--runs").nth(1) {
@@ -81,11 +83,12 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for run in 0..runs {
-        for batch in BATCHES {
+        for (engine, batch) in variants() {
             let start = Instant::now();
             let pass = Pass {
                 batch: NonZeroUsize::new(batch).expect("batches are positive"),
                 threads: NonZeroUsize::MIN,
+                engine,
             };
             tree.features(&data, pass, &mut |_| {})?;
             let tree_time = start.elapsed();
@@ -102,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             let start = Instant::now();
             for graph in &graphs {
-                let mut state = graph.plan(&[batch, 3, side, side])?.spawn()?;
+                let mut state = graph.plan(&[batch, 3, side, side], engine)?.spawn()?;
                 for p in &batched {
                     state.run(p)?;
                 }
@@ -111,8 +114,9 @@ fn main() -> anyhow::Result<()> {
             let graph_time = start
                 .elapsed()
                 .mul_f64(pixels.len() as f64 / (batched.len() * batch) as f64);
-            record(&mut times, format!("tree b{batch}"), tree_time, run);
-            record(&mut times, format!("graphs b{batch}"), graph_time, run);
+            let variant = label(engine, batch);
+            record(&mut times, format!("tree {variant}"), tree_time, run);
+            record(&mut times, format!("graphs {variant}"), graph_time, run);
         }
 
         let start = Instant::now();
@@ -129,23 +133,40 @@ fn main() -> anyhow::Result<()> {
         .map(|(k, t)| (k.clone(), median(t).as_secs_f64()))
         .collect();
     println!("median of {runs} runs, {} images:", data.images.len());
-    for batch in BATCHES {
+    for (engine, batch) in variants() {
+        let variant = label(engine, batch);
         let (tree, graphs) = (
-            median[&format!("tree b{batch}")],
-            median[&format!("graphs b{batch}")],
+            median[&format!("tree {variant}")],
+            median[&format!("graphs {variant}")],
         );
         println!(
-            "batch {batch:>2}: tree {tree:.2} s, each graph on its own {graphs:.2} s: {:.2}x; sessions {:.2} s: {:.2}x",
+            "{variant:>6}: tree {tree:.2} s, each graph on its own {graphs:.2} s: {:.2}x; sessions {:.2} s: {:.2}x; tract's tree at b{batch}: {:.2}x",
             graphs / tree,
             median["sessions"],
-            median["sessions"] / tree
+            median["sessions"] / tree,
+            median[&format!("tree b{batch}")] / tree,
         );
     }
     Ok(())
 }
 
-/// Batch sizes the tree and the whole graphs run at.
-const BATCHES: [usize; 2] = [1, 32];
+/// The engines and batch sizes the tree and the whole graphs run at: tract
+/// at 1 and 32, ONNX Runtime (CPU) at 32 when built.
+fn variants() -> Vec<(Engine, usize)> {
+    let mut variants = vec![(Engine::Tract, 1), (Engine::Tract, 32)];
+    if cfg!(feature = "ort") {
+        variants.push((Engine::Ort(ExecutionProvider::Cpu), 32));
+    }
+    variants
+}
+
+/// `b32` on tract, `ort b32` on ONNX Runtime.
+fn label(engine: Engine, batch: usize) -> String {
+    match engine {
+        Engine::Tract => format!("b{batch}"),
+        Engine::Ort(_) => format!("ort b{batch}"),
+    }
+}
 
 fn record(times: &mut BTreeMap<String, Vec<Duration>>, key: String, t: Duration, run: usize) {
     eprintln!("run {}: {key} {:.2} s", run + 1, t.as_secs_f64());

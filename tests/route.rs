@@ -7,9 +7,11 @@ mod common;
 use std::num::NonZeroUsize;
 
 use common::{export, request, subnets};
+use ndarray::Array2;
 use tailor::calibration::route::{self, Pass, Tree};
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::runtime::bundle::Bundle;
+use tailor::runtime::engine::segment::Engine;
 use tailor::runtime::select::Limits;
 
 const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
@@ -43,6 +45,7 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
     let pass = Pass {
         batch: NonZeroUsize::new(24).unwrap(),
         threads: NonZeroUsize::new(3).unwrap(),
+        engine: Engine::Tract,
     };
     let mut done = Vec::new();
     let routed = tree.features(&data, pass, &mut |n| done.push(n)).unwrap();
@@ -51,11 +54,38 @@ fn the_tree_computes_every_paths_cls_token_with_each_prefix_once() {
         Some(&64),
         "progress reaches every image: {done:?}"
     );
+    assert_each_paths_cls_token(&bundle, &data, &routed);
+}
+
+/// Catches an ONNX Runtime cut given the wrong weights or the wrong parent's
+/// value, a leaf's rows copied from the wrong batch, or ORT's inferred shapes
+/// read wrong: each path's `cls_token` differs then from its whole graph's
+/// on tract.
+#[cfg(feature = "ort")]
+#[test]
+fn the_tree_on_onnx_runtime_computes_every_paths_cls_token() {
+    use tailor::runtime::engine::ExecutionProvider;
+    let (_dir, dir) = export(&request(SDR));
+    let bundle = Bundle::open(&dir).unwrap();
+    let data = mnist(64);
+    let pass = Pass {
+        batch: NonZeroUsize::new(24).unwrap(),
+        threads: NonZeroUsize::new(2).unwrap(),
+        engine: Engine::Ort(ExecutionProvider::Cpu),
+    };
+    let tree = Tree::build(&bundle).unwrap();
+    let routed = tree.features(&data, pass, &mut |_| {}).unwrap();
+    assert_each_paths_cls_token(&bundle, &data, &routed);
+}
+
+/// `routed` holds every path's `cls_token` on `data` (manifest order) as
+/// its whole graph computes it on tract (`calibration::score`), within 1e-4.
+fn assert_each_paths_cls_token(bundle: &Bundle, data: &Dataset, routed: &[(String, Array2<f32>)]) {
     let options = Options {
         keep_features: true,
         ..Options::default()
     };
-    let graphs = calibration::score(&bundle, &data, &options, &mut |_| {}).unwrap();
+    let graphs = calibration::score(bundle, data, &options, &mut |_| {}).unwrap();
     assert_eq!(routed.len(), 17);
     for ((id, tree_cls), (graph_id, graph_cls)) in routed.iter().zip(&graphs.features) {
         assert_eq!(id, graph_id);

@@ -168,6 +168,15 @@ fn route_json_ranks_the_paths_the_manifest_scores() {
 /// Routes `bundle` on `data`, expecting a failure naming `needles`, and
 /// checks that the manifests are byte for byte as they were.
 fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
+    assert_refused_by(bundle, needles, |plot| {
+        run(&[&"route", &bundle, &"--data", &data, &"--plot", &plot])
+    });
+}
+
+/// Runs `route` (given the plot it must not draw), expecting a failure
+/// naming `needles`, and checks that the manifests are byte for byte as
+/// they were.
+fn assert_refused_by(bundle: &Path, needles: &[&str], route: impl FnOnce(&Path) -> Output) {
     let read = || {
         (
             std::fs::read(bundle.join("manifest.postcard")).unwrap(),
@@ -176,9 +185,9 @@ fn assert_refused(bundle: &Path, data: &Path, needles: &[&str]) {
     };
     let before = read();
     let plot = bundle.with_file_name("refused.svg");
-    let out = run(&[&"route", &bundle, &"--data", &data, &"--plot", &plot]);
+    let out = route(&plot);
     let err = stderr(&out);
-    assert!(!out.status.success(), "accepted {}: {err}", data.display());
+    assert!(!out.status.success(), "accepted: {err}");
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "`{n}` missing from: {err}");
@@ -228,4 +237,123 @@ fn bad_inputs_are_named_and_leave_the_bundle_untouched() {
         &digits,
         &["not an SDR bundle", "`vit`", "exporter calibrate"],
     );
+}
+
+/// `exporter route --engine ort`: ONNX Runtime from `ORT_DYLIB_PATH`, which
+/// .ci/run sets; without it these tests fail rather than pass unrun.
+#[cfg(feature = "ort")]
+mod ort {
+    use super::*;
+
+    /// The scores `route --json` printed, by path: (k-NN top-1, fidelity).
+    fn scores(out: &Output) -> BTreeMap<String, (f64, f64)> {
+        assert!(out.status.success(), "{}", stderr(out));
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let score = |key: &str| p[key].as_f64().unwrap();
+                let id = p["id"].as_str().unwrap().to_owned();
+                (id, (score("knn_top1"), score("fidelity")))
+            })
+            .collect()
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Catches ORT cuts fed the wrong values or weights (the scores move far),
+    /// and an ORT route that writes beside the graphs (a weight file copied
+    /// or a temporary graph left in the bundle).
+    #[test]
+    fn onnx_runtime_scores_every_path_as_tract_does_and_writes_nothing_beside_the_graphs() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = sdr_bundle(dir.path());
+        let data = root().join("examples/mnist-calib.npz");
+        let graphs = (
+            files(&bundle.join("graphs")),
+            files(&bundle.join("graphs/weights")),
+        );
+        let route = |engine: &str| {
+            run(&[
+                &"route",
+                &bundle,
+                &"--data",
+                &data,
+                &"--engine",
+                &engine,
+                &"--threads",
+                &"2",
+                &"--json",
+            ])
+        };
+        let tract = scores(&route("tract"));
+        let ort = scores(&route("ort"));
+        assert_eq!(tract.len(), 17);
+        // 1,000 digits classify 200: 0.5 points is one image. The engines'
+        // features differ by float rounding (~1e-6), which can flip at most a
+        // near-tie of k-NN votes, never a ranking by a real margin.
+        for (id, (knn, fidelity)) in &tract {
+            let (ort_knn, ort_fidelity) = ort[id];
+            assert!(
+                (knn - ort_knn).abs() <= 0.5,
+                "{id}: k-NN top-1 {knn} on tract, {ort_knn} on ONNX Runtime"
+            );
+            assert!(
+                (fidelity - ort_fidelity).abs() < 1e-3,
+                "{id}: fidelity {fidelity} on tract, {ort_fidelity} on ONNX Runtime"
+            );
+        }
+        assert_eq!(
+            (
+                files(&bundle.join("graphs")),
+                files(&bundle.join("graphs/weights"))
+            ),
+            graphs,
+            "ONNX Runtime's cuts read the bundle in place"
+        );
+        let inspect = run(&[&"inspect", &bundle, &"--verify"]);
+        assert!(inspect.status.success(), "{}", stderr(&inspect));
+    }
+
+    /// Catches a missing library reported as a panic or a bare load error, a
+    /// provider that silently falls back to the CPU, and --provider taken
+    /// (and ignored) by tract; none of them may touch the bundle.
+    #[test]
+    fn engine_errors_are_named_and_leave_the_bundle_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = sdr_bundle(dir.path());
+        let data = root().join("examples/mnist-calib.npz");
+        let route = |args: &[&str], plot: &Path| {
+            let mut route = Command::new(env!("CARGO_BIN_EXE_exporter"));
+            route.arg("route").arg(&bundle).arg("--data").arg(&data);
+            route.arg("--plot").arg(plot).args(args);
+            route
+        };
+        assert_refused_by(&bundle, &["ORT_DYLIB_PATH", "libonnxruntime.so"], |plot| {
+            route(&["--engine", "ort"], plot)
+                .env_remove("ORT_DYLIB_PATH")
+                .output()
+                .unwrap()
+        });
+        assert_refused_by(&bundle, &["`cuda`", "choose provider cpu"], |plot| {
+            route(&["--engine", "ort", "--provider", "cuda"], plot)
+                .output()
+                .unwrap()
+        });
+        assert_refused_by(&bundle, &["--provider cpu", "--engine ort"], |plot| {
+            route(&["--provider", "cpu"], plot).output().unwrap()
+        });
+        assert_refused_by(&bundle, &["`auto`", "tract, ort"], |plot| {
+            route(&["--engine", "auto"], plot).output().unwrap()
+        });
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use ndarray::Array4;
-use tailor_runtime::engine::segment::{Activation, Nodes};
+use tailor_runtime::engine::segment::{Activation, Engine, Nodes};
 use tailor_runtime::engine::{self, EngineError, EngineKind, EngineOptions};
 
 /// A ViT graph the exporter wrote (the CLI tests' committed bundle): 71
@@ -22,13 +22,19 @@ fn pixels(batch: usize) -> Array4<f32> {
 
 #[test]
 fn chained_cuts_compute_the_graphs_cls_token() {
+    assert_chained_cuts_compute_the_graphs_cls_token(Engine::Tract, Engine::Tract);
+}
+
+/// The graph cut in two, the embedding planned on `first` and the blocks on
+/// `then`, run on two images: the graph's own `cls_token` (tract's session).
+fn assert_chained_cuts_compute_the_graphs_cls_token(first: Engine, then: Engine) {
     let nodes = Nodes::read(&graph()).unwrap();
     let total = nodes.names().count();
     assert_eq!(nodes.names().nth(9), Some("blocks.0.norm1"));
     let (embed, blocks) = (nodes.cut(0..9).unwrap(), nodes.cut(9..total).unwrap());
-    let embed = embed.plan(&[2, 3, 32, 32]).unwrap();
+    let embed = embed.plan(&[2, 3, 32, 32], first).unwrap();
     assert_eq!(embed.output_shape(), [2 * 17, 32], "tokens as rows");
-    let blocks = blocks.plan(embed.output_shape()).unwrap();
+    let blocks = blocks.plan(embed.output_shape(), then).unwrap();
     assert_eq!(blocks.output_shape(), [2, 32]);
 
     let x = pixels(2);
@@ -49,9 +55,49 @@ fn chained_cuts_compute_the_graphs_cls_token() {
         .fold(0f32, |a, &b| a.max(b));
     assert!(
         worst < 1e-5,
-        "chained cuts differ from the graph by {worst}"
+        "{first:?} then {then:?}: chained cuts differ from the graph by {worst}"
     );
     assert!(nodes.whole().unwrap() != nodes.cut(0..9).unwrap());
+}
+
+/// ONNX Runtime tests need `--features ort` and `ORT_DYLIB_PATH` (see
+/// .ci/ort_lib.sh); without the variable they fail rather than pass unrun.
+#[cfg(feature = "ort")]
+mod ort {
+    use super::*;
+    use tailor_runtime::engine::ExecutionProvider;
+
+    const ORT_CPU: Engine = Engine::Ort(ExecutionProvider::Cpu);
+
+    /// Catches an ORT cut committed without its external data, a wrong
+    /// inferred output shape, and values passed between the engines in the
+    /// wrong layout (each engine reads the other's activation).
+    #[test]
+    fn chained_cuts_compute_the_graphs_cls_token_on_onnx_runtime_and_across_engines() {
+        for (first, then) in [
+            (ORT_CPU, ORT_CPU),
+            (Engine::Tract, ORT_CPU),
+            (ORT_CPU, Engine::Tract),
+        ] {
+            assert_chained_cuts_compute_the_graphs_cls_token(first, then);
+        }
+    }
+
+    /// A provider this library lacks is an error naming the graph, not a
+    /// cut quietly run on the CPU.
+    #[test]
+    fn a_cut_on_a_missing_provider_is_refused_not_run_on_the_cpu() {
+        let cut = Nodes::read(&graph()).unwrap().cut(0..9).unwrap();
+        let cuda = Engine::Ort(ExecutionProvider::Cuda);
+        match cut.plan(&[2, 3, 32, 32], cuda).err() {
+            Some(EngineError::ProviderFallback {
+                graph: g,
+                requested,
+                ..
+            }) => assert_eq!((g, requested), (graph(), ExecutionProvider::Cuda)),
+            other => panic!("expected a provider fallback, got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::thread;
 
 use ndarray::{Array2, Array4, ArrayD};
 use tailor_runtime::bundle::Bundle;
-use tailor_runtime::engine::segment::{Activation, Cut, Nodes, Plan, Run};
+use tailor_runtime::engine::segment::{Activation, Cut, Engine, Nodes, Plan, Run};
 use tailor_runtime::engine::EngineError;
 
 use crate::{CalibrationError, Dataset};
@@ -142,7 +142,7 @@ impl Tree {
                 Some(p) => plans[p].output_shape().to_vec(),
                 None => vec![batch, 3, self.image_size, self.image_size],
             };
-            plans.push(node.cut.plan(&input).map_err(engine(node))?);
+            plans.push(node.cut.plan(&input, pass.engine).map_err(engine(node))?);
         }
         let n = dataset.images.len();
         let mut features: Vec<Array2<f32>> = self
@@ -205,17 +205,21 @@ impl Tree {
 pub struct Pass {
     /// Images per run of each cut.
     pub batch: NonZeroUsize,
-    /// Workers, each running whole batches through the tree on one thread.
+    /// Workers, each running whole batches through the tree on one thread
+    /// (with either engine: an ONNX Runtime cut runs on its caller's thread).
     pub threads: NonZeroUsize,
+    /// What plans and runs the cuts.
+    pub engine: Engine,
 }
 
 /// Batches of 32 (tract's cuts gain little from larger ones), one worker
-/// per core.
+/// per core, on tract.
 impl Default for Pass {
     fn default() -> Pass {
         Pass {
             batch: NonZeroUsize::new(32).expect("positive"),
             threads: thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            engine: Engine::Tract,
         }
     }
 }

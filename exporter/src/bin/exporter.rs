@@ -124,7 +124,8 @@ Quality is the weighted k-NN top-1 accuracy in percent of each path's
 cls_token (DINO's protocol: k=20, T=0.07), exactly as `exporter calibrate`
 scores it, but every path's graph is cut at its blocks and a block that
 several paths share with the same choices before it runs once per batch
-(tract; --threads workers share the batches). docs/sdr.md has the details.")]
+(--threads workers share the batches, each on one thread, with tract or
+--engine ort). docs/sdr.md has the details.")]
     Route(RouteArgs),
 }
 
@@ -148,10 +149,20 @@ struct RouteArgs {
     /// Images per run of each block.
     #[arg(long, default_value = "32", value_name = "N")]
     batch: std::num::NonZeroUsize,
-    /// Workers, each running whole batches on one thread [default: one
-    /// per core].
+    /// Workers, each running whole batches on one thread, with either
+    /// engine (ONNX Runtime gets one intra-op thread per worker) [default:
+    /// one per core].
     #[arg(long, value_name = "N")]
     threads: Option<std::num::NonZeroUsize>,
+    /// The engine that runs the blocks: tract, or ort (ONNX Runtime: needs a
+    /// build with the `ort` feature and ORT_DYLIB_PATH naming
+    /// libonnxruntime.so).
+    #[arg(long, default_value = "tract", value_name = "ENGINE")]
+    engine: EngineKind,
+    /// ONNX Runtime's execution provider (--engine ort) [default: cpu]; a
+    /// provider that would leave a block to the CPU is an error.
+    #[arg(long, value_name = "PROVIDER")]
+    provider: Option<tailor_runtime::engine::ExecutionProvider>,
     /// Also draw the histogram of path accuracies to FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -829,6 +840,14 @@ fn print_heads(heads: &Heads, args: &CalibrateArgs) -> Result<()> {
 
 fn route(args: RouteArgs) -> Result<()> {
     use tailor_calibration::route::{self, histogram};
+    use tailor_runtime::engine::segment::Engine;
+    let engine = match (args.engine, args.provider) {
+        (EngineKind::Tract, None) => Engine::Tract,
+        (EngineKind::Tract, Some(provider)) => {
+            bail!("--provider {provider} is an ONNX Runtime setting: add --engine ort")
+        }
+        (EngineKind::Ort, provider) => Engine::Ort(provider.unwrap_or_default()),
+    };
     let bundle = Bundle::open(&args.bundle)?;
     let load = LoadOptions {
         labels: true,
@@ -854,6 +873,7 @@ fn route(args: RouteArgs) -> Result<()> {
     let pass = route::Pass {
         batch: args.batch,
         threads: args.threads.unwrap_or(route::Pass::default().threads),
+        engine,
     };
     let routed = route::route(&bundle, &dataset, &task, pass, &mut |p| match p {
         route::Progress::Planned { cuts, unshared } if !args.quiet && !args.json => eprintln!(

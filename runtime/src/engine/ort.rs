@@ -23,6 +23,9 @@ use super::{
 
 /// The ONNX Runtime configuration entry that makes node placement queryable.
 const RECORD_ASSIGNMENT: &str = "session.record_ep_graph_assignment_info";
+/// The ONNX Runtime configuration entry naming the folder a graph committed
+/// from memory reads its external data from.
+const EXTERNAL_DATA_FOLDER: &str = "session.model_external_initializers_file_folder_path";
 
 /// The library this process loaded.
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
@@ -82,59 +85,107 @@ pub(super) struct OrtSession {
 
 impl OrtSession {
     pub fn load(graph: Graph, opts: &EngineOptions) -> Result<OrtSession, EngineError> {
-        let runtime = runtime(opts)?;
-        let path = graph.path;
-        let backend = |e: ort::Error| backend(&path, e);
-        let mut builder = ort::session::Session::builder(&runtime.env)
-            .map_err(backend)?
-            .with_config_entry(RECORD_ASSIGNMENT, "1")
-            .map_err(|e| backend(e.into()))?;
-        if let Some(threads) = opts.threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| backend(e.into()))?;
-        }
-        if let Some(ep) = dispatch(opts)? {
-            builder = builder
-                .with_execution_providers([ep.error_on_failure()])
-                .map_err(|e| EngineError::ProviderFallback {
-                    graph: path.clone(),
-                    requested: opts.provider,
-                    actual: ExecutionProvider::Cpu.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let engine_cache = match opts.provider {
-            ExecutionProvider::TensorRt => TensorRtSettings::from(opts).engine_cache,
-            _ => None,
-        };
-        let cached_before = engine_cache.as_deref().map(cache_entries);
-        let session = builder.commit_from_file(&path).map_err(backend)?;
-        let built_engine = match (&engine_cache, cached_before) {
-            (Some(dir), Some(before)) => !cache_entries(dir).is_subset(&before),
-            _ => false,
-        };
-
-        let assigned = assigned_providers(&session).map_err(backend)?;
-        let requested = ort_name(opts.provider);
-        if !assigned.iter().any(|name| name == requested) {
-            return Err(EngineError::ProviderFallback {
-                graph: path,
-                requested: opts.provider,
-                actual: label(&assigned),
-                reason: format!("ONNX Runtime assigned no node to {requested}"),
-            });
-        }
+        let committed = commit(&graph.path, Model::File, opts)?;
         let [h, w] = graph.image;
         Ok(OrtSession {
-            graph: path,
+            graph: graph.path,
             shape: [opts.batch, 3, h, w],
             logits: graph.logits.is_some(),
-            provider: label(&assigned),
-            session,
-            built_engine,
+            provider: committed.provider,
+            session: committed.session,
+            built_engine: committed.built_engine,
         })
     }
+}
+
+/// What a session is committed from.
+pub(super) enum Model<'a> {
+    /// The graph's file.
+    File,
+    /// An encoded graph whose external data paths are relative to the
+    /// graph's folder (a graph cut from it).
+    Memory(&'a [u8]),
+}
+
+/// A committed session whose node placement has been checked.
+pub(super) struct Committed {
+    pub session: ort::session::Session,
+    /// The short names of the providers that got nodes, joined by `+`.
+    pub provider: String,
+    /// The commit wrote a new TensorRT engine into the engine cache.
+    pub built_engine: bool,
+}
+
+/// Commits `model` of `graph` on `opts.provider`, refusing a session in which
+/// the requested provider got no node (no silent CPU fallback).
+pub(super) fn commit(
+    graph: &Path,
+    model: Model<'_>,
+    opts: &EngineOptions,
+) -> Result<Committed, EngineError> {
+    let runtime = runtime(opts)?;
+    let backend = |e: ort::Error| backend(graph, e);
+    let mut builder = ort::session::Session::builder(&runtime.env)
+        .map_err(backend)?
+        .with_config_entry(RECORD_ASSIGNMENT, "1")
+        .map_err(|e| backend(e.into()))?;
+    if let Some(threads) = opts.threads {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| backend(e.into()))?;
+    }
+    if let Some(ep) = dispatch(opts)? {
+        builder = builder
+            .with_execution_providers([ep.error_on_failure()])
+            .map_err(|e| EngineError::ProviderFallback {
+                graph: graph.to_owned(),
+                requested: opts.provider,
+                actual: ExecutionProvider::Cpu.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    let engine_cache = match opts.provider {
+        ExecutionProvider::TensorRt => TensorRtSettings::from(opts).engine_cache,
+        _ => None,
+    };
+    let cached_before = engine_cache.as_deref().map(cache_entries);
+    let session =
+        match model {
+            Model::File => builder.commit_from_file(graph),
+            Model::Memory(bytes) => {
+                let folder = graph.parent().and_then(Path::to_str).ok_or_else(|| {
+                    EngineError::Interface {
+                        graph: graph.to_owned(),
+                        problem: "the graph's folder is not UTF-8".into(),
+                    }
+                })?;
+                builder
+                    .with_config_entry(EXTERNAL_DATA_FOLDER, folder)
+                    .map_err(|e| backend(e.into()))?
+                    .commit_from_memory(bytes)
+            }
+        }
+        .map_err(backend)?;
+    let built_engine = match (&engine_cache, cached_before) {
+        (Some(dir), Some(before)) => !cache_entries(dir).is_subset(&before),
+        _ => false,
+    };
+
+    let assigned = assigned_providers(&session).map_err(backend)?;
+    let requested = ort_name(opts.provider);
+    if !assigned.iter().any(|name| name == requested) {
+        return Err(EngineError::ProviderFallback {
+            graph: graph.to_owned(),
+            requested: opts.provider,
+            actual: label(&assigned),
+            reason: format!("ONNX Runtime assigned no node to {requested}"),
+        });
+    }
+    Ok(Committed {
+        session,
+        provider: label(&assigned),
+        built_engine,
+    })
 }
 
 impl Session for OrtSession {
@@ -179,7 +230,7 @@ impl Session for OrtSession {
     }
 }
 
-fn backend(graph: &Path, e: ort::Error) -> EngineError {
+pub(super) fn backend(graph: &Path, e: ort::Error) -> EngineError {
     EngineError::Backend {
         graph: graph.to_owned(),
         engine: EngineKind::Ort,

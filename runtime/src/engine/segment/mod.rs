@@ -1,17 +1,22 @@
-//! Runs of a bundle graph's nodes planned and run on their own with tract,
-//! so work that several graphs share is done once (calibration routes an
-//! SDR bundle this way: every path's shared prefix runs once per image).
+//! Runs of a bundle graph's nodes planned and run on their own with tract
+//! or ONNX Runtime, so work that several graphs share is done once
+//! (calibration routes an SDR bundle this way: every path's shared prefix
+//! runs once per image).
 //!
 //! A [`Cut`] keeps the graph's initializers as they are, external data
 //! included: its weights are read from the bundle's weight files, never
 //! copied.
+
+#[cfg(feature = "ort")]
+mod ort;
+mod tract;
 
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayView4};
+use ndarray::{ArrayD, ArrayView4, ArrayViewD};
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 use tract_onnx::pb::type_proto::{Tensor as TensorType, Value as Type};
@@ -19,7 +24,7 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueI
 use tract_onnx::prelude::*;
 
 use super::graph::{Graph, OUTPUTS};
-use super::{EngineError, EngineKind};
+use super::{EngineError, EngineKind, ExecutionProvider};
 
 /// A bundle graph read for cutting (its interface and external data checked).
 pub struct Nodes {
@@ -178,42 +183,71 @@ impl std::fmt::Debug for Cut {
     }
 }
 
+/// The engine that plans and runs cuts, each run on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    #[default]
+    Tract,
+    /// ONNX Runtime (feature `ort`, the library `ORT_DYLIB_PATH` names) on
+    /// this provider: a cut the provider gets no node of is an error, never
+    /// a quiet CPU run.
+    Ort(ExecutionProvider),
+}
+
+impl Engine {
+    pub fn kind(self) -> EngineKind {
+        match self {
+            Engine::Tract => EngineKind::Tract,
+            Engine::Ort(_) => EngineKind::Ort,
+        }
+    }
+}
+
 impl Cut {
-    /// Plans the cut for an input of `shape` (its first axis the batch).
-    pub fn plan(&self, shape: &[usize]) -> Result<Plan, EngineError> {
-        let dir = self.graph.parent().and_then(Path::to_str);
-        let plan = || -> TractResult<Arc<TypedRunnableModel>> {
-            tract_onnx::onnx()
-                .parse(&self.model, dir)?
-                .model
-                .with_input_fact(0, f32::fact(shape).into())?
-                .into_optimized()?
-                .into_runnable_with_options(&Default::default())
+    /// Plans the cut on `engine` for an input of `shape` (its first axis the
+    /// batch).
+    pub fn plan(&self, shape: &[usize], engine: Engine) -> Result<Plan, EngineError> {
+        let (planned, output) = match engine {
+            Engine::Tract => {
+                let (plan, output) = tract::plan(self, shape)?;
+                (Planned::Tract(plan), output)
+            }
+            #[cfg(feature = "ort")]
+            Engine::Ort(provider) => {
+                let (plan, output) = ort::Plan::new(self, shape, provider)?;
+                (Planned::Ort(plan), output)
+            }
+            #[cfg(not(feature = "ort"))]
+            Engine::Ort(_) => return Err(EngineError::NotBuilt(EngineKind::Ort)),
         };
-        let plan = plan().map_err(|e| backend(&self.graph, e))?;
-        let output = plan
-            .model()
-            .output_fact(0)
-            .ok()
-            .filter(|f| f.datum_type == f32::datum_type())
-            .and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
-            .ok_or_else(|| EngineError::Interface {
-                graph: self.graph.clone(),
-                problem: "a cut's output is not f32 of a fixed shape".into(),
-            })?;
         Ok(Plan {
             graph: self.graph.clone(),
-            plan,
+            planned,
             output,
         })
+    }
+
+    /// Why a planned cut's output cannot be passed on.
+    fn unfixed_output(&self) -> EngineError {
+        EngineError::Interface {
+            graph: self.graph.clone(),
+            problem: "a cut's output is not f32 of a fixed shape".into(),
+        }
     }
 }
 
 /// A planned cut; [`Plan::spawn`] gives the state that runs it.
 pub struct Plan {
     graph: PathBuf,
-    plan: Arc<TypedRunnableModel>,
+    planned: Planned,
     output: Vec<usize>,
+}
+
+/// A cut as its engine planned it.
+enum Planned {
+    Tract(Arc<TypedRunnableModel>),
+    #[cfg(feature = "ort")]
+    Ort(ort::Plan),
 }
 
 impl Plan {
@@ -223,9 +257,16 @@ impl Plan {
     }
 
     pub fn spawn(&self) -> Result<Run, EngineError> {
+        let state = match &self.planned {
+            Planned::Tract(plan) => {
+                State::Tract(plan.spawn().map_err(|e| tract::backend(&self.graph, e))?)
+            }
+            #[cfg(feature = "ort")]
+            Planned::Ort(plan) => State::Ort(plan.spawn(&self.graph)?),
+        };
         Ok(Run {
-            state: self.plan.spawn().map_err(|e| backend(&self.graph, e))?,
             graph: self.graph.clone(),
+            state,
         })
     }
 }
@@ -233,42 +274,58 @@ impl Plan {
 /// Runs one planned cut, reusing its buffers across images.
 pub struct Run {
     graph: PathBuf,
-    state: TypedSimpleState,
+    state: State,
 }
 
-/// A value passed from one cut to the next without leaving the engine.
-#[derive(Clone)]
-pub struct Activation(TValue);
+enum State {
+    Tract(TypedSimpleState),
+    #[cfg(feature = "ort")]
+    Ort(ort::Run),
+}
+
+/// A value passed from one cut to the next without leaving the engine
+/// (either engine's cuts read the other's, at the cost of a copy into
+/// tract).
+pub struct Activation(Value);
+
+enum Value {
+    Tract(TValue),
+    #[cfg(feature = "ort")]
+    Ort(::ort::value::DynValue),
+}
 
 impl Activation {
-    /// A batch of preprocessed images, `[batch, 3, H, W]`.
+    /// A batch of preprocessed images, `[batch, 3, H, W]`, as a tract
+    /// tensor: ONNX Runtime reads it in place.
     pub fn pixels(pixels: ArrayView4<'_, f32>) -> Activation {
-        Activation(Tensor::from(pixels.as_standard_layout().into_owned()).into_tvalue())
+        Activation(Value::Tract(
+            Tensor::from(pixels.as_standard_layout().into_owned()).into_tvalue(),
+        ))
     }
 
     /// The value as an array.
     pub fn to_array(&self) -> ArrayD<f32> {
-        self.0
-            .to_plain_array_view::<f32>()
-            .expect("cuts are planned with f32 outputs")
-            .to_owned()
+        self.view().to_owned()
+    }
+
+    /// The value in place, in standard layout.
+    fn view(&self) -> ArrayViewD<'_, f32> {
+        match &self.0 {
+            Value::Tract(tensor) => tensor.to_plain_array_view::<f32>().ok(),
+            #[cfg(feature = "ort")]
+            Value::Ort(value) => value.try_extract_array::<f32>().ok(),
+        }
+        .expect("cuts are planned with f32 outputs")
     }
 }
 
 impl Run {
     pub fn run(&mut self, input: &Activation) -> Result<Activation, EngineError> {
-        let mut outputs = self
-            .state
-            .run(tvec!(input.0.clone()))
-            .map_err(|e| backend(&self.graph, e))?;
-        Ok(Activation(outputs.remove(0)))
-    }
-}
-
-fn backend(graph: &Path, e: TractError) -> EngineError {
-    EngineError::Backend {
-        graph: graph.to_owned(),
-        engine: EngineKind::Tract,
-        source: e.into(),
+        let value = match &mut self.state {
+            State::Tract(state) => Value::Tract(tract::run(state, &self.graph, input)?),
+            #[cfg(feature = "ort")]
+            State::Ort(run) => Value::Ort(run.run(&self.graph, input)?),
+        };
+        Ok(Activation(value))
     }
 }
