@@ -98,6 +98,9 @@ pub enum CalibrationError {
     Bundle(#[from] BundleError),
     #[error("running {id} over the dataset")]
     Engine { id: String, source: EngineError },
+    /// The engine cannot start for any sub-network (no library, no provider).
+    #[error("starting the engine")]
+    EngineSetup(#[source] EngineError),
     #[error("{0} has no sub-networks")]
     NoSubnets(std::path::PathBuf),
     #[error("the dataset holds no images")]
@@ -115,6 +118,21 @@ pub enum CalibrationError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+impl CalibrationError {
+    /// `source` while running sub-network `id`: the sub-network is named
+    /// only when the failure can be its own.
+    pub fn engine(id: &str, source: EngineError) -> CalibrationError {
+        if source.is_systematic() {
+            CalibrationError::EngineSetup(source)
+        } else {
+            CalibrationError::Engine {
+                id: id.to_owned(),
+                source,
+            }
+        }
+    }
 }
 
 /// Runs every sub-network of `bundle` over `dataset` (each file verified
@@ -156,10 +174,7 @@ pub fn score(
             opts.ranges,
             &mut |done| progress(Progress::Images { done, total }),
         )
-        .map_err(|source| CalibrationError::Engine {
-            id: subnet.id.to_owned(),
-            source,
-        })?;
+        .map_err(|source| CalibrationError::engine(subnet.id, source))?;
         let cls = features.cls_token;
         let (knn_top1, fidelity) =
             measure(&cls, reference_features.as_ref().unwrap_or(&cls), dataset);

@@ -338,17 +338,27 @@ mod ort {
             route.arg("--plot").arg(plot).args(args);
             route
         };
-        assert_refused_by(&bundle, &["ORT_DYLIB_PATH", "libonnxruntime.so"], |plot| {
-            route(&["--engine", "ort"], plot)
-                .env_remove("ORT_DYLIB_PATH")
-                .output()
-                .unwrap()
-        });
-        assert_refused_by(&bundle, &["`cuda`", "choose provider cpu"], |plot| {
-            route(&["--engine", "ort", "--provider", "cuda"], plot)
-                .output()
-                .unwrap()
-        });
+        // Not any sub-network's failure: none is named.
+        let engine = ": starting the engine: ";
+        assert_refused_by(
+            &bundle,
+            &[engine, "ORT_DYLIB_PATH", "libonnxruntime.so"],
+            |plot| {
+                route(&["--engine", "ort"], plot)
+                    .env_remove("ORT_DYLIB_PATH")
+                    .output()
+                    .unwrap()
+            },
+        );
+        assert_refused_by(
+            &bundle,
+            &[engine, "`cuda`", "choose provider cpu"],
+            |plot| {
+                route(&["--engine", "ort", "--provider", "cuda"], plot)
+                    .output()
+                    .unwrap()
+            },
+        );
         assert_refused_by(&bundle, &["--provider cpu", "--engine ort"], |plot| {
             route(&["--provider", "cpu"], plot).output().unwrap()
         });

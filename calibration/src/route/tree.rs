@@ -72,10 +72,7 @@ impl Tree {
         let mut leaves = Vec::new();
         for subnet in &manifest.subnets {
             bundle.verify(subnet)?;
-            let engine = |source| CalibrationError::Engine {
-                id: subnet.id.to_owned(),
-                source,
-            };
+            let engine = |source| CalibrationError::engine(subnet.id, source);
             let graph = Nodes::read(&bundle.graph_path(subnet)).map_err(engine)?;
             let mut parent = None;
             for range in blocks(graph.names()) {
@@ -279,10 +276,7 @@ impl<'a> Worker<'a> {
 
 /// An engine error of the sub-network `node` was cut from.
 fn engine(node: &Node) -> impl FnOnce(EngineError) -> CalibrationError + '_ {
-    move |source| CalibrationError::Engine {
-        id: node.id.clone(),
-        source,
-    }
+    move |source| CalibrationError::engine(&node.id, source)
 }
 
 #[cfg(test)]

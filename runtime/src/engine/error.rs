@@ -86,13 +86,13 @@ pub enum EngineError {
     #[error("engine `{0}` is not in this build; enable feature `ort` of tailor-runtime")]
     NotBuilt(EngineKind),
     #[error(
-        "no ONNX Runtime library configured; set ORT_DYLIB_PATH or the ort library option \
-         (--ort-library) to libonnxruntime.so"
+        "no ONNX Runtime library configured; set ORT_DYLIB_PATH to libonnxruntime.so (`runtime` \
+         also takes --ort-library or ort_library in its config)"
     )]
     OrtLibraryUnset,
     #[error(
-        "ONNX Runtime library {}: cannot load; set ORT_DYLIB_PATH or the ort library option \
-         (--ort-library) to libonnxruntime.so",
+        "ONNX Runtime library {}: cannot load; set ORT_DYLIB_PATH to libonnxruntime.so \
+         (`runtime` also takes --ort-library or ort_library in its config)",
         path.display()
     )]
     OrtLibrary {
