@@ -76,14 +76,13 @@ impl Nodes {
             .flat_map(|n| &n.output)
             .map(String::as_str)
             .collect();
-        let mut inputs: Vec<&str> = nodes
-            .iter()
-            .flat_map(|n| &n.input)
-            .map(String::as_str)
-            .filter(|v| !produced.contains(v) && !initializers.contains(v))
-            .collect();
-        inputs.sort_unstable();
-        inputs.dedup();
+        let inputs = distinct(
+            nodes
+                .iter()
+                .flat_map(|n| &n.input)
+                .map(String::as_str)
+                .filter(|v| !produced.contains(v) && !initializers.contains(v)),
+        );
         let [input] = inputs[..] else {
             return Err(problem(format!(
                 "nodes {range:?} read {inputs:?}; a cut reads one value"
@@ -92,14 +91,13 @@ impl Nodes {
         let output = if produced.contains(OUTPUTS[0]) {
             OUTPUTS[0]
         } else {
-            let mut read_later: Vec<&str> = body.node[range.end..]
-                .iter()
-                .flat_map(|n| &n.input)
-                .map(String::as_str)
-                .filter(|v| produced.contains(v))
-                .collect();
-            read_later.sort_unstable();
-            read_later.dedup();
+            let read_later = distinct(
+                body.node[range.end..]
+                    .iter()
+                    .flat_map(|n| &n.input)
+                    .map(String::as_str)
+                    .filter(|v| produced.contains(v)),
+            );
             let [output] = read_later[..] else {
                 return Err(problem(format!(
                     "later nodes read {read_later:?} from nodes {range:?}; a cut yields one value"
@@ -135,6 +133,14 @@ impl Nodes {
             model,
         })
     }
+}
+
+/// Value names once each, sorted (a value read twice is one input).
+fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// An f32 value of unknown shape: [`Cut::plan`] gives the shape.
