@@ -24,7 +24,7 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueI
 use tract_onnx::prelude::*;
 
 use super::graph::{Graph, OUTPUTS};
-use super::{EngineError, EngineKind, ExecutionProvider};
+use super::{EngineError, ExecutionProvider};
 
 /// A bundle graph read for cutting (its interface and external data checked).
 pub struct Nodes {
@@ -200,15 +200,6 @@ pub enum Engine {
     Ort(ExecutionProvider),
 }
 
-impl Engine {
-    pub fn kind(self) -> EngineKind {
-        match self {
-            Engine::Tract => EngineKind::Tract,
-            Engine::Ort(_) => EngineKind::Ort,
-        }
-    }
-}
-
 impl Cut {
     /// Plans the cut on `engine` for an input of `shape` (its first axis the
     /// batch).
@@ -224,7 +215,7 @@ impl Cut {
                 (Planned::Ort(plan), output)
             }
             #[cfg(not(feature = "ort"))]
-            Engine::Ort(_) => return Err(EngineError::NotBuilt(EngineKind::Ort)),
+            Engine::Ort(_) => return Err(EngineError::NotBuilt(super::EngineKind::Ort)),
         };
         Ok(Plan {
             graph: self.graph.clone(),
