@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use ndarray::{s, ArrayView, ArrayView4, Dimension};
 use serde::Serialize;
 use tailor_runtime::engine::Outputs;
+use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS, PIXEL_VALUES};
 use tailor_runtime::manifest::Sha256;
 
 /// The percentile of |x| recorded per tensor.
@@ -192,7 +193,7 @@ impl SplitMix64 {
 }
 
 /// The graph outputs every engine returns, recorded in every scope.
-const INTERFACE: [&str; 3] = ["pixel_values", "cls_token", "patch_tokens"];
+const INTERFACE: [&str; 3] = [PIXEL_VALUES, CLS_TOKEN, PATCH_TOKENS];
 
 /// Records a graph's tensors by name: the interface's, and any added.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@
 //! a bootloader-stage supervisor.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod interface;
 pub mod manifest;
 pub mod policy;
 

@@ -18,13 +18,10 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::GraphRecorder;
+use tailor_runtime::interface::{OUTPUTS, PIXEL_VALUES as INPUT};
 
 /// The operators whose activations an INT8 export quantises.
 const OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
-/// The graph's input and the outputs returned first, as every bundle graph
-/// names them.
-const INPUT: &str = "pixel_values";
-const OUTPUTS: [&str; 2] = ["cls_token", "patch_tokens"];
 
 /// A graph planned by tract for one image, returning its outputs and its
 /// inner activations.

@@ -15,6 +15,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Axis, ConfigError, GridRange, Overrides, PoaConfig};
 use crate::onnx::layers::{BlockConsts, Linear};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS, PIXEL_VALUES};
 
 /// The checkpoints this family reads, as errors name them.
 const FAMILY: &str = "POA Swin";
@@ -1128,7 +1129,7 @@ impl<'a> GraphWriter<'a> {
         let (p, image) = (g.patch_size as usize, g.image_size as usize);
         let res = g.resolutions();
         let pixels = self.b.input(
-            "pixel_values",
+            PIXEL_VALUES,
             &[
                 Dim::Named("batch"),
                 Dim::Fixed(3),
@@ -1202,10 +1203,10 @@ impl<'a> GraphWriter<'a> {
             Param::top(FinalNormWeight),
             Param::top(FinalNormBias),
         );
-        let patches = self.reshape("patch_tokens", &x, &[-1, tokens as i64, out as i64]);
+        let patches = self.reshape(PATCH_TOKENS, &x, &[-1, tokens as i64, out as i64]);
         let cls = self.b.node(
             "ReduceMean",
-            "cls_token",
+            CLS_TOKEN,
             &[&patches],
             &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
         );

@@ -22,10 +22,8 @@ use tailor_runtime::manifest::Sha256;
 
 use super::{Attr, Dim, GraphBuilder, Value};
 
-/// The output the head adds.
-pub const LOGITS: &str = "logits";
-/// The output the head reads.
-const CLS_TOKEN: &str = "cls_token";
+use tailor_runtime::interface::CLS_TOKEN;
+pub use tailor_runtime::interface::LOGITS;
 /// The head's initializers, named after its node.
 const WEIGHT: &str = "logits.weight";
 const BIAS: &str = "logits.bias";

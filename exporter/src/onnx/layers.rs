@@ -3,6 +3,7 @@
 //! folded), so a layer knows nothing of elastic rules.
 
 use super::{Attr, Dim, GraphBuilder, Value};
+use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS};
 
 /// The weight and (optional) bias of a `Gemm(transB=1)` in PyTorch's layout.
 #[derive(Debug, Clone)]
@@ -157,13 +158,13 @@ impl GraphBuilder {
         let flat = self.node("Reshape", "tokens.flatten", &[x, &flat_shape], &[]);
         let tokens = self.node(
             "Transpose",
-            "patch_tokens",
+            PATCH_TOKENS,
             &[&flat],
             &[("perm", Attr::Ints(vec![0, 2, 1]))],
         );
         let cls = self.node(
             "ReduceMean",
-            "cls_token",
+            CLS_TOKEN,
             &[&tokens],
             &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
         );

@@ -12,6 +12,7 @@ use onnx_protobuf::{
     type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use tailor_runtime::interface::PIXEL_VALUES;
 
 /// The ONNX opset every graph targets.
 pub const OPSET: i64 = 17;
@@ -75,7 +76,7 @@ impl GraphBuilder {
     /// The `pixel_values` `[batch, 3, side, side]` input every family takes.
     pub fn pixel_values(&mut self, side: usize) -> Value {
         self.input(
-            "pixel_values",
+            PIXEL_VALUES,
             &[
                 Dim::Named("batch"),
                 Dim::Fixed(3),

@@ -13,12 +13,7 @@ use tract_onnx::prelude::Framework;
 
 use super::EngineError;
 
-/// The graph input every bundle graph has.
-pub(super) const INPUT: &str = "pixel_values";
-/// The graph outputs every bundle graph has, in [`Graph::outputs`] order.
-pub(super) const OUTPUTS: [&str; 2] = ["cls_token", "patch_tokens"];
-/// The output a graph has when `exporter calibrate --head` gave it a task head.
-pub(super) const LOGITS: &str = "logits";
+pub(super) use crate::interface::{LOGITS, OUTPUTS, PIXEL_VALUES as INPUT};
 
 /// A decoded graph whose interface and external data have been checked.
 pub(super) struct Graph {

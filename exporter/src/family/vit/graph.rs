@@ -6,6 +6,7 @@ use super::{Geometry, Param, ParamKind, LN_EPS};
 use crate::family::{linspace_blocks, SubnetSpec};
 use crate::onnx::layers::{BlockConsts, ConvShape, Linear};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
+use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS};
 
 /// Emits the ONNX graph of one sub-network.
 pub(super) struct GraphWriter<'a> {
@@ -147,18 +148,15 @@ impl<'a> GraphWriter<'a> {
             .const_i64("shape.tokens", &[3], &[-1, t as i64, w as i64]);
         let x = self.b.node("Reshape", "norm.tokens", &[&x, &seq], &[]);
         let zero = self.b.const_i64("index.cls", &[], &[0]);
-        let cls = self.b.node(
-            "Gather",
-            "cls_token",
-            &[&x, &zero],
-            &[("axis", Attr::Int(1))],
-        );
+        let cls = self
+            .b
+            .node("Gather", CLS_TOKEN, &[&x, &zero], &[("axis", Attr::Int(1))]);
         let starts = self.b.const_i64("patch_tokens.starts", &[1], &[1]);
         let ends = self.b.const_i64("patch_tokens.ends", &[1], &[t as i64]);
         let axes = self.b.const_i64("patch_tokens.axes", &[1], &[1]);
         let patches = self
             .b
-            .node("Slice", "patch_tokens", &[&x, &starts, &ends, &axes], &[]);
+            .node("Slice", PATCH_TOKENS, &[&x, &starts, &ends, &axes], &[]);
         self.b.output(&cls, &[Dim::Named("batch"), Dim::Fixed(w)]);
         self.b.output(
             &patches,
