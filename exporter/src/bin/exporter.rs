@@ -283,7 +283,7 @@ struct PackArgs {
     #[arg(long)]
     deb: bool,
     /// The runtime executable built for the board [default:
-    /// $CARGO_TARGET_DIR, else target, then TRIPLE/release/runtime].
+    /// $CARGO_TARGET_DIR, else target, then TRIPLE/device/runtime].
     #[arg(long, value_name = "PATH")]
     runtime_bin: Option<PathBuf>,
     /// Pack these sub-networks even when over the memory budget (ids, comma separated).

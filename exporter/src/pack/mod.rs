@@ -110,12 +110,12 @@ pub enum PackError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Where `targets/cross/build.sh` (or `cargo build --release --target`)
+/// Where `targets/cross/build.sh` (or `cargo build --profile device --target`)
 /// leaves the runtime for `board`, under the cargo target directory.
 pub fn built_runtime(target_dir: &Path, board: &Board) -> PathBuf {
     target_dir
         .join(board.arch.rust_target())
-        .join("release")
+        .join("device")
         .join("runtime")
 }
 
@@ -123,7 +123,7 @@ pub fn built_runtime(target_dir: &Path, board: &Board) -> PathBuf {
 fn how_to_build(arch: Arch) -> &'static str {
     match arch {
         Arch::Aarch64 => "build it with targets/cross/build.sh (docs/deploy.md)",
-        Arch::X86_64 => "build it with cargo build --release -p tailor-runtime --bin runtime --target x86_64-unknown-linux-gnu",
+        Arch::X86_64 => "build it with cargo build --profile device -p tailor-runtime --bin runtime --target x86_64-unknown-linux-gnu",
     }
 }
 
