@@ -2,17 +2,16 @@
 //! scores and activation ranges written into the bundle, optionally a task
 //! head for every graph and the Pareto chart.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use tailor_calibration::head::{transfer_heads, HeadOptions, HeadSource, Heads, Ridge, Route};
-use tailor_calibration::plot::measured::{read_latencies, read_selection};
-use tailor_calibration::plot::{pareto_svg, Chart, Cost, Point};
+use tailor_calibration::plot::measured::ReportError;
+use tailor_calibration::plot::{write_svg, Chosen, Reports};
 use tailor_calibration::ranges::Scope;
-use tailor_calibration::{record, Dataset, LoadOptions, Options, Progress};
+use tailor_calibration::{record, Calibrated, Dataset, LoadOptions, Options, Progress};
 use tailor_exporter::onnx::head::graphs_with_heads;
 use tailor_runtime::bundle::Bundle;
 use tailor_runtime::engine::{EngineKind, EngineOptions};
@@ -140,7 +139,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let plot = args
         .plot
         .as_ref()
-        .map(|path| PlotSpec::read(path, &args, &bundle))
+        .map(|path| Ok::<_, anyhow::Error>((path, read_reports(&args, &bundle)?)))
         .transpose()?;
     let load = LoadOptions {
         labels: !args.no_labels,
@@ -190,9 +189,9 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         record::write_features(path, &dataset, &calibrated)?;
     }
     // Drawn before the bundle changes, so a plot that fails changes nothing.
-    if let Some(plot) = &plot {
-        plot.draw(&bundle, &calibrated)
-            .with_context(|| format!("drawing {}", plot.path.display()))?;
+    if let Some((path, reports)) = &plot {
+        draw(path, reports, &bundle, &calibrated)
+            .with_context(|| format!("drawing {}", path.display()))?;
     }
     let heads = head
         .map(|source| {
@@ -321,98 +320,27 @@ fn print_heads(heads: &Heads, args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `--plot` draws: quality against MACs, or against the latencies of
-/// a `runtime profile --json` file, with the chosen sub-network marked.
-struct PlotSpec {
-    path: PathBuf,
-    /// The profile and its p50 per sub-network.
-    latency: Option<(PathBuf, BTreeMap<String, f64>)>,
-    chosen: Option<String>,
+/// The reports `--latency`, `--chosen` and `--selection` name, checked
+/// against the bundle.
+fn read_reports(args: &CalibrateArgs, bundle: &Bundle) -> Result<Reports, ReportError> {
+    let chosen = match (&args.chosen, &args.selection) {
+        (Some(id), _) => Some(Chosen::Id(id)),
+        (None, Some(file)) => Some(Chosen::Selection(file)),
+        (None, None) => None,
+    };
+    Reports::read(bundle, args.latency.as_deref(), chosen)
 }
 
-impl PlotSpec {
-    /// Reads the reports the flags name and checks their ids against the
-    /// bundle.
-    fn read(path: &Path, args: &CalibrateArgs, bundle: &Bundle) -> Result<PlotSpec> {
-        let manifest = bundle.manifest();
-        let ids: Vec<&str> = manifest.subnets.iter().map(|s| s.id).collect();
-        let latency = args
-            .latency
-            .as_ref()
-            .map(|file| Ok::<_, anyhow::Error>((file.clone(), read_latencies(file, &ids)?)))
-            .transpose()?;
-        let chosen = match (&args.chosen, &args.selection) {
-            (Some(id), _) if !ids.contains(&id.as_str()) => bail!(
-                "--chosen {id}: no such sub-network in {} (it holds {})",
-                args.bundle.display(),
-                ids.join(", ")
-            ),
-            (Some(id), _) => Some(id.clone()),
-            (None, Some(file)) => Some(read_selection(file, &ids)?),
-            (None, None) => None,
-        };
-        if let (Some(id), Some((file, latencies))) = (&chosen, &latency) {
-            if !latencies.contains_key(id) {
-                bail!(
-                    "the chosen sub-network {id} has no latency in {}: profile it too",
-                    file.display()
-                );
-            }
-        }
-        Ok(PlotSpec {
-            path: path.to_owned(),
-            latency,
-            chosen,
-        })
+/// Draws `--plot`'s chart: quality against MACs, or against the measured
+/// latencies, the chosen sub-network marked.
+fn draw(path: &Path, reports: &Reports, bundle: &Bundle, calibrated: &Calibrated) -> Result<()> {
+    let plotted = reports.join(&bundle.manifest(), &calibrated.scores);
+    if let (Some(file), false) = (reports.latency_file(), plotted.unmeasured.is_empty()) {
+        eprintln!(
+            "note: not plotted, no latency in {}: {}",
+            file.display(),
+            plotted.unmeasured.join(", ")
+        );
     }
-
-    /// Draws the chart, written whole or not at all.
-    fn draw(&self, bundle: &Bundle, calibrated: &tailor_calibration::Calibrated) -> Result<()> {
-        let manifest = bundle.manifest();
-        let scored = manifest.subnets.iter().zip(&calibrated.scores);
-        let (points, cost): (Vec<_>, _) = match &self.latency {
-            None => (
-                scored.map(|(s, q)| point(s.id, s.macs as f64, q)).collect(),
-                Cost::Macs,
-            ),
-            Some((file, latencies)) => {
-                let (measured, unmeasured): (Vec<_>, Vec<_>) =
-                    scored.partition(|(s, _)| latencies.contains_key(s.id));
-                if !unmeasured.is_empty() {
-                    let ids: Vec<&str> = unmeasured.iter().map(|(s, _)| s.id).collect();
-                    eprintln!(
-                        "note: not plotted, no latency in {}: {}",
-                        file.display(),
-                        ids.join(", ")
-                    );
-                }
-                let points = measured
-                    .into_iter()
-                    .map(|(s, q)| point(s.id, latencies[s.id], q))
-                    .collect();
-                (points, Cost::LatencyMs)
-            }
-        };
-        let svg = pareto_svg(&Chart {
-            points: &points,
-            cost,
-            quality: calibrated.metric.name(),
-            chosen: self.chosen.as_deref(),
-        })?;
-        let staged = self.path.with_extension("svg.partial");
-        let written =
-            std::fs::write(&staged, svg).and_then(|()| std::fs::rename(&staged, &self.path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&staged);
-        }
-        Ok(written?)
-    }
-}
-
-fn point(id: &str, cost: f64, scores: &tailor_calibration::Scores) -> Point {
-    Point {
-        id: id.to_owned(),
-        cost,
-        quality: scores.quality(),
-    }
+    Ok(write_svg(path, &plotted.chart(calibrated.metric.name()))?)
 }
