@@ -1,12 +1,15 @@
 //! Quality against cost for every sub-network: the Pareto front, as a
-//! picture (`exporter calibrate --plot`) and as a table (`inspect`).
+//! picture (`exporter calibrate --plot`, with the `plot` feature) and as a
+//! table (`inspect`).
 
 pub mod measured;
+#[cfg(feature = "plot")]
 mod svg;
 
 use std::fmt::Write as _;
 
 pub use measured::{Chosen, Plotted, Reports};
+#[cfg(feature = "plot")]
 pub use svg::{pareto_svg, write_svg};
 
 /// One sub-network on the chart.
