@@ -2,22 +2,27 @@
 
 use tailor_calibration::plot::{pareto_svg, Chart, Cost, PlotError, Point};
 
+/// Points from (id, cost, quality).
+fn points(values: &[(&str, f64, f64)]) -> Vec<Point> {
+    values
+        .iter()
+        .map(|&(id, cost, quality)| Point {
+            id: id.to_owned(),
+            cost,
+            quality,
+        })
+        .collect()
+}
+
 fn grid() -> Vec<Point> {
     // w32 < w48 < w64 in cost; w48-d2 is beaten by w32-d4 (cheaper, better).
-    [
+    points(&[
         ("w32-d2", 0.55e6, 0.61),
         ("w32-d4", 1.1e6, 0.74),
         ("w48-d2", 1.2e6, 0.70),
         ("w48-d4", 2.4e6, 0.80),
         ("w64-d4", 4.2e6, 0.83),
-    ]
-    .into_iter()
-    .map(|(id, cost, quality)| Point {
-        id: id.to_owned(),
-        cost,
-        quality,
-    })
-    .collect()
+    ])
 }
 
 /// A `<circle>` of the SVG: centre, radius, fill and stroke colours.
@@ -102,7 +107,7 @@ fn svg(cost: Cost, quality: &str, chosen: Option<&str>) -> String {
 fn the_front_is_highlighted_and_the_chosen_point_named() {
     // Not in cost order; w48-d2 is beaten by w32-d4 (cheaper, better) and
     // w56-d3 by w64-d2 and w48-d4.
-    let points: Vec<Point> = [
+    let points = points(&[
         ("w48-d4", 2.4e6, 0.80),
         ("w32-d2", 0.55e6, 0.61),
         ("w56-d3", 3.0e6, 0.78),
@@ -110,14 +115,7 @@ fn the_front_is_highlighted_and_the_chosen_point_named() {
         ("w48-d2", 1.2e6, 0.70),
         ("w32-d4", 1.1e6, 0.74),
         ("w64-d2", 2.0e6, 0.79),
-    ]
-    .into_iter()
-    .map(|(id, cost, quality)| Point {
-        id: id.to_owned(),
-        cost,
-        quality,
-    })
-    .collect();
+    ]);
     let svg = pareto_svg(&Chart {
         points: &points,
         cost: Cost::Macs,

@@ -354,32 +354,36 @@ mod tests {
             r#"{"results": [{"id": "w32-d4", "p50_ms": 4.0}, {"id": "w32-d2", "p50_ms": 2.0}]}"#,
         );
 
+        let costs = |plotted: &Plotted| -> Vec<(String, f64, f64)> {
+            let points = plotted.points.iter();
+            points.map(|p| (p.id.clone(), p.cost, p.quality)).collect()
+        };
+        let expected = |points: &[(&str, f64, f64)]| -> Vec<(String, f64, f64)> {
+            points
+                .iter()
+                .map(|&(id, c, q)| (id.to_owned(), c, q))
+                .collect()
+        };
+
         let macs = Reports::read(&bundle, None, None).unwrap();
         let plotted = macs.join(&manifest, &scores);
-        let costs: Vec<_> = plotted
-            .points
-            .iter()
-            .map(|p| (p.id.as_str(), p.cost, p.quality))
-            .collect();
         assert_eq!(
-            costs,
-            [
+            costs(&plotted),
+            expected(&[
                 ("w32-d2", 553088.0, 50.0),
                 ("w32-d3", 780480.0, 51.0),
                 ("w32-d4", 1007872.0, 52.0)
-            ]
+            ])
         );
         assert_eq!((plotted.cost, plotted.chosen), (Cost::Macs, None));
 
         let timed = Reports::read(&bundle, Some(&profile), Some(Chosen::Id("w32-d4"))).unwrap();
         assert_eq!(timed.latency_file(), Some(profile.as_path()));
         let plotted = timed.join(&manifest, &scores);
-        let costs: Vec<_> = plotted
-            .points
-            .iter()
-            .map(|p| (p.id.as_str(), p.cost, p.quality))
-            .collect();
-        assert_eq!(costs, [("w32-d2", 2.0, 50.0), ("w32-d4", 4.0, 52.0)]);
+        assert_eq!(
+            costs(&plotted),
+            expected(&[("w32-d2", 2.0, 50.0), ("w32-d4", 4.0, 52.0)])
+        );
         assert_eq!(plotted.unmeasured, ["w32-d3"]);
         assert_eq!(plotted.chart("q").chosen, Some("w32-d4"));
         assert_eq!(plotted.cost, Cost::LatencyMs);
