@@ -1,11 +1,16 @@
 //! Quality against cost for every sub-network: the Pareto front, as a
-//! picture (`exporter calibrate --plot`) and as a table (`inspect`).
+//! picture (`exporter calibrate --plot`, with the `plot` feature) and as a
+//! table (`inspect`).
 
 pub mod measured;
+#[cfg(feature = "plot")]
+mod svg;
 
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
+pub use measured::{Chosen, Plotted, Reports};
+#[cfg(feature = "plot")]
+pub use svg::{pareto_svg, write_svg};
 
 /// One sub-network on the chart.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,13 +32,7 @@ pub enum Cost {
 }
 
 impl Cost {
-    fn label(self) -> &'static str {
-        match self {
-            Cost::Macs => "MACs per image",
-            Cost::LatencyMs => "measured latency (ms)",
-        }
-    }
-
+    /// A value on the axis and in the table.
     fn format(self, v: f64) -> String {
         match self {
             Cost::Macs => si(v),
@@ -64,6 +63,9 @@ pub enum PlotError {
     UnknownChosen(String),
     #[error("drawing the chart: {0}")]
     Draw(String),
+    /// The file's path is the caller's context.
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
 }
 
 /// The indices of the points no other point beats, by increasing cost.
@@ -83,110 +85,6 @@ pub fn pareto_front(points: &[Point]) -> Vec<usize> {
         .collect();
     front.sort_by(|&a, &b| points[a].cost.total_cmp(&points[b].cost));
     front
-}
-
-/// The chart as an SVG document: every sub-network, the Pareto front joined
-/// and highlighted, the chosen one marked and named.
-pub fn pareto_svg(chart: &Chart<'_>) -> Result<String, PlotError> {
-    let points = chart.points;
-    if points.is_empty() {
-        return Err(PlotError::Empty);
-    }
-    if let Some(p) = points
-        .iter()
-        .find(|p| !(p.cost > 0.0 && p.cost.is_finite() && p.quality.is_finite()))
-    {
-        return Err(PlotError::Value {
-            id: p.id.clone(),
-            cost: p.cost,
-            quality: p.quality,
-        });
-    }
-    let chosen = chart
-        .chosen
-        .map(|id| {
-            points
-                .iter()
-                .find(|p| p.id == id)
-                .ok_or_else(|| PlotError::UnknownChosen(id.to_owned()))
-        })
-        .transpose()?;
-    let front: Vec<&Point> = pareto_front(points)
-        .into_iter()
-        .map(|i| &points[i])
-        .collect();
-
-    let (lo, hi) = bounds(points.iter().map(|p| p.cost));
-    let (q_lo, q_hi) = bounds(points.iter().map(|p| p.quality));
-    let q_pad = ((q_hi - q_lo) * 0.08).max(0.01);
-    let mut svg = String::new();
-    {
-        let draw = |e: DrawingAreaErrorKind<_>| PlotError::Draw(e.to_string());
-        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw)?;
-        let mut plot = ChartBuilder::on(&root)
-            .caption(
-                format!("{} against {}", chart.quality, chart.cost.label()),
-                ("sans-serif", 20),
-            )
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(
-                (lo / 1.25..hi * 1.25).log_scale(),
-                q_lo - q_pad..q_hi + q_pad,
-            )
-            .map_err(draw)?;
-        plot.configure_mesh()
-            .x_desc(chart.cost.label())
-            .y_desc(chart.quality)
-            .x_label_formatter(&|v| chart.cost.format(*v))
-            .draw()
-            .map_err(draw)?;
-
-        let others = RGBColor(150, 150, 150);
-        plot.draw_series(
-            points
-                .iter()
-                .map(|p| Circle::new((p.cost, p.quality), 3, others.filled())),
-        )
-        .map_err(draw)?
-        .label("sub-network")
-        .legend(move |(x, y)| Circle::new((x, y), 3, others.filled()));
-        plot.draw_series(LineSeries::new(
-            front.iter().map(|p| (p.cost, p.quality)),
-            RED.stroke_width(2),
-        ))
-        .map_err(draw)?;
-        plot.draw_series(
-            front
-                .iter()
-                .map(|p| Circle::new((p.cost, p.quality), 5, RED.filled())),
-        )
-        .map_err(draw)?
-        .label("Pareto front")
-        .legend(|(x, y)| Circle::new((x, y), 5, RED.filled()));
-        if let Some(p) = chosen {
-            plot.draw_series([EmptyElement::at((p.cost, p.quality))
-                + Circle::new((0, 0), 9, BLUE.stroke_width(2))
-                + Text::new(
-                    format!("chosen: {}", p.id),
-                    (12, -14),
-                    ("sans-serif", 14).into_font().color(&BLUE),
-                )])
-            .map_err(draw)?
-            .label("chosen")
-            .legend(|(x, y)| Circle::new((x, y), 6, BLUE.stroke_width(2)));
-        }
-        plot.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(draw)?;
-        root.present().map_err(draw)?;
-    }
-    Ok(svg)
 }
 
 /// The chart as text, by increasing cost: `*` marks the Pareto front, `>`
@@ -227,12 +125,6 @@ pub fn pareto_table(chart: &Chart<'_>) -> String {
         );
     }
     out
-}
-
-fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    })
 }
 
 /// `1.23G`, `450M`: MAC counts at a glance.

@@ -1,8 +1,10 @@
 //! Routing a task to an SDR bundle: every path's `cls_token` computed by one
 //! pass over the path tree ([`tree`]), scored exactly as `calibrate` scores a
 //! sub-network (weighted k-NN top-1 on the seeded split), ranked best first,
-//! and drawn as the histogram of path accuracies ([`histogram`]).
+//! and drawn as the histogram of path accuracies (`histogram`, with the
+//! `plot` feature).
 
+#[cfg(feature = "plot")]
 pub mod histogram;
 pub mod tree;
 
