@@ -6,7 +6,10 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +42,13 @@ impl Drop for Server {
 impl Server {
     /// Starts `runtime serve` on a copy of the tiny bundle, listening on a
     /// Unix socket unless `args` says otherwise, without waiting for it.
-    fn spawn(args: &[&str], env: &[(&str, &Path)]) -> Server {
+    fn spawn(args: &[&str], env: &[(&str, &OsStr)]) -> Server {
+        Server::spawn_logging(args, env, false)
+    }
+
+    /// As [`Server::spawn`]; with `journal`, `$JOURNAL_STREAM` names the
+    /// log file as systemd names the journal's stream to a service.
+    fn spawn_logging(args: &[&str], env: &[(&str, &OsStr)], journal: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         common::copy_dir(&fixture_bundle(), &dir.path().join("bundle"));
         let socket = dir.path().join("sock");
@@ -55,10 +64,16 @@ impl Server {
         if !args.contains(&"--cache") {
             cmd.arg("--no-cache");
         }
+        let log = File::create(dir.path().join("log")).unwrap();
+        if journal {
+            cmd.env("JOURNAL_STREAM", stream_id(&log));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
         cmd.args(args)
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -129,6 +144,12 @@ impl Server {
     fn bundle(&self) -> PathBuf {
         self.dir.path().join("bundle")
     }
+}
+
+/// `DEV:INODE` of an open file, as systemd writes `$JOURNAL_STREAM`.
+fn stream_id(file: &File) -> String {
+    let meta = file.metadata().unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn fixture_bundle() -> PathBuf {
@@ -597,7 +618,7 @@ fn systemd_hears_ready_only_once_requests_are_answered() {
     let notify = dir.path().join("notify");
     let listener = UnixDatagram::bind(&notify).unwrap();
     listener.set_read_timeout(Some(STARTUP)).unwrap();
-    let server = Server::spawn(&[], &[("NOTIFY_SOCKET", &notify)]);
+    let server = Server::spawn(&[], &[("NOTIFY_SOCKET", notify.as_os_str())]);
     let mut buf = [0u8; 512];
     let n = listener
         .recv(&mut buf)
@@ -693,4 +714,53 @@ fn curl_over_loopback_tcp() {
         selection["limits"]["latency_ms"].as_f64() == Some(10000.0),
         "{selection}"
     );
+}
+
+#[test]
+fn log_lines_carry_journald_priorities_only_when_stderr_is_the_journal() {
+    // `$JOURNAL_STREAM` naming another file is what a child redirected
+    // away from the journal inherits: no priorities there.
+    let elsewhere = tempfile::tempfile().unwrap();
+    let elsewhere = stream_id(&elsewhere);
+    let plain = [("JOURNAL_STREAM", OsStr::new(&elsewhere))];
+    for (journal, env, [info, warning, error]) in [
+        (true, &[][..], ["<6>", "<4>", "<3>"]),
+        (false, &plain[..], ["info: ", "warning: ", "error: "]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("runtime.toml");
+        std::fs::write(&config, "percentile = 50\n").unwrap();
+        // A NOTIFY_SOCKET with no socket behind it: a warning.
+        let nowhere = dir.path().join("no-socket");
+        let env = [env, &[("NOTIFY_SOCKET", nowhere.as_os_str())]].concat();
+        let server = Server::spawn_logging(&["--config", config.to_str().unwrap()], &env, journal);
+        server.wait_healthy();
+        // A config that no longer reads fails the re-selection: an error.
+        std::fs::write(&config, "percentile = \"high\"\n").unwrap();
+        server.hup();
+        let deadline = Instant::now() + STARTUP;
+        while !server.log().contains("re-selection on SIGHUP failed") {
+            assert!(Instant::now() < deadline, "{}", server.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = server.log();
+        let has = |prefix: &str, text: &str| {
+            log.lines()
+                .any(|l| l.strip_prefix(prefix).is_some_and(|l| l.starts_with(text)))
+        };
+        let (_, health) = server.request("GET", "/v1/health", &[], b"");
+        let serving = format!("serving {} on unix:", health["subnet"].as_str().unwrap());
+        assert!(
+            has(info, &serving),
+            "journal {journal}, no {info}{serving}… in\n{log}"
+        );
+        assert!(
+            has(warning, "cannot notify systemd at "),
+            "journal {journal}, no {warning}… in\n{log}"
+        );
+        assert!(
+            has(error, "re-selection on SIGHUP failed, still serving "),
+            "journal {journal}, no {error}… in\n{log}"
+        );
+    }
 }
