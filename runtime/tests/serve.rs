@@ -1,10 +1,12 @@
 //! `runtime serve` end to end: the real binary on the committed tiny bundle,
 //! driven by a hand-written HTTP/1.1 client over a Unix socket and by curl
 //! over loopback TCP. Outputs are checked against the library's own session
-//! run in this process.
+//! run in this process on the same tensor; for images, on the tensor Pillow
+//! makes of them (tests/photos).
 #![cfg(feature = "serve")]
 
 mod common;
+mod photos;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -327,24 +329,28 @@ fn embeds_png_jpeg_and_raw_tensors_as_the_library_does() {
         );
     }
 
-    // A PNG: decoded and normalised as `load_png` does for a file.
-    let red = png(PNG_JPEG_COLOUR, 40, 24);
-    let file = server.dir.path().join("in.png");
-    std::fs::write(&file, &red).unwrap();
-    let want = run_in_process(
-        &server.bundle(),
-        &id,
-        &tailor_runtime::image::load_png(&file, side).unwrap(),
-    );
-    let (code, from_png) = server.embed("image/png", "", &red);
+    // PNG photographs: the answer is the graph run on Pillow's tensor for
+    // the same file, so decoding and preprocessing meet a golden that is
+    // not `runtime::image` (tests/photos). Measured: at most 1.6e-6 apart
+    // (outputs up to 2.6); channels swapped or the crop a pixel off move
+    // them by 0.2 and more.
+    assert_eq!(side, photos::SIDE);
+    for name in photos::NAMES {
+        let want = run_in_process(&server.bundle(), &id, &photos::expected(name));
+        let (code, got) = server.embed("image/png", "", &std::fs::read(photos::png(name)).unwrap());
+        assert_eq!(code, 200, "{name}: {got}");
+        assert_close(
+            &floats(&got["cls_token"]),
+            want.cls_token.row(0).as_slice().unwrap(),
+            TOLERANCE,
+            name,
+        );
+    }
+
+    // A uniform PNG, the JPEG's partner below.
+    let (code, from_png) = server.embed("image/png", "", &png(PNG_JPEG_COLOUR, 40, 24));
     assert_eq!(code, 200, "{from_png}");
     let png_cls = floats(&from_png["cls_token"]);
-    assert_close(
-        &png_cls,
-        want.cls_token.row(0).as_slice().unwrap(),
-        TOLERANCE,
-        "PNG cls_token",
-    );
 
     // A JPEG of the same colour (tools/make_serve_fixtures.py) lands near
     // the PNG; another colour lands far, so the bound means something.
@@ -664,23 +670,17 @@ fn curl_over_loopback_tcp() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let image = server.dir.path().join("in.png");
-    std::fs::write(&image, png(PNG_JPEG_COLOUR, 16, 16)).unwrap();
     let (code, body) = curl(&[
         "-H",
         "Content-Type: image/png",
         "--data-binary",
-        &format!("@{}", image.display()),
+        &format!("@{}", photos::png("astronaut").display()),
         &url("/v1/embed?patch_tokens=1"),
     ]);
     assert_eq!(code, 200, "{body}");
     let json: Value = serde_json::from_str(&body).unwrap();
     let id = json["subnet"].as_str().unwrap();
-    let want = run_in_process(
-        &server.bundle(),
-        id,
-        &tailor_runtime::image::load_png(&image, side(&server.bundle())).unwrap(),
-    );
+    let want = run_in_process(&server.bundle(), id, &photos::expected("astronaut"));
     assert_close(
         &floats(&json["cls_token"]),
         want.cls_token.row(0).as_slice().unwrap(),
