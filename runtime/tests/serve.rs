@@ -114,6 +114,15 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// Waits until the log holds `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + STARTUP;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "no `{text}` in\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn request(
         &self,
         method: &str,
@@ -577,11 +586,7 @@ fn sighup_applies_the_config_file_as_edited() {
     // A file that no longer reads is reported; the old selection serves on.
     std::fs::write(&config, "percentile = \"high\"\n").unwrap();
     server.hup();
-    let deadline = Instant::now() + STARTUP;
-    while !server.log().contains("re-selection on SIGHUP failed") {
-        assert!(Instant::now() < deadline, "{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_log("re-selection on SIGHUP failed");
     assert!(server.log().contains("`percentile`"), "{}", server.log());
     assert_eq!(percentile(), 99);
 }
@@ -738,11 +743,7 @@ fn log_lines_carry_journald_priorities_only_when_stderr_is_the_journal() {
         // A config that no longer reads fails the re-selection: an error.
         std::fs::write(&config, "percentile = \"high\"\n").unwrap();
         server.hup();
-        let deadline = Instant::now() + STARTUP;
-        while !server.log().contains("re-selection on SIGHUP failed") {
-            assert!(Instant::now() < deadline, "{}", server.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        server.wait_for_log("re-selection on SIGHUP failed");
         let log = server.log();
         let has = |prefix: &str, text: &str| {
             log.lines()
