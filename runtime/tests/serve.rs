@@ -1,12 +1,17 @@
 //! `runtime serve` end to end: the real binary on the committed tiny bundle,
 //! driven by a hand-written HTTP/1.1 client over a Unix socket and by curl
 //! over loopback TCP. Outputs are checked against the library's own session
-//! run in this process.
+//! run in this process on the same tensor; for images, on the tensor Pillow
+//! makes of them (tests/photos).
 #![cfg(feature = "serve")]
 
 mod common;
+mod photos;
 
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +44,13 @@ impl Drop for Server {
 impl Server {
     /// Starts `runtime serve` on a copy of the tiny bundle, listening on a
     /// Unix socket unless `args` says otherwise, without waiting for it.
-    fn spawn(args: &[&str], env: &[(&str, &Path)]) -> Server {
+    fn spawn(args: &[&str], env: &[(&str, &OsStr)]) -> Server {
+        Server::spawn_logging(args, env, false)
+    }
+
+    /// As [`Server::spawn`]; with `journal`, `$JOURNAL_STREAM` names the
+    /// log file as systemd names the journal's stream to a service.
+    fn spawn_logging(args: &[&str], env: &[(&str, &OsStr)], journal: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         common::copy_dir(&fixture_bundle(), &dir.path().join("bundle"));
         let socket = dir.path().join("sock");
@@ -55,10 +66,16 @@ impl Server {
         if !args.contains(&"--cache") {
             cmd.arg("--no-cache");
         }
+        let log = File::create(dir.path().join("log")).unwrap();
+        if journal {
+            cmd.env("JOURNAL_STREAM", stream_id(&log));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
         cmd.args(args)
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -97,6 +114,15 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// Waits until the log holds `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + STARTUP;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "no `{text}` in\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn request(
         &self,
         method: &str,
@@ -129,6 +155,12 @@ impl Server {
     fn bundle(&self) -> PathBuf {
         self.dir.path().join("bundle")
     }
+}
+
+/// `DEV:INODE` of an open file, as systemd writes `$JOURNAL_STREAM`.
+fn stream_id(file: &File) -> String {
+    let meta = file.metadata().unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn fixture_bundle() -> PathBuf {
@@ -306,24 +338,28 @@ fn embeds_png_jpeg_and_raw_tensors_as_the_library_does() {
         );
     }
 
-    // A PNG: decoded and normalised as `load_png` does for a file.
-    let red = png(PNG_JPEG_COLOUR, 40, 24);
-    let file = server.dir.path().join("in.png");
-    std::fs::write(&file, &red).unwrap();
-    let want = run_in_process(
-        &server.bundle(),
-        &id,
-        &tailor_runtime::image::load_png(&file, side).unwrap(),
-    );
-    let (code, from_png) = server.embed("image/png", "", &red);
+    // PNG photographs: the answer is the graph run on Pillow's tensor for
+    // the same file, so decoding and preprocessing meet a golden that is
+    // not `runtime::image` (tests/photos). Measured: at most 1.6e-6 apart
+    // (outputs up to 2.6); channels swapped or the crop a pixel off move
+    // them by 0.2 and more.
+    assert_eq!(side, photos::SIDE);
+    for name in photos::NAMES {
+        let want = run_in_process(&server.bundle(), &id, &photos::expected(name));
+        let (code, got) = server.embed("image/png", "", &std::fs::read(photos::png(name)).unwrap());
+        assert_eq!(code, 200, "{name}: {got}");
+        assert_close(
+            &floats(&got["cls_token"]),
+            want.cls_token.row(0).as_slice().unwrap(),
+            TOLERANCE,
+            name,
+        );
+    }
+
+    // A uniform PNG, the JPEG's partner below.
+    let (code, from_png) = server.embed("image/png", "", &png(PNG_JPEG_COLOUR, 40, 24));
     assert_eq!(code, 200, "{from_png}");
     let png_cls = floats(&from_png["cls_token"]);
-    assert_close(
-        &png_cls,
-        want.cls_token.row(0).as_slice().unwrap(),
-        TOLERANCE,
-        "PNG cls_token",
-    );
 
     // A JPEG of the same colour (tools/make_serve_fixtures.py) lands near
     // the PNG; another colour lands far, so the bound means something.
@@ -550,11 +586,7 @@ fn sighup_applies_the_config_file_as_edited() {
     // A file that no longer reads is reported; the old selection serves on.
     std::fs::write(&config, "percentile = \"high\"\n").unwrap();
     server.hup();
-    let deadline = Instant::now() + STARTUP;
-    while !server.log().contains("re-selection on SIGHUP failed") {
-        assert!(Instant::now() < deadline, "{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_log("re-selection on SIGHUP failed");
     assert!(server.log().contains("`percentile`"), "{}", server.log());
     assert_eq!(percentile(), 99);
 }
@@ -597,7 +629,7 @@ fn systemd_hears_ready_only_once_requests_are_answered() {
     let notify = dir.path().join("notify");
     let listener = UnixDatagram::bind(&notify).unwrap();
     listener.set_read_timeout(Some(STARTUP)).unwrap();
-    let server = Server::spawn(&[], &[("NOTIFY_SOCKET", &notify)]);
+    let server = Server::spawn(&[], &[("NOTIFY_SOCKET", notify.as_os_str())]);
     let mut buf = [0u8; 512];
     let n = listener
         .recv(&mut buf)
@@ -643,23 +675,17 @@ fn curl_over_loopback_tcp() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let image = server.dir.path().join("in.png");
-    std::fs::write(&image, png(PNG_JPEG_COLOUR, 16, 16)).unwrap();
     let (code, body) = curl(&[
         "-H",
         "Content-Type: image/png",
         "--data-binary",
-        &format!("@{}", image.display()),
+        &format!("@{}", photos::png("astronaut").display()),
         &url("/v1/embed?patch_tokens=1"),
     ]);
     assert_eq!(code, 200, "{body}");
     let json: Value = serde_json::from_str(&body).unwrap();
     let id = json["subnet"].as_str().unwrap();
-    let want = run_in_process(
-        &server.bundle(),
-        id,
-        &tailor_runtime::image::load_png(&image, side(&server.bundle())).unwrap(),
-    );
+    let want = run_in_process(&server.bundle(), id, &photos::expected("astronaut"));
     assert_close(
         &floats(&json["cls_token"]),
         want.cls_token.row(0).as_slice().unwrap(),
@@ -693,4 +719,49 @@ fn curl_over_loopback_tcp() {
         selection["limits"]["latency_ms"].as_f64() == Some(10000.0),
         "{selection}"
     );
+}
+
+#[test]
+fn log_lines_carry_journald_priorities_only_when_stderr_is_the_journal() {
+    // `$JOURNAL_STREAM` naming another file is what a child redirected
+    // away from the journal inherits: no priorities there.
+    let elsewhere = tempfile::tempfile().unwrap();
+    let elsewhere = stream_id(&elsewhere);
+    let plain = [("JOURNAL_STREAM", OsStr::new(&elsewhere))];
+    for (journal, env, [info, warning, error]) in [
+        (true, &[][..], ["<6>", "<4>", "<3>"]),
+        (false, &plain[..], ["info: ", "warning: ", "error: "]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("runtime.toml");
+        std::fs::write(&config, "percentile = 50\n").unwrap();
+        // A NOTIFY_SOCKET with no socket behind it: a warning.
+        let nowhere = dir.path().join("no-socket");
+        let env = [env, &[("NOTIFY_SOCKET", nowhere.as_os_str())]].concat();
+        let server = Server::spawn_logging(&["--config", config.to_str().unwrap()], &env, journal);
+        server.wait_healthy();
+        // A config that no longer reads fails the re-selection: an error.
+        std::fs::write(&config, "percentile = \"high\"\n").unwrap();
+        server.hup();
+        server.wait_for_log("re-selection on SIGHUP failed");
+        let log = server.log();
+        let has = |prefix: &str, text: &str| {
+            log.lines()
+                .any(|l| l.strip_prefix(prefix).is_some_and(|l| l.starts_with(text)))
+        };
+        let (_, health) = server.request("GET", "/v1/health", &[], b"");
+        let serving = format!("serving {} on unix:", health["subnet"].as_str().unwrap());
+        assert!(
+            has(info, &serving),
+            "journal {journal}, no {info}{serving}… in\n{log}"
+        );
+        assert!(
+            has(warning, "cannot notify systemd at "),
+            "journal {journal}, no {warning}… in\n{log}"
+        );
+        assert!(
+            has(error, "re-selection on SIGHUP failed, still serving "),
+            "journal {journal}, no {error}… in\n{log}"
+        );
+    }
 }

@@ -59,7 +59,7 @@ pub async fn accept(listener: Listener, state: Arc<State>) -> Result<()> {
         };
         if let Err(e) = accepted {
             // Out of file descriptors, typically: wait for some to close.
-            eprintln!("accepting a connection: {e}");
+            log::error!("accepting a connection: {e}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -138,7 +138,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// serves until the process is stopped.
 ///
 /// `select` is called again on SIGHUP and when the power mode changes; a
-/// failed re-selection is reported on stderr and the old one keeps serving.
+/// failed re-selection is logged (`log::error!`) and the old one keeps serving.
 pub fn serve<F>(listen: &Listen, options: ServeOptions, select: F) -> Result<()>
 where
     F: Fn() -> Result<Selection> + Send + 'static,
@@ -158,7 +158,7 @@ where
     let mut seen_power_mode = power_mode(&options.power_mode_file);
 
     let first = Served::new(select()?);
-    eprintln!("serving {} on {listen}", first.id);
+    log::info!("serving {} on {listen}", first.id);
     let state = Arc::new(State {
         current: RwLock::new(Arc::new(first)),
         metrics: Metrics::default(),
@@ -186,11 +186,11 @@ where
                 match select() {
                     Ok(selection) => {
                         let served = Served::new(selection);
-                        eprintln!("re-selected on {why}: now serving {}", served.id);
+                        log::info!("re-selected on {why}: now serving {}", served.id);
                         notify::status(&served.id);
                         watched.replace(served);
                     }
-                    Err(e) => eprintln!(
+                    Err(e) => log::error!(
                         "re-selection on {why} failed, still serving {}: {e:#}",
                         watched.served().id
                     ),

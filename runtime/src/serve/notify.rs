@@ -22,7 +22,7 @@ fn send(message: &str) {
     };
     let socket = socket.to_string_lossy();
     if let Err(e) = send_to(&socket, message) {
-        eprintln!("cannot notify systemd at {socket}: {e}");
+        log::warn!("cannot notify systemd at {socket}: {e}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! measure candidates, run inference, or show what the device is.
 
 mod config;
+mod logger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -342,6 +343,7 @@ impl Common {
 }
 
 fn main() -> ExitCode {
+    logger::install();
     if let Some(code) = isolate::child_main() {
         return code;
     }
