@@ -37,9 +37,11 @@ use serde_json::Value;
 use tailor::calibration::dataset::{Dataset, LoadOptions};
 use tailor::calibration::features::extract;
 use tailor::calibration::ranges::{Range, Scope};
+use tailor::calibration::{self, Options};
 use tailor::exporter::bundle::sha256_file;
 use tailor::exporter::plan::Request;
-use tailor::exporter::quant::{self, Calibrator, Encoding, Subnet};
+use tailor::exporter::quant::{self, Calibrator, Encoding, QuantError, Subnet};
+use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 
 const TEACHER: &str = "examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth";
@@ -103,14 +105,14 @@ fn ranges(graph: &Path, images: usize) -> BTreeMap<String, Range> {
 }
 
 /// The digits the script ran, prepared as the runtime prepares them.
-fn digits(indices: &[usize]) -> Array4<f32> {
+fn digits(indices: &[usize], side: usize) -> Array4<f32> {
     let options = LoadOptions {
         labels: false,
         seed: 0,
         limit: None,
     };
     let dataset = Dataset::load(&fixture(DATA), options).unwrap();
-    let mut pixels = Array4::zeros((indices.len(), 3, 32, 32));
+    let mut pixels = Array4::zeros((indices.len(), 3, side, side));
     for (&i, out) in indices.iter().zip(pixels.outer_iter_mut()) {
         dataset.images[i].preprocess_into(out);
     }
@@ -275,7 +277,7 @@ fn outputs_match_the_reference(kind: EngineKind) {
     let golden = golden();
     let q = quantized(&golden);
     let indices: Vec<usize> = serde_json::from_value(golden["digits"].clone()).unwrap();
-    let pixels = digits(&indices);
+    let pixels = digits(&indices, 32);
     let fp32 = matrix(&golden["fp32"]);
     // The same digits, prepared alike: the fp32 graph agrees with the script's run.
     let ours_fp32 = cls_token(kind, &q.graphs.join(format!("{ID}.onnx")), &pixels);
@@ -328,4 +330,193 @@ fn int8_graphs_pass_the_onnx_checker() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "checked 2");
+}
+
+/// Quantises the bundle at `dir` width by width (the manifest groups the
+/// graphs by weight file) from inner ranges recorded on 8 digits, writing
+/// each width's int8 file and `<id>.int8.onnx`; returns, per width, its fp32
+/// and int8 file sizes and the graphs (fp32, int8).
+fn quantize_bundle(dir: &Path) -> Result<Vec<(u64, u64, Vec<(PathBuf, PathBuf)>)>, QuantError> {
+    let bundle = Bundle::open(dir).unwrap();
+    let manifest = bundle.manifest();
+    let options = LoadOptions {
+        labels: false,
+        seed: 0,
+        limit: Some(8),
+    };
+    let dataset = Dataset::load(&fixture(DATA), options).unwrap();
+    let mut opts = Options {
+        ranges: Scope::Inner,
+        ..Options::default()
+    };
+    opts.engine_options.batch = 8;
+    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in &manifest.subnets {
+        assert_eq!(s.weights.len(), 1, "{}: one weight file per graph", s.id);
+        by_file.entry(s.weights[0].path).or_default().push(s.id);
+    }
+    let graphs = dir.join("graphs");
+    let read = |id: &str| {
+        let path = graphs.join(format!("{id}.onnx"));
+        ModelProto::parse_from_bytes(&fs::read(path).unwrap()).unwrap()
+    };
+    // Families the rewrite refuses say so before any range is needed.
+    let none = BTreeMap::new();
+    for (file, ids) in &by_file {
+        let models: Vec<_> = ids.iter().map(|id| read(id)).collect();
+        let location = file.strip_prefix("graphs/").unwrap();
+        let subnets: Vec<_> = ids
+            .iter()
+            .zip(&models)
+            .map(|(id, model)| Subnet {
+                id,
+                model,
+                ranges: &none,
+                samples: None,
+            })
+            .collect();
+        match quant::quantize_width(&[], location, &subnets, Calibrator::MinMax, Encoding::U8) {
+            Err(e @ QuantError::ComputedWeight { .. }) => return Err(e),
+            _ => continue,
+        }
+    }
+    let ranges = calibration::score(&bundle, &dataset, &opts, &mut |_| {})
+        .unwrap()
+        .ranges
+        .unwrap()
+        .subnets;
+    let mut widths = Vec::new();
+    for (file, ids) in by_file {
+        let models: Vec<_> = ids.iter().map(|id| read(id)).collect();
+        let subnets: Vec<_> = ids
+            .iter()
+            .zip(&models)
+            .map(|(id, model)| Subnet {
+                id,
+                model,
+                ranges: &ranges[*id],
+                samples: None,
+            })
+            .collect();
+        let location = file.strip_prefix("graphs/").unwrap();
+        let fp32 = fs::read(dir.join(file)).unwrap();
+        let width =
+            quant::quantize_width(&fp32, location, &subnets, Calibrator::MinMax, Encoding::U8)?;
+        fs::write(graphs.join(&width.location), &width.bytes).unwrap();
+        let mut paths = Vec::new();
+        for (id, model) in ids.iter().zip(&width.graphs) {
+            let path = graphs.join(format!("{id}.int8.onnx"));
+            fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+            paths.push((graphs.join(format!("{id}.onnx")), path));
+        }
+        widths.push((fp32.len() as u64, width.bytes.len() as u64, paths));
+    }
+    Ok(widths)
+}
+
+/// Two depths of one width each: both int8 graphs read one int8 file,
+/// pass the checker, and run in tract close to their fp32 graph.
+fn family_quantizes(teacher: &str, ids: &[&str]) {
+    let (_dir, bundle) = export(&Request {
+        selection: subnets(ids),
+        ..request(teacher)
+    });
+    let widths = quantize_bundle(&bundle).unwrap();
+    assert_eq!(widths.len(), 1, "{teacher}: one width");
+    let (fp32_bytes, int8_bytes, graphs) = &widths[0];
+    assert_eq!(graphs.len(), 2);
+    // Weights a quarter, plus scales and the float tensors.
+    let ratio = *int8_bytes as f64 / *fp32_bytes as f64;
+    assert!(
+        (0.25..0.40).contains(&ratio),
+        "{teacher}: int8 file {ratio:.3}x the fp32 one"
+    );
+    let models: Vec<ModelProto> = graphs
+        .iter()
+        .map(|(_, p)| ModelProto::parse_from_bytes(&fs::read(p).unwrap()).unwrap())
+        .collect();
+    let places = |m: &ModelProto| -> BTreeMap<String, String> {
+        m.graph
+            .initializer
+            .iter()
+            .filter(|t| !t.external_data.is_empty())
+            .map(|t| {
+                let place: Vec<&str> = t.external_data.iter().map(|e| e.value.as_str()).collect();
+                (t.name.clone(), place.join(" "))
+            })
+            .collect()
+    };
+    let (small, large) = (places(&models[0]), places(&models[1]));
+    // The deeper graph reads every tensor the shallower one reads by name
+    // (the stem, the first blocks, the final norm) at the same place.
+    let shared = small
+        .iter()
+        .filter(|(name, place)| large.get(*name) == Some(place))
+        .count();
+    assert!(shared > 0, "{teacher}: no tensor shared");
+    for place in small.values().chain(large.values()) {
+        assert!(place.contains(".int8.bin"), "{teacher}: {place}");
+    }
+    let side = Bundle::open(&bundle)
+        .unwrap()
+        .manifest()
+        .teacher
+        .config
+        .image_size();
+    let pixels = digits(&[992, 993, 994, 995], side as usize);
+    for (fp32, int8) in graphs {
+        let reference = cls_token(EngineKind::Tract, fp32, &pixels);
+        let ours = cls_token(EngineKind::Tract, int8, &pixels);
+        let error = rms(&(&ours - &reference)) / rms(&reference);
+        eprintln!(
+            "{}: int8 file {ratio:.3}x, output error {error:.4}",
+            int8.display()
+        );
+        assert!(
+            error < 0.2,
+            "{}: int8 off fp32 by {error:.3} (rms, relative)",
+            int8.display()
+        );
+        assert!(error > 0.0, "{}: not quantised", int8.display());
+    }
+    let check = Command::new("python3")
+        .arg(fixture("tools/quant_reference.py"))
+        .arg("check")
+        .args(graphs.iter().map(|(_, p)| p))
+        .output()
+        .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
+    assert!(
+        check.status.success(),
+        "onnx.checker: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn vit_widths_quantise_once_for_every_depth() {
+    family_quantizes(TEACHER, &["48x3", "48x6"]);
+}
+
+#[test]
+fn resnet_widths_quantise_once_for_every_depth() {
+    family_quantizes(
+        "tests/fixtures/resnet-tiny/output/eval/training_49/teacher_checkpoint.pth",
+        &["4x1.1.2.1", "4x2.3.4.1"],
+    );
+}
+
+#[test]
+fn swin_widths_quantise_once_for_every_depth() {
+    family_quantizes(
+        "tests/fixtures/swin-tiny/output/eval/training_49/teacher_checkpoint.pth",
+        &["4x2.2.2.2", "4x2.2.5.2"],
+    );
+}
+
+#[test]
+fn sdr_paths_are_refused_naming_the_family() {
+    let (_dir, bundle) = export(&request("examples/sdr-tiny/sdr.safetensors"));
+    let e = quantize_bundle(&bundle).unwrap_err();
+    assert!(matches!(e, QuantError::ComputedWeight { .. }), "{e}");
+    assert!(e.to_string().contains("SDR"), "{e}");
 }
