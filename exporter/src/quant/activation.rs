@@ -91,14 +91,14 @@ pub enum Calibrator {
     /// Clipped at the recorded high percentile of |x| (99.99th): outliers
     /// saturate so the bulk gets finer steps.
     Percentile,
-    /// The clip, among [`MSE_CANDIDATES`] shrinkings of the observed range,
-    /// that minimises the mean squared quantisation error over a sample of
-    /// the values.
+    /// The clip at ±c, c among [`MSE_CANDIDATES`] fractions of the largest
+    /// |x|, that minimises the mean squared quantisation error over a
+    /// sample of the values.
     Mse,
 }
 
-/// Shrinkings of the range the MSE search tries: `k / MSE_CANDIDATES` of
-/// it for k = 1..=MSE_CANDIDATES.
+/// Clips the MSE search tries: `k / MSE_CANDIDATES` of the largest |x| for
+/// k = 1..=MSE_CANDIDATES.
 pub const MSE_CANDIDATES: u32 = 100;
 
 impl Calibrator {
@@ -130,14 +130,16 @@ impl Calibrator {
     }
 }
 
-/// The shrinking of `range` whose quantiser has the least squared error
-/// over `sample` (the widest of equal ones).
+/// The clip of `range` at ±c, for c among [`MSE_CANDIDATES`] fractions of
+/// its largest |x| (the percentile calibrator's form), whose quantiser has
+/// the least squared error over `sample` (the widest of equal ones).
 fn mse_optimal(range: &Range, sample: &[f32], encoding: Encoding) -> QParams {
+    let largest = range.min.abs().max(range.max.abs());
     (1..=MSE_CANDIDATES)
         .rev()
         .map(|k| {
-            let a = k as f32 / MSE_CANDIDATES as f32;
-            let q = QParams::covering(a * range.min, a * range.max, encoding);
+            let c = largest * k as f32 / MSE_CANDIDATES as f32;
+            let q = QParams::covering(range.min.max(-c), range.max.min(c), encoding);
             let error: f64 = sample
                 .iter()
                 .map(|&x| f64::from(x - q.dequantize(q.quantize(x))).powi(2))

@@ -55,6 +55,13 @@ pub fn int8_location(fp32: &str) -> String {
     format!("{stem}.int8.bin")
 }
 
+/// Whether graph `id` can be quantised (its family's operators, opset and
+/// weights), before any data runs: a refused family fails here with the
+/// reason, not after calibration.
+pub fn check(id: &str, model: &ModelProto, location: &str) -> Result<(), QuantError> {
+    graph::scan(id, model, location).map(drop)
+}
+
 /// Quantises every sub-network of one width. `fp32` is the width's weight
 /// file, which the graphs read as `location`.
 pub fn quantize_width(
@@ -100,3 +107,6 @@ pub fn quantize_width(
         graphs,
     })
 }
+
+#[cfg(test)]
+mod tests;
