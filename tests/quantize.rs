@@ -320,13 +320,13 @@ fn outputs_match_the_reference_in_onnx_runtime() {
     outputs_match_the_reference(EngineKind::Ort);
 }
 
-#[test]
-fn int8_graphs_pass_the_onnx_checker() {
-    let q = quantized(&golden());
+/// `onnx.checker`'s full check of every graph in `paths`.
+fn assert_onnx_checker_passes<'p>(paths: impl ExactSizeIterator<Item = &'p PathBuf>) {
+    let count = paths.len();
     let check = Command::new("python3")
         .arg(fixture("tools/quant_reference.py"))
         .arg("check")
-        .args(q.variants.iter().map(|(_, p)| p))
+        .args(paths)
         .output()
         .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
     assert!(
@@ -334,7 +334,16 @@ fn int8_graphs_pass_the_onnx_checker() {
         "onnx.checker failed: {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "checked 2");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("checked {count}")
+    );
+}
+
+#[test]
+fn int8_graphs_pass_the_onnx_checker() {
+    let q = quantized(&golden());
+    assert_onnx_checker_passes(q.variants.iter().map(|(_, p)| p));
 }
 
 /// One width of a bundle quantised by [`quantize_bundle`].
@@ -485,17 +494,7 @@ fn family_quantizes(teacher: &str, ids: &[&str]) {
         );
         assert!(error > 0.0, "{}: not quantised", int8.display());
     }
-    let check = Command::new("python3")
-        .arg(fixture("tools/quant_reference.py"))
-        .arg("check")
-        .args(graphs.iter().map(|(_, p)| p))
-        .output()
-        .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
-    assert!(
-        check.status.success(),
-        "onnx.checker: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_onnx_checker_passes(graphs.iter().map(|(_, p)| p));
 }
 
 #[test]

@@ -399,20 +399,20 @@ fn relocated(
     r.name = name.to_owned();
     r.data_type = data_type as i32;
     r.dims = dims.to_vec();
-    r.external_data = [
-        ("location", place.location.clone()),
-        ("offset", place.offset.to_string()),
-        ("length", place.length.to_string()),
-    ]
-    .into_iter()
-    .map(|(key, value)| {
-        let mut e = StringStringEntryProto::new();
-        e.key = key.to_owned();
-        e.value = value;
-        e
-    })
-    .collect();
+    r.external_data = vec![
+        entry("location", place.location.clone()),
+        entry("offset", place.offset.to_string()),
+        entry("length", place.length.to_string()),
+    ];
     r
+}
+
+fn entry(key: &str, value: String) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: key.to_owned(),
+        value,
+        ..StringStringEntryProto::default()
+    }
 }
 
 fn scalar_scale(name: &str, scale: f32) -> TensorProto {
