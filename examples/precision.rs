@@ -274,7 +274,7 @@ fn print_tables(
                 if i == 0 {
                     format!("{:.1}", q[c])
                 } else {
-                    format!("{:.1} ({:+.1})", q[c], -drop)
+                    format!("{:.1} ({:+.1})", q[c], q[c] - q["fp32"])
                 }
             })
             .collect();
