@@ -252,27 +252,18 @@ fn scales_and_weights_are_onnx_runtimes() {
                 "{name} {tensor}"
             );
         }
-        // Weights: the same int8 values, bit for bit, and the same scales.
+        // Weights: the same int8 values and scales, bit for bit.
         for (weight, want) in golden["weights"].as_object().unwrap() {
-            let values = external_bytes(
-                &q.graphs,
-                initializer(&model, &format!("{weight}.quantized")),
-            );
-            let file = digest_dir.path().join("values");
-            fs::write(&file, &values).unwrap();
-            assert_eq!(
-                Some(sha256_file(&file).unwrap().to_string().as_str()),
-                want["sha256"].as_str(),
-                "{name} {weight}: int8 values"
-            );
-            let scales: Vec<f32> =
-                external_bytes(&q.graphs, initializer(&model, &format!("{weight}.scale")))
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
-            // The script wrote each f32 as the shortest f64 that reads back as it.
-            let want: Vec<f32> = serde_json::from_value(want["scales"].clone()).unwrap();
-            assert_eq!(scales, want, "{name} {weight}: scales");
+            for (suffix, key) in [("quantized", "sha256"), ("scale", "scales_sha256")] {
+                let t = initializer(&model, &format!("{weight}.{suffix}"));
+                let file = digest_dir.path().join(suffix);
+                fs::write(&file, external_bytes(&q.graphs, t)).unwrap();
+                assert_eq!(
+                    Some(sha256_file(&file).unwrap().to_string().as_str()),
+                    want[key].as_str(),
+                    "{name} {weight}.{suffix}"
+                );
+            }
         }
     }
 }

@@ -17,8 +17,8 @@ centre crop, grey to three channels, ImageNet mean and std; float32 as
 there). For each variant (MinMax with symmetric int8 activations, MinMax
 with asymmetric uint8, and Percentile 99.99 symmetric int8) it writes the
 `cls_token` of every digit, each quantised activation's scale and zero
-point, and, once, each weight's per-channel scales and the sha256 of its
-int8 values. ONNX Runtime has no MSE calibrator (its others, Entropy and
+point, and, once, the sha256 of each weight's int8 values and of its
+per-channel scales. ONNX Runtime has no MSE calibrator (its others, Entropy and
 Distribution, are different criteria), so MSE has no reference here.
 
 Needs numpy, onnx and onnxruntime (1.31.1 made the committed fixture).
@@ -91,8 +91,8 @@ class Images(CalibrationDataReader):
 
 
 def qdq_parameters(model):
-    """Activation scale and zero point by tensor; per weight its scales
-    and the sha256 of its int8 values."""
+    """Activation scale and zero point by tensor; per weight the sha256 of
+    its int8 values and of its scales (little-endian f32)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     activations, weights = {}, {}
     for node in model.graph.node:
@@ -106,9 +106,10 @@ def qdq_parameters(model):
             values = inits[node.input[0]]
             if values.dtype != np.int8:
                 continue
+            scales = inits[node.input[1]].astype("<f4")
             weights[name] = {
-                "scales": inits[node.input[1]].astype(float).tolist(),
                 "sha256": hashlib.sha256(values.tobytes()).hexdigest(),
+                "scales_sha256": hashlib.sha256(scales.tobytes()).hexdigest(),
             }
     return activations, weights
 
