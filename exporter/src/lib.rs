@@ -8,4 +8,5 @@ pub mod family;
 pub mod onnx;
 pub mod pack;
 pub mod plan;
+pub mod quant;
 pub mod synthetic;

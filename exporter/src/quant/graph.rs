@@ -1,0 +1,453 @@
+//! The QDQ rewrite of one graph: each MatMul/Gemm/Conv weight read through
+//! a DequantizeLinear from the int8 file, each activation such a node reads
+//! passed through QuantizeLinear → DequantizeLinear. Every other node
+//! (LayerNorm, Softmax, GELU, GroupNorm, residual adds) is untouched and
+//! runs in float; engines fuse the QDQ pairs into integer kernels.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::{DataLocation, DataType};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
+};
+
+use super::activation::{Encoding, QParams};
+use super::store::{Extent, Placed, Stored};
+use super::QuantError;
+use crate::onnx::ExternalData;
+
+/// The operators whose inputs are quantised.
+const OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
+/// The first opset with per-axis DequantizeLinear.
+const MIN_OPSET: i64 = 13;
+
+/// What the rewrite does with one node.
+#[derive(Debug, Clone, PartialEq)]
+enum NodePlan {
+    /// Not a quantised operator, or one whose weight is inline in the graph
+    /// (a task head's, fitted per sub-network): it stays float.
+    Float,
+    Quantized {
+        /// Inputs read from the graph's input.
+        activations: Vec<usize>,
+    },
+}
+
+/// One graph, read for the rewrite.
+#[derive(Debug)]
+pub(super) struct Scan<'m> {
+    id: String,
+    model: &'m ModelProto,
+    /// Its initializers stored in the width's file, by name.
+    external: HashMap<String, (Extent, Vec<usize>)>,
+    /// The weight initializers and their channel axes.
+    weights: BTreeMap<String, usize>,
+    /// One per node.
+    plans: Vec<NodePlan>,
+}
+
+/// Reads graph `id`, whose external data must all be in `location`.
+pub(super) fn scan<'m>(
+    id: &str,
+    model: &'m ModelProto,
+    location: &str,
+) -> Result<Scan<'m>, QuantError> {
+    let graph = body(id, model)?;
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(0);
+    if opset < MIN_OPSET {
+        return Err(QuantError::Opset {
+            graph: id.to_owned(),
+            opset,
+        });
+    }
+    let initializers: HashMap<&str, &TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let mut external = HashMap::new();
+    for t in &graph.initializer {
+        if t.data_location.enum_value() != Ok(DataLocation::EXTERNAL) {
+            continue;
+        }
+        external.insert(t.name.clone(), (extent(id, t, location)?, dims(t)));
+    }
+    let mut dynamic: HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !initializers.contains_key(n))
+        .collect();
+    let mut weights = BTreeMap::new();
+    let mut plans = Vec::with_capacity(graph.node.len());
+    // ONNX nodes are in topological order: one pass finds what depends on the input.
+    for node in &graph.node {
+        let plan = plan(id, node, &initializers, &external, &dynamic, &mut weights)?;
+        if node.input.iter().any(|i| dynamic.contains(i.as_str())) {
+            dynamic.extend(node.output.iter().map(String::as_str));
+        }
+        plans.push(plan);
+    }
+    Ok(Scan {
+        id: id.to_owned(),
+        model,
+        external,
+        weights,
+        plans,
+    })
+}
+
+/// How `node` is rewritten; its stored weight, if any, joins `weights`.
+fn plan(
+    id: &str,
+    node: &NodeProto,
+    initializers: &HashMap<&str, &TensorProto>,
+    external: &HashMap<String, (Extent, Vec<usize>)>,
+    dynamic: &HashSet<&str>,
+    weights: &mut BTreeMap<String, usize>,
+) -> Result<NodePlan, QuantError> {
+    if !OPS.contains(&node.op_type.as_str()) {
+        return Ok(NodePlan::Float);
+    }
+    let mut activations = Vec::new();
+    let mut weight = None;
+    // Inputs 0 and 1 are multiplied; a Gemm's or Conv's bias stays float.
+    for (index, input) in node.input.iter().enumerate().take(2) {
+        if dynamic.contains(input.as_str()) {
+            activations.push(index);
+        } else if initializers.contains_key(input.as_str()) {
+            let Some((_, shape)) = external.get(input) else {
+                return Ok(NodePlan::Float);
+            };
+            if index != 1 {
+                return Err(QuantError::WeightPosition {
+                    graph: id.to_owned(),
+                    op: node.op_type.clone(),
+                    node: node.name.clone(),
+                    index,
+                });
+            }
+            weight = Some((input.clone(), channel_axis(node, shape.len())));
+        } else {
+            return Err(QuantError::ComputedWeight {
+                graph: id.to_owned(),
+                op: node.op_type.clone(),
+                node: node.name.clone(),
+                tensor: input.clone(),
+            });
+        }
+    }
+    weights.extend(weight);
+    Ok(NodePlan::Quantized { activations })
+}
+
+/// The output-channel axis of `node`'s weight (input 1) of rank `rank`:
+/// Conv `[M, C, kh, kw]` 0; Gemm 0 when `transB` (PyTorch's `[out, in]`),
+/// else 1; MatMul `[.., K, N]` the last.
+fn channel_axis(node: &NodeProto, rank: usize) -> usize {
+    match node.op_type.as_str() {
+        "Gemm" => {
+            let trans_b = node
+                .attribute
+                .iter()
+                .any(|a| a.name == "transB" && a.i != 0);
+            usize::from(!trans_b)
+        }
+        "MatMul" => rank.saturating_sub(1),
+        _ => 0,
+    }
+}
+
+impl Scan<'_> {
+    /// Adds the stored tensors this graph reads to the width's `stored`.
+    pub fn collect(&self, stored: &mut BTreeMap<Extent, Stored>) -> Result<(), QuantError> {
+        for (name, (extent, dims)) in &self.external {
+            let axis = self.weights.get(name).copied();
+            let entry = stored.entry(*extent).or_insert_with(|| Stored {
+                name: name.clone(),
+                dims: dims.clone(),
+                axis,
+            });
+            match (entry.axis, axis) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(QuantError::Conflict {
+                        offset: extent.offset,
+                        length: extent.length,
+                        first: entry.name.clone(),
+                        first_axis: entry.axis,
+                        second: name.clone(),
+                        second_axis: axis,
+                    })
+                }
+                // A weight in any graph is int8 in the file; graphs that
+                // read it otherwise dequantise it too.
+                (None, Some(_)) => entry.axis = axis,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The activations to quantise, each once, in graph order.
+    pub fn activations(&self) -> Vec<&str> {
+        let mut seen = HashSet::new();
+        let graph = self.model.graph.as_ref().expect("checked by scan");
+        graph
+            .node
+            .iter()
+            .zip(&self.plans)
+            .flat_map(|(node, plan)| match plan {
+                NodePlan::Float => Vec::new(),
+                NodePlan::Quantized { activations } => activations
+                    .iter()
+                    .map(|&i| node.input[i].as_str())
+                    .collect(),
+            })
+            .filter(|name| seen.insert(*name))
+            .collect()
+    }
+
+    /// The graph reading the int8 file laid out as `placed`, each activation
+    /// quantised with `qparams[name]`.
+    pub fn rewrite(
+        &self,
+        placed: &BTreeMap<Extent, Placed>,
+        qparams: &HashMap<&str, QParams>,
+    ) -> Result<ModelProto, QuantError> {
+        let graph = self.model.graph.as_ref().expect("checked by scan");
+        let taken: HashSet<&str> = graph
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(graph.input.iter().map(|i| i.name.as_str()))
+            .chain(
+                graph
+                    .node
+                    .iter()
+                    .flat_map(|n| &n.output)
+                    .map(String::as_str),
+            )
+            .collect();
+        let mut fresh = Vec::new();
+        let mut claim = |name: String| -> Result<String, QuantError> {
+            if taken.contains(name.as_str()) || fresh.contains(&name) {
+                return Err(QuantError::NameTaken {
+                    graph: self.id.clone(),
+                    name,
+                });
+            }
+            fresh.push(name.clone());
+            Ok(name)
+        };
+        let mut initializers = Vec::with_capacity(graph.initializer.len());
+        let mut nodes = Vec::with_capacity(2 * graph.node.len());
+        for t in &graph.initializer {
+            let Some((extent, _)) = self.external.get(&t.name) else {
+                initializers.push(t.clone());
+                continue;
+            };
+            match &placed[extent] {
+                Placed::Float(place) => {
+                    initializers.push(relocated(t, &t.name, DataType::FLOAT, &t.dims, place))
+                }
+                Placed::Weight {
+                    values,
+                    scales,
+                    zero_points,
+                    axis,
+                    channels,
+                } => {
+                    let q = claim(format!("{}.quantized", t.name))?;
+                    let s = claim(format!("{}.scale", t.name))?;
+                    let z = claim(format!("{}.zero_point", t.name))?;
+                    let per_channel = [*channels as i64];
+                    initializers.push(relocated(t, &q, DataType::INT8, &t.dims, values));
+                    initializers.push(relocated(t, &s, DataType::FLOAT, &per_channel, scales));
+                    initializers.push(relocated(t, &z, DataType::INT8, &per_channel, zero_points));
+                    let mut dq = node(
+                        "DequantizeLinear",
+                        &format!("{}.dequantize", t.name),
+                        [q, s, z],
+                        &t.name,
+                    );
+                    dq.attribute.push(axis_attribute(*axis));
+                    nodes.push(dq);
+                }
+            }
+        }
+        let mut dequantized: HashMap<&str, String> = HashMap::new();
+        for (original, plan) in graph.node.iter().zip(&self.plans) {
+            let mut n = original.clone();
+            if let NodePlan::Quantized { activations } = plan {
+                for &i in activations {
+                    let x = original.input[i].as_str();
+                    if let Some(dq) = dequantized.get(x) {
+                        n.input[i] = dq.clone();
+                        continue;
+                    }
+                    let p = qparams.get(x).ok_or_else(|| QuantError::NoRange {
+                        graph: self.id.clone(),
+                        tensor: x.to_owned(),
+                    })?;
+                    let s = claim(format!("{x}.scale"))?;
+                    let z = claim(format!("{x}.zero_point"))?;
+                    let q = claim(format!("{x}.quantized"))?;
+                    let dq = claim(format!("{x}.dequantized"))?;
+                    initializers.push(scalar_scale(&s, p.scale));
+                    initializers.push(scalar_zero_point(&z, p));
+                    nodes.push(node(
+                        "QuantizeLinear",
+                        &format!("{x}.quantize"),
+                        [x.to_owned(), s.clone(), z.clone()],
+                        &q,
+                    ));
+                    nodes.push(node(
+                        "DequantizeLinear",
+                        &format!("{x}.dequantize"),
+                        [q, s, z],
+                        &dq,
+                    ));
+                    n.input[i] = dq.clone();
+                    dequantized.insert(x, dq);
+                }
+            }
+            nodes.push(n);
+        }
+        let mut model = self.model.clone();
+        let body: &mut GraphProto = model.graph.as_mut().expect("checked by scan");
+        body.initializer = initializers;
+        body.node = nodes;
+        Ok(model)
+    }
+}
+
+fn body<'m>(id: &str, model: &'m ModelProto) -> Result<&'m GraphProto, QuantError> {
+    model.graph.as_ref().ok_or_else(|| QuantError::NoGraph {
+        graph: id.to_owned(),
+    })
+}
+
+fn dims(t: &TensorProto) -> Vec<usize> {
+    t.dims.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// Where float tensor `t` lies in the width's fp32 file at `location`.
+fn extent(id: &str, t: &TensorProto, location: &str) -> Result<Extent, QuantError> {
+    let problem = |problem: String| QuantError::ExternalData {
+        graph: id.to_owned(),
+        tensor: t.name.clone(),
+        problem,
+    };
+    if t.data_type != DataType::FLOAT as i32 {
+        return Err(QuantError::NotFloat {
+            graph: id.to_owned(),
+            tensor: t.name.clone(),
+            found: t.data_type,
+        });
+    }
+    let entry = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    };
+    let found = entry("location").unwrap_or_default();
+    if found != location {
+        return Err(QuantError::Location {
+            graph: id.to_owned(),
+            tensor: t.name.clone(),
+            location: found.to_owned(),
+            expected: location.to_owned(),
+        });
+    }
+    let number = |key: &str| -> Result<Option<u64>, QuantError> {
+        entry(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| problem(format!("{key} `{v}` is not a number")))
+            })
+            .transpose()
+    };
+    let elements: usize = dims(t).iter().product();
+    let bytes = 4 * elements as u64;
+    let length = number("length")?.unwrap_or(bytes);
+    if length != bytes {
+        return Err(problem(format!("length {length} for {elements} floats")));
+    }
+    Ok(Extent {
+        offset: number("offset")?.unwrap_or(0),
+        length,
+    })
+}
+
+/// `t` renamed `name`, of type `data_type` and shape `dims`, at `place`.
+fn relocated(
+    t: &TensorProto,
+    name: &str,
+    data_type: DataType,
+    dims: &[i64],
+    place: &ExternalData,
+) -> TensorProto {
+    let mut r = t.clone();
+    r.name = name.to_owned();
+    r.data_type = data_type as i32;
+    r.dims = dims.to_vec();
+    r.external_data = vec![
+        entry("location", place.location.clone()),
+        entry("offset", place.offset.to_string()),
+        entry("length", place.length.to_string()),
+    ];
+    r
+}
+
+fn entry(key: &str, value: String) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: key.to_owned(),
+        value,
+        ..StringStringEntryProto::default()
+    }
+}
+
+fn scalar_scale(name: &str, scale: f32) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_owned();
+    t.data_type = DataType::FLOAT as i32;
+    t.float_data = vec![scale];
+    t
+}
+
+/// The zero point's type is the quantised tensor's: int8 or uint8.
+fn scalar_zero_point(name: &str, p: &QParams) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_owned();
+    t.data_type = match p.encoding {
+        Encoding::S8 => DataType::INT8,
+        Encoding::U8 => DataType::UINT8,
+    } as i32;
+    t.int32_data = vec![p.zero_point];
+    t
+}
+
+fn node<const N: usize>(op: &str, name: &str, inputs: [String; N], output: &str) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.to_owned();
+    n.name = name.to_owned();
+    n.input = inputs.into();
+    n.output = vec![output.to_owned()];
+    n
+}
+
+fn axis_attribute(axis: usize) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = "axis".to_owned();
+    a.type_ = AttributeType::INT.into();
+    a.i = axis as i64;
+    a
+}
