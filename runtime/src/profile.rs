@@ -11,8 +11,8 @@
 //! `/proc/self/statm`'s resident field, already in kB, so no page size is
 //! needed); see [`MemorySource`] for how the peak is obtained. The peak
 //! window opens before the load, where out-of-memory really happens; to
-//! keep earlier candidates' heap out of it, measure in a child process
-//! ([`crate::isolate`]).
+//! keep earlier candidates' heap out of it, measure each in a fresh process
+//! (the caller's choice: this module only measures the process it runs in).
 
 use std::fs;
 use std::time::{Duration, Instant};
