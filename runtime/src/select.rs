@@ -81,7 +81,7 @@ impl Limits {
     }
 
     /// The policy's limits on this device.
-    fn resolve(&self, device: &DeviceInfo) -> Result<policy::Limits, SelectError> {
+    fn resolve(&self, device: &DeviceInfo) -> Result<policy::Bounds, SelectError> {
         let memory_bytes = match self.memory {
             MemoryLimit::Bytes(b) => b,
             MemoryLimit::FractionOfAvailable(f) if f > 0.0 && f <= 1.0 => {
@@ -96,7 +96,7 @@ impl Limits {
                 )))
             }
         };
-        let limits = policy::Limits {
+        let limits = policy::Bounds {
             latency_ms: self.latency_ms as f32,
             memory_bytes,
             min_quality: self.min_quality,
@@ -324,7 +324,7 @@ pub struct Chosen {
     pub width: u32,
     pub depth: u32,
     pub measured: Measurement,
-    pub limits: policy::Limits,
+    pub limits: policy::Bounds,
     pub percentile: Percentile,
     pub cache: CacheOutcome,
     /// The engine that measured and serves it, e.g. `tract 0.23.9`.
@@ -573,7 +573,7 @@ impl Runtime {
     fn reuse<'e>(
         &self,
         decision: &Decision,
-        limits: &policy::Limits,
+        limits: &policy::Bounds,
         engines: &'e [EngineInfo],
     ) -> Result<(Subnet<'_>, &'e EngineInfo, Box<dyn Session>), String> {
         let engine = engines
@@ -620,7 +620,7 @@ impl Runtime {
     /// does not decide which engine fits the most at every limit.
     fn search(
         &self,
-        limits: &policy::Limits,
+        limits: &policy::Bounds,
         percentile: Percentile,
         engines: &[EngineInfo],
     ) -> Result<Found, SelectError> {
@@ -691,13 +691,13 @@ impl Runtime {
         &self,
         shortfall: Shortfall,
         pool: &[usize],
-        limits: &policy::Limits,
+        limits: &policy::Bounds,
         percentile: Percentile,
     ) -> String {
         let manifest = self.bundle.manifest();
         let mb = |b: u64| b as f64 / MB;
         let id = |i: usize| manifest.subnets[pool[i]].id;
-        let against = |m: &policy::Measurement| {
+        let against = |m: &policy::Reading| {
             format!(
                 "{:.2} ms (p{}) and {:.0} MB against limits of {:.2} ms and {:.0} MB",
                 m.latency_ms,
@@ -803,7 +803,7 @@ impl Runtime {
 /// The state of one search: its trials and the failure streak.
 struct Search<'r> {
     runtime: &'r Runtime,
-    limits: &'r policy::Limits,
+    limits: &'r policy::Bounds,
     percentile: Percentile,
     /// The engine measuring the candidates.
     engine: EngineInfo,
@@ -821,7 +821,7 @@ impl<'r> Search<'r> {
     /// candidate.
     fn new(
         runtime: &'r Runtime,
-        limits: &'r policy::Limits,
+        limits: &'r policy::Bounds,
         percentile: Percentile,
         engines: &[EngineInfo],
     ) -> Self {
@@ -1121,8 +1121,8 @@ impl<'r> Search<'r> {
     }
 
     /// The policy's view of a measurement.
-    fn point(&self, m: &Measurement) -> policy::Measurement {
-        policy::Measurement {
+    fn point(&self, m: &Measurement) -> policy::Reading {
+        policy::Reading {
             latency_ms: m.percentile_ms(self.percentile) as f32,
             memory_bytes: (m.peak_mb * MB) as u64,
             spread: m.spread(self.percentile) as f32,
