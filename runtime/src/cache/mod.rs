@@ -6,7 +6,7 @@
 //! XDG cache), never inside the bundle, which is read-only on devices. It holds
 //! `(FORMAT_VERSION, entries, verified)`:
 //!
-//! - `entries`: up to [`MAX_ENTRIES`] `(CacheKey, decision)` pairs, newest
+//! - `entries`: up to [`MAX_ENTRIES`] `(key, decision)` pairs, newest
 //!   last, so a service that boots with several limits, engines or bundles
 //!   keeps a decision for each. Each decision is stored as its own postcard
 //!   bytes, so the rest of the file (keys, stamps) reads without knowing the
@@ -14,9 +14,8 @@
 //! - `verified`: [`FileStamp`]s of files whose sha256 was checked, so a later
 //!   boot re-hashes only what changed.
 //!
-//! The key holds the limits as the user wrote them (a memory fraction stays a
-//! fraction): a key resolved to bytes would change with `MemAvailable` and
-//! never hit. Any difference in the key is a miss that names the field; an
+//! The [`Key`] is the caller's (the selection's: everything a decision
+//! depends on). Any difference in the key is a miss that names the field; an
 //! unreadable, corrupt or other-format file is a miss too, never an error that
 //! stops a boot. Writes go to a temporary file in the same directory, then
 //! rename over the old one, so a crash never leaves half a file. [`Cache::lock`]
@@ -27,6 +26,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +35,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::FileStamp;
-use crate::manifest::Sha256;
-use crate::profile::MeasureOptions;
-use crate::select::{Limits, MemoryLimit};
 
 /// The layout of the cache file this build reads and writes.
 pub const FORMAT_VERSION: u32 = 3;
@@ -80,152 +77,39 @@ pub fn default_path_from(var: impl Fn(&str) -> Option<OsString>) -> Option<PathB
     Some(dir.join(FILE_NAME))
 }
 
-/// Everything a selection depends on: a decision is reused only for an
-/// equal key. Floats compare by their bits, so equality is an equivalence.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CacheKey {
-    /// The probe's device fingerprint (model, SoC, memory).
-    pub device: String,
-    /// The power mode the device ran in (e.g. `nvpmodel` mode), if it has any.
-    pub power_mode: Option<String>,
-    /// CPU governor / clock-lock state, e.g. `schedutil` or
-    /// `performance,locked`; `None` if unknown.
-    pub clocks: Option<String>,
-    /// Engine, execution provider and library versions, e.g. `tract 0.23` or
-    /// `ort 1.31.1 cuda tensorrt 10.3`.
-    pub engine: String,
-    /// tailor's version (`env!("CARGO_PKG_VERSION")` of the caller).
-    pub tailor: String,
-    /// sha256 of the bundle's manifest.
-    pub bundle: Sha256,
-    /// The limits as the user wrote them.
-    pub limits: Limits,
-    /// Threads the engine ran with.
-    pub threads: u32,
-    /// How candidates were measured.
-    pub measuring: MeasureOptions,
-}
+/// What a decision is cached under: an equal key reuses it. A key names
+/// what changed when none is equal, so a miss can say why.
+pub trait Key: Clone + Eq + Serialize + DeserializeOwned {
+    /// A part of the key, to say which one changed.
+    type Field: Copy + fmt::Debug + fmt::Display;
 
-/// A part of the [`CacheKey`], to say which one changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyField {
-    Device,
-    PowerMode,
-    Clocks,
-    Engine,
-    Tailor,
-    Bundle,
-    LatencyLimit,
-    Percentile,
-    Batch,
-    MemoryLimit,
-    MinQuality,
-    Threads,
-    Measuring,
-}
-
-impl fmt::Display for KeyField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KeyField::Device => "device fingerprint",
-            KeyField::PowerMode => "power mode",
-            KeyField::Clocks => "CPU clock state (governor, clock lock)",
-            KeyField::Engine => "engine or its library version",
-            KeyField::Tailor => "tailor version",
-            KeyField::Bundle => "bundle (manifest sha256)",
-            KeyField::LatencyLimit => "latency limit",
-            KeyField::Percentile => "latency percentile",
-            KeyField::Batch => "batch size",
-            KeyField::MemoryLimit => "memory limit",
-            KeyField::MinQuality => "minimum quality",
-            KeyField::Threads => "thread count",
-            KeyField::Measuring => "measuring options",
-        })
-    }
-}
-
-impl CacheKey {
-    /// The fields in which `self` and `other` differ, in declaration order.
-    fn differences(&self, other: &CacheKey) -> impl Iterator<Item = KeyField> {
-        let (a, b) = (&self.limits, &other.limits);
-        let same_memory = match (a.memory, b.memory) {
-            (MemoryLimit::Bytes(x), MemoryLimit::Bytes(y)) => x == y,
-            (MemoryLimit::FractionOfAvailable(x), MemoryLimit::FractionOfAvailable(y)) => {
-                x.to_bits() == y.to_bits()
-            }
-            _ => false,
-        };
-        [
-            (self.device == other.device, KeyField::Device),
-            (self.power_mode == other.power_mode, KeyField::PowerMode),
-            (self.clocks == other.clocks, KeyField::Clocks),
-            (self.engine == other.engine, KeyField::Engine),
-            (self.tailor == other.tailor, KeyField::Tailor),
-            (self.bundle == other.bundle, KeyField::Bundle),
-            (
-                a.latency_ms.to_bits() == b.latency_ms.to_bits(),
-                KeyField::LatencyLimit,
-            ),
-            (a.percentile == b.percentile, KeyField::Percentile),
-            (a.batch == b.batch, KeyField::Batch),
-            (same_memory, KeyField::MemoryLimit),
-            (
-                a.min_quality.map(f32::to_bits) == b.min_quality.map(f32::to_bits),
-                KeyField::MinQuality,
-            ),
-            (self.threads == other.threads, KeyField::Threads),
-            (self.measuring == other.measuring, KeyField::Measuring),
-        ]
-        .into_iter()
-        .filter_map(|(same, field)| (!same).then_some(field))
-    }
-
-    /// Why an entry stored for one of `stored` keys does not serve `self`:
-    /// the first changed field of the nearest key (same device and bundle
-    /// first, then fewest differences, then newest).
+    /// Why no entry stored under one of `stored` (oldest first) serves
+    /// `self`: the field that changed from the nearest of them.
     fn nearest_change<'a>(
         &self,
-        stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
-    ) -> Option<KeyField> {
-        stored
-            .rev()
-            .map(|other| {
-                let changed: Vec<KeyField> = self.differences(other).collect();
-                let elsewhere = changed
-                    .iter()
-                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
-                ((elsewhere, changed.len()), changed.first().copied())
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .and_then(|(_, first)| first)
-    }
+        stored: impl DoubleEndedIterator<Item = &'a Self>,
+    ) -> Option<Self::Field>
+    where
+        Self: 'a;
 }
-
-impl PartialEq for CacheKey {
-    fn eq(&self, other: &CacheKey) -> bool {
-        self.differences(other).next().is_none()
-    }
-}
-
-impl Eq for CacheKey {}
 
 /// The outcome of [`Cache::load`].
 #[derive(Debug)]
-pub enum Lookup<T> {
+pub enum Lookup<T, F> {
     /// The decision cached for this very key.
     Hit(T),
     /// No usable decision: select afresh.
-    Miss(Miss),
+    Miss(Miss<F>),
 }
 
 /// Why the cache had no usable decision.
 #[derive(Debug)]
-pub enum Miss {
+pub enum Miss<F> {
     /// Nothing was cached yet.
     Absent,
     /// Decisions are cached, none for this key; the field is the first that
     /// differs from the nearest cached key.
-    KeyChanged(KeyField),
+    KeyChanged(F),
     /// The file exists but could not be read.
     Unreadable(io::Error),
     /// The file was written by a build with another cache layout.
@@ -234,7 +118,7 @@ pub enum Miss {
     Corrupt(postcard::Error),
 }
 
-impl fmt::Display for Miss {
+impl<F: fmt::Display> fmt::Display for Miss<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Miss::Absent => f.write_str("no decision cached yet"),
@@ -263,17 +147,26 @@ pub enum CacheError {
 }
 
 /// What the file holds after its format version.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Contents {
+#[derive(Debug, Serialize, Deserialize)]
+struct Contents<K> {
     /// `(key, postcard of the decision)`, newest last.
-    entries: Vec<(CacheKey, Vec<u8>)>,
+    entries: Vec<(K, Vec<u8>)>,
     verified: Vec<FileStamp>,
 }
 
-impl Contents {
+impl<K> Default for Contents<K> {
+    fn default() -> Self {
+        Contents {
+            entries: Vec::new(),
+            verified: Vec::new(),
+        }
+    }
+}
+
+impl<K: Key> Contents<K> {
     /// Replaces the entry for `key` or appends one, dropping the oldest
     /// beyond [`MAX_ENTRIES`].
-    fn insert(&mut self, key: &CacheKey, value: Vec<u8>) {
+    fn insert(&mut self, key: &K, value: Vec<u8>) {
         self.entries.retain(|(k, _)| k != key);
         self.entries.push((key.clone(), value));
         let excess = self.entries.len().saturating_sub(MAX_ENTRIES);
@@ -297,10 +190,11 @@ fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error>
     }
 }
 
-/// The decision cache file.
+/// The decision cache file, its decisions keyed by `K`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cache {
+pub struct Cache<K> {
     path: PathBuf,
+    key: PhantomData<fn() -> K>,
 }
 
 /// The cache's lock, held until dropped (closing the file releases it).
@@ -309,10 +203,13 @@ pub struct CacheLock {
     _file: File,
 }
 
-impl Cache {
+impl<K: Key> Cache<K> {
     /// A cache kept in the file at `path`.
-    pub fn at(path: impl Into<PathBuf>) -> Cache {
-        Cache { path: path.into() }
+    pub fn at(path: impl Into<PathBuf>) -> Cache<K> {
+        Cache {
+            path: path.into(),
+            key: PhantomData,
+        }
     }
 
     /// The file the cache lives in.
@@ -321,7 +218,7 @@ impl Cache {
     }
 
     /// The decision cached for exactly `key`, or why there is none.
-    pub fn load<T: DeserializeOwned>(&self, key: &CacheKey) -> Lookup<T> {
+    pub fn load<T: DeserializeOwned>(&self, key: &K) -> Lookup<T, K::Field> {
         let found = self.contents().and_then(|contents| {
             if contents.entries.is_empty() {
                 return Err(Miss::Absent);
@@ -344,7 +241,7 @@ impl Cache {
     /// the verified stamps. An unreadable, corrupt or other-format file is
     /// replaced. Read-modify-write: hold [`Cache::lock`] so that another
     /// process's entry written meanwhile is not lost.
-    pub fn store<T: Serialize>(&self, key: &CacheKey, value: &T) -> Result<(), CacheError> {
+    pub fn store<T: Serialize>(&self, key: &K, value: &T) -> Result<(), CacheError> {
         let value = postcard::to_stdvec(value).map_err(CacheError::Encode)?;
         self.update(|contents| contents.insert(key, value))
     }
@@ -398,7 +295,7 @@ impl Cache {
     }
 
     /// The file's contents, or why they cannot be used.
-    fn contents(&self) -> Result<Contents, Miss> {
+    fn contents(&self) -> Result<Contents<K>, Miss<K::Field>> {
         let bytes = fs::read(&self.path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Miss::Absent,
             _ => Miss::Unreadable(e),
@@ -407,12 +304,12 @@ impl Cache {
         if version != FORMAT_VERSION {
             return Err(Miss::OtherFormat { version });
         }
-        let (_, contents): (u32, Contents) = decode_exact(&bytes).map_err(Miss::Corrupt)?;
+        let (_, contents): (u32, Contents<K>) = decode_exact(&bytes).map_err(Miss::Corrupt)?;
         Ok(contents)
     }
 
     /// Applies `change` to the contents (empty if unusable) and writes them.
-    fn update(&self, change: impl FnOnce(&mut Contents)) -> Result<(), CacheError> {
+    fn update(&self, change: impl FnOnce(&mut Contents<K>)) -> Result<(), CacheError> {
         let mut contents = self.contents().unwrap_or_default();
         change(&mut contents);
         let bytes =

@@ -2,7 +2,32 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::*;
-use crate::profile::Percentile;
+use crate::manifest::Sha256;
+
+/// A key of two fields: enough to tell entries apart (the selection's key,
+/// and which of its fields a miss names, are tested with it, in `select`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Key {
+    device: String,
+    threads: u32,
+}
+
+impl super::Key for Key {
+    type Field = &'static str;
+
+    /// The first field that differs from the newest key.
+    fn nearest_change<'a>(
+        &self,
+        mut stored: impl DoubleEndedIterator<Item = &'a Key>,
+    ) -> Option<&'static str> {
+        let newest = stored.next_back()?;
+        if newest.device != self.device {
+            Some("device")
+        } else {
+            (newest.threads != self.threads).then_some("threads")
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Decision {
@@ -17,31 +42,24 @@ fn decision(subnet: &str) -> Decision {
     }
 }
 
-fn key() -> CacheKey {
-    CacheKey {
+fn key() -> Key {
+    Key {
         device: "jetson-orin-nano-8gb".into(),
-        power_mode: Some("15W".into()),
-        clocks: Some("schedutil".into()),
-        engine: "ort 1.31.1 cuda".into(),
-        tailor: "0.1.0".into(),
-        bundle: Sha256([3; 32]),
-        limits: Limits::latency_ms(25.0).memory_mb(900).min_quality(80.0),
         threads: 4,
-        measuring: MeasureOptions::default(),
     }
 }
 
-fn key_with(change: impl FnOnce(&mut CacheKey)) -> CacheKey {
+fn key_with(change: impl FnOnce(&mut Key)) -> Key {
     let mut k = key();
     change(&mut k);
     k
 }
 
-fn cache_in(dir: &tempfile::TempDir) -> Cache {
+fn cache_in(dir: &tempfile::TempDir) -> Cache<Key> {
     Cache::at(dir.path().join(FILE_NAME))
 }
 
-fn stored() -> (tempfile::TempDir, Cache) {
+fn stored() -> (tempfile::TempDir, Cache<Key>) {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(&dir);
     cache.store(&key(), &decision("w640-d18")).unwrap();
@@ -49,14 +67,14 @@ fn stored() -> (tempfile::TempDir, Cache) {
 }
 
 /// The file's layout, spelled out here rather than taken from the cache.
-type Layout = (u32, Vec<(CacheKey, Vec<u8>)>, Vec<FileStamp>);
+type Layout = (u32, Vec<(Key, Vec<u8>)>, Vec<FileStamp>);
 
 /// The file's entries and stamps, decoded here rather than by the cache.
-fn decoded(cache: &Cache) -> Layout {
+fn decoded(cache: &Cache<Key>) -> Layout {
     postcard::from_bytes(&fs::read(cache.path()).unwrap()).unwrap()
 }
 
-fn hit(cache: &Cache, key: &CacheKey) -> Option<Decision> {
+fn hit(cache: &Cache<Key>, key: &Key) -> Option<Decision> {
     match cache.load(key) {
         Lookup::Hit(d) => Some(d),
         Lookup::Miss(_) => None,
@@ -94,7 +112,7 @@ fn an_equal_key_replaces_its_entry() {
 fn the_oldest_entry_goes_beyond_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(&dir);
-    let keys: Vec<CacheKey> = (0..=MAX_ENTRIES as u32)
+    let keys: Vec<Key> = (0..=MAX_ENTRIES as u32)
         .map(|threads| key_with(|k| k.threads = threads))
         .collect();
     for (i, k) in keys.iter().enumerate() {
@@ -107,88 +125,6 @@ fn the_oldest_entry_goes_beyond_the_limit() {
         hit(&cache, &keys[MAX_ENTRIES]),
         Some(decision(&format!("n{MAX_ENTRIES}")))
     );
-}
-
-#[test]
-fn each_key_field_is_named_when_it_changes() {
-    let (_dir, cache) = stored();
-    type Change = (KeyField, fn(&mut CacheKey));
-    let changes: [Change; 13] = [
-        (KeyField::Device, |k| k.device.push_str("-rev2")),
-        (KeyField::PowerMode, |k| k.power_mode = None),
-        (KeyField::Clocks, |k| k.clocks = Some("performance".into())),
-        (KeyField::Engine, |k| {
-            k.engine = "ort 1.31.1 cuda tensorrt 10.3".into()
-        }),
-        (KeyField::Tailor, |k| k.tailor = "0.2.0".into()),
-        (KeyField::Bundle, |k| k.bundle.0[31] ^= 1),
-        (KeyField::LatencyLimit, |k| k.limits.latency_ms = 30.0),
-        (KeyField::Percentile, |k| {
-            k.limits.percentile = Percentile::P99
-        }),
-        (KeyField::Batch, |k| k.limits.batch = 8),
-        (KeyField::MemoryLimit, |k| {
-            k.limits = k.limits.memory_mb(901)
-        }),
-        (KeyField::MinQuality, |k| k.limits.min_quality = None),
-        (KeyField::Threads, |k| k.threads = 2),
-        (KeyField::Measuring, |k| k.measuring.min_runs += 1),
-    ];
-    for (field, change) in changes {
-        match cache.load::<Decision>(&key_with(change)) {
-            Lookup::Miss(miss @ Miss::KeyChanged(f)) => {
-                assert_eq!(f, field);
-                assert!(miss.to_string().contains(&field.to_string()), "{miss}");
-            }
-            other => panic!("{field}: {other:?}"),
-        }
-    }
-}
-
-#[test]
-fn the_change_is_named_against_the_nearest_entry() {
-    let (_dir, cache) = stored();
-    // An older entry of another device, a newer one of this device with
-    // another limit: a new thread count on this device is the news.
-    let elsewhere = key_with(|k| {
-        k.device = "raspberry-pi-5".into();
-        k.threads = 2;
-    });
-    cache.store(&elsewhere, &decision("w192-d6")).unwrap();
-    let wanted = key_with(|k| k.threads = 2);
-    assert!(matches!(
-        cache.load::<Decision>(&wanted),
-        Lookup::Miss(Miss::KeyChanged(KeyField::Threads))
-    ));
-}
-
-#[test]
-fn a_memory_fraction_keys_as_written() {
-    // The default limit is half of what is available whenever it is
-    // resolved: two boots write the same key.
-    let boot = |limits: Limits| key_with(|k| k.limits = limits);
-    let (_dir, cache) = stored();
-    let first = boot(Limits::latency_ms(5.0));
-    cache.store(&first, &decision("w64-d4")).unwrap();
-    assert_eq!(boot(Limits::latency_ms(5.0)), first);
-    assert_eq!(
-        hit(&cache, &boot(Limits::latency_ms(5.0))),
-        Some(decision("w64-d4"))
-    );
-    // Another fraction, or bytes whose bits equal the fraction's, is
-    // another memory limit.
-    for memory in [
-        MemoryLimit::FractionOfAvailable(0.25),
-        MemoryLimit::Bytes(0.5f64.to_bits()),
-    ] {
-        let mut limits = Limits::latency_ms(5.0);
-        limits.memory = memory;
-        assert_eq!(
-            boot(limits).differences(&first).collect::<Vec<_>>(),
-            [KeyField::MemoryLimit],
-            "{memory:?}"
-        );
-    }
 }
 
 #[test]
@@ -349,7 +285,7 @@ fn default_path_precedence() {
 fn a_second_lock_waits_for_the_first() {
     let dir = tempfile::tempdir().unwrap();
     // The directory does not exist yet: lock() creates it.
-    let cache = Cache::at(dir.path().join("new/decisions.postcard"));
+    let cache = Cache::<Key>::at(dir.path().join("new/decisions.postcard"));
     let first = cache.lock().unwrap();
     let (acquired, second) = mpsc::channel();
     let waiter = {
