@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::search::{Ended, Found, Search};
+use super::search::{Decided, Ended, Search};
 use super::{Runtime, SelectError, MB};
 use crate::engine::EngineInfo;
 use crate::isolate::Failure;
@@ -36,7 +36,7 @@ impl Runtime {
         limits: &policy::Bounds,
         percentile: Percentile,
         engines: &[EngineInfo],
-    ) -> Result<Found, SelectError> {
+    ) -> Result<Decided, SelectError> {
         let everyone: Vec<usize> = (0..self.bundle.manifest().subnets.len()).collect();
         let mut search = Search::new(self, limits, percentile, engines);
         let ended = search.run(&everyone)?;
@@ -45,15 +45,15 @@ impl Runtime {
             (_, None) => return search.end(ended),
             // Nothing measured: what excluded everything excludes it for any engine.
             _ if search.trials.is_empty() => return search.end(ended),
-            (Ended::Chosen { better, .. }, _) if better.is_empty() => return search.end(ended),
-            (Ended::Chosen { better, .. }, Some(other)) => (better.clone(), other),
+            (Ended::Winner { better, .. }, _) if better.is_empty() => return search.end(ended),
+            (Ended::Winner { better, .. }, Some(other)) => (better.clone(), other),
             (Ended::NothingFits(_) | Ended::Stopped(_), Some(other)) => (everyone, other),
         };
         let mut second = Search::new(self, limits, percentile, std::slice::from_ref(other));
         let looked = second.run(&pool);
         let manifest = self.bundle.manifest();
         let beaten = match &ended {
-            Ended::Chosen { index, .. } => format!(
+            Ended::Winner { index, .. } => format!(
                 "ranked above {}'s choice, {}",
                 search.engine, manifest.subnets[*index].id
             ),
@@ -61,7 +61,7 @@ impl Runtime {
             Ended::Stopped(e) => format!("where the search with {} ended: {e}", search.engine),
         };
         let why = match looked {
-            Ok(Ended::Chosen { index, .. }) => {
+            Ok(Ended::Winner { index, .. }) => {
                 let note = format!(
                     "{} fits with {}, {beaten}",
                     manifest.subnets[index].id, second.engine
@@ -71,23 +71,23 @@ impl Runtime {
                     .splice(0..0, std::mem::take(&mut search.trials));
                 second.engine_trials = std::mem::take(&mut search.engine_trials);
                 second.confirmations += search.confirmations;
-                let mut found = second.end(Ended::Chosen {
+                let mut decided = second.end(Ended::Winner {
                     index,
                     better: Vec::new(),
                 })?;
-                found.notes.push(note);
-                return Ok(found);
+                decided.notes.push(note);
+                return Ok(decided);
             }
             Ok(Ended::NothingFits(why)) => why,
             Ok(Ended::Stopped(e)) | Err(e) => format!("{:#}", anyhow::Error::from(e)),
         };
         let note = format!("{} found nothing better: {why}", second.engine);
         match search.end(ended) {
-            Ok(mut found) => {
-                found.trials.append(&mut second.trials);
-                found.confirmed.confirmations += second.confirmations;
-                found.notes.push(note);
-                Ok(found)
+            Ok(mut decided) => {
+                decided.trials.append(&mut second.trials);
+                decided.confirmed.confirmations += second.confirmations;
+                decided.notes.push(note);
+                Ok(decided)
             }
             Err(SelectError::NothingFits(first)) => {
                 Err(SelectError::NothingFits(format!("{first}; {note}")))

@@ -223,25 +223,25 @@ impl Runtime {
             }
         }
 
-        let mut found = self.search(bounds, limits.percentile, engines)?;
-        notes.append(&mut found.notes);
+        let mut decided = self.search(bounds, limits.percentile, engines)?;
+        notes.append(&mut decided.notes);
         let manifest = self.bundle.manifest();
-        let subnet = &manifest.subnets[found.index];
+        let subnet = &manifest.subnets[decided.index];
         let session = self
             .load(
                 &self.bundle.graph_path(subnet),
                 bounds.batch,
-                found.engine.kind,
+                decided.engine.kind,
             )
             .map_err(|source| SelectError::Load {
                 id: subnet.id.to_owned(),
                 source,
             })?;
-        if found.noisy {
+        if decided.noisy {
             notes.push(format!(
                 "{} measured noisy (cv {:.2}) even after repeating: the device was busy or throttling; \
                  the decision is cached marked noisy, select again on a quiet device with --no-cache",
-                subnet.id, found.measured.cv
+                subnet.id, decided.measured.cv
             ));
         }
         let outcome = match &cache {
@@ -249,13 +249,13 @@ impl Runtime {
             Some(cache) => {
                 let decision = Decision {
                     id: subnet.id.to_owned(),
-                    engine: found.engine.kind,
+                    engine: decided.engine.kind,
                     measured: Measurement {
                         samples_ms: Vec::new(),
-                        ..found.measured.clone()
+                        ..decided.measured.clone()
                     },
-                    candidates_measured: found.trials.len() as u32,
-                    noisy: found.noisy,
+                    candidates_measured: decided.trials.len() as u32,
+                    noisy: decided.noisy,
                 };
                 let stored = cache
                     .store(&key, &decision)
@@ -274,15 +274,15 @@ impl Runtime {
             id: subnet.id.to_owned(),
             width: subnet.width,
             depth: subnet.depth,
-            measured: found.measured,
+            measured: decided.measured,
             limits: *bounds,
             percentile: limits.percentile,
             cache: outcome,
-            engine: found.engine.to_string(),
-            engine_trials: found.engine_trials,
-            trials: found.trials,
-            confirmed: Some(found.confirmed),
-            noisy: found.noisy,
+            engine: decided.engine.to_string(),
+            engine_trials: decided.engine_trials,
+            trials: decided.trials,
+            confirmed: Some(decided.confirmed),
+            noisy: decided.noisy,
             notes,
             selection_ms: 0.0,
             session,

@@ -66,8 +66,8 @@ pub struct RivalMeasured {
     pub fits: bool,
 }
 
-/// The search's result.
-pub(super) struct Found {
+/// A decision made afresh: the winner, with the trials behind it.
+pub(super) struct Decided {
     pub(super) index: usize,
     pub(super) engine: EngineInfo,
     pub(super) engine_trials: Vec<EngineTrial>,
@@ -83,7 +83,7 @@ pub(super) struct Found {
 pub(super) enum Ended {
     /// `index` (in the manifest) won; `better` are the candidates ranked
     /// above it.
-    Chosen { index: usize, better: Vec<usize> },
+    Winner { index: usize, better: Vec<usize> },
     /// Nothing fits, and why.
     NothingFits(String),
     /// The search stopped: the same failure twice in a row, one that would
@@ -233,7 +233,7 @@ impl<'r> Search<'r> {
                     }
                 }
                 Step::Chosen { index, .. } => {
-                    return Ok(Ended::Chosen {
+                    return Ok(Ended::Winner {
                         index: pool[index],
                         better: selector.ranked_above(index).map(|i| pool[i]).collect(),
                     })
@@ -282,8 +282,8 @@ impl<'r> Search<'r> {
                 });
                 Ok(Observation::Measured(point))
             }
-            Err(Stop::Search(e)) => Err(e),
-            Err(Stop::Candidate(note)) => {
+            Err(FailedTrial::EndsSearch(e)) => Err(e),
+            Err(FailedTrial::RulesOut(note)) => {
                 self.trials.push(Trial {
                     id: subnet.id.to_owned(),
                     engine: self.engine.kind,
@@ -312,7 +312,7 @@ impl<'r> Search<'r> {
         let subnets: Vec<&Subnet<'_>> = indices.iter().map(|&i| &manifest.subnets[i]).collect();
         let base = &runtime.options.measure;
         let mut factor = CONFIRM_FACTOR;
-        let mut measured = Err(Stop::Candidate(String::new()));
+        let mut measured = Err(FailedTrial::RulesOut(String::new()));
         for attempt in 0..=NOISY_REPEATS {
             let opts = MeasureOptions {
                 min_runs: base.min_runs.saturating_mul(factor),
@@ -362,8 +362,8 @@ impl<'r> Search<'r> {
                     })
                     .collect())
             }
-            Err(Stop::Search(e)) => Err(e),
-            Err(Stop::Candidate(note)) => {
+            Err(FailedTrial::EndsSearch(e)) => Err(e),
+            Err(FailedTrial::RulesOut(note)) => {
                 self.trials.push(Trial {
                     id: manifest.subnets[index].id.to_owned(),
                     engine: self.engine.kind,
@@ -379,9 +379,9 @@ impl<'r> Search<'r> {
     }
 
     /// The search's result: the winner's confirmation, or why nothing fits.
-    pub(super) fn end(self, ended: Ended) -> Result<Found, SelectError> {
+    pub(super) fn end(self, ended: Ended) -> Result<Decided, SelectError> {
         let index = match ended {
-            Ended::Chosen { index, .. } => index,
+            Ended::Winner { index, .. } => index,
             Ended::NothingFits(why) => return Err(SelectError::NothingFits(why)),
             Ended::Stopped(e) => return Err(e),
         };
@@ -422,7 +422,7 @@ impl<'r> Search<'r> {
             confirmations: self.confirmations,
             rival,
         };
-        Ok(Found {
+        Ok(Decided {
             index,
             engine: self.engine,
             engine_trials: self.engine_trials,
@@ -453,19 +453,19 @@ impl<'r> Search<'r> {
     }
 
     /// Checks the files of `subnet`; a corrupted file is that candidate's problem.
-    fn verified(&self, subnet: &Subnet<'_>) -> Result<(), Stop> {
+    fn verified(&self, subnet: &Subnet<'_>) -> Result<(), FailedTrial> {
         self.runtime
             .bundle
             .verify(subnet)
-            .map_err(|e| Stop::Candidate(format!("failed, falling back: {e}")))
+            .map_err(|e| FailedTrial::RulesOut(format!("failed, falling back: {e}")))
     }
 
     /// What a failure means for the search: a systematic failure, or the
     /// same failure as the previous candidate's, ends it; out of memory
     /// twice in a row means nothing fits.
-    pub(super) fn failed(&mut self, id: &str, failure: Failure) -> Stop {
+    pub(super) fn failed(&mut self, id: &str, failure: Failure) -> FailedTrial {
         if failure.is_systematic() {
-            return Stop::Search(SelectError::Stopped(format!(
+            return FailedTrial::EndsSearch(SelectError::Stopped(format!(
                 "{id}: {failure} (every candidate would fail the same way)"
             )));
         }
@@ -474,14 +474,14 @@ impl<'r> Search<'r> {
             if previous_kind == kind {
                 let why =
                     format!("{previous} and {id} both failed the same way; the last: {failure}");
-                return Stop::Search(match failure {
+                return FailedTrial::EndsSearch(match failure {
                     Failure::ExceedsMemory(_) => SelectError::NothingFits(why),
                     _ => SelectError::Stopped(why),
                 });
             }
         }
         self.last_failure = Some((kind, id.to_owned()));
-        Stop::Candidate(format!("failed, falling back: {failure}"))
+        FailedTrial::RulesOut(format!("failed, falling back: {failure}"))
     }
 }
 
@@ -493,10 +493,10 @@ fn stopped(e: SelectError) -> Result<Ended, SelectError> {
     }
 }
 
-/// How a failed measurement ends.
-pub(super) enum Stop {
+/// What a failed trial means for the search.
+pub(super) enum FailedTrial {
     /// The search is over.
-    Search(SelectError),
+    EndsSearch(SelectError),
     /// This candidate is out; the note says why.
-    Candidate(String),
+    RulesOut(String),
 }
