@@ -23,11 +23,11 @@ use crate::cache;
 use crate::engine::{
     self, EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Session,
 };
-use crate::isolate::{self, Failure, Isolation, Job};
 use crate::manifest::Subnet;
 use crate::policy::{self, PolicyError};
 use crate::probe::{self, DeviceInfo};
 use crate::profile::{MeasureOptions, Measurement};
+use crate::trial::{self, Failure, Isolation, Job};
 
 pub use crate::profile::Percentile;
 pub use limits::{Limits, LimitsError, MemoryLimit};
@@ -271,7 +271,7 @@ impl Runtime {
             measure: measure.clone(),
             input_shape: self.input_shape(batch),
         };
-        isolate::measure(&self.options.isolation, &job)
+        trial::measure(&self.options.isolation, &job)
     }
 
     fn load(

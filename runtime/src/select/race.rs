@@ -8,10 +8,10 @@ use serde::Serialize;
 use super::search::{Decided, Ended, Search};
 use super::{Runtime, SelectError, MB};
 use crate::engine::EngineInfo;
-use crate::isolate::Failure;
 use crate::manifest::Subnet;
 use crate::policy;
 use crate::profile::{Measurement, Percentile};
+use crate::trial::Failure;
 
 /// One engine's measurement of the first candidate, when `auto` compared
 /// engines.

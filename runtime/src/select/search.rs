@@ -7,10 +7,10 @@ use serde::Serialize;
 use super::race::EngineTrial;
 use super::{Runtime, SelectError, MB};
 use crate::engine::{EngineInfo, EngineKind};
-use crate::isolate::Failure;
 use crate::manifest::{Manifest, Subnet};
 use crate::policy::{self, BundleSelector, Candidate, Observation, Shortfall, Step};
 use crate::profile::{MeasureOptions, Measurement, Percentile};
+use crate::trial::Failure;
 
 /// Which part of the search a trial belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
