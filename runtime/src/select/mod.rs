@@ -31,10 +31,11 @@ use crate::trial::{self, Failure, Isolation, Job};
 
 pub use crate::profile::Percentile;
 pub use limits::{Limits, LimitsError, MemoryLimit};
-pub use race::EngineTrial;
 pub use report::render_selection;
 pub use reuse::CacheOutcome;
-pub use search::{Confirmed, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS};
+pub use search::{
+    Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS,
+};
 
 /// Why no sub-network could be selected.
 #[derive(Debug, thiserror::Error)]

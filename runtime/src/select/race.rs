@@ -3,27 +3,13 @@
 //! search did not reach. Another dimension of a candidate's configuration
 //! (say, its thread count) would race here too.
 
-use serde::Serialize;
-
-use super::search::{Decided, Ended, Search};
+use super::search::{Decided, Ended, EngineTrial, Search};
 use super::{Runtime, SelectError, MB};
 use crate::engine::EngineInfo;
 use crate::manifest::Subnet;
 use crate::policy;
 use crate::profile::{Measurement, Percentile};
 use crate::trial::Failure;
-
-/// One engine's measurement of the first candidate, when `auto` compared
-/// engines.
-#[derive(Debug, Clone, Serialize)]
-pub struct EngineTrial {
-    /// As keyed in the cache, e.g. `ort 1.31.1 cpu`.
-    pub engine: String,
-    pub id: String,
-    pub measured: Option<Measurement>,
-    /// Why it failed, if it did.
-    pub note: Option<String>,
-}
 
 impl Runtime {
     /// Searches with the first engine (racing the others on the first

@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 
-use super::race::EngineTrial;
 use super::{Runtime, SelectError, MB};
 use crate::engine::{EngineInfo, EngineKind};
 use crate::manifest::{Manifest, Subnet};
@@ -35,6 +34,18 @@ pub struct Trial {
     /// Why it failed, or why it was rejected.
     pub note: Option<String>,
     pub fits: bool,
+}
+
+/// One engine's measurement of the first candidate, when `auto` compared
+/// engines.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineTrial {
+    /// As keyed in the cache, e.g. `ort 1.31.1 cpu`.
+    pub engine: String,
+    pub id: String,
+    pub measured: Option<Measurement>,
+    /// Why it failed, if it did.
+    pub note: Option<String>,
 }
 
 /// A confirmation is this many times longer than a search measurement.
