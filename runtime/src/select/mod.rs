@@ -3,11 +3,11 @@
 //! searches afresh, and hands back a loaded session of the winner.
 //!
 //! Following a latency limit from the CLI to the decision enters each file
-//! once: [`limits`] resolves it to the policy's bounds; [`Runtime::select`]
-//! (here) hands them to `reuse`, which serves a cached decision or asks
-//! `race` for a fresh one; `race` runs one `search` per engine, each
-//! stepping the [`policy`](crate::policy) with trials; `report` renders the
-//! result.
+//! once: `limits` holds it as written and resolves it to the policy's
+//! bounds; [`Runtime::select`] (here) hands them to `reuse`, which serves a
+//! cached decision or asks `race` for a fresh one; `race` runs one `search`
+//! per engine, each stepping the [`policy`](crate::policy) with trials;
+//! `report` renders the result.
 
 mod limits;
 mod race;
