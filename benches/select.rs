@@ -36,10 +36,10 @@ use tailor::exporter::family::vit::Geometry;
 use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::exporter::synthetic::write_vit_teacher;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
-use tailor::runtime::isolate::{self, Isolation, Job};
 use tailor::runtime::manifest::Subnet;
 use tailor::runtime::profile::{nearest_rank, MeasureOptions};
 use tailor::runtime::select::{CacheOutcome, EngineChoice, Limits, Runtime, RuntimeOptions};
+use tailor::runtime::trial::{self, Isolation, Job};
 use tract_onnx::prelude::*;
 
 /// A DeiT-Ti-like teacher at 64² so 90 candidates measure in seconds.
@@ -60,7 +60,7 @@ const VIOLATION: f64 = 0.05;
 
 fn main() -> ExitCode {
     // Selection measures candidates in children: this program re-executed.
-    if let Some(code) = isolate::child_main() {
+    if let Some(code) = trial::child_main() {
         return code;
     }
     let mut args = std::env::args().skip(1);
@@ -391,7 +391,7 @@ fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Caref
                 },
                 input_shape: shape,
             };
-            let measured = isolate::measure(&isolation, &job).unwrap();
+            let measured = trial::measure(&isolation, &job).unwrap();
             samples.extend_from_slice(&measured[0].samples_ms);
         }
         bar.inc(1);

@@ -15,8 +15,8 @@ use ndarray::Array4;
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::EngineOptions;
-use tailor::runtime::isolate::Isolation;
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions, SelectError};
+use tailor::runtime::trial::Isolation;
 
 /// Default budget: a latency a mid-range CPU core meets with the middle of
 /// the example's grid, and a small board's memory share.

@@ -17,8 +17,8 @@ use anyhow::Result;
 use tailor::calibration::route::{self, Pass};
 use tailor::calibration::{record, Dataset, LoadOptions};
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::isolate::Isolation;
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions};
+use tailor::runtime::trial::Isolation;
 
 /// Default budget: generous for the tiny example on any CPU, so the choice
 /// is the routing's.

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use tailor::exporter::bundle::{self, WriteOptions};
 use tailor::exporter::plan::{Plan, Request};
-use tailor::runtime::isolate;
 use tailor::runtime::select::Limits;
+use tailor::runtime::trial;
 
 /// Runs `example`, or the measurement child this process was started as
 /// (candidates are measured in children: the example re-executed).
 pub fn main(example: fn(Limits) -> Result<()>, default: (f64, f64)) -> ExitCode {
-    if let Some(code) = isolate::child_main() {
+    if let Some(code) = trial::child_main() {
         return code;
     }
     match budget(default).and_then(example) {

@@ -19,8 +19,6 @@ pub mod engine;
 #[cfg(feature = "std")]
 pub mod image;
 #[cfg(feature = "std")]
-pub mod isolate;
-#[cfg(feature = "std")]
 pub mod probe;
 #[cfg(feature = "std")]
 pub mod profile;
@@ -30,6 +28,8 @@ pub mod select;
 pub mod serve;
 #[cfg(feature = "std")]
 pub mod stdout;
+#[cfg(feature = "std")]
+pub mod trial;
 
 #[cfg(feature = "std")]
 pub use select::{Limits, Runtime};

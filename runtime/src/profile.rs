@@ -11,8 +11,8 @@
 //! `/proc/self/statm`'s resident field, already in kB, so no page size is
 //! needed); see [`MemorySource`] for how the peak is obtained. The peak
 //! window opens before the load, where out-of-memory really happens; to
-//! keep earlier candidates' heap out of it, measure in a child process
-//! ([`crate::isolate`]).
+//! keep earlier candidates' heap out of it, measure each in a fresh process
+//! (the caller's choice: this module only measures the process it runs in).
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -385,7 +385,12 @@ impl Peak {
 
 /// A `kB` field of `/proc/self/status`.
 fn status_kb(field: &str) -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    kb_field(&fs::read_to_string("/proc/self/status").ok()?, field)
+}
+
+/// The value of `field` (e.g. `VmRSS:`) in the text of a `/proc/*/status`
+/// file, in kB; `None` if absent or not in kB.
+fn kb_field(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix(field))?;
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
@@ -432,9 +437,10 @@ mod tests {
         }
     }
 
-    /// How many loads a measurement made, and its engine build time, when
-    /// the first load builds an engine (`first_builds`) or none does.
-    fn loads_and_build(first_builds: bool) -> (u32, Option<f64>) {
+    /// A measurement made of one run, whose first load sleeps `first` and
+    /// reports an engine build when `builds`; later loads (from the engine
+    /// cache the build filled) sleep `cached`. Also how many loads it made.
+    fn measured_loads(builds: bool, first: Duration, cached: Duration) -> (u32, Measurement) {
         let once = MeasureOptions {
             warmup_runs: 0,
             min_runs: 1,
@@ -444,20 +450,33 @@ mod tests {
         let mut loads = 0;
         let load = || {
             loads += 1;
-            let built = first_builds && loads == 1;
+            std::thread::sleep(if loads == 1 { first } else { cached });
+            let built = builds && loads == 1;
             Ok(Box::new(Fake { built }) as Box<dyn Session>)
         };
         let input = Array4::zeros((1, 3, 1, 1));
         let (_, m) = measure(load, input.view(), &once).unwrap();
-        (loads, m.engine_build_ms)
+        (loads, m)
     }
 
     #[test]
     fn a_load_that_built_an_engine_is_timed_again_from_the_cache() {
-        let (loads, build) = loads_and_build(true);
+        let slow = Duration::from_millis(100);
+        // A 100 ms build, a quick load from its cache: the first load's time
+        // is split into the build (first minus cached) and the load, so the
+        // two cover the 100 ms slept. A build left unreported, or taken as
+        // cached minus first (clamped to 0), falls short.
+        let (loads, m) = measured_loads(true, slow, Duration::ZERO);
         assert_eq!(loads, 2, "the load from the engine cache is the load time");
-        assert!(build.is_some_and(|ms| ms >= 0.0));
-        assert_eq!(loads_and_build(false), (1, None));
+        let build = m.engine_build_ms.expect("the engine build is reported");
+        assert!(build + m.load_ms >= 100.0 - 1e-6, "{build} + {}", m.load_ms);
+        // A quick build, a 100 ms load from the cache: the load time is the
+        // cached load's, which a load time taken from the building load misses.
+        let (_, m) = measured_loads(true, Duration::ZERO, slow);
+        assert!(m.load_ms >= 100.0, "{m:?}");
+        // Without a build: one load, no build time.
+        let (loads, m) = measured_loads(false, Duration::ZERO, Duration::ZERO);
+        assert_eq!((loads, m.engine_build_ms), (1, None));
     }
 
     #[test]
@@ -498,6 +517,23 @@ mod tests {
     }
 
     #[test]
+    fn noisy_means_a_population_cv_above_a_tenth() {
+        // [9, 11]: mean 10, population deviation 1 (the sample deviation,
+        // sqrt 2, would make it 0.14 and noisy), cv exactly 0.1: not above.
+        let at = Measurement::of_runs(vec![11.0, 9.0]);
+        assert_eq!((at.mean_ms, at.stdev_ms, at.cv), (10.0, 1.0, 0.1));
+        assert!(!at.noisy, "a cv of exactly {NOISY_CV} is not noisy");
+        // [8, 12]: deviation 2, cv 0.2: noisy.
+        let above = Measurement::of_runs(vec![8.0, 12.0]);
+        assert_eq!((above.stdev_ms, above.cv), (2.0, 0.2));
+        assert!(above.noisy);
+        // [20, 20, 20, 24]: mean 21, deviation sqrt(3) = 1.732, cv 0.0825.
+        let quiet = Measurement::of_runs(vec![20.0, 24.0, 20.0, 20.0]);
+        assert!((quiet.cv - 3f64.sqrt() / 21.0).abs() < 1e-12, "{quiet:?}");
+        assert!(!quiet.noisy);
+    }
+
+    #[test]
     fn upper_rank_matches_the_binomial_tail() {
         // P(Bin(30, 0.9) <= 27) = 0.589, <= 28 = 0.816: the 29th of 30.
         assert_eq!(upper_rank(30, 0.9, 0.8), Some(29));
@@ -524,9 +560,21 @@ mod tests {
     }
 
     #[test]
-    fn the_process_has_a_resident_set() {
-        let rss = status_kb("VmRSS:").expect("/proc/self/status has VmRSS on Linux");
-        assert!(rss > 0);
-        assert!(status_kb("NoSuchField:").is_none());
+    fn status_fields_are_read_in_kb_from_their_own_line() {
+        // As proc(5) shows /proc/self/status: tab after the name, padded
+        // values, the unit last. Each field has its own value, so reading
+        // the wrong line, or keeping the unit, gives another answer.
+        let status = "Name:\truntime\n\
+                      VmPeak:\t  131168 kB\n\
+                      VmHWM:\t   20480 kB\n\
+                      VmRSS:\t   13484 kB\n\
+                      RssAnon:\t   10264 kB\n\
+                      Threads:\t1\n";
+        assert_eq!(kb_field(status, "VmRSS:"), Some(13484));
+        assert_eq!(kb_field(status, "VmHWM:"), Some(20480));
+        assert_eq!(kb_field(status, "RssAnon:"), Some(10264));
+        // A count is not a size; an absent field is not zero.
+        assert_eq!(kb_field(status, "Threads:"), None);
+        assert_eq!(kb_field(status, "VmSwap:"), None);
     }
 }

@@ -575,12 +575,25 @@ fn profile_reports_every_requested_subnet() {
         ["w32-d2", "w32-d3", "w32-d4"]
     );
     for r in results {
+        // Each figure is there, in its place and its unit: a field missing,
+        // zeroed or swapped with another (percentiles out of order, the
+        // mean above the slowest run), memory in kB printed as MB (this
+        // tiny graph's process needs tens of MB, not tens of thousands), or
+        // `--min-runs 3 --min-time 0` not obeyed, fails here.
         for key in [
             "load_ms", "first_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "rss_mb", "peak_mb",
         ] {
             assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
         }
-        assert!(r["runs"].as_u64().unwrap() >= 3);
+        let f = |key: &str| r[key].as_f64().unwrap();
+        assert!(
+            f("p50_ms") <= f("p90_ms") && f("p90_ms") <= f("p99_ms"),
+            "{r}"
+        );
+        // Of three runs, p99 is the slowest.
+        assert!(f("mean_ms") <= f("p99_ms"), "{r}");
+        assert!(f("peak_mb") < 4096.0 && f("rss_mb") < 4096.0, "{r}");
+        assert_eq!(r["runs"].as_u64(), Some(3), "{r}");
     }
     let mut args = vec![
         "profile",

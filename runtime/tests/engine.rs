@@ -436,8 +436,20 @@ fn measure_gives_sane_numbers_and_returns_the_session() {
         "{m:?}"
     );
     assert!(m.p50_ms <= m.p90_ms && m.p90_ms <= m.p99_ms, "{m:?}");
+    // The statistics are those of the timed runs handed back (their
+    // arithmetic, cv and `noisy` included, is checked on fixed samples in
+    // profile's unit tests): one sample per counted run, ascending, each
+    // percentile one of them (nearest rank, never interpolated), the mean
+    // within them. Statistics of other runs (warm-up, the first) or of
+    // another session's samples fail this.
+    let samples = &m.samples_ms;
+    assert_eq!(samples.len(), m.runs as usize, "{m:?}");
+    assert!(samples.windows(2).all(|w| w[0] <= w[1]), "{m:?}");
+    for p in [m.p50_ms, m.p90_ms, m.p99_ms] {
+        assert!(samples.contains(&p), "{p} ms is no run's time: {m:?}");
+    }
     assert!(
-        m.stdev_ms >= 0.0 && m.cv == m.stdev_ms / m.mean_ms && m.noisy == (m.cv > 0.1),
+        samples[0] <= m.mean_ms && m.mean_ms <= samples[samples.len() - 1],
         "{m:?}"
     );
     assert_eq!(m.percentile_ms(Percentile::P90), m.p90_ms);

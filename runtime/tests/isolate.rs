@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tailor_runtime::engine::{EngineKind, EngineOptions};
-use tailor_runtime::isolate::{self, Failure, Isolation, Job};
 use tailor_runtime::profile::MeasureOptions;
+use tailor_runtime::trial::{self, Failure, Isolation, Job};
 
 fn graph() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny/graphs/w32-d2.onnx")
@@ -36,8 +36,8 @@ fn runtime_child() -> Isolation {
 fn a_child_measures_its_own_memory_not_its_parents() {
     // 256 MB written (so resident) in this process.
     let hog = vec![7u8; 256 << 20];
-    let in_process = isolate::measure(&Isolation::InProcess, &job()).unwrap();
-    let in_child = isolate::measure(&runtime_child(), &job()).unwrap();
+    let in_process = trial::measure(&Isolation::InProcess, &job()).unwrap();
+    let in_child = trial::measure(&runtime_child(), &job()).unwrap();
     assert!(in_process[0].peak_mb > 256.0, "{:?}", in_process[0]);
     assert!(in_child[0].peak_mb < 128.0, "{:?}", in_child[0]);
     assert_eq!(in_child[0].runs, 5);
@@ -48,7 +48,7 @@ fn a_child_measures_its_own_memory_not_its_parents() {
 fn a_child_measures_several_graphs_interleaved() {
     let mut two = job();
     two.graphs.push(graph().with_file_name("w32-d4.onnx"));
-    let m = isolate::measure(&runtime_child(), &two).unwrap();
+    let m = trial::measure(&runtime_child(), &two).unwrap();
     assert_eq!(m.len(), 2);
     assert!(m.iter().all(|m| m.runs == 5 && m.samples_ms.len() == 5));
 }
@@ -57,7 +57,7 @@ fn a_child_measures_several_graphs_interleaved() {
 fn engine_errors_come_back_from_the_child_with_their_kind() {
     let mut missing = job();
     missing.graphs = vec![graph().with_file_name("no-such.onnx")];
-    let f = isolate::measure(&runtime_child(), &missing).unwrap_err();
+    let f = trial::measure(&runtime_child(), &missing).unwrap_err();
     match &f {
         Failure::Engine {
             systematic: false,
@@ -79,9 +79,9 @@ fn script(dir: &Path, body: &str) -> Isolation {
 #[test]
 fn children_that_die_are_classified() {
     let dir = tempfile::tempdir().unwrap();
-    let killed = isolate::measure(&script(dir.path(), "kill -KILL $$"), &job()).unwrap_err();
+    let killed = trial::measure(&script(dir.path(), "kill -KILL $$"), &job()).unwrap_err();
     assert!(matches!(killed, Failure::ExceedsMemory(_)), "{killed:?}");
-    let crashed = isolate::measure(
+    let crashed = trial::measure(
         &script(dir.path(), "echo 'in a kernel' >&2; kill -SEGV $$"),
         &job(),
     )
@@ -91,7 +91,7 @@ fn children_that_die_are_classified() {
         "{crashed:?}"
     );
     let silent =
-        isolate::measure(&script(dir.path(), "cat > /dev/null; exit 0"), &job()).unwrap_err();
+        trial::measure(&script(dir.path(), "cat > /dev/null; exit 0"), &job()).unwrap_err();
     assert!(
         matches!(&silent, Failure::Crashed(why) if why.contains("no result")),
         "{silent:?}"

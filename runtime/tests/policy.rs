@@ -4,7 +4,7 @@
 use std::cell::{Cell, OnceCell};
 
 use tailor_runtime::policy::{
-    BundleSelector, Candidate, Limits, Measurement, Observation, PolicyError, Selector, Shortfall,
+    Bounds, BundleSelector, Candidate, Observation, PolicyError, Reading, Selector, Shortfall,
     Step, DEFAULT_BUDGET, MAX_CONFIRMATIONS,
 };
 
@@ -76,7 +76,7 @@ fn ms_per_mac(subs: &[Sub]) -> f32 {
 fn device<'a>(subs: &'a [Sub], latency: impl Fn(usize) -> f32 + 'a) -> Box<Device<'a>> {
     Box::new(move |i| {
         let s = subs[i];
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms: latency(i),
             memory_bytes: (s.weight_bytes() + s.activation_bytes()) * 11 / 10,
             spread: 0.0,
@@ -103,8 +103,8 @@ impl Noise {
     }
 }
 
-fn limits(latency_ms: f32) -> Limits {
-    Limits {
+fn limits(latency_ms: f32) -> Bounds {
+    Bounds {
         latency_ms,
         memory_bytes: u64::MAX,
         min_quality: None,
@@ -145,7 +145,7 @@ impl Outcome {
 }
 
 /// Steps a selector against `device` to the end, confirming on it too.
-fn search(candidates: &[Candidate], limits: Limits, device: &Device<'_>) -> Outcome {
+fn search(candidates: &[Candidate], limits: Bounds, device: &Device<'_>) -> Outcome {
     search_confirming(candidates, limits, device, device)
 }
 
@@ -153,7 +153,7 @@ fn search(candidates: &[Candidate], limits: Limits, device: &Device<'_>) -> Outc
 /// confirmations (longer measurements) from `confirm`.
 fn search_confirming(
     candidates: &[Candidate],
-    limits: Limits,
+    limits: Bounds,
     device: &Device<'_>,
     confirm: &Device<'_>,
 ) -> Outcome {
@@ -223,7 +223,7 @@ fn search_with<const N: usize>(
 
 /// What measuring everything would choose: the best eligible candidate
 /// whose true latency and memory fit, ties to the lower latency.
-fn brute_force(candidates: &[Candidate], limits: &Limits, device: &Device<'_>) -> Option<usize> {
+fn brute_force(candidates: &[Candidate], limits: &Bounds, device: &Device<'_>) -> Option<usize> {
     let by_quality = candidates.iter().all(|c| c.quality.is_some());
     let score = |c: &Candidate| {
         if by_quality {
@@ -259,7 +259,7 @@ fn brute_force(candidates: &[Candidate], limits: &Limits, device: &Device<'_>) -
 /// `max_measurements`.
 fn agrees_with_brute_force(
     candidates: &[Candidate],
-    base: Limits,
+    base: Bounds,
     device: &Device<'_>,
     max_measurements: usize,
 ) {
@@ -270,7 +270,7 @@ fn agrees_with_brute_force(
         })
         .collect();
     sweep(&latencies).into_iter().for_each(|latency_ms| {
-        let limits = Limits { latency_ms, ..base };
+        let limits = Bounds { latency_ms, ..base };
         let outcome = search(candidates, limits, device);
         let expected = brute_force(candidates, &limits, device);
         assert_eq!(
@@ -332,7 +332,7 @@ fn min_quality_excludes_candidates_without_measuring_them() {
     let k = ms_per_mac(&subs);
     let device = device(&subs, |i| 5.0 + subs[i].macs() as f32 * k);
     let candidates = candidates(&subs, true);
-    let base = Limits {
+    let base = Bounds {
         min_quality: Some(85.0),
         ..limits(1.0)
     };
@@ -340,7 +340,7 @@ fn min_quality_excludes_candidates_without_measuring_them() {
     agrees_with_brute_force(&candidates, base, &*device, DEFAULT_BUDGET);
     let out = search(
         &candidates,
-        Limits {
+        Bounds {
             latency_ms: 1e6,
             ..base
         },
@@ -355,7 +355,7 @@ fn min_quality_excludes_candidates_without_measuring_them() {
         Some(best),
         brute_force(
             &candidates,
-            &Limits {
+            &Bounds {
                 latency_ms: 1e6,
                 ..base
             },
@@ -372,7 +372,7 @@ fn memory_limit_is_respected_before_and_after_measuring() {
     let device: Box<Device<'_>> = Box::new(|i| {
         let s = subs[i];
         let tensors = s.weight_bytes() + s.activation_bytes();
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms: subs[i].macs() as f32 * k,
             // A few candidates need far more than predicted.
             memory_bytes: if surprise(i) {
@@ -390,7 +390,7 @@ fn memory_limit_is_respected_before_and_after_measuring() {
         .position(|s| s.width == 768 && s.depth == 18)
         .unwrap()]
     .predicted_footprint(1);
-    let base = Limits {
+    let base = Bounds {
         memory_bytes,
         ..limits(1.0)
     };
@@ -398,7 +398,7 @@ fn memory_limit_is_respected_before_and_after_measuring() {
 
     let out = search(
         &candidates,
-        Limits {
+        Bounds {
             latency_ms: 1e6,
             ..base
         },
@@ -416,7 +416,7 @@ fn memory_limit_is_respected_before_and_after_measuring() {
         Some(chosen),
         brute_force(
             &candidates,
-            &Limits {
+            &Bounds {
                 latency_ms: 1e6,
                 ..base
             },
@@ -481,7 +481,7 @@ fn noisy_curve_holds_the_limit_and_stays_near_the_best() {
     let noisy = |amplitude: f32| -> Box<Device<'_>> {
         let (truth, noise) = (&truth, &noise);
         Box::new(move |i| {
-            Observation::Measured(Measurement {
+            Observation::Measured(Reading {
                 latency_ms: truth(i) * (1.0 + noise.draw(amplitude)),
                 memory_bytes: 1,
                 spread: amplitude,
@@ -633,7 +633,7 @@ fn nothing_fits_in_memory_or_quality_without_measuring() {
         .min_by_key(|&i| candidates[i].predicted_footprint(1))
         .unwrap();
     let predicted_bytes = candidates[smallest].predicted_footprint(1);
-    let tight = Limits {
+    let tight = Bounds {
         memory_bytes: predicted_bytes - 1,
         ..limits(1e6)
     };
@@ -646,7 +646,7 @@ fn nothing_fits_in_memory_or_quality_without_measuring() {
         })
     );
 
-    let picky = Limits {
+    let picky = Bounds {
         min_quality: Some(1_000.0),
         ..limits(1e6)
     };
@@ -666,7 +666,7 @@ fn equal_quality_goes_to_the_lower_latency() {
     };
     let candidates = [c(100), c(300), c(200)];
     let device = |i: usize| {
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms: candidates[i].macs as f32 / 10.0,
             memory_bytes: 1,
             spread: 0.0,
@@ -704,7 +704,7 @@ fn predictions_follow_the_measurements() {
         let Step::Measure(i) = selector.next() else {
             panic!("measures twice first")
         };
-        let m = Measurement {
+        let m = Reading {
             latency_ms: true_latency(i),
             memory_bytes: 1,
             spread: 0.0,
@@ -734,41 +734,41 @@ fn bad_inputs_are_errors() {
     let ok = limits(10.0);
     for (bad, field) in [
         (
-            Limits {
+            Bounds {
                 latency_ms: f32::NAN,
                 ..ok
             },
             "latency_ms",
         ),
         (
-            Limits {
+            Bounds {
                 latency_ms: 0.0,
                 ..ok
             },
             "latency_ms",
         ),
         (
-            Limits {
+            Bounds {
                 latency_ms: f32::INFINITY,
                 ..ok
             },
             "latency_ms",
         ),
         (
-            Limits {
+            Bounds {
                 memory_bytes: 0,
                 ..ok
             },
             "memory_bytes",
         ),
         (
-            Limits {
+            Bounds {
                 min_quality: Some(f32::NAN),
                 ..ok
             },
             "min_quality",
         ),
-        (Limits { batch: 0, ..ok }, "batch"),
+        (Bounds { batch: 0, ..ok }, "batch"),
     ] {
         let err = Selector::<4>::new(&[c], bad).unwrap_err();
         assert_eq!(err, PolicyError::InvalidLimit { field });
@@ -809,13 +809,13 @@ fn bad_inputs_are_errors() {
     };
     let mut selector = Selector::<4>::new(
         &[c, big],
-        Limits {
+        Bounds {
             memory_bytes: 1 << 30,
             ..ok
         },
     )
     .unwrap();
-    let fine = Observation::Measured(Measurement {
+    let fine = Observation::Measured(Reading {
         latency_ms: 1.0,
         memory_bytes: 1,
         spread: 0.0,
@@ -828,7 +828,7 @@ fn bad_inputs_are_errors() {
         selector.record(1, fine),
         Err(PolicyError::Ineligible { index: 1 })
     );
-    let nan = Observation::Measured(Measurement {
+    let nan = Observation::Measured(Reading {
         latency_ms: f32::NAN,
         memory_bytes: 1,
         spread: 0.0,
@@ -859,7 +859,7 @@ fn shaped(depth: u32, width: u32, macs: u64) -> Candidate {
 /// Candidates measured with `latency` and no memory to speak of.
 fn exact<'a>(latency: impl Fn(usize) -> f32 + 'a) -> Box<Device<'a>> {
     Box::new(move |i| {
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms: latency(i),
             memory_bytes: 1,
             spread: 0.0,
@@ -913,7 +913,7 @@ fn a_confirmation_that_misses_steps_down_to_a_confirmed_winner() {
         } else {
             m.latency_ms
         };
-        Observation::Measured(Measurement { latency_ms, ..m })
+        Observation::Measured(Reading { latency_ms, ..m })
     });
     let limits = limits(150.0);
     let out = search_confirming(&candidates, limits, &*device, &*slow_first);
@@ -950,7 +950,7 @@ fn confirmations_are_bounded() {
     let device = device(&subs, |i| 3.0 + subs[i].macs() as f32 * k);
     // Measured again, every candidate is twice as slow.
     let twice: Box<Device<'_>> = Box::new(|i| match device(i) {
-        Observation::Measured(m) => Observation::Measured(Measurement {
+        Observation::Measured(m) => Observation::Measured(Reading {
             latency_ms: m.latency_ms * 2.0,
             ..m
         }),
@@ -986,7 +986,7 @@ fn nothing_fits_once_the_two_cheapest_run_over_memory() {
     // (a GPU context, say); the limit admits twice the cheapest's.
     let needs = |i: usize| candidates[i].predicted_footprint(1) * 3;
     let device: Box<Device<'_>> = Box::new(|i| {
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms: subs[i].macs() as f32 * k,
             memory_bytes: needs(i),
             spread: 0.0,
@@ -999,7 +999,7 @@ fn nothing_fits_once_the_two_cheapest_run_over_memory() {
     assert!(eligible > 2, "the stop saves measurements");
     let out = search(
         &candidates,
-        Limits {
+        Bounds {
             memory_bytes,
             ..limits(1e6)
         },
@@ -1019,7 +1019,7 @@ fn nothing_fits_once_the_two_cheapest_run_over_memory() {
 fn observations_out_of_turn_are_errors() {
     let candidates = [100, 200, 300].map(|macs| shaped(1, 1, macs));
     let fine = |latency_ms| {
-        Observation::Measured(Measurement {
+        Observation::Measured(Reading {
             latency_ms,
             memory_bytes: 1,
             spread: 0.0,
@@ -1031,9 +1031,9 @@ fn observations_out_of_turn_are_errors() {
         Err(PolicyError::NotRequested { index: 0 }),
         "nothing to confirm before anything ran"
     );
-    let negative = Observation::Measured(Measurement {
+    let negative = Observation::Measured(Reading {
         spread: -0.1,
-        ..Measurement {
+        ..Reading {
             latency_ms: 1.0,
             memory_bytes: 1,
             spread: 0.0,

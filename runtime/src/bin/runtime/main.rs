@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tailor_runtime::engine::{EngineOptions, ExecutionProvider};
-use tailor_runtime::isolate::{self, Isolation};
 use tailor_runtime::profile::{MeasureOptions, Measurement};
 use tailor_runtime::select::{
     render_selection, Chosen, EngineChoice, Limits, Percentile, Runtime, RuntimeOptions,
     SelectError, Verify,
 };
+use tailor_runtime::trial::{self, Isolation};
 use tailor_runtime::{cache, outln, probe, stdout};
 
 use config::Config;
@@ -344,7 +344,7 @@ impl Common {
 
 fn main() -> ExitCode {
     logger::install();
-    if let Some(code) = isolate::child_main() {
+    if let Some(code) = trial::child_main() {
         return code;
     }
     let cli = Cli::parse();

@@ -1,9 +1,10 @@
-//! Measuring candidates in a child process, so each measurement starts from
-//! a clean process: its peak memory includes the load and nothing left over
-//! from earlier candidates, a candidate the kernel's out-of-memory killer
-//! stops (or that crashes inside an engine) is a finding about that
-//! candidate instead of the end of the search, and the selecting process
-//! stays small.
+//! Running a trial, the measurement of candidates, where [`Isolation`]
+//! says: in this process, or in a child process. A child starts each
+//! measurement from a clean process: its peak memory includes the load and
+//! nothing left over from earlier candidates, a candidate the kernel's
+//! out-of-memory killer stops (or that crashes inside an engine) is a
+//! finding about that candidate instead of the end of the search, and the
+//! selecting process stays small.
 //!
 //! The child is the same program re-executed with [`CHILD_COMMAND`]: a
 //! program that measures in children calls [`child_main`] first thing in

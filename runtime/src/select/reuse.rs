@@ -1,0 +1,472 @@
+//! Reusing a decision: the cache key of a selection, the cached decision
+//! verified and loaded again, and a fresh decision stored.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Chosen, EngineChoice, Limits, MemoryLimit, Runtime, SelectError, Verify, MB};
+use crate::cache::{self, Cache, Lookup};
+use crate::engine::{EngineInfo, EngineKind, Session};
+use crate::manifest::{Sha256, Subnet};
+use crate::policy;
+use crate::profile::{MeasureOptions, Measurement};
+
+/// What became of the decision cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// The decision came from the cache.
+    Hit,
+    /// Selected afresh and cached.
+    Miss,
+    /// No cache was used.
+    Disabled,
+    /// Selected afresh; the cache could not be written (see the notes).
+    Unwritable,
+}
+
+/// Everything a selection depends on: a decision is reused only for an
+/// equal key. Floats compare by their bits, so equality is an equivalence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheKey {
+    /// The probe's device fingerprint (model, SoC, memory).
+    pub device: String,
+    /// The power mode the device ran in (e.g. `nvpmodel` mode), if it has any.
+    pub power_mode: Option<String>,
+    /// CPU governor / clock-lock state, e.g. `schedutil` or
+    /// `performance,locked`; `None` if unknown.
+    pub clocks: Option<String>,
+    /// Engine, execution provider and library versions, e.g. `tract 0.23` or
+    /// `ort 1.31.1 cuda tensorrt 10.3`.
+    pub engine: String,
+    /// tailor's version (`env!("CARGO_PKG_VERSION")` of the caller).
+    pub tailor: String,
+    /// sha256 of the bundle's manifest.
+    pub bundle: Sha256,
+    /// The limits as the user wrote them.
+    pub limits: Limits,
+    /// Threads the engine ran with.
+    pub threads: u32,
+    /// How candidates were measured.
+    pub measuring: MeasureOptions,
+}
+
+/// A part of the [`CacheKey`], to say which one changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    Device,
+    PowerMode,
+    Clocks,
+    Engine,
+    Tailor,
+    Bundle,
+    LatencyLimit,
+    Percentile,
+    Batch,
+    MemoryLimit,
+    MinQuality,
+    Threads,
+    Measuring,
+}
+
+impl fmt::Display for KeyField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyField::Device => "device fingerprint",
+            KeyField::PowerMode => "power mode",
+            KeyField::Clocks => "CPU clock state (governor, clock lock)",
+            KeyField::Engine => "engine or its library version",
+            KeyField::Tailor => "tailor version",
+            KeyField::Bundle => "bundle (manifest sha256)",
+            KeyField::LatencyLimit => "latency limit",
+            KeyField::Percentile => "latency percentile",
+            KeyField::Batch => "batch size",
+            KeyField::MemoryLimit => "memory limit",
+            KeyField::MinQuality => "minimum quality",
+            KeyField::Threads => "thread count",
+            KeyField::Measuring => "measuring options",
+        })
+    }
+}
+
+impl CacheKey {
+    /// The fields in which `self` and `other` differ, in declaration order.
+    fn differences(&self, other: &CacheKey) -> impl Iterator<Item = KeyField> {
+        let (a, b) = (&self.limits, &other.limits);
+        let same_memory = match (a.memory, b.memory) {
+            (MemoryLimit::Bytes(x), MemoryLimit::Bytes(y)) => x == y,
+            (MemoryLimit::FractionOfAvailable(x), MemoryLimit::FractionOfAvailable(y)) => {
+                x.to_bits() == y.to_bits()
+            }
+            _ => false,
+        };
+        [
+            (self.device == other.device, KeyField::Device),
+            (self.power_mode == other.power_mode, KeyField::PowerMode),
+            (self.clocks == other.clocks, KeyField::Clocks),
+            (self.engine == other.engine, KeyField::Engine),
+            (self.tailor == other.tailor, KeyField::Tailor),
+            (self.bundle == other.bundle, KeyField::Bundle),
+            (
+                a.latency_ms.to_bits() == b.latency_ms.to_bits(),
+                KeyField::LatencyLimit,
+            ),
+            (a.percentile == b.percentile, KeyField::Percentile),
+            (a.batch == b.batch, KeyField::Batch),
+            (same_memory, KeyField::MemoryLimit),
+            (
+                a.min_quality.map(f32::to_bits) == b.min_quality.map(f32::to_bits),
+                KeyField::MinQuality,
+            ),
+            (self.threads == other.threads, KeyField::Threads),
+            (self.measuring == other.measuring, KeyField::Measuring),
+        ]
+        .into_iter()
+        .filter_map(|(same, field)| (!same).then_some(field))
+    }
+}
+
+impl cache::Key for CacheKey {
+    type Field = KeyField;
+
+    /// The first changed field of the nearest key (same device and bundle
+    /// first, then fewest differences, then newest).
+    fn nearest_change<'a>(
+        &self,
+        stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
+    ) -> Option<KeyField> {
+        stored
+            .rev()
+            .map(|other| {
+                let changed: Vec<KeyField> = self.differences(other).collect();
+                let elsewhere = changed
+                    .iter()
+                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
+                ((elsewhere, changed.len()), changed.first().copied())
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .and_then(|(_, first)| first)
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.differences(other).next().is_none()
+    }
+}
+
+impl Eq for CacheKey {}
+
+/// The decision that is cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Decision {
+    id: String,
+    /// The engine that measured it, and serves it.
+    engine: EngineKind,
+    /// The confirmation's measurement, without its samples.
+    measured: Measurement,
+    candidates_measured: u32,
+    noisy: bool,
+}
+
+impl Runtime {
+    /// The decision cached for this device, engines, bundle and `limits`,
+    /// if it still holds; else a fresh search's, cached. `bounds` are
+    /// `limits` resolved here; `selection_ms` is left for the caller.
+    pub(super) fn select_through_cache(
+        &self,
+        limits: &Limits,
+        bounds: &policy::Bounds,
+        engines: &[EngineInfo],
+    ) -> Result<Chosen, SelectError> {
+        let key = self.cache_key(limits, engines);
+        let mut notes = Vec::new();
+        let cache = self.options.cache.as_ref().map(Cache::at);
+        // Held until the decision is stored: a second runtime starting at
+        // once waits, then finds this one's decision.
+        let lock = cache.as_ref().map(Cache::lock);
+        if let Some(Err(e)) = &lock {
+            notes.push(format!("{e}: selecting without the cache's lock"));
+        }
+        if let Some(cache) = &cache {
+            if self.options.verify == Verify::Changed {
+                self.bundle.trust(&cache.verified());
+            }
+            match cache.load::<Decision>(&key) {
+                Lookup::Hit(decision) => match self.reuse(&decision, bounds, engines) {
+                    Ok((subnet, engine, session)) => {
+                        return Ok(Chosen {
+                            id: decision.id,
+                            width: subnet.width,
+                            depth: subnet.depth,
+                            measured: decision.measured,
+                            limits: *bounds,
+                            percentile: limits.percentile,
+                            cache: CacheOutcome::Hit,
+                            engine: engine.to_string(),
+                            engine_trials: Vec::new(),
+                            trials: Vec::new(),
+                            confirmed: None,
+                            noisy: decision.noisy,
+                            notes,
+                            selection_ms: 0.0,
+                            session,
+                        })
+                    }
+                    Err(why) => notes.push(format!(
+                        "the cached choice {} cannot be used ({why}): selecting afresh",
+                        decision.id
+                    )),
+                },
+                Lookup::Miss(_) => {}
+            }
+        }
+
+        let mut decided = self.search(bounds, limits.percentile, engines)?;
+        notes.append(&mut decided.notes);
+        let manifest = self.bundle.manifest();
+        let subnet = &manifest.subnets[decided.index];
+        let session = self
+            .load(
+                &self.bundle.graph_path(subnet),
+                bounds.batch,
+                decided.engine.kind,
+            )
+            .map_err(|source| SelectError::Load {
+                id: subnet.id.to_owned(),
+                source,
+            })?;
+        if decided.noisy {
+            notes.push(format!(
+                "{} measured noisy (cv {:.2}) even after repeating: the device was busy or throttling; \
+                 the decision is cached marked noisy, select again on a quiet device with --no-cache",
+                subnet.id, decided.measured.cv
+            ));
+        }
+        let outcome = match &cache {
+            None => CacheOutcome::Disabled,
+            Some(cache) => {
+                let decision = Decision {
+                    id: subnet.id.to_owned(),
+                    engine: decided.engine.kind,
+                    measured: Measurement {
+                        samples_ms: Vec::new(),
+                        ..decided.measured.clone()
+                    },
+                    candidates_measured: decided.trials.len() as u32,
+                    noisy: decided.noisy,
+                };
+                let stored = cache
+                    .store(&key, &decision)
+                    .and_then(|()| cache.record_verified(&self.bundle.stamps()));
+                match stored {
+                    Ok(()) => CacheOutcome::Miss,
+                    Err(e) => {
+                        notes.push(format!("decision not cached: {e}"));
+                        CacheOutcome::Unwritable
+                    }
+                }
+            }
+        };
+        drop(lock);
+        Ok(Chosen {
+            id: subnet.id.to_owned(),
+            width: subnet.width,
+            depth: subnet.depth,
+            measured: decided.measured,
+            limits: *bounds,
+            percentile: limits.percentile,
+            cache: outcome,
+            engine: decided.engine.to_string(),
+            engine_trials: decided.engine_trials,
+            trials: decided.trials,
+            confirmed: Some(decided.confirmed),
+            noisy: decided.noisy,
+            notes,
+            selection_ms: 0.0,
+            session,
+        })
+    }
+
+    /// The cached winner, verified and loaded with its engine, if it still
+    /// fits the memory resolved now; else why not.
+    fn reuse<'e>(
+        &self,
+        decision: &Decision,
+        limits: &policy::Bounds,
+        engines: &'e [EngineInfo],
+    ) -> Result<(Subnet<'_>, &'e EngineInfo, Box<dyn Session>), String> {
+        let engine = engines
+            .iter()
+            .find(|e| e.kind == decision.engine)
+            .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
+        let subnet = self
+            .bundle
+            .subnet(&decision.id)
+            .map_err(|e| e.to_string())?;
+        let peak = (decision.measured.peak_mb * MB) as u64;
+        if peak > limits.memory_bytes {
+            return Err(format!(
+                "it peaked at {:.0} MB, over the {:.0} MB allowed now",
+                decision.measured.peak_mb,
+                limits.memory_bytes as f64 / MB
+            ));
+        }
+        self.bundle.verify(&subnet).map_err(|e| e.to_string())?;
+        let session = self
+            .load(&self.bundle.graph_path(&subnet), limits.batch, engine.kind)
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        Ok((subnet, engine, session))
+    }
+
+    /// `engines` keyed by name and version: `auto` is keyed by the engines
+    /// it could choose from, so installing ONNX Runtime selects again.
+    fn cache_key(&self, limits: &Limits, engines: &[EngineInfo]) -> CacheKey {
+        let names: Vec<String> = engines.iter().map(EngineInfo::to_string).collect();
+        let engine = match self.options.engine {
+            EngineChoice::Auto => format!("auto: {}", names.join(" | ")),
+            EngineChoice::Only(_) => names.join(""),
+        };
+        CacheKey {
+            device: self.device.fingerprint(),
+            power_mode: self.device.power_mode().map(str::to_owned),
+            clocks: self.device.clock_state(),
+            engine,
+            tailor: env!("CARGO_PKG_VERSION").to_owned(),
+            bundle: self.bundle.identity(),
+            limits: *limits,
+            threads: self.options.engine_options.threads.unwrap_or(0) as u32,
+            measuring: self.options.measure.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Miss;
+    use crate::profile::Percentile;
+
+    fn key() -> CacheKey {
+        CacheKey {
+            device: "jetson-orin-nano-8gb".into(),
+            power_mode: Some("15W".into()),
+            clocks: Some("schedutil".into()),
+            engine: "ort 1.31.1 cuda".into(),
+            tailor: "0.1.0".into(),
+            bundle: Sha256([3; 32]),
+            limits: Limits::latency_ms(25.0).memory_mb(900).min_quality(80.0),
+            threads: 4,
+            measuring: MeasureOptions::default(),
+        }
+    }
+
+    fn key_with(change: impl FnOnce(&mut CacheKey)) -> CacheKey {
+        let mut k = key();
+        change(&mut k);
+        k
+    }
+
+    /// A decision, as far as the key's tests care: the winner's id.
+    fn decision(id: &str) -> String {
+        id.to_owned()
+    }
+
+    /// A cache in a temporary directory holding one decision under `key()`.
+    fn stored() -> (tempfile::TempDir, Cache<CacheKey>) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path().join(cache::FILE_NAME));
+        cache.store(&key(), &decision("w640-d18")).unwrap();
+        (dir, cache)
+    }
+
+    fn hit(cache: &Cache<CacheKey>, key: &CacheKey) -> Option<String> {
+        match cache.load(key) {
+            Lookup::Hit(d) => Some(d),
+            Lookup::Miss(_) => None,
+        }
+    }
+
+    #[test]
+    fn each_key_field_is_named_when_it_changes() {
+        let (_dir, cache) = stored();
+        type Change = (KeyField, fn(&mut CacheKey));
+        let changes: [Change; 13] = [
+            (KeyField::Device, |k| k.device.push_str("-rev2")),
+            (KeyField::PowerMode, |k| k.power_mode = None),
+            (KeyField::Clocks, |k| k.clocks = Some("performance".into())),
+            (KeyField::Engine, |k| {
+                k.engine = "ort 1.31.1 cuda tensorrt 10.3".into()
+            }),
+            (KeyField::Tailor, |k| k.tailor = "0.2.0".into()),
+            (KeyField::Bundle, |k| k.bundle.0[31] ^= 1),
+            (KeyField::LatencyLimit, |k| k.limits.latency_ms = 30.0),
+            (KeyField::Percentile, |k| {
+                k.limits.percentile = Percentile::P99
+            }),
+            (KeyField::Batch, |k| k.limits.batch = 8),
+            (KeyField::MemoryLimit, |k| {
+                k.limits = k.limits.memory_mb(901)
+            }),
+            (KeyField::MinQuality, |k| k.limits.min_quality = None),
+            (KeyField::Threads, |k| k.threads = 2),
+            (KeyField::Measuring, |k| k.measuring.min_runs += 1),
+        ];
+        for (field, change) in changes {
+            match cache.load::<String>(&key_with(change)) {
+                Lookup::Miss(miss @ Miss::KeyChanged(f)) => {
+                    assert_eq!(f, field);
+                    assert!(miss.to_string().contains(&field.to_string()), "{miss}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_change_is_named_against_the_nearest_entry() {
+        let (_dir, cache) = stored();
+        // An older entry of another device, a newer one of this device with
+        // another limit: a new thread count on this device is the news.
+        let elsewhere = key_with(|k| {
+            k.device = "raspberry-pi-5".into();
+            k.threads = 2;
+        });
+        cache.store(&elsewhere, &decision("w192-d6")).unwrap();
+        let wanted = key_with(|k| k.threads = 2);
+        assert!(matches!(
+            cache.load::<String>(&wanted),
+            Lookup::Miss(Miss::KeyChanged(KeyField::Threads))
+        ));
+    }
+
+    #[test]
+    fn a_memory_fraction_keys_as_written() {
+        // The default limit is half of what is available whenever it is
+        // resolved: two boots write the same key.
+        let boot = |limits: Limits| key_with(|k| k.limits = limits);
+        let (_dir, cache) = stored();
+        let first = boot(Limits::latency_ms(5.0));
+        cache.store(&first, &decision("w64-d4")).unwrap();
+        assert_eq!(boot(Limits::latency_ms(5.0)), first);
+        assert_eq!(
+            hit(&cache, &boot(Limits::latency_ms(5.0))),
+            Some(decision("w64-d4"))
+        );
+        // Another fraction, or bytes whose bits equal the fraction's, is
+        // another memory limit.
+        for memory in [
+            MemoryLimit::FractionOfAvailable(0.25),
+            MemoryLimit::Bytes(0.5f64.to_bits()),
+        ] {
+            let mut limits = Limits::latency_ms(5.0);
+            limits.memory = memory;
+            assert_eq!(
+                boot(limits).differences(&first).collect::<Vec<_>>(),
+                [KeyField::MemoryLimit],
+                "{memory:?}"
+            );
+        }
+    }
+}

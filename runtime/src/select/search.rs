@@ -1,0 +1,513 @@
+//! One engine's search: the driver that steps the
+//! [`policy`](crate::policy)'s selector with real measurements (trials),
+//! confirms its winner and says, in words, why nothing fits.
+
+use serde::Serialize;
+
+use super::{Runtime, SelectError, MB};
+use crate::engine::{EngineInfo, EngineKind};
+use crate::manifest::{Manifest, Subnet};
+use crate::policy::{self, BundleSelector, Candidate, Observation, Shortfall, Step};
+use crate::profile::{MeasureOptions, Measurement, Percentile};
+use crate::trial::Failure;
+
+/// Which part of the search a trial belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// A first measurement, to find the boundary.
+    Search,
+    /// A longer, fresh measurement of a would-be winner (and its rival).
+    Confirm,
+}
+
+/// What was measured of one candidate during selection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub id: String,
+    /// The engine that measured it.
+    pub engine: EngineKind,
+    pub stage: Stage,
+    pub predicted_ms: Option<f64>,
+    /// `None` when the candidate failed to load or run.
+    pub measured: Option<Measurement>,
+    /// Why it failed, or why it was rejected.
+    pub note: Option<String>,
+    pub fits: bool,
+}
+
+/// One engine's measurement of the first candidate, when `auto` compared
+/// engines.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineTrial {
+    /// As keyed in the cache, e.g. `ort 1.31.1 cpu`.
+    pub engine: String,
+    pub id: String,
+    pub measured: Option<Measurement>,
+    /// Why it failed, if it did.
+    pub note: Option<String>,
+}
+
+/// A confirmation is this many times longer than a search measurement.
+pub const CONFIRM_FACTOR: u32 = 3;
+/// A noisy confirmation is repeated this many times, each twice as long.
+pub const NOISY_REPEATS: u32 = 1;
+
+/// The winner's confirmation, and its rival's when one was close.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confirmed {
+    pub id: String,
+    pub runs: u32,
+    /// The limit's percentile, from the confirmation alone.
+    pub latency_ms: f64,
+    /// Its upper confidence bound ([`UPPER_CONFIDENCE`](crate::profile::UPPER_CONFIDENCE)).
+    pub upper_ms: f64,
+    pub cv: f64,
+    /// Measurements made for confirmations, the winner's and others'.
+    pub confirmations: u32,
+    /// The close rival measured interleaved with the winner, if any.
+    pub rival: Option<RivalMeasured>,
+}
+
+/// A rival's interleaved confirmation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RivalMeasured {
+    pub id: String,
+    pub latency_ms: f64,
+    pub fits: bool,
+}
+
+/// A decision made afresh: the winner, with the trials behind it.
+pub(super) struct Decided {
+    pub(super) index: usize,
+    pub(super) engine: EngineInfo,
+    pub(super) engine_trials: Vec<EngineTrial>,
+    pub(super) measured: Measurement,
+    pub(super) trials: Vec<Trial>,
+    pub(super) confirmed: Confirmed,
+    pub(super) noisy: bool,
+    /// What the user should know about how it was found.
+    pub(super) notes: Vec<String>,
+}
+
+/// How one engine's search ended.
+pub(super) enum Ended {
+    /// `index` (in the manifest) won; `better` are the candidates ranked
+    /// above it.
+    Winner { index: usize, better: Vec<usize> },
+    /// Nothing fits, and why.
+    NothingFits(String),
+    /// The search stopped: the same failure twice in a row, one that would
+    /// hit every candidate, or two candidates over memory.
+    Stopped(SelectError),
+}
+
+/// Why `min_quality` excludes everything: the best score and its metric, or
+/// that the bundle was never calibrated.
+fn quality_shortfall(manifest: &Manifest<'_>, min_quality: Option<f32>) -> String {
+    let min = min_quality.map_or(String::new(), |q| format!(" {q}"));
+    let best = manifest
+        .subnets
+        .iter()
+        .filter_map(|s| s.quality.map(|q| (q, s.id)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match (&manifest.calibration, best) {
+        (Some(c), Some((q, id))) => format!(
+            "no sub-network reaches the minimum quality{min} ({}; the best is {id} at {q})",
+            c.quality_metric.name()
+        ),
+        _ => format!(
+            "no sub-network reaches the minimum quality{min}: the bundle is not calibrated (exporter calibrate BUNDLE --data DATA)"
+        ),
+    }
+}
+
+impl Runtime {
+    /// Why nothing fits, in words; the shortfall's indices are into `pool`.
+    fn explain(
+        &self,
+        shortfall: Shortfall,
+        pool: &[usize],
+        limits: &policy::Bounds,
+        percentile: Percentile,
+    ) -> String {
+        let manifest = self.bundle.manifest();
+        let mb = |b: u64| b as f64 / MB;
+        let id = |i: usize| manifest.subnets[pool[i]].id;
+        let against = |m: &policy::Reading| {
+            format!(
+                "{:.2} ms (p{}) and {:.0} MB against limits of {:.2} ms and {:.0} MB",
+                m.latency_ms,
+                percentile.value(),
+                mb(m.memory_bytes),
+                limits.latency_ms,
+                mb(limits.memory_bytes)
+            )
+        };
+        match shortfall {
+            Shortfall::Quality => quality_shortfall(&manifest, limits.min_quality),
+            Shortfall::Memory { smallest, predicted_bytes } => format!(
+                "the smallest, {}, is predicted to need {:.0} MB, over the {:.0} MB limit",
+                id(smallest),
+                mb(predicted_bytes),
+                mb(limits.memory_bytes)
+            ),
+            Shortfall::OverMemory { first, second } => format!(
+                "the two cheapest candidates measured over the {:.0} MB memory limit: {} peaked at {:.0} MB, {} at {:.0} MB",
+                mb(limits.memory_bytes),
+                id(first.0),
+                mb(first.1),
+                id(second.0),
+                mb(second.1)
+            ),
+            Shortfall::Missed { smallest, measurement } => format!(
+                "the smallest, {}, measured {}",
+                id(smallest),
+                against(&measurement)
+            ),
+            Shortfall::Unconfirmed { closest, measurement } => format!(
+                "{} winners missed the limits when measured again; the closest, {}, measured {}",
+                policy::MAX_CONFIRMATIONS,
+                id(closest),
+                against(&measurement)
+            ),
+            Shortfall::Failed => "every candidate failed to load or run".into(),
+        }
+    }
+}
+
+/// The state of one search: its trials and the failure streak.
+pub(super) struct Search<'r> {
+    pub(super) runtime: &'r Runtime,
+    pub(super) limits: &'r policy::Bounds,
+    pub(super) percentile: Percentile,
+    /// The engine measuring the candidates.
+    pub(super) engine: EngineInfo,
+    /// Engines still to compare with it on the first candidate.
+    pub(super) contenders: Vec<EngineInfo>,
+    pub(super) engine_trials: Vec<EngineTrial>,
+    pub(super) trials: Vec<Trial>,
+    /// The previous trial's failure kind and candidate, if it failed.
+    pub(super) last_failure: Option<(String, String)>,
+    pub(super) confirmations: u32,
+}
+
+impl<'r> Search<'r> {
+    /// A search measuring with `engines[0]`, racing the rest on the first
+    /// candidate.
+    pub(super) fn new(
+        runtime: &'r Runtime,
+        limits: &'r policy::Bounds,
+        percentile: Percentile,
+        engines: &[EngineInfo],
+    ) -> Self {
+        Search {
+            runtime,
+            limits,
+            percentile,
+            engine: engines[0].clone(),
+            contenders: engines[1..].to_vec(),
+            engine_trials: Vec::new(),
+            trials: Vec::new(),
+            last_failure: None,
+            confirmations: 0,
+        }
+    }
+
+    /// Steps a selector over the `pool`'s candidates (manifest indices)
+    /// until it chooses one or nothing fits.
+    pub(super) fn run(&mut self, pool: &[usize]) -> Result<Ended, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let candidates: Vec<Candidate> = pool
+            .iter()
+            .map(|&i| Candidate::from(&manifest.subnets[i]))
+            .collect();
+        let mut selector = BundleSelector::new(&candidates, *self.limits)?;
+        loop {
+            match selector.next() {
+                Step::Measure(i) => {
+                    let predicted_ms = selector.predicted_latency_ms(i).map(f64::from);
+                    let obs = match self.measure(pool[i], predicted_ms) {
+                        Ok(obs) => obs,
+                        Err(e) => return stopped(e),
+                    };
+                    selector.record(i, obs)?;
+                }
+                Step::Confirm { index, rival } => {
+                    let confirmed = match self.confirm(pool[index], rival.map(|r| pool[r])) {
+                        Ok(confirmed) => confirmed,
+                        Err(e) => return stopped(e),
+                    };
+                    for (i, obs) in std::iter::once(index).chain(rival).zip(confirmed) {
+                        selector.record_confirmation(i, obs)?;
+                    }
+                }
+                Step::Chosen { index, .. } => {
+                    return Ok(Ended::Winner {
+                        index: pool[index],
+                        better: selector.ranked_above(index).map(|i| pool[i]).collect(),
+                    })
+                }
+                Step::NothingFits(shortfall) => {
+                    let mut why = runtime.explain(shortfall, pool, self.limits, self.percentile);
+                    if let Some(note) = self.trials.iter().rev().find_map(|t| t.note.as_ref()) {
+                        why.push_str(&format!("; the last failure: {note}"));
+                    }
+                    return Ok(Ended::NothingFits(why));
+                }
+            }
+        }
+    }
+
+    /// A first measurement of candidate `i`.
+    fn measure(&mut self, i: usize, predicted_ms: Option<f64>) -> Result<Observation, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let subnet = &manifest.subnets[i];
+        let measured = self.verified(subnet).and_then(|()| {
+            let measured = runtime.measure(
+                &[subnet],
+                self.limits.batch,
+                &runtime.options.measure,
+                self.engine.kind,
+            );
+            let measured = self.race(subnet, measured);
+            measured
+                .map(|mut m| m.remove(0))
+                .map_err(|f| self.failed(subnet.id, f))
+        });
+        match measured {
+            Ok(m) => {
+                self.last_failure = None;
+                let point = self.point(&m);
+                let fits = self.limits.admit(&point);
+                self.trials.push(Trial {
+                    id: subnet.id.to_owned(),
+                    engine: self.engine.kind,
+                    stage: Stage::Search,
+                    predicted_ms,
+                    measured: Some(m),
+                    note: None,
+                    fits,
+                });
+                Ok(Observation::Measured(point))
+            }
+            Err(FailedTrial::EndsSearch(e)) => Err(e),
+            Err(FailedTrial::RulesOut(note)) => {
+                self.trials.push(Trial {
+                    id: subnet.id.to_owned(),
+                    engine: self.engine.kind,
+                    stage: Stage::Search,
+                    predicted_ms,
+                    measured: None,
+                    note: Some(note),
+                    fits: false,
+                });
+                Ok(Observation::Failed)
+            }
+        }
+    }
+
+    /// Fresh, longer measurements of a would-be winner and its rival,
+    /// interleaved; repeated longer while noisy. The observations come in
+    /// that order.
+    fn confirm(
+        &mut self,
+        index: usize,
+        rival: Option<usize>,
+    ) -> Result<Vec<Observation>, SelectError> {
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let indices: Vec<usize> = std::iter::once(index).chain(rival).collect();
+        let subnets: Vec<&Subnet<'_>> = indices.iter().map(|&i| &manifest.subnets[i]).collect();
+        let base = &runtime.options.measure;
+        let mut factor = CONFIRM_FACTOR;
+        let mut measured = Err(FailedTrial::RulesOut(String::new()));
+        for attempt in 0..=NOISY_REPEATS {
+            let opts = MeasureOptions {
+                min_runs: base.min_runs.saturating_mul(factor),
+                min_time: base.min_time * factor,
+                max_runs: base.max_runs.saturating_mul(factor),
+                ..base.clone()
+            };
+            self.confirmations += 1;
+            measured = subnets
+                .iter()
+                .try_for_each(|s| self.verified(s))
+                .and_then(|()| {
+                    runtime
+                        .measure(&subnets, self.limits.batch, &opts, self.engine.kind)
+                        .map_err(|f| self.failed(subnets[0].id, f))
+                });
+            let noisy = matches!(&measured, Ok(m) if m[0].noisy);
+            if !noisy || attempt == NOISY_REPEATS {
+                break;
+            }
+            factor *= 2;
+        }
+        match measured {
+            Ok(ms) => {
+                self.last_failure = None;
+                Ok(indices
+                    .iter()
+                    .zip(ms)
+                    .map(|(&i, mut m)| {
+                        // Interleaved sessions share one process: each keeps
+                        // the memory of its search measurement, made alone.
+                        if let Some(alone) = self.searched(i).filter(|_| indices.len() > 1) {
+                            (m.rss_mb, m.peak_mb) = (alone.rss_mb, alone.peak_mb);
+                        }
+                        let point = self.point(&m);
+                        let fits = self.limits.admit(&point);
+                        self.trials.push(Trial {
+                            id: manifest.subnets[i].id.to_owned(),
+                            engine: self.engine.kind,
+                            stage: Stage::Confirm,
+                            predicted_ms: None,
+                            measured: Some(m),
+                            note: None,
+                            fits,
+                        });
+                        Observation::Measured(point)
+                    })
+                    .collect())
+            }
+            Err(FailedTrial::EndsSearch(e)) => Err(e),
+            Err(FailedTrial::RulesOut(note)) => {
+                self.trials.push(Trial {
+                    id: manifest.subnets[index].id.to_owned(),
+                    engine: self.engine.kind,
+                    stage: Stage::Confirm,
+                    predicted_ms: None,
+                    measured: None,
+                    note: Some(note),
+                    fits: false,
+                });
+                Ok(vec![Observation::Failed; indices.len()])
+            }
+        }
+    }
+
+    /// The search's result: the winner's confirmation, or why nothing fits.
+    pub(super) fn end(self, ended: Ended) -> Result<Decided, SelectError> {
+        let index = match ended {
+            Ended::Winner { index, .. } => index,
+            Ended::NothingFits(why) => return Err(SelectError::NothingFits(why)),
+            Ended::Stopped(e) => return Err(e),
+        };
+        let runtime = self.runtime;
+        let manifest = runtime.bundle.manifest();
+        let id = manifest.subnets[index].id;
+        let confirmed_trial = |id: &str| {
+            self.trials
+                .iter()
+                .rev()
+                .find(|t| t.id == id && t.stage == Stage::Confirm && t.measured.is_some())
+        };
+        let winner = confirmed_trial(id)
+            .and_then(|t| t.measured.clone())
+            .expect("the policy chooses only confirmed candidates");
+        // The rival measured in the same job as the winner's last confirmation.
+        let last = self
+            .trials
+            .iter()
+            .rposition(|t| t.id == id && t.stage == Stage::Confirm);
+        let rival = last
+            .and_then(|at| self.trials.get(at + 1))
+            .filter(|t| t.stage == Stage::Confirm && t.id != id)
+            .and_then(|t| {
+                let m = t.measured.as_ref()?;
+                Some(RivalMeasured {
+                    id: t.id.clone(),
+                    latency_ms: m.percentile_ms(self.percentile),
+                    fits: t.fits,
+                })
+            });
+        let confirmed = Confirmed {
+            id: id.to_owned(),
+            runs: winner.runs,
+            latency_ms: winner.percentile_ms(self.percentile),
+            upper_ms: winner.upper_ms(self.percentile),
+            cv: winner.cv,
+            confirmations: self.confirmations,
+            rival,
+        };
+        Ok(Decided {
+            index,
+            engine: self.engine,
+            engine_trials: self.engine_trials,
+            noisy: winner.noisy,
+            measured: winner,
+            trials: self.trials,
+            confirmed,
+            notes: Vec::new(),
+        })
+    }
+
+    /// The policy's view of a measurement.
+    fn point(&self, m: &Measurement) -> policy::Reading {
+        policy::Reading {
+            latency_ms: m.percentile_ms(self.percentile) as f32,
+            memory_bytes: (m.peak_mb * MB) as u64,
+            spread: m.spread(self.percentile) as f32,
+        }
+    }
+
+    /// Candidate `i`'s search measurement.
+    fn searched(&self, i: usize) -> Option<&Measurement> {
+        let id = self.runtime.bundle.manifest().subnets[i].id;
+        self.trials
+            .iter()
+            .find(|t| t.id == id && t.stage == Stage::Search)
+            .and_then(|t| t.measured.as_ref())
+    }
+
+    /// Checks the files of `subnet`; a corrupted file is that candidate's problem.
+    fn verified(&self, subnet: &Subnet<'_>) -> Result<(), FailedTrial> {
+        self.runtime
+            .bundle
+            .verify(subnet)
+            .map_err(|e| FailedTrial::RulesOut(format!("failed, falling back: {e}")))
+    }
+
+    /// What a failure means for the search: a systematic failure, or the
+    /// same failure as the previous candidate's, ends it; out of memory
+    /// twice in a row means nothing fits.
+    pub(super) fn failed(&mut self, id: &str, failure: Failure) -> FailedTrial {
+        if failure.is_systematic() {
+            return FailedTrial::EndsSearch(SelectError::Stopped(format!(
+                "{id}: {failure} (every candidate would fail the same way)"
+            )));
+        }
+        let kind = failure.kind().to_owned();
+        if let Some((previous_kind, previous)) = self.last_failure.take() {
+            if previous_kind == kind {
+                let why =
+                    format!("{previous} and {id} both failed the same way; the last: {failure}");
+                return FailedTrial::EndsSearch(match failure {
+                    Failure::ExceedsMemory(_) => SelectError::NothingFits(why),
+                    _ => SelectError::Stopped(why),
+                });
+            }
+        }
+        self.last_failure = Some((kind, id.to_owned()));
+        FailedTrial::RulesOut(format!("failed, falling back: {failure}"))
+    }
+}
+
+/// A search the failure rules ended, as such; other errors as they are.
+fn stopped(e: SelectError) -> Result<Ended, SelectError> {
+    match e {
+        SelectError::Stopped(_) | SelectError::NothingFits(_) => Ok(Ended::Stopped(e)),
+        e => Err(e),
+    }
+}
+
+/// What a failed trial means for the search.
+pub(super) enum FailedTrial {
+    /// The search is over.
+    EndsSearch(SelectError),
+    /// This candidate is out; the note says why.
+    RulesOut(String),
+}
