@@ -5,9 +5,10 @@ use onnx_protobuf::ModelProto;
 
 use super::{Geometry, Param, ParamKind, LN_EPS, STAGES};
 use crate::family::{linspace_blocks, SubnetSpec};
-use crate::onnx::layers::{BlockConsts, Linear};
+use crate::onnx::layers::{BlockConsts, ConvShape};
+use crate::onnx::weights::{LayerNormKind, SliceWriter, Weights};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
-use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS, PIXEL_VALUES};
+use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS};
 
 /// Added to attention scores between tokens of different shifted-window regions.
 const MASK: f32 = -100.0;
@@ -51,8 +52,16 @@ pub(super) struct GraphWriter<'a> {
     width: u32,
     depths: [u32; STAGES],
     id: String,
-    locate: &'a dyn Fn(&str) -> ExternalData,
+    w: Weights<'a, Param>,
     b: GraphBuilder,
+}
+
+impl SliceWriter for GraphWriter<'_> {
+    type Param = Param;
+
+    fn graph_and_weights(&mut self) -> (&mut GraphBuilder, &Weights<'_, Param>) {
+        (&mut self.b, &self.w)
+    }
 }
 
 impl<'a> GraphWriter<'a> {
@@ -61,69 +70,22 @@ impl<'a> GraphWriter<'a> {
         s: &SubnetSpec,
         locate: &'a dyn Fn(&str) -> ExternalData,
     ) -> Self {
+        let width = s.width;
         GraphWriter {
             g,
-            width: s.width,
+            width,
             depths: g.stage_depths(s),
             id: s.id(),
-            locate,
+            w: Weights::new(
+                move |p: Param| (p.teacher_name(), g.cut(p, width).shape().to_vec()),
+                locate,
+                LayerNormKind {
+                    eps: LN_EPS,
+                    bias: g.ln_bias,
+                },
+            ),
             b: GraphBuilder::new(&s.id()),
         }
-    }
-
-    /// The sliced teacher tensor `param`, named `name` in the graph.
-    fn weight(&mut self, name: &str, param: Param) -> Value {
-        let cut = self.g.cut(param, self.width);
-        let data = (self.locate)(&param.teacher_name());
-        self.b.external(name, cut.shape(), data)
-    }
-
-    fn layer_norm(&mut self, name: &str, x: &Value, weight: Param, bias: Param) -> Value {
-        let scale = self.weight(&format!("{name}.weight"), weight);
-        let bias = self
-            .g
-            .ln_bias
-            .then(|| self.weight(&format!("{name}.bias"), bias));
-        self.b.layer_norm(name, x, &scale, bias.as_ref(), LN_EPS)
-    }
-
-    /// The Linear `name` of teacher tensors `weight` and `bias`.
-    fn linear(&mut self, name: &str, weight: Param, bias: Option<Param>) -> Linear {
-        Linear {
-            weight: self.weight(&format!("{name}.weight"), weight),
-            bias: bias.map(|b| self.weight(&format!("{name}.bias"), b)),
-        }
-    }
-
-    fn reshape(&mut self, name: &str, x: &Value, shape: &[i64]) -> Value {
-        let dims = self
-            .b
-            .const_i64(&format!("{name}.shape"), &[shape.len()], shape);
-        self.b.node("Reshape", name, &[x, &dims], &[])
-    }
-
-    fn transpose(&mut self, name: &str, x: &Value, perm: &[i64]) -> Value {
-        self.b.node(
-            "Transpose",
-            name,
-            &[x],
-            &[("perm", Attr::Ints(perm.to_vec()))],
-        )
-    }
-
-    fn slice(
-        &mut self,
-        name: &str,
-        x: &Value,
-        starts: &[i64],
-        ends: &[i64],
-        axes: &[i64],
-    ) -> Value {
-        let n = axes.len();
-        let starts = self.b.const_i64(&format!("{name}.starts"), &[n], starts);
-        let ends = self.b.const_i64(&format!("{name}.ends"), &[n], ends);
-        let axes = self.b.const_i64(&format!("{name}.axes"), &[n], axes);
-        self.b.node("Slice", name, &[x, &starts, &ends, &axes], &[])
     }
 
     /// Zero-pads a [B, side, side, C] map at the bottom and right to `padded`.
@@ -144,8 +106,12 @@ impl<'a> GraphWriter<'a> {
         let mut x = x.clone();
         for axis in [1, 2] {
             let n = format!("{name}.{axis}");
-            let tail = self.slice(&format!("{n}.tail"), &x, &[cut], &[side], &[axis]);
-            let head = self.slice(&format!("{n}.head"), &x, &[0], &[cut], &[axis]);
+            let tail = self
+                .b
+                .slice(&format!("{n}.tail"), &x, &[cut], &[side], &[axis]);
+            let head = self
+                .b
+                .slice(&format!("{n}.head"), &x, &[0], &[cut], &[axis]);
             x = self
                 .b
                 .node("Concat", &n, &[&tail, &head], &[("axis", Attr::Int(axis))]);
@@ -156,25 +122,30 @@ impl<'a> GraphWriter<'a> {
     /// [B, side, side, C] -> [B·windows·W², C], window by window.
     fn partition(&mut self, name: &str, x: &Value, side: usize, c: usize) -> Value {
         let (win, per) = (self.g.window as i64, (side / self.g.window as usize) as i64);
-        let x = self.reshape(
+        let x = self.b.reshape(
             &format!("{name}.grid"),
             x,
             &[-1, per, win, per, win, c as i64],
         );
-        let x = self.transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
-        self.reshape(name, &x, &[-1, c as i64])
+        let x = self
+            .b
+            .transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
+        self.b.reshape(name, &x, &[-1, c as i64])
     }
 
     /// The inverse of [`Self::partition`]: [B·windows·W², C] -> [B, side, side, C].
     fn unpartition(&mut self, name: &str, x: &Value, side: usize, c: usize) -> Value {
         let (win, per) = (self.g.window as i64, (side / self.g.window as usize) as i64);
-        let x = self.reshape(
+        let x = self.b.reshape(
             &format!("{name}.grid"),
             x,
             &[-1, per, per, win, win, c as i64],
         );
-        let x = self.transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
-        self.reshape(name, &x, &[-1, side as i64, side as i64, c as i64])
+        let x = self
+            .b
+            .transpose(&format!("{name}.order"), &x, &[0, 1, 3, 2, 4, 5]);
+        self.b
+            .reshape(name, &x, &[-1, side as i64, side as i64, c as i64])
     }
 
     /// [windows, 1, W², W²]: 0 within a shifted-window region, -100 across regions.
@@ -210,7 +181,7 @@ impl<'a> GraphWriter<'a> {
         let at = |kind| Param::block(kind, stage, block);
         use ParamKind::*;
 
-        let mut h = self.reshape(
+        let mut h = self.b.reshape(
             &format!("{n}.map"),
             x,
             &[-1, side as i64, side as i64, ws as i64],
@@ -225,12 +196,14 @@ impl<'a> GraphWriter<'a> {
         let bias = self.g.qkv_bias.then(|| at(QkvBias));
         let qkv = self.linear(&format!("{n}.qkv"), at(QkvWeight), bias);
         let qkv = self.b.linear(&format!("{n}.qkv"), &h, &qkv);
-        let qkv = self.reshape(
+        let qkv = self.b.reshape(
             &format!("{n}.qkv.heads"),
             &qkv,
             &[-1, tokens as i64, 3, heads as i64, hd as i64],
         );
-        let qkv = self.transpose(&format!("{n}.qkv.split"), &qkv, &[2, 0, 3, 1, 4]);
+        let qkv = self
+            .b
+            .transpose(&format!("{n}.qkv.split"), &qkv, &[2, 0, 3, 1, 4]);
         let [q, k, v] = [0, 1, 2].map(|i| {
             let index = self.b.const_i64(&format!("{n}.index.{i}"), &[], &[i]);
             let part = ["q", "k", "v"][i as usize];
@@ -241,7 +214,7 @@ impl<'a> GraphWriter<'a> {
                 &[("axis", Attr::Int(0))],
             )
         });
-        let kt = self.transpose(&format!("{n}.k.t"), &k, &[0, 1, 3, 2]);
+        let kt = self.b.transpose(&format!("{n}.k.t"), &k, &[0, 1, 3, 2]);
         let scores = self
             .b
             .node("MatMul", &format!("{n}.scores"), &[&q, &kt], &[]);
@@ -264,7 +237,7 @@ impl<'a> GraphWriter<'a> {
             &[&table, &index],
             &[("axis", Attr::Int(0))],
         );
-        let bias = self.transpose(
+        let bias = self.b.transpose(
             &format!("{n}.relative_position_bias.heads"),
             &bias,
             &[2, 0, 1],
@@ -275,7 +248,7 @@ impl<'a> GraphWriter<'a> {
         if shift > 0 {
             let windows = (padded / win).pow(2) as i64;
             let mask = self.shift_mask(&format!("{n}.mask"), padded, shift);
-            let grouped = self.reshape(
+            let grouped = self.b.reshape(
                 &format!("{n}.scores.windows"),
                 &scores,
                 &[-1, windows, heads as i64, tokens as i64, tokens as i64],
@@ -283,7 +256,7 @@ impl<'a> GraphWriter<'a> {
             let masked = self
                 .b
                 .node("Add", &format!("{n}.masked"), &[&grouped, &mask], &[]);
-            scores = self.reshape(
+            scores = self.b.reshape(
                 &format!("{n}.scores.heads"),
                 &masked,
                 &[-1, heads as i64, tokens as i64, tokens as i64],
@@ -298,8 +271,12 @@ impl<'a> GraphWriter<'a> {
         let ctx = self
             .b
             .node("MatMul", &format!("{n}.context"), &[&probs, &v], &[]);
-        let ctx = self.transpose(&format!("{n}.context.merge"), &ctx, &[0, 2, 1, 3]);
-        let ctx = self.reshape(&format!("{n}.context.rows"), &ctx, &[-1, ws as i64]);
+        let ctx = self
+            .b
+            .transpose(&format!("{n}.context.merge"), &ctx, &[0, 2, 1, 3]);
+        let ctx = self
+            .b
+            .reshape(&format!("{n}.context.rows"), &ctx, &[-1, ws as i64]);
         let proj = self.linear(&format!("{n}.proj"), at(ProjWeight), Some(at(ProjBias)));
         let out = self.b.linear(&format!("{n}.proj"), &ctx, &proj);
         let mut out = self.unpartition(&format!("{n}.unwindows"), &out, padded, ws);
@@ -307,7 +284,7 @@ impl<'a> GraphWriter<'a> {
             out = self.roll(&format!("{n}.unshift"), &out, padded, shift);
         }
         if padded > side {
-            out = self.slice(
+            out = self.b.slice(
                 &format!("{n}.crop"),
                 &out,
                 &[0, 0],
@@ -315,7 +292,7 @@ impl<'a> GraphWriter<'a> {
                 &[1, 2],
             );
         }
-        self.reshape(&format!("{n}.rows"), &out, &[-1, ws as i64])
+        self.b.reshape(&format!("{n}.rows"), &out, &[-1, ws as i64])
     }
 
     /// Patch merging after `stage`: 2x2 neighbours (odd maps padded) in
@@ -324,13 +301,19 @@ impl<'a> GraphWriter<'a> {
         let n = format!("stages.{stage}.downsample");
         let ws = (self.width as i64) << stage;
         let half = side.div_ceil(2) as i64;
-        let mut h = self.reshape(&format!("{n}.map"), x, &[-1, side as i64, side as i64, ws]);
+        let mut h = self
+            .b
+            .reshape(&format!("{n}.map"), x, &[-1, side as i64, side as i64, ws]);
         if side % 2 == 1 {
             h = self.pad(&format!("{n}.pad"), &h, side, side + 1);
         }
-        let h = self.reshape(&format!("{n}.grid"), &h, &[-1, half, 2, half, 2, ws]);
-        let h = self.transpose(&format!("{n}.order"), &h, &[0, 1, 3, 2, 4, 5]);
-        let h = self.reshape(&format!("{n}.unfold"), &h, &[-1, 4 * ws]);
+        let h = self
+            .b
+            .reshape(&format!("{n}.grid"), &h, &[-1, half, 2, half, 2, ws]);
+        let h = self
+            .b
+            .transpose(&format!("{n}.order"), &h, &[0, 1, 3, 2, 4, 5]);
+        let h = self.b.reshape(&format!("{n}.unfold"), &h, &[-1, 4 * ws]);
         let at = |kind| Param::merge(kind, stage);
         let h = self.layer_norm(
             &format!("{n}.norm"),
@@ -351,40 +334,35 @@ impl<'a> GraphWriter<'a> {
         let (c, w) = (g.max_width as usize, self.width as usize);
         let (p, image) = (g.patch_size as usize, g.image_size as usize);
         let res = g.resolutions();
-        let pixels = self.b.input(
-            PIXEL_VALUES,
-            &[
-                Dim::Named("batch"),
-                Dim::Fixed(3),
-                Dim::Fixed(image),
-                Dim::Fixed(image),
-            ],
-        );
+        let pixels = self.b.pixel_values(image);
 
         // Patch embedding with all C channels, LayerNorm over all of them,
         // then the first w: [B,3,H,W] -> [B·hw, w].
         use ParamKind::*;
         let pw = self.weight("patch_embed.proj.weight", Param::top(PatchWeight));
         let pb = self.weight("patch_embed.proj.bias", Param::top(PatchBias));
-        let conv = self.b.node(
-            "Conv",
-            "patch_embed.proj",
-            &[&pixels, &pw, &pb],
-            &[
-                ("kernel_shape", Attr::Ints(vec![p as i64; 2])),
-                ("strides", Attr::Ints(vec![p as i64; 2])),
-            ],
-        );
-        let flat = self.reshape("patch_embed.flatten", &conv, &[0, c as i64, -1]);
-        let tokens = self.transpose("patch_embed.transpose", &flat, &[0, 2, 1]);
+        let patch = ConvShape {
+            kernel: p,
+            stride: p,
+            pad: 0,
+        };
+        let conv = self
+            .b
+            .conv("patch_embed.proj", &pixels, &pw, Some(&pb), patch);
+        let flat = self
+            .b
+            .reshape("patch_embed.flatten", &conv, &[0, c as i64, -1]);
+        let tokens = self.b.transpose("patch_embed.transpose", &flat, &[0, 2, 1]);
         let tokens = self.layer_norm(
             "patch_embed.norm",
             &tokens,
             Param::top(PatchNormWeight),
             Param::top(PatchNormBias),
         );
-        let tokens = self.slice("patch_embed.width", &tokens, &[0], &[w as i64], &[2]);
-        let mut x = self.reshape("patch_embed.rows", &tokens, &[-1, w as i64]);
+        let tokens = self
+            .b
+            .slice("patch_embed.width", &tokens, &[0], &[w as i64], &[2]);
+        let mut x = self.b.reshape("patch_embed.rows", &tokens, &[-1, w as i64]);
         // Only the GELU constants of these serve Swin's MLPs: its attention is windowed.
         let (win, hd) = (g.window as usize, g.head_dim as usize);
         let rows = self.b.const_i64("shape.rows", &[2], &[-1, w as i64]);
@@ -426,7 +404,9 @@ impl<'a> GraphWriter<'a> {
             Param::top(FinalNormWeight),
             Param::top(FinalNormBias),
         );
-        let patches = self.reshape(PATCH_TOKENS, &x, &[-1, tokens as i64, out as i64]);
+        let patches = self
+            .b
+            .reshape(PATCH_TOKENS, &x, &[-1, tokens as i64, out as i64]);
         let cls = self.b.node(
             "ReduceMean",
             CLS_TOKEN,
