@@ -8,4 +8,8 @@ pub mod family;
 pub mod onnx;
 pub mod pack;
 pub mod plan;
+// Random teachers for the workspace's tests and benches: test support
+// behind the `synthetic` feature, not an API.
+#[cfg(feature = "synthetic")]
+#[doc(hidden)]
 pub mod synthetic;
