@@ -1,6 +1,7 @@
-//! A task head appended to exported graphs (`exporter::onnx::head`): the
-//! graphs pass onnx's full check, keep their shared weight file, and compute
-//! `logits = cls_token·Aᵀ + c` in tract and ONNX Runtime (python's
+//! A task head appended to exported graphs by `graphs_with_heads` (what
+//! `exporter calibrate --head` runs): each sub-network gets its own head,
+//! the graphs pass onnx's full check, keep their shared weight file, and
+//! compute `logits = cls_token·Aᵀ + c` in tract and ONNX Runtime (python's
 //! onnxruntime), while the runtime's engines still load them unchanged.
 
 mod common;
@@ -12,33 +13,42 @@ use std::process::Command;
 use common::assert_close;
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix2};
 use protobuf::Message;
-use tailor::calibration::head::Affine;
-use tailor::exporter::bundle::sha256_file;
-use tailor::exporter::onnx::head::{add_logits, HeadGraphError, LOGITS};
+use tailor::calibration::head::{Affine, Heads, Quality, SubnetHead};
+use tailor::exporter::onnx::head::{graphs_with_heads, HeadGraphError, LOGITS};
+use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tract_onnx::prelude::*;
 
 const IDS: [&str; 3] = ["w32-d2", "w32-d3", "w32-d4"];
 const CLASSES: usize = 5;
 
-fn fixture_graphs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/tests/fixtures/bundle-tiny/graphs")
+fn fixture_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/tests/fixtures/bundle-tiny")
 }
 
-/// The tiny bundle's graphs and weight file, copied to a temporary directory.
-fn copy_graphs() -> (tempfile::TempDir, PathBuf) {
+fn fixture_graphs() -> PathBuf {
+    fixture_bundle().join("graphs")
+}
+
+/// The tiny bundle (manifest, graphs and weight file) copied to a temporary
+/// directory; returns it and the copy's graphs directory.
+fn copy_bundle() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let graphs = dir.path().join("graphs");
     fs::create_dir_all(graphs.join("weights")).unwrap();
-    for id in IDS {
-        let name = format!("{id}.onnx");
-        fs::copy(fixture_graphs().join(&name), graphs.join(&name)).unwrap();
+    let files = [
+        "manifest.json",
+        "manifest.postcard",
+        "graphs/weights/w32.bin",
+    ];
+    let graph_files = IDS.map(|id| format!("graphs/{id}.onnx"));
+    for rel in files
+        .iter()
+        .copied()
+        .chain(graph_files.iter().map(String::as_str))
+    {
+        fs::copy(fixture_bundle().join(rel), dir.path().join(rel)).unwrap();
     }
-    fs::copy(
-        fixture_graphs().join("weights/w32.bin"),
-        graphs.join("weights/w32.bin"),
-    )
-    .unwrap();
     (dir, graphs)
 }
 
@@ -49,6 +59,55 @@ fn head(w: usize, seed: f64) -> Affine {
     });
     let bias = Array1::from_shape_fn(CLASSES, |i| i as f64 - 2.0 + seed);
     Affine::new(weight, bias).unwrap()
+}
+
+/// `heads` (sub-network id, head) as calibration hands them over.
+fn heads(heads: &[(&str, &Affine)]) -> Heads {
+    let quality = Quality {
+        agreement: 1.0,
+        accuracy: None,
+    };
+    Heads {
+        classes: CLASSES,
+        fitted_on: 0,
+        scored_on: 0,
+        teacher: quality,
+        subnets: heads
+            .iter()
+            .map(|&(id, folded)| SubnetHead {
+                id: id.to_owned(),
+                folded: folded.clone(),
+                transferred: quality,
+                truncated: quality,
+            })
+            .collect(),
+    }
+}
+
+/// Adds `each` head to its sub-network's graph in the bundle at `dir` with
+/// [`graphs_with_heads`], writing each new graph over the old file (the
+/// calibrate command renames it to its hash with the manifest; the graph is
+/// what is tested here).
+fn add_heads(dir: &Path, each: &[(&str, &Affine)]) -> Result<(), HeadGraphError> {
+    let bundle = Bundle::open(dir).unwrap();
+    let graphs = graphs_with_heads(&bundle, &heads(each))?;
+    let ids: Vec<&str> = graphs.iter().map(|g| g.id.as_str()).collect();
+    let asked: Vec<&str> = each.iter().map(|&(id, _)| id).collect();
+    assert_eq!(ids, asked, "one new graph per head, in the heads' order");
+    let manifest = bundle.manifest();
+    for graph in graphs {
+        let subnet = manifest
+            .subnet(&graph.id)
+            .expect("a new graph for a sub-network the bundle holds");
+        fs::write(bundle.graph_path(subnet), &graph.bytes).unwrap();
+    }
+    Ok(())
+}
+
+/// Adds `head` to every sub-network's graph of the bundle at `dir`.
+fn add_head_to_all(dir: &Path, head: &Affine) {
+    let each: Vec<(&str, &Affine)> = IDS.iter().map(|&id| (id, head)).collect();
+    add_heads(dir, &each).unwrap();
 }
 
 fn pixels(batch: usize) -> Array4<f32> {
@@ -104,15 +163,20 @@ fn output<'a>(outputs: &'a [(String, ArrayD<f32>)], name: &str) -> &'a ArrayD<f3
 }
 
 #[test]
-fn tract_computes_the_head_on_cls_token_and_leaves_the_other_outputs() {
-    let (_dir, graphs) = copy_graphs();
+fn tract_computes_each_subnets_own_head_on_cls_token_and_leaves_the_other_outputs() {
+    let (dir, graphs) = copy_bundle();
     let input = pixels(2);
-    let head = head(32, 0.0);
-    for id in IDS {
+    // A different head for each sub-network, not in the manifest's order:
+    // a head put on another sub-network's graph (matched by position, or
+    // the first head everywhere) gives logits of the wrong head.
+    let own: Vec<(&str, Affine)> = [("w32-d4", 0.0), ("w32-d2", 1.0), ("w32-d3", 2.0)]
+        .into_iter()
+        .map(|(id, seed)| (id, head(32, seed)))
+        .collect();
+    let each: Vec<(&str, &Affine)> = own.iter().map(|(id, h)| (*id, h)).collect();
+    add_heads(dir.path(), &each).unwrap();
+    for (id, head) in &own {
         let path = graphs.join(format!("{id}.onnx"));
-        let sha = add_logits(&path, &head).unwrap();
-        assert_eq!(sha, sha256_file(&path).unwrap(), "{id}: returned hash");
-
         let before = run_tract(&fixture_graphs().join(format!("{id}.onnx")), &input);
         let after = run_tract(&path, &input);
         let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
@@ -122,18 +186,16 @@ fn tract_computes_the_head_on_cls_token_and_leaves_the_other_outputs() {
         }
         let logits = output(&after, LOGITS);
         assert_eq!(logits.shape(), [2, CLASSES]);
-        let expected = expected_logits(output(&after, "cls_token"), &head);
+        let expected = expected_logits(output(&after, "cls_token"), head);
         assert_close(logits, &expected, &format!("tract {id} logits"));
     }
 }
 
 #[test]
 fn graphs_with_a_head_pass_the_checker_and_run_in_onnx_runtime() {
-    let (_dir, graphs) = copy_graphs();
+    let (dir, graphs) = copy_bundle();
     let head = head(32, 0.5);
-    for id in IDS {
-        add_logits(&graphs.join(format!("{id}.onnx")), &head).unwrap();
-    }
+    add_head_to_all(dir.path(), &head);
     // Python's onnxruntime runs each graph on its own input and prints the
     // outputs; the logits are checked here against its cls_token.
     let script = "import glob, json, sys, numpy as np, onnx, onnxruntime as ort\n\
@@ -176,18 +238,20 @@ fn graphs_with_a_head_pass_the_checker_and_run_in_onnx_runtime() {
 
 #[test]
 fn the_weight_file_stays_shared_and_the_runtime_still_loads_the_graphs() {
-    let (_dir, graphs) = copy_graphs();
+    let (dir, graphs) = copy_bundle();
     let weights = fs::read(graphs.join("weights/w32.bin")).unwrap();
     let input = pixels(1);
     let mut engines = vec![EngineKind::Tract];
     if cfg!(feature = "ort") {
         engines.push(EngineKind::Ort);
     }
+    add_head_to_all(dir.path(), &head(32, 1.0));
     for id in IDS {
         let path = graphs.join(format!("{id}.onnx"));
-        let original =
-            onnx_protobuf::ModelProto::parse_from_bytes(&fs::read(&path).unwrap()).unwrap();
-        add_logits(&path, &head(32, 1.0)).unwrap();
+        let original = onnx_protobuf::ModelProto::parse_from_bytes(
+            &fs::read(fixture_graphs().join(format!("{id}.onnx"))).unwrap(),
+        )
+        .unwrap();
         let model = onnx_protobuf::ModelProto::parse_from_bytes(&fs::read(&path).unwrap()).unwrap();
         // Every original initializer is still there, byte for byte, external
         // references included; the head's two are inline.
@@ -232,11 +296,11 @@ fn the_weight_file_stays_shared_and_the_runtime_still_loads_the_graphs() {
 
 #[test]
 fn a_second_head_replaces_the_first() {
-    let (_dir, graphs) = copy_graphs();
+    let (dir, graphs) = copy_bundle();
     let path = graphs.join("w32-d2.onnx");
-    add_logits(&path, &head(32, 0.0)).unwrap();
+    add_heads(dir.path(), &[("w32-d2", &head(32, 0.0))]).unwrap();
     let second = head(32, 2.0);
-    add_logits(&path, &second).unwrap();
+    add_heads(dir.path(), &[("w32-d2", &second)]).unwrap();
     let model = onnx_protobuf::ModelProto::parse_from_bytes(&fs::read(&path).unwrap()).unwrap();
     let graph = model.graph.as_ref().unwrap();
     let count = |names: Vec<&str>| names.iter().filter(|n| n.starts_with(LOGITS)).count();
@@ -258,11 +322,12 @@ fn a_second_head_replaces_the_first() {
 }
 
 #[test]
-fn a_head_of_another_width_is_refused_and_the_graph_left_alone() {
-    let (_dir, graphs) = copy_graphs();
+fn a_head_of_another_width_or_subnet_is_refused_and_the_graphs_left_alone() {
+    let (dir, graphs) = copy_bundle();
     let path = graphs.join("w32-d3.onnx");
     let before = fs::read(&path).unwrap();
-    let err = add_logits(&path, &head(48, 0.0)).unwrap_err();
+    let fits = head(32, 0.0);
+    let err = add_heads(dir.path(), &[("w32-d2", &fits), ("w32-d3", &head(48, 0.0))]).unwrap_err();
     assert!(matches!(err, HeadGraphError::Interface { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
@@ -270,9 +335,16 @@ fn a_head_of_another_width_is_refused_and_the_graph_left_alone() {
         "{message}"
     );
     assert_eq!(fs::read(&path).unwrap(), before);
-    let not_onnx = graphs.join("weights/w32.bin");
+    // A head for a sub-network the bundle does not hold is an error naming
+    // it, not a head silently dropped.
+    let err = add_heads(dir.path(), &[("w64-d2", &fits)]).unwrap_err();
+    assert!(
+        matches!(err, HeadGraphError::Interface { ref problem, .. } if problem.contains("`w64-d2`")),
+        "{err:?}"
+    );
+    fs::write(&path, b"not onnx").unwrap();
     assert!(matches!(
-        add_logits(&not_onnx, &head(32, 0.0)),
-        Err(HeadGraphError::Decode { .. } | HeadGraphError::Interface { .. })
+        add_heads(dir.path(), &[("w32-d3", &fits)]),
+        Err(HeadGraphError::Decode { .. })
     ));
 }

@@ -9,4 +9,8 @@ pub mod onnx;
 pub mod pack;
 pub mod plan;
 pub mod quant;
+// Random teachers for the workspace's tests and benches: test support
+// behind the `synthetic` feature, not an API.
+#[cfg(feature = "synthetic")]
+#[doc(hidden)]
 pub mod synthetic;

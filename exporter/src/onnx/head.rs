@@ -14,11 +14,9 @@ use std::path::{Path, PathBuf};
 use onnx_protobuf::tensor_shape_proto::dimension;
 use onnx_protobuf::{type_proto, ModelProto};
 use protobuf::Message;
-use sha2::{Digest, Sha256 as Hasher};
 use tailor_calibration::head::{Affine, Heads};
 use tailor_calibration::record::NewGraph;
 use tailor_runtime::bundle::Bundle;
-use tailor_runtime::manifest::Sha256;
 
 use super::{Attr, Dim, GraphBuilder, Value};
 
@@ -44,30 +42,9 @@ pub enum HeadGraphError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Adds `head` to the graph file at `path`, replacing a head added before,
-/// and returns the new file's sha256 for the manifest's `onnx_sha256`.
-///
-/// The new graph is written next to the old one and renamed over it, so a
-/// failure leaves the old graph in place.
-pub fn add_logits(path: &Path, head: &Affine) -> Result<Sha256, HeadGraphError> {
-    let bytes = with_logits(path, head)?;
-    let write = |source| HeadGraphError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let partial = path.with_extension("onnx.partial");
-    fs::write(&partial, &bytes)
-        .and_then(|()| fs::rename(&partial, path))
-        .map_err(|source| {
-            let _ = fs::remove_file(&partial);
-            write(source)
-        })?;
-    Ok(Sha256(Hasher::digest(&bytes).into()))
-}
-
 /// The graph file at `path` with `head` added (a head added before
 /// replaced), as the bytes of a new file; the file itself is not touched.
-pub fn with_logits(path: &Path, head: &Affine) -> Result<Vec<u8>, HeadGraphError> {
+fn with_logits(path: &Path, head: &Affine) -> Result<Vec<u8>, HeadGraphError> {
     let bytes = fs::read(path).map_err(|source| HeadGraphError::Read {
         path: path.to_owned(),
         source,

@@ -1,9 +1,11 @@
 //! A small builder for ONNX graphs over the protobuf types, shared by every
 //! elastic family so graphs are assembled from typed calls, not templates;
-//! [`layers`] holds the layers several families build from.
+//! [`layers`] holds the layers several families build from, [`weights`] the
+//! teacher tensors they read.
 
 pub mod head;
 pub mod layers;
+pub mod weights;
 
 use onnx_protobuf::{
     attribute_proto::AttributeType,
@@ -158,6 +160,38 @@ impl GraphBuilder {
         node.attribute = attrs.iter().map(|(n, a)| attribute(n, a)).collect();
         self.graph.node.push(node);
         outputs.iter().map(|&o| Value(o.to_owned())).collect()
+    }
+
+    /// `x` reshaped to `shape`, stored as the constant `{name}.shape`.
+    pub fn reshape(&mut self, name: &str, x: &Value, shape: &[i64]) -> Value {
+        let dims = self.const_i64(&format!("{name}.shape"), &[shape.len()], shape);
+        self.node("Reshape", name, &[x, &dims], &[])
+    }
+
+    pub fn transpose(&mut self, name: &str, x: &Value, perm: &[i64]) -> Value {
+        self.node(
+            "Transpose",
+            name,
+            &[x],
+            &[("perm", Attr::Ints(perm.to_vec()))],
+        )
+    }
+
+    /// `x[starts..ends]` along `axes`, the bounds stored as constants
+    /// `{name}.starts`, `{name}.ends` and `{name}.axes`.
+    pub fn slice(
+        &mut self,
+        name: &str,
+        x: &Value,
+        starts: &[i64],
+        ends: &[i64],
+        axes: &[i64],
+    ) -> Value {
+        let n = axes.len();
+        let starts = self.const_i64(&format!("{name}.starts"), &[n], starts);
+        let ends = self.const_i64(&format!("{name}.ends"), &[n], ends);
+        let axes = self.const_i64(&format!("{name}.axes"), &[n], axes);
+        self.node("Slice", name, &[x, &starts, &ends, &axes], &[])
     }
 
     /// Wraps the graph in a model with our opset and producer.

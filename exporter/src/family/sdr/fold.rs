@@ -3,7 +3,7 @@
 //! channels' parts so each piece is stored once and every path's graph
 //! concatenates the pieces it needs.
 
-use super::{Block, Geometry};
+use super::{missing, Block, Geometry};
 use crate::checkpoint::Checkpoint;
 use crate::family::slice::Computed;
 use crate::family::FamilyError;
@@ -87,10 +87,7 @@ impl Folded {
 
 /// The checkpoint's tensor `name` as f32, checked to have `shape`.
 fn tensor(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<f32>, FamilyError> {
-    let t = ckpt.tensor(name).ok_or_else(|| FamilyError::Missing {
-        name: name.into(),
-        family: super::grid::FAMILY,
-    })?;
+    let t = ckpt.tensor(name).ok_or_else(|| missing(name))?;
     if t.shape != shape {
         return Err(FamilyError::Shape {
             name: name.into(),

@@ -4,23 +4,17 @@
 use std::path::Path;
 
 use super::routing::{Parts, SpecFile};
-use super::{fold, Block, Geometry, SdrPath, Stem};
+use super::{fold, missing, Block, Geometry, SdrPath, Stem};
 use crate::checkpoint::Checkpoint;
 use crate::config::Overrides;
 use crate::family::{refuse_grid_flags, Depths, FamilyError, OpenError, Teacher};
 use tailor_runtime::manifest::{MAX_ROUTE, MAX_STAGES};
 
-/// The checkpoints this family reads, as errors name them.
-pub(super) const FAMILY: &str = "SDR (docs/sdr.md)";
-
 /// The shape of `name`, or the error naming it.
 fn shape<'a>(ckpt: &'a Checkpoint, name: &str) -> Result<&'a [usize], FamilyError> {
     ckpt.tensor(name)
         .map(|t| t.shape)
-        .ok_or_else(|| FamilyError::Missing {
-            name: name.into(),
-            family: FAMILY,
-        })
+        .ok_or_else(|| missing(name))
 }
 
 /// Blocks per stage from the names `layer<s>.<i>.conv1.weight`, checked to
@@ -61,15 +55,12 @@ fn stage_depths(ckpt: &Checkpoint) -> Result<Vec<u32>, FamilyError> {
             indices.sort_unstable();
             let count = indices.len() as u32;
             match (0..count).find(|&i| indices[i as usize] != i) {
-                Some(missing) => Err(FamilyError::BlockGap {
+                Some(gap) => Err(FamilyError::BlockGap {
                     what: format!("stage {}'s blocks", s + 1),
                     count: indices.last().map_or(0, |l| l + 1),
-                    missing,
+                    missing: gap,
                 }),
-                None if count == 0 => Err(FamilyError::Missing {
-                    name: format!("layer{}.0.conv1.weight", s + 1),
-                    family: FAMILY,
-                }),
+                None if count == 0 => Err(missing(&format!("layer{}.0.conv1.weight", s + 1))),
                 None => Ok(count),
             }
         })

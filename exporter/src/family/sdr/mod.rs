@@ -22,6 +22,17 @@ pub use grid::open;
 use routing::Parts;
 pub use routing::{spec_beside, SPEC_FILE};
 
+/// The checkpoints this family reads, as errors name them.
+const FAMILY: &str = "SDR (docs/sdr.md)";
+
+/// The error for a tensor the family needs and the checkpoint lacks.
+fn missing(name: &str) -> FamilyError {
+    FamilyError::Missing {
+        name: name.into(),
+        family: FAMILY,
+    }
+}
+
 /// The stem: one conv (+BN, ReLU), optionally a 3×3/2 max pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stem {

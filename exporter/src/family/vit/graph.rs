@@ -4,7 +4,8 @@ use onnx_protobuf::ModelProto;
 
 use super::{Geometry, Param, ParamKind, LN_EPS};
 use crate::family::{linspace_blocks, SubnetSpec};
-use crate::onnx::layers::{BlockConsts, ConvShape, Linear};
+use crate::onnx::layers::{BlockConsts, ConvShape};
+use crate::onnx::weights::{LayerNormKind, SliceWriter, Weights};
 use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, Value};
 use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS};
 
@@ -14,8 +15,16 @@ pub(super) struct GraphWriter<'a> {
     width: u32,
     id: String,
     block_idx: Vec<u16>,
-    locate: &'a dyn Fn(&str) -> ExternalData,
+    w: Weights<'a, Param>,
     b: GraphBuilder,
+}
+
+impl SliceWriter for GraphWriter<'_> {
+    type Param = Param;
+
+    fn graph_and_weights(&mut self) -> (&mut GraphBuilder, &Weights<'_, Param>) {
+        (&mut self.b, &self.w)
+    }
 }
 
 impl<'a> GraphWriter<'a> {
@@ -24,47 +33,21 @@ impl<'a> GraphWriter<'a> {
         s: &SubnetSpec,
         locate: &'a dyn Fn(&str) -> ExternalData,
     ) -> Self {
+        let width = s.width;
         GraphWriter {
             g,
-            width: s.width,
+            width,
             id: s.id(),
             block_idx: linspace_blocks(g.max_depth, s.depths.total()),
-            locate,
+            w: Weights::new(
+                move |p: Param| (p.teacher_name(), g.cut(p.kind, width).shape().to_vec()),
+                locate,
+                LayerNormKind {
+                    eps: LN_EPS,
+                    bias: g.ln_bias,
+                },
+            ),
             b: GraphBuilder::new(&s.id()),
-        }
-    }
-
-    /// The sliced teacher tensor `param`, named `name` in the graph.
-    fn weight(&mut self, name: &str, param: Param) -> Value {
-        let cut = self.g.cut(param.kind, self.width);
-        let data = (self.locate)(&param.teacher_name());
-        self.b.external(name, cut.shape(), data)
-    }
-
-    fn layer_norm(&mut self, name: &str, x: &Value, weight: Param, bias: Param) -> Value {
-        let scale = self.weight(&format!("{name}.weight"), weight);
-        let bias = self
-            .g
-            .ln_bias
-            .then(|| self.weight(&format!("{name}.bias"), bias));
-        self.b.layer_norm(name, x, &scale, bias.as_ref(), LN_EPS)
-    }
-
-    /// Block `block`'s Linear `name` from its weight and bias tensors.
-    fn linear_weights(
-        &mut self,
-        name: &str,
-        block: u32,
-        weight: ParamKind,
-        bias: ParamKind,
-    ) -> Linear {
-        let at = |kind| Param {
-            kind,
-            block: Some(block),
-        };
-        Linear {
-            weight: self.weight(&format!("{name}.weight"), at(weight)),
-            bias: Some(self.weight(&format!("{name}.bias"), at(bias))),
         }
     }
 
@@ -85,18 +68,10 @@ impl<'a> GraphWriter<'a> {
         let conv = self
             .b
             .conv("patch_embed.proj", &pixels, &pw, Some(&pb), patch);
-        let flat_shape = self
-            .b
-            .const_i64("patch_embed.flatten.shape", &[3], &[0, w as i64, -1]);
         let flat = self
             .b
-            .node("Reshape", "patch_embed.flatten", &[&conv, &flat_shape], &[]);
-        let patches = self.b.node(
-            "Transpose",
-            "patch_embed.transpose",
-            &[&flat],
-            &[("perm", Attr::Ints(vec![0, 2, 1]))],
-        );
+            .reshape("patch_embed.flatten", &conv, &[0, w as i64, -1]);
+        let patches = self.b.transpose("patch_embed.transpose", &flat, &[0, 2, 1]);
 
         // CLS token broadcast over the batch, then positions.
         let cls = self.weight("cls_token.weight", top(ParamKind::ClsToken));
@@ -151,12 +126,7 @@ impl<'a> GraphWriter<'a> {
         let cls = self
             .b
             .node("Gather", CLS_TOKEN, &[&x, &zero], &[("axis", Attr::Int(1))]);
-        let starts = self.b.const_i64("patch_tokens.starts", &[1], &[1]);
-        let ends = self.b.const_i64("patch_tokens.ends", &[1], &[t as i64]);
-        let axes = self.b.const_i64("patch_tokens.axes", &[1], &[1]);
-        let patches = self
-            .b
-            .node("Slice", PATCH_TOKENS, &[&x, &starts, &ends, &axes], &[]);
+        let patches = self.b.slice(PATCH_TOKENS, &x, &[1], &[t as i64], &[1]);
         self.b.output(&cls, &[Dim::Named("batch"), Dim::Fixed(w)]);
         self.b.output(
             &patches,
@@ -178,10 +148,14 @@ impl<'a> GraphWriter<'a> {
         };
         use ParamKind::*;
         let h = self.layer_norm(&format!("{n}.norm1"), x, at(Norm1Weight), at(Norm1Bias));
-        let qkv = self.linear_weights(&format!("{n}.attn.qkv"), b, QkvWeight, QkvBias);
+        let qkv = self.linear(&format!("{n}.attn.qkv"), at(QkvWeight), Some(at(QkvBias)));
         let qkv = self.b.linear(&format!("{n}.attn.qkv"), &h, &qkv);
         let ctx = self.b.self_attention(&format!("{n}.attn"), &qkv, consts);
-        let proj = self.linear_weights(&format!("{n}.attn.proj"), b, ProjWeight, ProjBias);
+        let proj = self.linear(
+            &format!("{n}.attn.proj"),
+            at(ProjWeight),
+            Some(at(ProjBias)),
+        );
         let out = self.b.linear(&format!("{n}.attn.proj"), &ctx, &proj);
         let gamma = self.weight(&format!("{n}.ls1.gamma"), at(Ls1));
         let out = self
@@ -192,8 +166,8 @@ impl<'a> GraphWriter<'a> {
             .node("Add", &format!("{n}.residual1"), &[x, &out], &[]);
 
         let h = self.layer_norm(&format!("{n}.norm2"), &x, at(Norm2Weight), at(Norm2Bias));
-        let fc1 = self.linear_weights(&format!("{n}.mlp.fc1"), b, Fc1Weight, Fc1Bias);
-        let fc2 = self.linear_weights(&format!("{n}.mlp.fc2"), b, Fc2Weight, Fc2Bias);
+        let fc1 = self.linear(&format!("{n}.mlp.fc1"), at(Fc1Weight), Some(at(Fc1Bias)));
+        let fc2 = self.linear(&format!("{n}.mlp.fc2"), at(Fc2Weight), Some(at(Fc2Bias)));
         let out = self.b.mlp(&format!("{n}.mlp"), &h, &fc1, &fc2, consts);
         let gamma = self.weight(&format!("{n}.ls2.gamma"), at(Ls2));
         let out = self
