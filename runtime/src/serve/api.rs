@@ -331,9 +331,13 @@ fn infer(
     let one = [1, channels, height, width];
     let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, reason);
     let image = match input {
-        Input::Image(format) => {
-            image::decode(body, format, height).map_err(|e| bad(e.to_string()))?
-        }
+        Input::Image(format) => match image::decode(body, format, image::MAX_PIXELS, height) {
+            Ok(image) => image,
+            Err(e @ image::DecodeError::TooLarge { .. }) => {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        },
         Input::Tensor { declared } => {
             if declared.as_deref().is_some_and(|d| d != one.as_slice()) {
                 return Err(bad(format!(
