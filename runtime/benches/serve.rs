@@ -70,12 +70,11 @@ impl Server {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny");
         let bundle = dir.path().join("bundle");
         common::copy_dir(&fixture, &bundle);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        // A port free a moment ago, released for the server to bind.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
             .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+            .to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_runtime"))
             .arg("serve")
             .arg(&bundle)
