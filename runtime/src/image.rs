@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array4, ArrayViewMut3, Axis};
 
+/// The largest image decoded unless the caller says otherwise (`max_pixels`
+/// in `serve`'s config): 4096², 48 MiB of RGB, refused from the header
+/// before a pixel is allocated.
+pub const MAX_PIXELS: u64 = 4096 * 4096;
+
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
@@ -25,10 +30,36 @@ pub struct ImageError {
 
 /// Why an image sent as bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]
-#[error("not a readable {format}: {message}")]
-pub struct DecodeError {
-    pub format: Format,
-    pub message: String,
+pub enum DecodeError {
+    #[error("not a readable {format}: {message}")]
+    Malformed { format: Format, message: String },
+    /// Refused from the header, before the pixels were allocated.
+    #[error("the {format} is {width}x{height}, over the limit of {limit} pixels")]
+    TooLarge {
+        format: Format,
+        width: u64,
+        height: u64,
+        limit: u64,
+    },
+}
+
+impl DecodeError {
+    fn malformed(format: Format) -> impl Fn(String) -> DecodeError {
+        move |message| DecodeError::Malformed { format, message }
+    }
+
+    /// Refuses `width`×`height` over `limit` pixels.
+    fn check(format: Format, width: u64, height: u64, limit: u64) -> Result<(), DecodeError> {
+        if width.saturating_mul(height) > limit {
+            return Err(DecodeError::TooLarge {
+                format,
+                width,
+                height,
+                limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The encodings [`decode`] reads.
@@ -57,14 +88,20 @@ pub fn load_png(path: &Path, side: usize) -> Result<Array4<f32>, ImageError> {
         message,
     };
     let file = File::open(path).map_err(|e| fail(e.to_string()))?;
-    let pixels = png_pixels(BufReader::new(file)).map_err(|e| fail(e.to_string()))?;
+    let pixels = png_pixels(BufReader::new(file), MAX_PIXELS).map_err(|e| fail(e.to_string()))?;
     Ok(pixels.to_tensor(side))
 }
 
-/// Decodes an encoded image into a `[1, 3, side, side]` normalised tensor,
-/// exactly as [`load_png`] prepares a file.
-pub fn decode(bytes: &[u8], format: Format, side: usize) -> Result<Array4<f32>, DecodeError> {
-    Ok(Image::decode(bytes, format)?.to_tensor(side))
+/// Decodes an encoded image of at most `max_pixels` into a
+/// `[1, 3, side, side]` normalised tensor, exactly as [`load_png`] prepares
+/// a file.
+pub fn decode(
+    bytes: &[u8],
+    format: Format,
+    max_pixels: u64,
+    side: usize,
+) -> Result<Array4<f32>, DecodeError> {
+    Ok(Image::decode_at_most(bytes, format, max_pixels)?.to_tensor(side))
 }
 
 /// Decoded 8-bit pixels, interleaved, 1 to 4 channels (grey, grey + alpha,
@@ -115,12 +152,22 @@ impl Image {
         })
     }
 
-    /// Decodes an encoded image.
+    /// Decodes an encoded image of at most [`MAX_PIXELS`].
     pub fn decode(bytes: &[u8], format: Format) -> Result<Image, DecodeError> {
+        Image::decode_at_most(bytes, format, MAX_PIXELS)
+    }
+
+    /// Decodes an encoded image, refusing one over `max_pixels` from its
+    /// header, before its pixels are allocated.
+    pub fn decode_at_most(
+        bytes: &[u8],
+        format: Format,
+        max_pixels: u64,
+    ) -> Result<Image, DecodeError> {
         match format {
-            Format::Png => png_pixels(std::io::Cursor::new(bytes)),
+            Format::Png => png_pixels(std::io::Cursor::new(bytes), max_pixels),
             #[cfg(feature = "jpeg")]
-            Format::Jpeg => jpeg_pixels(bytes),
+            Format::Jpeg => jpeg_pixels(bytes, max_pixels),
         }
     }
 
@@ -137,14 +184,16 @@ impl Image {
     }
 }
 
-fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Image, DecodeError> {
-    let fail = |message: String| DecodeError {
-        format: Format::Png,
-        message,
-    };
+fn png_pixels(
+    read: impl std::io::BufRead + std::io::Seek,
+    max_pixels: u64,
+) -> Result<Image, DecodeError> {
+    let fail = DecodeError::malformed(Format::Png);
     let mut decoder = png::Decoder::new(read);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| fail(e.to_string()))?;
+    let (width, height) = reader.info().size();
+    DecodeError::check(Format::Png, width.into(), height.into(), max_pixels)?;
     let mut data = vec![0; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut data)
@@ -165,19 +214,22 @@ fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Image, Deco
 }
 
 #[cfg(feature = "jpeg")]
-fn jpeg_pixels(bytes: &[u8]) -> Result<Image, DecodeError> {
+fn jpeg_pixels(bytes: &[u8], max_pixels: u64) -> Result<Image, DecodeError> {
     use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-    /// Larger sides are refused before their pixels are allocated.
-    const MAX_SIDE: usize = 8192;
+    // A JPEG's sides are 16-bit: `max_pixels` is the bound, not zune's
+    // default side limit.
+    let side = usize::from(u16::MAX);
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE);
+        .set_max_width(side)
+        .set_max_height(side);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
-    let fail = |message: String| DecodeError {
-        format: Format::Jpeg,
-        message,
-    };
+    let fail = DecodeError::malformed(Format::Jpeg);
+    decoder.decode_headers().map_err(|e| fail(e.to_string()))?;
+    let (width, height) = decoder
+        .dimensions()
+        .ok_or_else(|| fail("no image dimensions".into()))?;
+    DecodeError::check(Format::Jpeg, width as u64, height as u64, max_pixels)?;
     let data = decoder.decode().map_err(|e| fail(e.to_string()))?;
     let info = decoder
         .info()
@@ -334,6 +386,61 @@ mod tests {
         assert!(Image::new(vec![0; 5], 2, 2, 1).is_err());
         assert!(Image::new(vec![0; 20], 2, 2, 5).is_err());
         assert!(Image::new(vec![], 0, 0, 1).is_err());
+    }
+
+    /// A PNG whose header declares `w`×`h` RGB pixels, followed by the first
+    /// bytes of a zlib stream: enough to read the header, far from the pixels.
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().unwrap();
+        writer
+            .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x00])
+            .unwrap();
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn an_image_over_the_pixel_limit_is_refused_from_its_header() {
+        // 60000² RGB would be a 10.8 GB buffer: refused before allocating.
+        for (w, h) in [(60_000, 60_000), (1001, 1)] {
+            let err = Image::decode_at_most(&png_header(w, h), Format::Png, 1000).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("the PNG is {w}x{h}, over the limit of 1000 pixels")
+            );
+        }
+        // At the limit it is decoded (and fails on its truncated data).
+        let err = Image::decode_at_most(&png_header(40, 25), Format::Png, 1000).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err}");
+        let err = Image::decode(&png_header(4097, 4096), Format::Png).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[cfg(feature = "jpeg")]
+    #[test]
+    fn a_jpeg_over_the_pixel_limit_is_refused_from_its_header() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/serve/colour.jpg");
+        let mut jpeg = std::fs::read(path).unwrap();
+        assert!(Image::decode_at_most(&jpeg, Format::Jpeg, 24 * 16).is_ok());
+        let err = Image::decode_at_most(&jpeg, Format::Jpeg, 24 * 16 - 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the JPEG is 24x16, over the limit of 383 pixels"
+        );
+        // The frame header made to declare 65535x65535 (12.9 GB of RGB):
+        // zune's own side limit would pass it, the pixel limit does not.
+        let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+        jpeg[sof + 5..sof + 9].fill(0xff);
+        let err = Image::decode(&jpeg, Format::Jpeg).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the JPEG is 65535x65535, over the limit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod photos;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -206,6 +206,12 @@ fn exchange(
 }
 
 fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
+    let (code, _, body) = read_response_head(stream)?;
+    Ok((code, body))
+}
+
+/// Status, head and body of the one response `stream` holds.
+fn read_response_head(stream: &mut impl Read) -> std::io::Result<(u16, String, String)> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -217,7 +223,7 @@ fn read_response(stream: &mut impl Read) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in `{head}`")))?;
-    Ok((code, body.to_owned()))
+    Ok((code, head.to_owned(), body.to_owned()))
 }
 
 fn png(colour: [u8; 3], w: u32, h: u32) -> Vec<u8> {
@@ -478,12 +484,14 @@ fn bad_requests_get_a_4xx_with_a_reason_and_the_server_lives_on() {
 
 #[test]
 fn concurrent_requests_are_all_answered_correctly() {
-    let server = Server::start(&[]);
+    const THREADS: usize = 8;
+    const EACH: usize = 5;
+    // Within the in-flight bound, concurrent requests queue for the engine;
+    // beyond it they are shed (a_full_server_sheds_load_with_503_and_retry_after).
+    let (_config, server) = start_with_config(&format!("[serve]\nmax_in_flight = {THREADS}\n"));
     let side = side(&server.bundle());
     let (_, health) = server.request("GET", "/v1/health", &[], b"");
     let id = health["subnet"].as_str().unwrap().to_owned();
-    const THREADS: usize = 8;
-    const EACH: usize = 5;
     let inputs: Vec<Array4<f32>> = (0..THREADS * EACH).map(|i| tensor(side, i)).collect();
     let wants: Vec<Vec<f32>> = inputs
         .iter()
@@ -764,4 +772,265 @@ fn log_lines_carry_journald_priorities_only_when_stderr_is_the_journal() {
             "journal {journal}, no {error}… in\n{log}"
         );
     }
+}
+
+/// A server reading `config` (a runtime.toml); the file's directory lives
+/// as long as the server.
+fn start_with_config(config: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    (dir, server)
+}
+
+/// One request on a fresh connection: status, response head and body.
+fn request_head(socket: &Path, request: &str) -> (u16, String, String) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    read_response_head(&mut stream).unwrap()
+}
+
+/// An embed request head for a raw tensor of `len` bytes.
+fn embed_head(len: usize, extra: &str) -> String {
+    format!(
+        "POST /v1/embed HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n"
+    )
+}
+
+/// An embed request for the raw tensor `body` on a fresh connection.
+fn embed_raw(socket: &Path, body: &[u8]) -> (u16, String, String) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(embed_head(body.len(), "").as_bytes())
+        .unwrap();
+    // A refusal may come before the body is read, as in `exchange`.
+    let _ = stream.write_all(body);
+    read_response_head(&mut stream).unwrap()
+}
+
+fn retries_after_a_second(head: &str) -> bool {
+    head.lines()
+        .any(|l| l.eq_ignore_ascii_case("retry-after: 1"))
+}
+
+/// `exchange` repeated while it is shed for connections: a connection the
+/// client has closed counts until the server has seen it close.
+fn admitted(exchange: impl Fn() -> (u16, String, String)) -> (u16, String, String) {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let answer = exchange();
+        if !(answer.0 == 503 && answer.2.contains("(max_connections)")) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "{answer:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const HEALTH: &str = "GET /v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn a_full_server_sheds_load_with_503_and_retry_after() {
+    let (_config, server) = start_with_config("[serve]\nmax_connections = 2\nmax_in_flight = 1\n");
+    let side = side(&server.bundle());
+    let body = le_bytes(&tensor(side, 5));
+    let socket = &server.socket;
+
+    // A: an embed request holding the one in-flight slot. The server asks
+    // for the body (100 Continue) once it holds the slot.
+    let mut held = UnixStream::connect(socket).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    held.write_all(embed_head(body.len(), "Expect: 100-continue\r\n").as_bytes())
+        .unwrap();
+    let mut continued = [0u8; 25];
+    held.read_exact(&mut continued).unwrap();
+    assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
+
+    // B: a second connection, silent; C, a third, is over max_connections
+    // (connections are admitted in the order they are accepted).
+    let silent = UnixStream::connect(socket).unwrap();
+    let (code, head, text) = request_head(socket, HEALTH);
+    assert_eq!(code, 503, "{text}");
+    assert!(retries_after_a_second(&head), "{head}");
+    assert!(text.contains("max_connections"), "{text}");
+    drop(silent);
+
+    // With B closed, an embed request is shed for the slot A holds.
+    let (code, head, text) = admitted(|| embed_raw(socket, &body));
+    assert_eq!(code, 503, "{text}");
+    assert!(retries_after_a_second(&head), "{head}");
+    assert!(
+        text.contains("1 requests are in flight (max_in_flight)"),
+        "{text}"
+    );
+    // Health is not an in-flight request: it answers while A waits.
+    let (code, _, text) = admitted(|| request_head(socket, HEALTH));
+    assert_eq!(code, 200, "{text}");
+
+    // A finishes as it would have on an idle server.
+    held.write_all(&body).unwrap();
+    let (code, text) = read_response(&mut held).unwrap();
+    assert_eq!(code, 200, "{text}");
+    // The slot is free again.
+    let (code, _, text) = admitted(|| embed_raw(socket, &body));
+    assert_eq!(code, 200, "{text}");
+
+    let (_, _, m) = admitted(|| {
+        request_head(
+            socket,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+    });
+    assert_eq!(
+        metric(&m, "tailor_shed_total{reason=\"in_flight\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tailor_shed_total{reason=\"connections\"}") >= Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tailor_requests_total{endpoint=\"/v1/embed\",code=\"200\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_body_deadline() {
+    let (_config, server) = start_with_config("[serve]\nbody_timeout_s = 1\n");
+    let mut stream = UnixStream::connect(&server.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(embed_head(100_000, "").as_bytes())
+        .unwrap();
+    // A byte every 200 ms: a per-read idle timeout would never fire; the
+    // whole body would take 5.5 hours.
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100_000 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (code, text) = read_response(&mut stream).unwrap();
+    assert_eq!(code, 408, "{text}");
+    assert!(text.contains("(body_timeout_s)"), "{text}");
+    drop(stream);
+    trickle.join().unwrap();
+    let m = server.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "tailor_requests_total{endpoint=\"/v1/embed\",code=\"408\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_silent_or_idle_connection_is_closed_at_the_header_timeout() {
+    let (_config, server) = start_with_config("[serve]\nheader_timeout_s = 1\n");
+    // hyper's own default is 30 s: a read timeout of 15 s tells them apart.
+    let connect = || {
+        let stream = UnixStream::connect(&server.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream
+    };
+    // Half a request head, then nothing: closed, perhaps after a 408.
+    let mut half = connect();
+    half.write_all(b"GET /v1/health HTTP/1.1\r\nHost:").unwrap();
+    let mut rest = Vec::new();
+    half.read_to_end(&mut rest)
+        .expect("closed by the server, not timed out by the client");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+
+    // A kept-alive connection idle after its answer: closed.
+    let mut idle = connect();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (code, _, body) = read_response_head(&mut idle)
+        .expect("answered, then closed by the server, not timed out by the client");
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn images_over_max_pixels_are_refused_with_413_naming_the_limit() {
+    let (_config, server) = start_with_config("[serve]\nmax_pixels = 500\n");
+    let (code, body) = server.embed("image/png", "", &png(PNG_JPEG_COLOUR, 20, 25));
+    assert_eq!(code, 200, "at the limit: {body}");
+    let (code, body) = server.embed("image/png", "", &png(PNG_JPEG_COLOUR, 21, 25));
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(
+        body["error"],
+        "the PNG is 21x25, over the limit of 500 pixels (max_pixels)"
+    );
+    // The 24x16 JPEG fits; declared 24x32 (the frame header edited), it
+    // does not, however little data follows.
+    let mut jpeg = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/serve/colour.jpg"),
+    )
+    .unwrap();
+    let (code, body) = server.embed("image/jpeg", "", &jpeg);
+    assert_eq!(code, 200, "{body}");
+    let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&32u16.to_be_bytes());
+    let (code, body) = server.embed("image/jpeg", "", &jpeg);
+    assert_eq!(code, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("24x32"), "{body}");
+}
+
+#[test]
+fn the_unix_socket_is_0660_in_the_configured_group() {
+    // A group other than the process's own, where the test can give one.
+    let id = |flag: &str| {
+        let out = Command::new("id").arg(flag).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let primary: u32 = id("-g").trim().parse().unwrap();
+    let group = if id("-u").trim() == "0" {
+        primary + 4242
+    } else {
+        id("-G")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .find(|&g| g != primary)
+            .unwrap_or(primary)
+    };
+    let (_config, server) = start_with_config(&format!("socket_group = \"{group}\"\n"));
+    let meta = std::fs::symlink_metadata(&server.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    // The test runs under umask 022 (0755 for a new socket), typically.
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), group);
+    // Nothing is left of the private directory it was bound in.
+    let left: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,88 +1,22 @@
-//! The HTTP side: listeners, routing, and the four endpoints.
+//! The HTTP side: routing, the four endpoints, and the answers of a server
+//! that is full.
 
-use std::convert::Infallible;
-use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Result;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use ndarray::{Array4, Axis};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
 
-use super::{Listen, Served, State};
-use crate::image::{self, Format};
-
-/// A client that has not sent its request head by then is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a refused body is read on, so its client gets the refusal.
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl Listener {
-    pub async fn bind(listen: &Listen) -> io::Result<Listener> {
-        match listen {
-            Listen::Tcp { host, port } => Ok(Listener::Tcp(
-                TcpListener::bind((host.as_str(), *port)).await?,
-            )),
-            Listen::Unix(path) => {
-                // A socket left by a previous run would make bind fail;
-                // anything else at that path is not ours to delete.
-                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                    std::fs::remove_file(path)?;
-                }
-                Ok(Listener::Unix(UnixListener::bind(path)?))
-            }
-        }
-    }
-}
-
-/// Accepts connections forever, one task each.
-pub async fn accept(listener: Listener, state: Arc<State>) -> Result<()> {
-    loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| connection(s, &state)),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| connection(s, &state)),
-        };
-        if let Err(e) = accepted {
-            // Out of file descriptors, typically: wait for some to close.
-            log::error!("accepting a connection: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn connection<S>(stream: S, state: &Arc<State>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let state = Arc::clone(state);
-    tokio::spawn(async move {
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
-        });
-        // A connection's errors (resets, timeouts) end that connection only.
-        let _ = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-    });
-}
+use super::limits::{DRAIN_TIME, RETRY_AFTER_S};
+use super::metrics::Shed;
+use super::{Served, State};
+use crate::image::{self, DecodeError, Format};
 
 #[derive(Debug, Clone, Copy)]
 enum Endpoint {
@@ -115,13 +49,18 @@ impl Endpoint {
             _ => Method::GET,
         }
     }
+
+    fn of(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
 }
 
 /// A request refused, with the reason the client sees as `{"error": ...}`.
 struct ApiError {
     status: StatusCode,
     reason: String,
-    allow: Option<Method>,
+    /// `Allow` for a 405, `Retry-After` for a 503.
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -129,24 +68,44 @@ impl ApiError {
         ApiError {
             status,
             reason: reason.into(),
-            allow: None,
+            header: None,
+        }
+    }
+
+    /// 503: the server is full; the client may retry in [`RETRY_AFTER_S`].
+    fn busy(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            header: Some((RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S))),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
         }
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = json_response(self.status, &json!({ "error": self.reason }));
-        if let Some(method) = self.allow {
-            if let Ok(v) = HeaderValue::from_str(method.as_str()) {
-                response.headers_mut().insert(ALLOW, v);
-            }
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
         }
         response
     }
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The answer to every request on a connection over `max_connections`.
+pub fn shed(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    state.metrics.shed(Shed::Connections);
+    let endpoint = Endpoint::of(req.uri().path()).map_or("other", Endpoint::path);
+    state
+        .metrics
+        .request(endpoint, StatusCode::SERVICE_UNAVAILABLE.as_u16());
+    ApiError::busy(format!(
+        "{} connections are open (max_connections)",
+        state.limits.max_connections
+    ))
+    .into_response()
+}
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let Some(endpoint) = Endpoint::ALL.into_iter().find(|e| e.path() == path) else {
+    let Some(endpoint) = Endpoint::of(path) else {
         let reason = format!(
             "no endpoint {path}; there are {}",
             Endpoint::ALL.map(Endpoint::path).join(", ")
@@ -158,7 +117,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     };
     let result = if req.method() != endpoint.method() {
         Err(ApiError {
-            allow: Some(endpoint.method()),
+            header: HeaderValue::from_str(endpoint.method().as_str())
+                .ok()
+                .map(|v| (ALLOW, v)),
             ..ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} takes {}", endpoint.path(), endpoint.method()),
@@ -262,7 +223,8 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
         q.split('&')
             .any(|pair| matches!(pair, "patch_tokens=1" | "patch_tokens=true"))
     });
-    let limit = state.max_body_bytes;
+    let limits = &state.limits;
+    let limit = limits.max_body_bytes();
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -277,7 +239,48 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    // Held from here to the end of inference: bodies buffered, images
+    // decoded and blocking threads are all bounded by `max_in_flight`.
+    let permit = Arc::clone(&state.in_flight)
+        .try_acquire_owned()
+        .map_err(|_| {
+            state.metrics.shed(Shed::InFlight);
+            ApiError::busy(format!(
+                "{} requests are in flight (max_in_flight)",
+                limits.max_in_flight
+            ))
+        })?;
     let mut body = req.into_body();
+    let read = tokio::time::timeout(limits.body_timeout, collect(&mut body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?} (body_timeout_s)",
+                    limits.body_timeout
+                ),
+            )
+        })??;
+    let Some(body) = read else {
+        drain(body, limit).await;
+        return Err(too_large());
+    };
+    let max_pixels = limits.max_pixels;
+    // Taken after the body is in: a re-selection meanwhile is served already.
+    let served = state.served();
+    let (value, seconds) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        infer(&served, &body, input, max_pixels, patch_tokens)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference: {e}")))??;
+    state.metrics.inference(seconds);
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+/// The whole body, or `None` once it is over `limit` bytes.
+async fn collect(body: &mut Incoming, limit: u64) -> Result<Option<Bytes>, ApiError> {
     let mut read = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -285,21 +288,10 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
         })?;
         read.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d));
         if read.len() as u64 > limit {
-            drain(body, limit).await;
-            return Err(too_large());
+            return Ok(None);
         }
     }
-    let body = Bytes::from(read);
-    // Taken after the body is in: a re-selection meanwhile is served already.
-    let served = state.served();
-    let (value, seconds) =
-        tokio::task::spawn_blocking(move || infer(&served, &body, input, patch_tokens))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference: {e}"))
-            })??;
-    state.metrics.inference(seconds);
-    Ok(json_response(StatusCode::OK, &value))
+    Ok(Some(Bytes::from(read)))
 }
 
 /// Reads and discards what a client still sends of a refused body, up to
@@ -325,15 +317,23 @@ fn infer(
     served: &Served,
     body: &[u8],
     input: Input,
+    max_pixels: u64,
     patch_tokens: bool,
 ) -> Result<(Value, f64), ApiError> {
     let [_, channels, height, width] = served.input_shape;
     let one = [1, channels, height, width];
     let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, reason);
     let image = match input {
-        Input::Image(format) => {
-            image::decode(body, format, height).map_err(|e| bad(e.to_string()))?
-        }
+        Input::Image(format) => match image::decode(body, format, max_pixels, height) {
+            Ok(image) => image,
+            Err(e @ DecodeError::TooLarge { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{e} (max_pixels)"),
+                ))
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        },
         Input::Tensor { declared } => {
             if declared.as_deref().is_some_and(|d| d != one.as_slice()) {
                 return Err(bad(format!(

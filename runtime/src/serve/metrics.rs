@@ -16,6 +16,28 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Mutex<Histogram>,
     reselections: AtomicU64,
+    /// By [`Shed`] reason.
+    shed: [AtomicU64; 2],
+}
+
+/// Why a request was answered 503 unserved.
+#[derive(Debug, Clone, Copy)]
+pub enum Shed {
+    /// `max_connections` connections were open.
+    Connections,
+    /// `max_in_flight` embed requests were being served.
+    InFlight,
+}
+
+impl Shed {
+    const ALL: [Shed; 2] = [Shed::Connections, Shed::InFlight];
+
+    fn label(self) -> &'static str {
+        match self {
+            Shed::Connections => "connections",
+            Shed::InFlight => "in_flight",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -38,6 +60,10 @@ impl Metrics {
         }
         h.sum += seconds;
         h.count += 1;
+    }
+
+    pub fn shed(&self, why: Shed) {
+        self.shed[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reselected(&self) {
@@ -79,6 +105,15 @@ impl Metrics {
             "# HELP tailor_reselections_total Selections made after start-up (SIGHUP, power mode).\n# TYPE tailor_reselections_total counter\ntailor_reselections_total {}",
             self.reselections.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP tailor_shed_total Requests answered 503 because the server was full, by the bound that was reached.\n# TYPE tailor_shed_total counter\n");
+        for why in Shed::ALL {
+            let _ = writeln!(
+                out,
+                "tailor_shed_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.shed[why as usize].load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -129,5 +164,22 @@ mod tests {
         assert!(text.contains("tailor_requests_total{endpoint=\"/v1/embed\",code=\"200\"} 2\n"));
         assert!(text.contains("tailor_requests_total{endpoint=\"/v1/embed\",code=\"415\"} 1\n"));
         assert!(text.contains("tailor_selected_subnet{id=\"a\\\"b\"} 1\n"));
+    }
+
+    #[test]
+    fn shedding_is_counted_per_bound() {
+        let m = Metrics::default();
+        m.shed(Shed::InFlight);
+        m.shed(Shed::InFlight);
+        m.shed(Shed::Connections);
+        let text = m.render("w");
+        assert!(
+            text.contains("tailor_shed_total{reason=\"connections\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tailor_shed_total{reason=\"in_flight\"} 2\n"),
+            "{text}"
+        );
     }
 }

@@ -4,9 +4,12 @@
 //! HTTP runs on a single-threaded tokio runtime (hyper); decoding and
 //! inference run on tokio's blocking pool. The session is single-threaded
 //! (`run` takes `&mut self`), so inference is serialised through a mutex:
-//! concurrent requests queue for the engine, they do not fail.
+//! up to `max_in_flight` requests queue for the engine; beyond, and beyond
+//! `max_connections`, the server sheds load with 503 ([`Limits`]).
 
 mod api;
+mod limits;
+mod listener;
 mod metrics;
 mod notify;
 
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::select::Chosen;
+pub use limits::Limits;
 use metrics::Metrics;
 
 /// Where the server listens.
@@ -73,8 +77,10 @@ impl fmt::Display for Listen {
 /// How the server bounds requests and watches the device.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Larger request bodies get 413 without being read.
-    pub max_body_bytes: u64,
+    pub limits: Limits,
+    /// The group of a Unix socket (a name or a number); the process's own
+    /// group when `None`.
+    pub socket_group: Option<String>,
     /// Jetson's nvpmodel status file; a change of its contents re-selects.
     pub power_mode_file: Option<PathBuf>,
     /// How often the power-mode file is read.
@@ -114,7 +120,9 @@ impl Served {
 struct State {
     current: RwLock<Arc<Served>>,
     metrics: Metrics,
-    max_body_bytes: u64,
+    limits: Limits,
+    /// One permit per embed request being served (`max_in_flight`).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -143,13 +151,19 @@ pub fn serve<F>(listen: &Listen, options: ServeOptions, select: F) -> Result<()>
 where
     F: Fn() -> Result<Selection> + Send + 'static,
 {
+    let limits = options.limits;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // Each blocking task holds an in-flight permit: no more are needed.
+        .max_blocking_threads(limits.max_in_flight.get())
         .build()
         .context("starting the HTTP runtime")?;
     let listener = runtime
-        .block_on(api::Listener::bind(listen))
+        .block_on(listener::Listener::bind(
+            listen,
+            options.socket_group.as_deref(),
+        ))
         .with_context(|| format!("listening on {listen}"))?;
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
@@ -162,7 +176,8 @@ where
     let state = Arc::new(State {
         current: RwLock::new(Arc::new(first)),
         metrics: Metrics::default(),
-        max_body_bytes: options.max_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.get())),
+        limits,
     });
     notify::ready(&state.served().id);
 
@@ -199,7 +214,7 @@ where
         })
         .context("starting the re-selection watcher")?;
 
-    runtime.block_on(api::accept(listener, state))
+    runtime.block_on(listener::accept(listener, state))
 }
 
 #[cfg(test)]

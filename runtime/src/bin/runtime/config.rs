@@ -36,6 +36,14 @@ pub struct Config {
     pub listen: Option<tailor_runtime::serve::Listen>,
     #[cfg(not(feature = "serve"))]
     pub listen: Option<serde::de::IgnoredAny>,
+    /// `serve` only: the group of a `unix:` socket.
+    pub socket_group: Option<String>,
+    /// `serve` only: the `[serve]` table, the server's bounds.
+    #[cfg(feature = "serve")]
+    #[serde(default)]
+    pub serve: tailor_runtime::serve::Limits,
+    #[cfg(not(feature = "serve"))]
+    pub serve: Option<serde::de::IgnoredAny>,
     pub cache: Option<PathBuf>,
 }
 
@@ -151,6 +159,43 @@ mod tests {
         assert_eq!(c.provider, Some(ExecutionProvider::TensorRt));
         assert_eq!(c.threads, Some(4));
         assert_eq!(c.listen, Some("unix:/run/s".parse().unwrap()));
+    }
+
+    #[cfg(feature = "serve")]
+    #[test]
+    fn the_serve_table_sets_the_servers_bounds_and_keeps_the_rest_default() {
+        use tailor_runtime::serve::Limits;
+        let c =
+            parse("socket_group = \"tailor\"\n[serve]\nmax_in_flight = 2\nbody_timeout_s = 0.5\n")
+                .unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("tailor"));
+        assert_eq!(
+            c.serve,
+            Limits {
+                max_in_flight: 2.try_into().unwrap(),
+                body_timeout: std::time::Duration::from_millis(500),
+                ..Limits::default()
+            }
+        );
+        assert_eq!(parse("").unwrap().serve, Limits::default());
+        for (text, expected) in [
+            ("[serve]\nmax_connections = 0\n", "`max_connections`: "),
+            (
+                "[serve]\nheader_timeout_s = 0\n",
+                "0 is not a positive number of seconds",
+            ),
+            (
+                "[serve]\nbody_timeout_s = 1e300\n",
+                "is not a positive number of seconds",
+            ),
+            (
+                "[serve]\nmax_inflight = 2\n",
+                "unknown field `max_inflight`",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -224,9 +224,10 @@ struct ServeArgs {
     /// `host:port` or `unix:PATH` [default: 127.0.0.1:8470].
     #[arg(long, value_name = "ADDR")]
     listen: Option<tailor_runtime::serve::Listen>,
-    /// Largest request body accepted, in MiB (413 beyond).
-    #[arg(long, value_name = "MB", default_value_t = 32)]
-    max_body_mb: u64,
+    /// Largest request body accepted, in MiB (413 beyond) [default: 32, or
+    /// `max_body_mb` in --config's `[serve]`].
+    #[arg(long, value_name = "MB")]
+    max_body_mb: Option<u64>,
     /// Seconds between reads of the power mode (Jetson's nvpmodel status).
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     power_poll: f64,
@@ -510,14 +511,17 @@ fn run(command: Command) -> Result<()> {
             serve,
         } => {
             use tailor_runtime::serve::{self as server, Selection, ServeOptions};
+            let config = common.config()?;
+            limits.limits(&config)?;
+            let mut server_limits = config.serve.clone();
+            server_limits.max_body_mb = serve.max_body_mb.unwrap_or(server_limits.max_body_mb);
             let options = ServeOptions {
-                max_body_bytes: serve.max_body_mb.saturating_mul(1024 * 1024),
+                limits: server_limits,
+                socket_group: config.socket_group.clone(),
                 power_mode_file: Some(common.sysroot.join(probe::NVPMODEL_STATUS)),
                 power_poll: std::time::Duration::try_from_secs_f64(serve.power_poll)
                     .context("--power-poll must be a non-negative number of seconds")?,
             };
-            let config = common.config()?;
-            limits.limits(&config)?;
             let listen = serve
                 .listen
                 .or(config.listen)
