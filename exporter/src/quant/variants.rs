@@ -36,7 +36,7 @@ pub enum VariantError {
     Family {
         family: String,
         #[source]
-        source: QuantError,
+        source: Box<QuantError>,
     },
     #[error(
         "the bundle has no activation ranges of its graphs' insides{detail}: run `{RANGES_COMMAND}` \
@@ -52,7 +52,7 @@ pub enum VariantError {
     Quantize {
         location: String,
         #[source]
-        source: QuantError,
+        source: Box<QuantError>,
     },
     #[error("reading {path}")]
     Read {
@@ -120,7 +120,7 @@ pub fn check_bundle(bundle: &Bundle, opts: VariantOptions) -> Result<Checked, Va
         })?;
         check(s.id, &model, graph_location(s)).map_err(|source| VariantError::Family {
             family: m.teacher.family.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         models.push(model);
     }
@@ -193,7 +193,7 @@ pub fn write_variants(
         )
         .map_err(|source| VariantError::Quantize {
             location: (*location).to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         let weights = NewFile {
             path: format!("{GRAPHS_DIR}/{}", width.location),
