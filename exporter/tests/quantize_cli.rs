@@ -64,23 +64,17 @@ fn assert_refused(bundle: &Path, args: &[&str], needles: &[&str]) {
     assert_eq!(snapshot(bundle), before, "the bundle changed: {stderr}");
 }
 
+/// `exporter calibrate BUNDLE --data mnist-calib.npz -q EXTRA...`
+fn calibrate(bundle: &Path, extra: &[&str]) {
+    let data = digits();
+    let mut args = vec!["calibrate", "--data", data.to_str().unwrap(), "-q"];
+    args.extend(extra);
+    succeeded(&run(&args, bundle));
+}
+
 fn calibrated_inner() -> (tempfile::TempDir, PathBuf) {
     let (dir, bundle) = bundle_copy();
-    let data = digits();
-    let data = data.to_str().unwrap();
-    succeeded(&run(
-        &[
-            "calibrate",
-            "--data",
-            data,
-            "--limit",
-            "60",
-            "-q",
-            "--ranges",
-            "inner",
-        ],
-        &bundle,
-    ));
+    calibrate(&bundle, &["--limit", "60", "--ranges", "inner"]);
     (dir, bundle)
 }
 
@@ -110,18 +104,7 @@ fn without_inner_ranges_the_error_names_the_command_and_nothing_changes() {
         ],
     );
     // Calibrated, but only the interface's ranges recorded.
-    let data = digits();
-    succeeded(&run(
-        &[
-            "calibrate",
-            "--data",
-            data.to_str().unwrap(),
-            "--limit",
-            "40",
-            "-q",
-        ],
-        &bundle,
-    ));
+    calibrate(&bundle, &["--limit", "40"]);
     assert_refused(
         &bundle,
         &int8,
@@ -179,18 +162,7 @@ fn variants_are_listed_verified_inspected_and_selected() {
     assert!(row.contains("int8-u8"), "{row}");
 
     // Scored like any sub-network, the drop against the parent shown.
-    let data = digits();
-    succeeded(&run(
-        &[
-            "calibrate",
-            "--data",
-            data.to_str().unwrap(),
-            "--limit",
-            "60",
-            "-q",
-        ],
-        &bundle,
-    ));
+    calibrate(&bundle, &["--limit", "60"]);
     let m = manifest(&bundle);
     let drop = subnet(&m, "w32-d3@int8-u8")["quality"].as_f64().unwrap()
         - subnet(&m, "w32-d3")["quality"].as_f64().unwrap();
