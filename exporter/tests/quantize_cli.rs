@@ -240,3 +240,29 @@ fn mse_without_samples_and_sdr_paths_are_refused_by_name() {
         &["the sdr family cannot be quantised", "SDR"],
     );
 }
+
+#[test]
+fn data_records_the_ranges_on_the_way_without_scoring() {
+    let (_dir, bundle) = bundle_copy();
+    let data = digits();
+    let out = succeeded(&run(
+        &[
+            "quantize",
+            "--precision",
+            "int8",
+            "--encoding",
+            "s8",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &bundle,
+    ));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d2@int8-s8")["precision"]["int8"]["encoding"],
+        "s8"
+    );
+    assert_eq!(m["calibration"], Value::Null, "{m:#}");
+    succeeded(&run(&["inspect", "--verify"], &bundle));
+}
