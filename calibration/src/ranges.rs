@@ -12,7 +12,7 @@ pub mod inner;
 use std::collections::BTreeMap;
 
 use ndarray::{s, ArrayView, ArrayView4, Dimension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tailor_runtime::engine::Outputs;
 use tailor_runtime::interface::{CLS_TOKEN, PATCH_TOKENS, PIXEL_VALUES};
 use tailor_runtime::manifest::Sha256;
@@ -28,7 +28,7 @@ pub const FORMAT: u32 = 3;
 const SAMPLE: usize = 1 << 16;
 
 /// Which tensors calibration records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The graph's input and outputs.
@@ -39,7 +39,7 @@ pub enum Scope {
 }
 
 /// One tensor's range over the calibration images.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Range {
     pub min: f32,
     pub max: f32,
@@ -49,7 +49,7 @@ pub struct Range {
 }
 
 /// The bundle's ranges file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RangesFile {
     /// [`FORMAT`].
     pub format: u32,

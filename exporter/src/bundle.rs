@@ -280,6 +280,7 @@ fn write_manifest(
             activation_bytes: s.planned.costs.activation_bytes,
             quality: None,
             fidelity: None,
+            precision: manifest::Precision::Fp32,
         };
         subnets.push(subnet);
     }
@@ -461,12 +462,13 @@ fn dir_bytes(dir: &Path) -> io::Result<u64> {
 }
 
 /// The temporary directory a bundle is built in; removed unless committed.
-struct Staging {
-    path: PathBuf,
+pub struct Staging {
+    pub path: PathBuf,
 }
 
 impl Staging {
-    fn new(out: &Path) -> Result<Self, BundleError> {
+    /// An empty directory beside `out`.
+    pub fn new(out: &Path) -> Result<Self, BundleError> {
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
@@ -484,7 +486,7 @@ impl Staging {
     }
 
     /// Moves the finished bundle to `out`, replacing an old one if `force`.
-    fn commit(self, out: &Path, force: bool) -> Result<(), BundleError> {
+    pub fn commit(self, out: &Path, force: bool) -> Result<(), BundleError> {
         let old = self.path.with_extension("old");
         let replacing = force && out.exists();
         if replacing {

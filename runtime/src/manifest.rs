@@ -13,10 +13,11 @@ use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest format this build reads and writes (4: the task a bundle was
-/// routed to; 3: calibration results; 2: family-generic sub-networks and
-/// teacher configs; 1 was ViT only).
-pub const FORMAT_VERSION: u32 = 4;
+/// The manifest format this build reads and writes (5: every sub-network's
+/// precision, int8 variants of fp32 ones; 4: the task a bundle was routed
+/// to; 3: calibration results; 2: family-generic sub-networks and teacher
+/// configs; 1 was ViT only).
+pub const FORMAT_VERSION: u32 = 5;
 /// The most sub-networks a manifest may list (POA's ResNet grid has 465).
 pub const MAX_SUBNETS: usize = 512;
 /// The most blocks a sub-network may keep.
@@ -274,6 +275,93 @@ pub struct Subnet<'a> {
     /// Linear CKA of `cls_token` with the largest sub-network's (1 for the
     /// largest itself), if calibration ran: a ranking without labels.
     pub fidelity: Option<f32>,
+    /// The number format it computes in, and for a variant the fp32
+    /// sub-network it was derived from.
+    #[serde(borrow)]
+    pub precision: Precision<'a>,
+}
+
+impl Subnet<'_> {
+    /// The fp32 sub-network this one is a variant of (`None` for fp32 ones).
+    pub fn parent(&self) -> Option<&str> {
+        match self.precision {
+            Precision::Fp32 => None,
+            Precision::Int8 { parent, .. } => Some(parent),
+        }
+    }
+}
+
+/// A sub-network's number format. A variant shares its parent's
+/// architecture, `params` and `macs`; its own graph, weights, bytes and
+/// sha256 are listed as any sub-network's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision<'a> {
+    /// As exported: float32 weights and activations.
+    Fp32,
+    /// An explicit QDQ graph (`exporter quantize`): int8 weights per output
+    /// channel, activations quantised per tensor.
+    Int8 {
+        /// The fp32 sub-network's id (the variant's is `PARENT@int8-ENCODING`).
+        parent: &'a str,
+        /// How activations are encoded, which decides the engines that run it fast.
+        encoding: ActivationEncoding,
+        /// How activations' clipping ranges were chosen.
+        calibrator: ActivationCalibrator,
+    },
+}
+
+impl Precision<'_> {
+    /// The name in manifests, ids and on command lines: `fp32` or `int8`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 { .. } => "int8",
+        }
+    }
+}
+
+/// How an int8 variant encodes its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationEncoding {
+    /// Symmetric int8, zero point 0 (TensorRT).
+    S8,
+    /// Asymmetric uint8 (ONNX Runtime's CPU on AVX2, QNN's HTP).
+    U8,
+}
+
+impl ActivationEncoding {
+    /// The name in manifests and ids: `s8` or `u8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationEncoding::S8 => "s8",
+            ActivationEncoding::U8 => "u8",
+        }
+    }
+}
+
+/// How an int8 variant's activation ranges were clipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationCalibrator {
+    /// The whole observed range.
+    MinMax,
+    /// The recorded 99.99th percentile of |x|.
+    Percentile,
+    /// The clip minimising the squared quantisation error.
+    Mse,
+}
+
+impl ActivationCalibrator {
+    /// The name in manifests and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationCalibrator::MinMax => "minmax",
+            ActivationCalibrator::Percentile => "percentile",
+            ActivationCalibrator::Mse => "mse",
+        }
+    }
 }
 
 /// A file of the bundle other than a graph.
@@ -464,6 +552,7 @@ mod tests {
             activation_bytes: 64,
             quality: None,
             fidelity: None,
+            precision: Precision::Fp32,
         }];
         Manifest {
             format_version: FORMAT_VERSION,
@@ -557,6 +646,83 @@ mod tests {
         let err = Manifest::from_postcard(&m.to_postcard()).unwrap_err();
         assert_eq!(err, DecodeError::UnsupportedVersion(3));
         assert!(err.to_string().contains("export the bundle again"), "{err}");
+    }
+
+    /// A version-4 bundle as the exporter wrote it before variants (the
+    /// runtime fixture's manifests, kept).
+    #[test]
+    fn version_4_bundles_are_told_to_export_again_in_both_forms() {
+        let postcard = include_bytes!("../tests/fixtures/manifest-v4/manifest.postcard");
+        let err = Manifest::from_postcard(postcard).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(4));
+        assert!(err.to_string().contains("export the bundle again"), "{err}");
+        let json = include_str!("../tests/fixtures/manifest-v4/manifest.json");
+        let err = Manifest::from_json(json).unwrap_err();
+        assert!(
+            matches!(err, JsonError::Decode(DecodeError::UnsupportedVersion(4))),
+            "{err}"
+        );
+        assert!(err.to_string().contains("export the bundle again"), "{err}");
+    }
+
+    fn with_int8_variant() -> Manifest<'static> {
+        let mut m = sample();
+        let mut variant = m.subnets[0].clone();
+        variant.id = "w32-d2@int8-u8";
+        variant.onnx = "graphs/w32-d2@int8-u8.onnx";
+        variant.weights[0].path = "weights/w32.int8.bin";
+        variant.weight_bytes = 110;
+        variant.precision = Precision::Int8 {
+            parent: "w32-d2",
+            encoding: ActivationEncoding::U8,
+            calibrator: ActivationCalibrator::Percentile,
+        };
+        m.subnets.push(variant);
+        m
+    }
+
+    #[test]
+    fn int8_variants_round_trip_with_parent_and_encoding() {
+        let m = with_int8_variant();
+        assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""precision":"fp32""#), "{text}");
+        assert!(
+            text.contains(
+                r#""precision":{"int8":{"parent":"w32-d2","encoding":"u8","calibrator":"percentile"}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+        assert_eq!(m.subnets[1].parent(), Some("w32-d2"));
+        assert_eq!(m.subnets[0].parent(), None);
+    }
+
+    #[test]
+    fn a_newer_reader_names_a_version_5_manifest_it_does_not_read() {
+        // What a build that reads only version 4 does with this build's
+        // output: the version leads both forms, so it is named, not misread.
+        let m = with_int8_variant();
+        let bytes = m.to_postcard();
+        assert_eq!(postcard::take_from_bytes::<u32>(&bytes).unwrap().0, 5);
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(json["format_version"], 5);
+        // And a newer bundle than this build reads says to update.
+        let mut newer = m;
+        newer.format_version = FORMAT_VERSION + 1;
+        let err = Manifest::from_postcard(&newer.to_postcard()).unwrap_err();
+        assert!(err.to_string().contains("update the runtime"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_precision_is_malformed_not_misread() {
+        let text = String::from_utf8(with_int8_variant().to_json()).unwrap();
+        let text = text.replace(r#""int8": {"#, r#""int4": {"#);
+        assert!(text.contains("int4"), "{text}");
+        assert!(matches!(
+            Manifest::from_json(&text),
+            Err(JsonError::Syntax(_))
+        ));
     }
 
     #[test]

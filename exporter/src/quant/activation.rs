@@ -7,6 +7,7 @@
 //! `quantize_static` from the same range agree to the last bit.
 
 use tailor_calibration::ranges::Range;
+use tailor_runtime::manifest::{ActivationCalibrator, ActivationEncoding};
 
 use super::QuantError;
 
@@ -18,6 +19,25 @@ pub enum Encoding {
     /// Asymmetric uint8: ONNX Runtime's fast CPU path on AVX2 without VNNI
     /// (uint8 activations × int8 weights), and QNN's HTP.
     U8,
+}
+
+impl From<ActivationEncoding> for Encoding {
+    fn from(e: ActivationEncoding) -> Self {
+        match e {
+            ActivationEncoding::S8 => Encoding::S8,
+            ActivationEncoding::U8 => Encoding::U8,
+        }
+    }
+}
+
+impl From<ActivationCalibrator> for Calibrator {
+    fn from(c: ActivationCalibrator) -> Self {
+        match c {
+            ActivationCalibrator::MinMax => Calibrator::MinMax,
+            ActivationCalibrator::Percentile => Calibrator::Percentile,
+            ActivationCalibrator::Mse => Calibrator::Mse,
+        }
+    }
 }
 
 impl Encoding {

@@ -15,6 +15,7 @@ mod activation;
 mod error;
 mod graph;
 mod store;
+pub mod variants;
 pub mod weights;
 
 use std::collections::{BTreeMap, HashMap};

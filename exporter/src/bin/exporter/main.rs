@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tailor_runtime::stdout;
 
-use commands::{calibrate, export, inspect, pack, route};
+use commands::{calibrate, export, inspect, pack, quantize, route};
 
 /// Slice a POA elastic teacher into standalone per-budget ONNX graphs.
 ///
@@ -52,6 +52,7 @@ enum Command {
     Pack(pack::PackArgs),
     Calibrate(calibrate::CalibrateArgs),
     Route(route::RouteArgs),
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Some(Command::Pack(args)) => pack::run(args),
         Some(Command::Calibrate(args)) => calibrate::run(args),
         Some(Command::Route(args)) => route::run(args),
+        Some(Command::Quantize(args)) => quantize::run(args),
         None => export::run(cli.export),
     };
     match result {

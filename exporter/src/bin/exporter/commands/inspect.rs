@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use tailor_calibration::plot::{pareto_front, pareto_table, Chart, Cost, Point};
 use tailor_runtime::bundle::Bundle;
+use tailor_runtime::manifest::Precision;
 use tailor_runtime::outln;
 
 use crate::output::{subnet_row, table_header};
@@ -79,10 +80,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         None => outln!("not calibrated: quality unknown (exporter calibrate)")?,
     }
     outln!(
-        "{}  {:>8} {:>8}  graph",
+        "{}  {:<9} {:>8} {:>8} {:>6}  graph",
         table_header(),
+        "precision",
         "quality",
-        "fidelity"
+        "fidelity",
+        "drop"
     )?;
     for s in &m.subnets {
         let row = subnet_row(
@@ -95,8 +98,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
             s.activation_bytes,
         );
         let score = |v: Option<f32>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        // A variant's quality against its fp32 parent's, once both are scored.
+        let drop = s
+            .parent()
+            .and_then(|p| Some(s.quality? - m.subnet(p)?.quality?))
+            .map_or("-".to_owned(), |d| format!("{d:+.2}"));
+        let precision = match &s.precision {
+            Precision::Fp32 => "fp32".to_owned(),
+            Precision::Int8 { encoding, .. } => format!("int8-{}", encoding.name()),
+        };
         outln!(
-            "{row}  {:>8} {:>8}  {}",
+            "{row}  {precision:<9} {:>8} {:>8} {drop:>6}  {}",
             score(s.quality),
             score(s.fidelity),
             s.onnx

@@ -5,4 +5,5 @@ pub mod calibrate;
 pub mod export;
 pub mod inspect;
 pub mod pack;
+pub mod quantize;
 pub mod route;

@@ -1,0 +1,268 @@
+//! `exporter quantize` as a user meets it: int8 variants listed in the
+//! manifest beside their parents, a bundle that still verifies and that
+//! `runtime select` chooses from, and every refusal naming its fix with the
+//! bundle left byte-identical.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{copy_dir, exporter, files_under, runtime};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn bundle_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_dir(&root().join("runtime/tests/fixtures/bundle-tiny"), &bundle);
+    (dir, bundle)
+}
+
+fn digits() -> PathBuf {
+    root().join("examples/mnist-calib.npz")
+}
+
+fn run(args: &[&str], bundle: &Path) -> Output {
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&args[0], &bundle];
+    all.extend(args[1..].iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    exporter(&all)
+}
+
+fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Every file of the bundle with its sha256.
+fn snapshot(bundle: &Path) -> Vec<(PathBuf, String)> {
+    files_under(bundle)
+        .into_iter()
+        .map(|p| {
+            let sha = format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap()));
+            (p, sha)
+        })
+        .collect()
+}
+
+fn assert_refused(bundle: &Path, args: &[&str], needles: &[&str]) {
+    let before = snapshot(bundle);
+    let out = run(args, bundle);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert_eq!(snapshot(bundle), before, "the bundle changed: {stderr}");
+}
+
+/// `exporter calibrate BUNDLE --data mnist-calib.npz -q EXTRA...`
+fn calibrate(bundle: &Path, extra: &[&str]) {
+    let data = digits();
+    let mut args = vec!["calibrate", "--data", data.to_str().unwrap(), "-q"];
+    args.extend(extra);
+    succeeded(&run(&args, bundle));
+}
+
+fn calibrated_inner() -> (tempfile::TempDir, PathBuf) {
+    let (dir, bundle) = bundle_copy();
+    calibrate(&bundle, &["--limit", "60", "--ranges", "inner"]);
+    (dir, bundle)
+}
+
+fn manifest(bundle: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn subnet<'a>(m: &'a Value, id: &str) -> &'a Value {
+    m["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {m:#}"))
+}
+
+#[test]
+fn without_inner_ranges_the_error_names_the_command_and_nothing_changes() {
+    let (_dir, bundle) = bundle_copy();
+    let int8 = ["quantize", "--precision", "int8"];
+    assert_refused(
+        &bundle,
+        &int8,
+        &[
+            "exporter calibrate BUNDLE --data DATA --ranges inner",
+            "--data",
+        ],
+    );
+    // Calibrated, but only the interface's ranges recorded.
+    calibrate(&bundle, &["--limit", "40"]);
+    assert_refused(
+        &bundle,
+        &int8,
+        &[
+            "insides",
+            "exporter calibrate BUNDLE --data DATA --ranges inner",
+        ],
+    );
+}
+
+#[test]
+fn variants_are_listed_verified_inspected_and_selected() {
+    let (_dir, bundle) = calibrated_inner();
+    let out = succeeded(&run(
+        &["quantize", "--precision", "int8", "--json"],
+        &bundle,
+    ));
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w32-d2@int8-u8", "w32-d3@int8-u8", "w32-d4@int8-u8"]);
+
+    let m = manifest(&bundle);
+    assert_eq!(m["format_version"], 5);
+    assert_eq!(subnet(&m, "w32-d3")["precision"], "fp32");
+    let (parent, variant) = (subnet(&m, "w32-d3"), subnet(&m, "w32-d3@int8-u8"));
+    assert_eq!(
+        variant["precision"]["int8"],
+        serde_json::json!({"parent": "w32-d3", "encoding": "u8", "calibrator": "percentile"})
+    );
+    assert_eq!(variant["weights"][0]["path"], "graphs/weights/w32.int8.bin");
+    assert_eq!(variant["macs"], parent["macs"]);
+    assert_eq!(variant["params"], parent["params"]);
+    let (fp32, int8) = (
+        parent["weight_bytes"].as_u64().unwrap(),
+        variant["weight_bytes"].as_u64().unwrap(),
+    );
+    assert!(int8 * 10 < fp32 * 4, "int8 {int8} bytes of fp32 {fp32}");
+    // One int8 file for the width, shared by every depth.
+    let int8_files: Vec<_> = files_under(&bundle.join("graphs/weights"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".int8.bin"))
+        .collect();
+    assert_eq!(int8_files.len(), 1, "{int8_files:?}");
+
+    let inspect = succeeded(&run(&["inspect", "--verify"], &bundle));
+    let row = inspect
+        .lines()
+        .find(|l| l.starts_with("w32-d3@int8-u8"))
+        .unwrap_or_else(|| panic!("{inspect}"));
+    assert!(row.contains("int8-u8"), "{row}");
+
+    // Scored like any sub-network, the drop against the parent shown.
+    calibrate(&bundle, &["--limit", "60"]);
+    let m = manifest(&bundle);
+    let drop = subnet(&m, "w32-d3@int8-u8")["quality"].as_f64().unwrap()
+        - subnet(&m, "w32-d3")["quality"].as_f64().unwrap();
+    let inspect = succeeded(&run(&["inspect"], &bundle));
+    let row = inspect
+        .lines()
+        .find(|l| l.starts_with("w32-d3@int8-u8"))
+        .unwrap();
+    assert!(row.contains(&format!("{drop:+.2}")), "drop {drop}: {row}");
+
+    // The runtime loads and measures every variant in tract...
+    let out = runtime("profile", &bundle, &["--all"]);
+    let profile: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let measured: Vec<&str> = profile["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["p50_ms"].as_f64().is_some_and(|t| t > 0.0))
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    for id in ["w32-d2@int8-u8", "w32-d3@int8-u8", "w32-d4@int8-u8"] {
+        assert!(measured.contains(&id), "{id} not measured: {profile:#}");
+    }
+    // ...and selects among fp32 and int8 candidates alike.
+    let out = runtime("select", &bundle, &["--latency-ms", "10000"]);
+    let chosen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{chosen:#}");
+    let id = chosen["subnet"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{chosen:#}"));
+    assert!(
+        m["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id),
+        "{id}"
+    );
+}
+
+#[test]
+fn a_failure_half_way_leaves_the_bundle_byte_identical() {
+    let (_dir, bundle) = calibrated_inner();
+    // The last variant's graph cannot be written: a directory holds its
+    // name, after the weight file and the first graphs are staged.
+    std::fs::create_dir(bundle.join("graphs/w32-d4@int8-u8.onnx")).unwrap();
+    assert_refused(
+        &bundle,
+        &["quantize", "--precision", "int8"],
+        &["w32-d4@int8-u8.onnx"],
+    );
+    assert!(!files_under(bundle.parent().unwrap())
+        .iter()
+        .any(|p| p.to_string_lossy().contains(".partial")));
+}
+
+#[test]
+fn mse_without_samples_and_sdr_paths_are_refused_by_name() {
+    let (_dir, bundle) = calibrated_inner();
+    assert_refused(
+        &bundle,
+        &["quantize", "--precision", "int8", "--calibrator", "mse"],
+        &["MSE", "--calibrator minmax or percentile"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sdr = dir.path().join("sdr");
+    let teacher = root().join("examples/sdr-tiny/sdr.safetensors");
+    let out = exporter(&[&"--all-subnets", &teacher, &"-o", &sdr, &"-q"]);
+    succeeded(&out);
+    assert_refused(
+        &sdr,
+        &["quantize", "--precision", "int8"],
+        &["the sdr family cannot be quantised", "SDR"],
+    );
+}
+
+#[test]
+fn data_records_the_ranges_on_the_way_without_scoring() {
+    let (_dir, bundle) = bundle_copy();
+    let data = digits();
+    let out = succeeded(&run(
+        &[
+            "quantize",
+            "--precision",
+            "int8",
+            "--encoding",
+            "s8",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &bundle,
+    ));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d2@int8-s8")["precision"]["int8"]["encoding"],
+        "s8"
+    );
+    assert_eq!(m["calibration"], Value::Null, "{m:#}");
+    succeeded(&run(&["inspect", "--verify"], &bundle));
+}
