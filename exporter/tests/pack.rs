@@ -185,6 +185,44 @@ fn curl_when_up(socket: &Path, path: &str, server: &mut Server) -> Value {
     }
 }
 
+/// Measuring briefly, caching nothing: a test's selection.
+const QUICK: [&str; 5] = ["--no-cache", "--min-runs", "3", "--min-time", "0"];
+
+/// What `install.sh --root` laid out in a scratch root.
+struct Installed {
+    runtime: PathBuf,
+    config: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Installed {
+    fn in_root(scratch: &Path) -> Installed {
+        Installed {
+            runtime: scratch.join("opt/tailor/bin/runtime"),
+            config: scratch.join("etc/tailor/runtime.toml"),
+            bundle: scratch.join("opt/tailor/bundle"),
+        }
+    }
+
+    /// The installed runtime serving with the installed config on the unix
+    /// `socket`; the bundle is named on the command line because the
+    /// config's path is the device's.
+    fn serve(&self, socket: &Path) -> Server {
+        Server(
+            Command::new(&self.runtime)
+                .args(["serve", s(&self.bundle), "--config", s(&self.config)])
+                .arg("--listen")
+                .arg(format!("unix:{}", socket.display()))
+                .args(QUICK)
+                .env_remove("NOTIFY_SOCKET")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 #[test]
 fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_uninstalls() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,43 +274,34 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
         "the runtime packed is the one named"
     );
 
-    // The installed runtime, with the installed config; the bundle is named
-    // on the command line because the config's path is the device's.
-    let runtime = scratch.join("opt/tailor/bin/runtime");
-    let config = scratch.join("etc/tailor/runtime.toml");
-    let bundle = scratch.join("opt/tailor/bundle");
-    let common = ["--no-cache", "--min-runs", "3", "--min-time", "0"];
-    let selection = json(run(Command::new(&runtime)
-        .args(["select", s(&bundle), "--config", s(&config), "--json"])
-        .args(common)));
+    let installed = Installed::in_root(&scratch);
+    let selection = json(run(Command::new(&installed.runtime)
+        .args([
+            "select",
+            s(&installed.bundle),
+            "--config",
+            s(&installed.config),
+            "--json",
+        ])
+        .args(QUICK)));
     assert_eq!(selection["limits"]["latency_ms"], 100000.0, "{selection}");
     assert_eq!(selection["limits"]["memory_mb"], 4096.0, "{selection}");
     let chosen = selection["subnet"]["id"].as_str().unwrap().to_owned();
 
     let socket = dir.path().join("sock");
-    let mut server = Server(
-        Command::new(&runtime)
-            .args(["serve", s(&bundle), "--config", s(&config)])
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .args(common)
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut server = installed.serve(&socket);
     let health = curl_when_up(&socket, "/v1/health", &mut server);
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["subnet"], chosen.as_str(), "{health}");
     drop(server);
 
     // A config edited on the device survives a reinstall; the pack's lands beside it.
-    let mut edited = std::fs::read_to_string(&config).unwrap();
+    let config = &installed.config;
+    let mut edited = std::fs::read_to_string(config).unwrap();
     edited.push_str("threads = 2\n");
-    std::fs::write(&config, &edited).unwrap();
+    std::fs::write(config, &edited).unwrap();
     succeeded(install(&pack, &["--root", s(&scratch)]));
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    assert_eq!(std::fs::read_to_string(config).unwrap(), edited);
     assert_eq!(
         std::fs::read(config.with_extension("toml.new")).unwrap(),
         std::fs::read(pack.join("root/etc/tailor/runtime.toml")).unwrap()
@@ -280,6 +309,87 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
 
     succeeded(install(&pack, &["--root", s(&scratch), "--uninstall"]));
     assert_eq!(tree(&scratch), BTreeMap::new(), "uninstall leaves no file");
+}
+
+/// The workspace's runtime with bytes appended: another file that runs the
+/// same (nothing reads an ELF past its sections), to tell versions apart.
+fn runtime_with_marker(dir: &Path) -> PathBuf {
+    let path = dir.join("runtime-v2");
+    let mut bytes = std::fs::read(runtime_bin()).unwrap();
+    bytes.extend_from_slice(b"tailor v2\n");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// An upgrade on a running board: `install.sh` again while the installed
+/// runtime executes (writing into it fails, "Text file busy"), and one
+/// that fails half way.
+#[test]
+fn a_reinstall_over_a_running_runtime_lands_whole_and_a_failed_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    // v2: another runtime file and another bundle, the same runtime.toml.
+    let teacher =
+        root().join("tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth");
+    let bundle_v2 = dir.path().join("bundle-v2");
+    succeeded(exporter(&[
+        "--subnets",
+        "32x2,64x4",
+        s(&teacher),
+        "-o",
+        s(&bundle_v2),
+        "--quiet",
+    ]));
+    let limits = ["--memory-mb", "4096"];
+    pack(
+        &v1,
+        &tiny_bundle(),
+        "generic-x86_64",
+        &runtime_bin(),
+        &limits,
+    );
+    let marked = runtime_with_marker(dir.path());
+    pack(&v2, &bundle_v2, "generic-x86_64", &marked, &limits);
+    let pack_v1 = unpack(&v1.join("pack.tar.gz"), &v1.join("unpacked"));
+    let pack_v2 = unpack(&v2.join("pack.tar.gz"), &v2.join("unpacked"));
+
+    let scratch = dir.path().join("root");
+    std::fs::create_dir(&scratch).unwrap();
+    succeeded(install(&pack_v1, &["--root", s(&scratch)]));
+    let socket = dir.path().join("sock");
+    let mut server = Installed::in_root(&scratch).serve(&socket);
+    // Selected and serving: past reading the bundle, executing the runtime.
+    curl_when_up(&socket, "/v1/health", &mut server);
+
+    let upgrade = install(&pack_v2, &["--root", s(&scratch)]);
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server stopped during the upgrade: the runtime was not executing throughout"
+    );
+    succeeded(upgrade);
+    let upgraded = tree(&scratch);
+    assert_eq!(
+        upgraded,
+        tree(&pack_v2.join("root")),
+        "the installed files are v2's, all of them, and nothing else"
+    );
+    drop(server);
+
+    // A pack with a file cp cannot read (a dangling link) fails while
+    // staging: the v2 install stays as it was, nothing staged is left.
+    let broken = unpack(&v1.join("pack.tar.gz"), &dir.path().join("broken"));
+    let sysusers = broken.join("root/usr/lib/sysusers.d/tailor.conf");
+    std::fs::remove_file(&sysusers).unwrap();
+    std::os::unix::fs::symlink("missing", &sysusers).unwrap();
+    let failed = install(&broken, &["--root", s(&scratch)]);
+    assert!(!failed.status.success(), "{}", stderr(&failed));
+    assert_eq!(
+        tree(&scratch),
+        upgraded,
+        "a failed install changed the installed files"
+    );
 }
 
 #[test]

@@ -44,26 +44,64 @@ if [ "$system" = true ] && [ "$(id -u)" -ne 0 ]; then
     die "run as root (sudo), or with --root DIR to lay the files out elsewhere"
 fi
 
+# Every file is staged beside its destination (NAME.tailor-new), then renamed
+# over it: a running runtime keeps the file it was started from (writing
+# into it fails, "Text file busy"), and an install that fails half way
+# leaves the previous one whole. The bundle is staged whole, then swapped
+# in by two renames, so no file of an old bundle lingers.
 install_files() {
     here=$(cd "$(dirname "$0")" && pwd)
     src=$here/root
     [ -d "$src" ] || die "$src is missing: run install.sh from the unpacked pack"
-    # The bundle is replaced whole: a file the new pack dropped does not linger.
-    rm -rf "$root{{bundle}}"
-    (cd "$src" && find . -type d) | while read -r dir; do
+    bundle=$root{{bundle}}
+    rel=${bundle#"$root"/}
+    staged_bundle=$(dirname "$bundle")/.bundle.tailor-new
+    old_bundle=$(dirname "$bundle")/.bundle.tailor-old
+    staged_list=$(mktemp)
+    trap 'unstage; rm -f "$staged_list"' EXIT
+    # What an interrupted install left.
+    unstage
+
+    (cd "$src" && find . -type d ! -path "./$rel" ! -path "./$rel/*") | while read -r dir; do
         mkdir -p "$root/${dir#./}"
     done
-    (cd "$src" && find . ! -type d) | while read -r file; do
-        path=/${file#./}
-        if [ "$path" = "{{config}}" ] && [ -e "$root$path" ] && ! cmp -s "$src/$file" "$root$path"; then
+    cp -pR "$src/$rel" "$staged_bundle"
+    (cd "$src" && find . ! -type d ! -path "./$rel/*") | while read -r file; do
+        dest=$root/${file#./}
+        if [ "$dest" = "$root{{config}}" ] && [ -e "$dest" ] && ! cmp -s "$src/$file" "$dest"; then
             # An edited configuration is kept; the pack's lands beside it.
-            cp -p "$src/$file" "$root$path.new"
-            echo "kept $root$path as edited; the pack's is $root$path.new"
-            continue
+            dest=$dest.new
+            echo "kept $root{{config}} as edited; the pack's is $dest"
         fi
-        cp -p "$src/$file" "$root$path"
+        echo "$dest" >>"$staged_list"
+        cp -p "$src/$file" "$dest.tailor-new"
     done
+
+    while read -r dest; do
+        mv -f "$dest.tailor-new" "$dest"
+    done <"$staged_list"
+    if [ -e "$bundle" ]; then mv "$bundle" "$old_bundle"; fi
+    mv "$staged_bundle" "$bundle"
+    unstage
+    rm -f "$staged_list"
+    trap - EXIT
     echo "installed {{board}}'s files under ${root:-/}"
+}
+
+# Removes what an install staged and did not rename (all of it, when it
+# failed), and an old bundle that was swapped out (back in, if no new one
+# took its place).
+unstage() {
+    if [ -f "$staged_list" ]; then
+        while read -r dest; do
+            rm -f "$dest.tailor-new"
+        done <"$staged_list"
+    fi
+    rm -rf "$staged_bundle"
+    if [ -e "$old_bundle" ] && [ ! -e "$bundle" ]; then
+        mv "$old_bundle" "$bundle"
+    fi
+    rm -rf "$old_bundle"
 }
 
 remove_files() {

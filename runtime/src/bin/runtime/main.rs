@@ -536,6 +536,9 @@ fn run(command: Command) -> Result<()> {
                 let config = common.config()?;
                 let rt = common.open(&config)?;
                 let chosen = rt.select(&limits.limits(&config)?)?;
+                // The journal's account of each selection: what was
+                // measured, or that the decision came from the cache.
+                eprint!("{}", render_selection(&rt.bundle().manifest(), &chosen));
                 warn(&chosen);
                 Ok(Selection {
                     report: selection_json(&chosen),

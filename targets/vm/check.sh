@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Usage: [PROFILE=device] targets/vm/check.sh [SESSION...]     (sessions: deb tar; default both)
+#
+# Installs the generic-x86_64 pack into a Debian bullseye VM (glibc 2.31,
+# systemd as PID 1) and checks the service under a real systemd: install
+# (.deb, install.sh), Type=notify readiness, the HTTP API, reload, power-mode
+# changes, a reboot's cache hit, kill -9, MemoryMax=, upgrade while running,
+# removal, and systemd-analyze security. Every check is printed as
+# `PASS|FAIL NAME SECONDS DETAIL`; the script exits non-zero if one failed.
+#
+# The guest image is built once (targets/vm/image.sh, root and Debian's
+# mirror needed) and cached in target/vm/x86_64 until image.sh changes. Each
+# session boots a fresh copy of it under QEMU (KVM where it works, else TCG)
+# with a 9p share holding the packs and targets/vm/guest.sh, which runs the
+# session's checks inside and powers off. Logs: target/vm/run/SESSION/.
+# Slow (tens of minutes under TCG), so not part of .ci/run; docs/deploy.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+triple=x86_64-unknown-linux-gnu
+floor=2.31
+# cargo's release profile builds in minutes; PROFILE=device is the boards'
+# fat-LTO build (many more minutes, same behaviour).
+profile=${PROFILE:-release}
+vm=target/vm
+image=$vm/x86_64
+sessions=("$@")
+((${#sessions[@]})) || sessions=(deb tar)
+# The guest's measurements run on emulated CPUs: a session takes minutes.
+session_timeout=${SESSION_TIMEOUT:-5400}
+mkdir -p "$vm/log"
+
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# step NAME COMMAND...: a host step, printed like the guest's checks; its
+# output goes to target/vm/log/NAME.log. A failed host step ends the run.
+step() {
+    local name=$1 t0=$EPOCHREALTIME verdict=PASS
+    shift
+    if ! "$@" >"$vm/log/$name.log" 2>&1; then
+        verdict=FAIL
+    fi
+    awk -v a="$t0" -v b="$EPOCHREALTIME" -v v="$verdict" -v n="$name" -v o="$(tail -n 1 "$vm/log/$name.log")" \
+        'BEGIN { printf "%s %s %.1fs %s\n", v, n, b - a, o }'
+    if [[ $verdict == FAIL ]]; then
+        tail -n 20 "$vm/log/$name.log" >&2
+        exit 1
+    fi
+}
+
+tools() {
+    local missing=()
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    command -v mke2fs >/dev/null || missing+=(e2fsprogs)
+    command -v objdump >/dev/null || missing+=(binutils)
+    if ((${#missing[@]})); then
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    command -v cargo-zigbuild >/dev/null || python3 -m pip install --quiet cargo-zigbuild
+    echo "$(mmdebstrap --version), $(qemu-system-x86_64 --version | head -1), cargo-zigbuild $(cargo-zigbuild --version | awk '{print $2}')"
+}
+
+# The image is rebuilt when its recipe (image.sh) changes.
+guest_image() {
+    local recipe
+    recipe=$(sha256sum targets/vm/image.sh | cut -d' ' -f1)
+    if [[ -f $image/root.img && $(cat "$image/recipe" 2>/dev/null) == "$recipe" ]]; then
+        echo "cached: $image (recipe $recipe)"
+        return
+    fi
+    rm -f "$image/recipe"
+    as_root nice -n 10 targets/vm/image.sh "$image"
+    echo "$recipe" >"$image/recipe"
+    echo "built $image: $(du -h --apparent-size "$image/root.img" | cut -f1) root.img (recipe $recipe)"
+}
+
+bin=target/$triple/$profile/runtime
+runtime() {
+    nice -n 10 cargo zigbuild --profile "$profile" -p tailor-runtime --bin runtime --target "$triple.$floor"
+    objdump -T "$bin" | targets/cross/glibc_floor.sh "$floor"
+    echo "$bin: $(stat -c %s "$bin") bytes, glibc <= $floor"
+}
+
+# EXPORTER=PATH uses an exporter already built (with other features, say).
+exporter=${EXPORTER:-target/debug/exporter}
+# v1: every sub-network of the example teacher; v2 (the upgrade): four of
+# them and a runtime that differs by a trailing marker, so the check can
+# tell which is installed and running.
+packs() {
+    [[ -n ${EXPORTER:-} ]] || nice -n 10 cargo build -q -p tailor-exporter --bin exporter
+    local teacher=examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth
+    rm -rf "$vm/bundle-v1" "$vm/bundle-v2" "$vm/packs"
+    mkdir -p "$vm/packs"
+    "$exporter" --all-subnets "$teacher" -o "$vm/bundle-v1" --quiet
+    "$exporter" --subnets 48x3,64x4,80x5,96x6 "$teacher" -o "$vm/bundle-v2" --quiet
+    cp "$bin" "$vm/packs/runtime-v2"
+    printf 'tailor-vm-check v2\n' >>"$vm/packs/runtime-v2"
+    for v in v1 v2; do
+        local runtime=$bin
+        [[ $v == v2 ]] && runtime=$vm/packs/runtime-v2
+        "$exporter" pack "$vm/bundle-$v" --target generic-x86_64 --runtime-bin "$runtime" \
+            --latency-ms 100000 --deb --force -o "$vm/packs/$v.tar.gz"
+    done
+    python3 targets/vm/png.py "$vm/packs/image.png"
+    ls -l "$vm/packs"
+}
+
+# boot SESSION: a fresh copy of the image, the share, QEMU until the guest
+# powers off; the guest's results are printed as they come.
+boot() {
+    local session=$1 run=$vm/run/$1
+    rm -rf "$run"
+    mkdir -p "$run/share"
+    cp --sparse=always "$image/root.img" "$run/root.img"
+    cp targets/vm/guest.sh "$vm"/packs/{v1,v2}.{tar.gz,deb} "$vm/packs/image.png" "$run/share/"
+    echo "$session" >"$run/share/session"
+    : >"$run/share/results"
+    nice -n 10 timeout "$session_timeout" qemu-system-x86_64 \
+        -accel "${ACCEL:-tcg}" -cpu max -smp "${VM_CPUS:-2}" -m 2G \
+        -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+        -append "root=/dev/vda rw console=ttyS0 quiet" \
+        -drive "file=$run/root.img,if=virtio,format=raw" \
+        -virtfs "local,path=$run/share,mount_tag=vmcheck,security_model=none" \
+        -nic none -display none -monitor none -serial "file:$run/console.log" \
+        2>"$run/qemu.log" &
+    local qemu=$! printed=0
+    while :; do
+        local alive=true
+        kill -0 "$qemu" 2>/dev/null || alive=false
+        local lines
+        lines=$(wc -l <"$run/share/results")
+        if ((lines > printed)); then
+            sed -n "$((printed + 1)),${lines}p" "$run/share/results" | grep -v '^DONE' | sed "s/^/[$session] /"
+            printed=$lines
+        fi
+        [[ $alive == true ]] || break
+        sleep 2
+    done
+    wait "$qemu" || echo "[$session] qemu exited with $? (see $run/qemu.log, $run/console.log)"
+    grep -q '^DONE' "$run/share/results" || {
+        echo "FAIL [$session] the session did not finish: see $run/console.log"
+        return 1
+    }
+}
+
+echo "== host"
+step tools tools
+step guest-image guest_image
+step runtime-build runtime
+step packs packs
+
+status=0
+for session in "${sessions[@]}"; do
+    echo "== guest: $session"
+    t0=$EPOCHREALTIME
+    boot "$session" || status=1
+    awk -v a="$t0" -v b="$EPOCHREALTIME" -v s="$session" 'BEGIN { printf "session %s: %.0fs\n", s, b - a }'
+    grep -q '^FAIL' "$vm/run/$session/share/results" && status=1
+done
+echo "== $( ((status == 0)) && echo "all checks passed" || echo "some checks FAILED")"
+exit "$status"
