@@ -9,6 +9,9 @@ use std::path::Path;
 
 use ndarray::{ArrayD, Dimension, IxDyn};
 
+/// numpy's own limit on a `.npy` header (`max_header_size`): longer ones are refused unread.
+pub const MAX_HEADER: usize = 10_000;
+
 /// An array read from an `.npy` member.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
@@ -116,55 +119,58 @@ pub fn read(bytes: &[u8]) -> Result<HashMap<String, Array>, String> {
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).map_err(|e| e.to_string())?;
         let name = member.name().to_owned();
-        let mut bytes = Vec::with_capacity(member.size() as usize);
-        member
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("member {name}: {e}"))?;
-        let array = parse_npy(&bytes).map_err(|e| format!("member {name}: {e}"))?;
+        let fail = |e: String| format!("member {name}: {e}");
+        // The zip header's sizes are claims: nothing is reserved from them, and a member is
+        // read only as far as its .npy header declares (one byte more shows a longer one),
+        // so memory follows the bytes the archive really inflates to, never a deflate bomb.
+        let mut bytes = Vec::new();
+        let mut read = |bytes: &mut Vec<u8>, len: usize| {
+            (&mut member)
+                .take(len.saturating_sub(bytes.len()) as u64)
+                .read_to_end(bytes)
+                .map_err(|e| fail(e.to_string()))
+        };
+        read(&mut bytes, PREAMBLE + MAX_HEADER)?;
+        let len = parse_header(&bytes).map(|h| h.data_start + h.data_len);
+        read(&mut bytes, len.map_err(fail)? + 1)?;
+        let array = parse_npy(&bytes).map_err(fail)?;
         arrays.insert(name.trim_end_matches(".npy").to_owned(), array);
     }
     Ok(arrays)
 }
 
+/// Magic, version and header length of a version 2 or 3 `.npy`.
+const PREAMBLE: usize = 12;
+
+/// What a `.npy` header declares.
+struct Header<'a> {
+    fortran: bool,
+    shape: Vec<usize>,
+    descr: &'a str,
+    /// `i`, `u` or `f`.
+    kind: u8,
+    /// Bytes per element.
+    size: usize,
+    data_start: usize,
+    /// Bytes the shape and dtype need.
+    data_len: usize,
+}
+
 /// Parses one `.npy` file (format versions 1 to 3).
 fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
-    let rest = bytes
-        .strip_prefix(b"\x93NUMPY")
-        .ok_or("not a .npy array (no \\x93NUMPY magic)")?;
-    let (header_len, rest) = match rest {
-        [1, _, a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
-        [2 | 3, _, a, b, c, d, rest @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest),
-        _ => return Err("unknown .npy format version".into()),
-    };
-    let header = rest
-        .get(..header_len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or("truncated .npy header")?;
-    let data = &rest[header_len..];
-    let fortran = match field(header, "fortran_order")? {
-        "False" => false,
-        "True" => true,
-        other => return Err(format!("fortran_order is {other}")),
-    };
-    let shape = parse_shape(field(header, "shape")?)?;
-    let count: usize = shape.iter().product();
-    let descr = field(header, "descr")?.trim_matches(['\'', '"']);
-    let (order, kind, size) = match descr.as_bytes() {
-        [o @ (b'<' | b'|' | b'='), k @ (b'i' | b'u'), s @ (b'1' | b'2' | b'4' | b'8')]
-        | [o @ (b'<' | b'='), k @ b'f', s @ (b'4' | b'8')] => (*o, *k, usize::from(s - b'0')),
-        _ => {
-            return Err(format!(
-                "dtype {descr} is not a little-endian integer, float32 or float64 type"
-            ))
-        }
-    };
-    if order == b'=' && cfg!(target_endian = "big") {
-        return Err(format!("dtype {descr} is big-endian on this machine"));
-    }
-    if data.len() != count * size {
+    let Header {
+        fortran,
+        shape,
+        descr,
+        kind,
+        size,
+        data_start,
+        data_len,
+    } = parse_header(bytes)?;
+    let data = &bytes[data_start..];
+    if data.len() != data_len {
         return Err(format!(
-            "shape {shape:?} of {descr} needs {} bytes, the array has {}",
-            count * size,
+            "shape {shape:?} of {descr} needs {data_len} bytes, the array has {}",
             data.len()
         ));
     }
@@ -204,6 +210,63 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
         shape,
         dtype: descr.to_owned(),
         data,
+    })
+}
+
+/// Parses a `.npy` header (format versions 1 to 3); `bytes` may stop anywhere after it.
+fn parse_header(bytes: &[u8]) -> Result<Header<'_>, String> {
+    let rest = bytes
+        .strip_prefix(b"\x93NUMPY")
+        .ok_or("not a .npy array (no \\x93NUMPY magic)")?;
+    let (header_len, rest) = match rest {
+        [1, _, a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        [2 | 3, _, a, b, c, d, rest @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest),
+        _ => return Err("unknown .npy format version".into()),
+    };
+    if header_len > MAX_HEADER {
+        return Err(format!(
+            "a .npy header of {header_len} bytes is longer than numpy's limit of {MAX_HEADER}"
+        ));
+    }
+    let data_start = bytes.len() - rest.len() + header_len;
+    let header = rest
+        .get(..header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated .npy header")?;
+    let fortran = match field(header, "fortran_order")? {
+        "False" => false,
+        "True" => true,
+        other => return Err(format!("fortran_order is {other}")),
+    };
+    let shape = parse_shape(field(header, "shape")?)?;
+    let descr = field(header, "descr")?.trim_matches(['\'', '"']);
+    let (order, kind, size) = match descr.as_bytes() {
+        [o @ (b'<' | b'|' | b'='), k @ (b'i' | b'u'), s @ (b'1' | b'2' | b'4' | b'8')]
+        | [o @ (b'<' | b'='), k @ b'f', s @ (b'4' | b'8')] => (*o, *k, usize::from(s - b'0')),
+        _ => {
+            return Err(format!(
+                "dtype {descr} is not a little-endian integer, float32 or float64 type"
+            ))
+        }
+    };
+    if order == b'=' && cfg!(target_endian = "big") {
+        return Err(format!("dtype {descr} is big-endian on this machine"));
+    }
+    // Checked, and within what ndarray can index: a wrapped product would pass the length
+    // check and leave an array whose shape does not fit its elements.
+    let data_len = shape
+        .iter()
+        .try_fold(size, |bytes, &dim| bytes.checked_mul(dim.max(1)))
+        .filter(|&bytes| isize::try_from(bytes).is_ok())
+        .ok_or_else(|| format!("shape {shape:?} of {descr} is larger than any array"))?;
+    Ok(Header {
+        fortran,
+        data_len: if shape.contains(&0) { 0 } else { data_len },
+        shape,
+        descr,
+        kind,
+        size,
+        data_start,
     })
 }
 

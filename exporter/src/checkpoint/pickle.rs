@@ -152,9 +152,24 @@ pub enum PickleError {
     DisallowedGlobal(String),
     #[error("malformed pickle at byte {at}: {what}")]
     Malformed { at: usize, what: String },
+    #[error("pickle copies more than {budget} values and bytes by byte {at} ({COPIES_PER_BYTE} per byte of the stream): a memo or DUP bomb, not a state dict")]
+    OverBudget { at: usize, budget: usize },
+    #[error("pickle nests values deeper than {MAX_DEPTH} at byte {0}")]
+    TooDeep(usize),
 }
 
+/// How many values and bytes DUP, PUT and GET may copy per byte of the stream: a state dict
+/// copies a few (memoised tuples, storage keys); DUP + TUPLE2 alone doubles with every two bytes.
+const COPIES_PER_BYTE: usize = 16;
+/// What even a tiny pickle may copy.
+const COPIES_BASE: usize = 1 << 16;
+/// Nesting deeper than this is refused: cloning, comparing and dropping values recurse.
+const MAX_DEPTH: usize = 256;
+
 /// Runs the pickle in `data` and returns the value STOP leaves on top of the stack.
+///
+/// Work and memory are bounded by the stream's length: copies within [`COPIES_PER_BYTE`],
+/// nesting within [`MAX_DEPTH`].
 pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
     Machine {
         data,
@@ -163,8 +178,59 @@ pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        budget: data.len().saturating_mul(COPIES_PER_BYTE) + COPIES_BASE,
     }
     .run()
+    .map(|node| node.value)
+}
+
+/// A value with its size and depth, kept as it is built so that no opcode walks a value.
+#[derive(Clone)]
+struct Node {
+    value: Value,
+    /// Values and bytes a copy of it allocates.
+    weight: usize,
+    /// Levels of values nested inside it.
+    depth: usize,
+}
+
+impl Node {
+    /// A value that holds no other values.
+    fn leaf(value: Value) -> Node {
+        let bytes = match &value {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Storage(s) => s.key.len(),
+            Value::Tensor(t) => t.storage_key.len() + t.shape.len() + t.stride.len(),
+            _ => 0,
+        };
+        Node {
+            value,
+            weight: 1 + bytes,
+            depth: 0,
+        }
+    }
+}
+
+/// The size and depth that a collection's items add to it.
+#[derive(Default, Clone, Copy)]
+struct Inner {
+    weight: usize,
+    depth: usize,
+}
+
+/// The items' values, and what they add to the collection that takes them.
+fn unzip(items: Vec<Node>) -> (Vec<Value>, Inner) {
+    let mut inner = Inner::default();
+    let values = items
+        .into_iter()
+        .map(|node| {
+            inner.weight += node.weight;
+            inner.depth = inner.depth.max(node.depth + 1);
+            node.value
+        })
+        .collect();
+    (values, inner)
 }
 
 struct Machine<'a> {
@@ -172,13 +238,15 @@ struct Machine<'a> {
     pos: usize,
     /// Start of the opcode being executed, for error messages.
     op_start: usize,
-    stack: Vec<Value>,
+    stack: Vec<Node>,
     marks: Vec<usize>,
-    memo: HashMap<u64, Value>,
+    memo: HashMap<u64, Node>,
+    /// What DUP, PUT and GET may still copy.
+    budget: usize,
 }
 
 impl<'a> Machine<'a> {
-    fn run(mut self) -> Result<Value, PickleError> {
+    fn run(mut self) -> Result<Node, PickleError> {
         loop {
             self.op_start = self.pos;
             let opcode = self.byte()?;
@@ -198,23 +266,23 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let top = self.top()?.clone();
+                    let top = self.copy_top()?;
                     self.stack.push(top);
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None),
+                0x88 => self.push(Value::Bool(true)),
+                0x89 => self.push(Value::Bool(false)),
                 b'J' => {
                     let n = i32::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(n.into()));
+                    self.push(Value::Int(n.into()));
                 }
                 b'K' => {
                     let n = self.byte()?;
-                    self.stack.push(Value::Int(n.into()));
+                    self.push(Value::Int(n.into()));
                 }
                 b'M' => {
                     let n = u16::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(n.into()));
+                    self.push(Value::Int(n.into()));
                 }
                 0x8a => {
                     let len = self.byte()?.into();
@@ -226,7 +294,7 @@ impl<'a> Machine<'a> {
                 }
                 b'G' => {
                     let x = f64::from_be_bytes(self.array()?);
-                    self.stack.push(Value::Float(x));
+                    self.push(Value::Float(x));
                 }
                 b'X' => {
                     let len = self.len_u32()?;
@@ -252,22 +320,22 @@ impl<'a> Machine<'a> {
                     let len = self.len_u64()?;
                     self.bytes(len)?;
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b')' => self.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.collection(Value::Tuple, items)?;
                 }
                 0x85..=0x87 => {
                     let mut items = (0x84..opcode)
                         .map(|_| self.pop())
                         .collect::<Result<Vec<_>, _>>()?;
                     items.reverse();
-                    self.stack.push(Value::Tuple(items));
+                    self.collection(Value::Tuple, items)?;
                 }
-                b']' => self.stack.push(Value::List(Vec::new())),
+                b']' => self.push(Value::List(Vec::new())),
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items));
+                    self.collection(Value::List, items)?;
                 }
                 b'a' => {
                     let item = self.pop()?;
@@ -277,55 +345,52 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark()?;
                     self.extend_list(items)?;
                 }
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b'}' => self.push(Value::Dict(Vec::new())),
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let pairs = self.pairs(items)?;
-                    self.stack.push(Value::Dict(pairs));
+                    self.push(Value::Dict(Vec::new()));
+                    self.extend_dict(items)?;
                 }
                 b's' => {
                     let value = self.pop()?;
                     let key = self.pop()?;
-                    self.extend_dict(vec![(key, value)])?;
+                    self.extend_dict(vec![key, value])?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    let pairs = self.pairs(items)?;
-                    self.extend_dict(pairs)?;
+                    self.extend_dict(items)?;
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack
-                        .push(Value::Global(Global::resolve(module, name)?));
+                    self.push(Value::Global(Global::resolve(module, name)?));
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.value;
+                    let module = self.pop()?.value;
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err(self.malformed("STACK_GLOBAL needs two strings"));
                     };
-                    self.stack
-                        .push(Value::Global(Global::resolve(&module, &name)?));
+                    self.push(Value::Global(Global::resolve(&module, &name)?));
                 }
                 b'R' => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
+                    let args = self.pop()?.value;
+                    let callable = self.pop()?.value;
                     let value = self.reduce(callable, args)?;
-                    self.stack.push(value);
+                    self.push(value);
                 }
                 b'b' => {
                     let _state = self.pop()?;
                     // An OrderedDict's state is the state dict's `_metadata` attribute.
-                    let target = self.top()?;
+                    let target = &self.top()?.value;
                     if !matches!(target, Value::Dict(_)) {
                         return Err(self.malformed(format!("BUILD on a {}", target.kind())));
                     }
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
+                    let pid = self.pop()?.value;
                     let storage = self.persistent_load(pid)?;
-                    self.stack.push(Value::Storage(storage));
+                    self.push(Value::Storage(storage));
                 }
                 b'q' => {
                     let index = self.byte()?.into();
@@ -411,20 +476,20 @@ impl<'a> Machine<'a> {
         };
         let mut wide = [fill; 8];
         wide[..len].copy_from_slice(bytes);
-        self.stack.push(Value::Int(i64::from_le_bytes(wide)));
+        self.push(Value::Int(i64::from_le_bytes(wide)));
         Ok(())
     }
 
     fn string(&mut self, len: usize) -> Result<(), PickleError> {
         let bytes = self.take(len)?.to_vec();
         let s = String::from_utf8(bytes).map_err(|_| self.malformed("string is not UTF-8"))?;
-        self.stack.push(Value::Str(s));
+        self.push(Value::Str(s));
         Ok(())
     }
 
     fn bytes(&mut self, len: usize) -> Result<(), PickleError> {
         let bytes = self.take(len)?.to_vec();
-        self.stack.push(Value::Bytes(bytes));
+        self.push(Value::Bytes(bytes));
         Ok(())
     }
 
@@ -439,7 +504,51 @@ impl<'a> Machine<'a> {
         self.malformed("stack underflow")
     }
 
-    fn pop(&mut self) -> Result<Value, PickleError> {
+    fn push(&mut self, value: Value) {
+        self.stack.push(Node::leaf(value));
+    }
+
+    /// Pushes the collection `make` builds from `items`.
+    fn collection(
+        &mut self,
+        make: impl FnOnce(Vec<Value>) -> Value,
+        items: Vec<Node>,
+    ) -> Result<(), PickleError> {
+        let (values, inner) = unzip(items);
+        self.check_depth(inner.depth)?;
+        self.stack.push(Node {
+            value: make(values),
+            weight: 1 + inner.weight,
+            depth: inner.depth,
+        });
+        Ok(())
+    }
+
+    fn check_depth(&self, depth: usize) -> Result<(), PickleError> {
+        if depth > MAX_DEPTH {
+            return Err(PickleError::TooDeep(self.op_start));
+        }
+        Ok(())
+    }
+
+    /// Takes a copy's size out of the budget, before it is made.
+    fn charge(&mut self, weight: usize) -> Result<(), PickleError> {
+        self.budget = self
+            .budget
+            .checked_sub(weight)
+            .ok_or(PickleError::OverBudget {
+                at: self.op_start,
+                budget: self.data.len().saturating_mul(COPIES_PER_BYTE) + COPIES_BASE,
+            })?;
+        Ok(())
+    }
+
+    fn copy_top(&mut self) -> Result<Node, PickleError> {
+        self.charge(self.top()?.weight)?;
+        Ok(self.top()?.clone())
+    }
+
+    fn pop(&mut self) -> Result<Node, PickleError> {
         // Values below the innermost MARK belong to an enclosing collection.
         if self.marks.last() == Some(&self.stack.len()) {
             return Err(self.underflow());
@@ -447,30 +556,28 @@ impl<'a> Machine<'a> {
         self.stack.pop().ok_or_else(|| self.underflow())
     }
 
-    fn top(&self) -> Result<&Value, PickleError> {
+    fn top(&self) -> Result<&Node, PickleError> {
         self.stack.last().ok_or_else(|| self.underflow())
     }
 
-    fn top_mut(&mut self) -> Result<&mut Value, PickleError> {
-        let underflow = self.underflow();
-        self.stack.last_mut().ok_or(underflow)
+    /// The top value, about to take items that add `inner` to it.
+    fn grow_top(&mut self, inner: Inner) -> Result<&mut Value, PickleError> {
+        let depth = self.top()?.depth.max(inner.depth);
+        self.check_depth(depth)?;
+        let top = self.stack.last_mut().expect("top() found it");
+        top.weight += inner.weight;
+        top.depth = depth;
+        Ok(&mut top.value)
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    fn pop_mark(&mut self) -> Result<Vec<Node>, PickleError> {
         let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK"))?;
         Ok(self.stack.split_off(mark))
     }
 
-    fn pairs(&self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
-        if !items.len().is_multiple_of(2) {
-            return Err(self.malformed("odd number of dict items"));
-        }
-        let mut items = items.into_iter();
-        Ok(std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect())
-    }
-
-    fn extend_list(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        match self.top_mut()? {
+    fn extend_list(&mut self, items: Vec<Node>) -> Result<(), PickleError> {
+        let (items, inner) = unzip(items);
+        match self.grow_top(inner)? {
             Value::List(list) => {
                 list.extend(items);
                 Ok(())
@@ -482,10 +589,16 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn extend_dict(&mut self, pairs: Vec<(Value, Value)>) -> Result<(), PickleError> {
-        match self.top_mut()? {
+    /// Sets keys and values, alternating in `items`.
+    fn extend_dict(&mut self, items: Vec<Node>) -> Result<(), PickleError> {
+        if !items.len().is_multiple_of(2) {
+            return Err(self.malformed("odd number of dict items"));
+        }
+        let (items, inner) = unzip(items);
+        match self.grow_top(inner)? {
             Value::Dict(dict) => {
-                for (key, value) in pairs {
+                let mut items = items.into_iter();
+                while let (Some(key), Some(value)) = (items.next(), items.next()) {
                     match dict.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, old)) => *old = value,
                         None => dict.push((key, value)),
@@ -501,25 +614,27 @@ impl<'a> Machine<'a> {
     }
 
     fn put(&mut self, index: u64) -> Result<(), PickleError> {
-        let top = self.top()?.clone();
+        let top = self.copy_top()?;
         self.memo.insert(index, top);
         Ok(())
     }
 
     fn get(&mut self, index: u64) -> Result<(), PickleError> {
-        let value = self
+        let node = self
             .memo
             .get(&index)
             .ok_or_else(|| self.malformed(format!("memo {index} unset")))?;
         // Values are copies, not shared references: a dict or list memoised before it was
         // filled would come back stale, so refuse rather than return the wrong contents.
-        if matches!(value, Value::Dict(_) | Value::List(_)) {
+        if matches!(node.value, Value::Dict(_) | Value::List(_)) {
             return Err(self.malformed(format!(
                 "shared reference to a {} (memo {index})",
-                value.kind()
+                node.value.kind()
             )));
         }
-        self.stack.push(value.clone());
+        self.charge(node.weight)?;
+        let node = self.memo[&index].clone();
+        self.stack.push(node);
         Ok(())
     }
 
