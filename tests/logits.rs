@@ -13,7 +13,7 @@ use common::assert_close;
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix2};
 use protobuf::Message;
 use tailor::calibration::head::Affine;
-use tailor::exporter::bundle::sha256_file;
+use tailor::runtime::fs::sha256_file;
 use tailor::exporter::onnx::head::{add_logits, HeadGraphError, LOGITS};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tract_onnx::prelude::*;

@@ -3,11 +3,11 @@
 //! integer arrays, head files float arrays; both little-endian, C order.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use ndarray::{ArrayD, Dimension, IxDyn};
+use tailor_runtime::fs::StagedFile;
 
 /// An array read from an `.npy` member.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +65,10 @@ pub enum Member<'a> {
     I64 { shape: &'a [usize], data: &'a [i64] },
 }
 
-/// Writes an uncompressed `.npz` that `numpy.load` reads.
+/// Writes an uncompressed `.npz` that `numpy.load` reads, whole or not at
+/// all.
 pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()> {
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(File::create(path)?));
+    let mut zip = zip::ZipWriter::new(StagedFile::create(path)?);
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, member) in members {
@@ -103,8 +104,7 @@ pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()>
         zip.write_all(header.as_bytes())?;
         zip.write_all(&bytes)?;
     }
-    zip.finish()?.into_inner().map_err(|e| e.into_error())?;
-    Ok(())
+    zip.finish()?.commit()
 }
 
 /// Reads every member of an archive's bytes (numpy names them `NAME.npy`;
