@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::fs::{sha256, StagedFile};
-use tailor_runtime::manifest::{Calibration, DataFile, Sha256};
+use tailor_runtime::manifest::{Calibration, BundleFile, Sha256};
 
 use crate::npz::{self, Member};
 use crate::ranges::RangesFile;
@@ -155,7 +155,7 @@ enum Ranges<'a> {
         sha256: Sha256,
     },
     /// The bundle's, left as it is.
-    Kept(DataFile<'a>),
+    Kept(BundleFile<'a>),
 }
 
 impl Ranges<'_> {
@@ -171,9 +171,9 @@ impl Ranges<'_> {
         Ranges::New { json, rel, sha256 }
     }
 
-    fn listed(&self) -> DataFile<'_> {
+    fn listed(&self) -> BundleFile<'_> {
         match self {
-            Ranges::New { json, rel, sha256 } => DataFile {
+            Ranges::New { json, rel, sha256 } => BundleFile {
                 path: rel,
                 bytes: json.len() as u64,
                 sha256: *sha256,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use protobuf::Message;
 use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::fs::{sha256_file, Hasher, StagedDir};
-use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
+use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, BundleFile};
 
 use crate::checkpoint::TensorRef;
 use crate::family::slice::{Computed, TensorCut};
@@ -257,7 +257,7 @@ fn write_manifest(
     for (s, (id, onnx)) in written.iter().zip(&ids) {
         let spec = s.planned.spec;
         let mut weights = heapless::Vec::new();
-        let _ = weights.push(WeightFile {
+        let _ = weights.push(BundleFile {
             path: &s.weights.path,
             bytes: s.weights.bytes,
             sha256: s.weights.sha256,

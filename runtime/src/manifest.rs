@@ -68,7 +68,7 @@ pub struct Calibration<'a> {
     pub dataset_images: u32,
     /// Per-tensor activation ranges for a later INT8 export.
     #[serde(borrow)]
-    pub ranges: DataFile<'a>,
+    pub ranges: BundleFile<'a>,
     /// The task the qualities score (`exporter route --task`); `None` from
     /// `exporter calibrate`.
     #[serde(borrow)]
@@ -259,7 +259,7 @@ pub struct Subnet<'a> {
     pub onnx_sha256: Sha256,
     /// The external-data files the graph references.
     #[serde(borrow)]
-    pub weights: Vec<WeightFile<'a>, MAX_WEIGHT_FILES>,
+    pub weights: Vec<BundleFile<'a>, MAX_WEIGHT_FILES>,
     /// Parameters in the sub-network.
     pub params: u64,
     /// Multiply-accumulates per image at the teacher's resolution.
@@ -276,12 +276,10 @@ pub struct Subnet<'a> {
     pub fidelity: Option<f32>,
 }
 
-/// A file of the bundle other than a graph.
-pub type DataFile<'a> = WeightFile<'a>;
-
-/// An external-data file a graph references.
+/// A file of the bundle other than a graph (a graph's external data, the
+/// calibration's ranges), listed with what verifies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WeightFile<'a> {
+pub struct BundleFile<'a> {
     /// Path relative to the bundle directory.
     pub path: &'a str,
     /// Size of the file in bytes.
@@ -441,7 +439,7 @@ mod tests {
     fn sample() -> Manifest<'static> {
         let mut weights = Vec::new();
         weights
-            .push(WeightFile {
+            .push(BundleFile {
                 path: "weights/w32.bin",
                 bytes: 10,
                 sha256: Sha256([7; 32]),
@@ -536,7 +534,7 @@ mod tests {
             quality_metric: QualityMetric::KnnTop1,
             dataset_sha256: Sha256([3; 32]),
             dataset_images: 1000,
-            ranges: WeightFile {
+            ranges: BundleFile {
                 path: "calibration/ranges.json",
                 bytes: 5,
                 sha256: Sha256([4; 32]),
@@ -548,6 +546,28 @@ mod tests {
         assert!(text.contains(r#""quality_metric":"knn_top1""#), "{text}");
         assert!(text.contains(r#""task":"digits""#), "{text}");
         assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn a_listed_file_keeps_its_encoding() {
+        // Pinned bytes: old bundles list their weights and ranges this way.
+        // Bug caught: a field renamed or reordered, which reads every
+        // bundle exported before as corrupt.
+        let file = BundleFile {
+            path: "calibration/ranges.json",
+            bytes: 5,
+            sha256: Sha256([4; 32]),
+        };
+        let json = format!(
+            r#"{{"path":"calibration/ranges.json","bytes":5,"sha256":"{}"}}"#,
+            "04".repeat(32)
+        );
+        assert_eq!(serde_json::to_string(&file).unwrap(), json);
+        let mut postcard = vec![23];
+        postcard.extend(b"calibration/ranges.json");
+        postcard.push(5);
+        postcard.extend([4; 32]);
+        assert_eq!(postcard::to_stdvec(&file).unwrap(), postcard);
     }
 
     #[test]
