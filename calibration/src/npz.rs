@@ -59,6 +59,30 @@ impl Array {
     }
 }
 
+/// A float type stored little-endian, as `.npy` and `.safetensors` hold
+/// them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Float {
+    F32,
+    F64,
+}
+
+impl Float {
+    /// The values in `bytes` (whole values only), widened to f64.
+    pub(crate) fn widen(self, bytes: &[u8]) -> Vec<f64> {
+        match self {
+            Float::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                .collect(),
+            Float::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        }
+    }
+}
+
 /// A member to write: little-endian f32 or i64 in C order.
 pub enum Member<'a> {
     F32 { shape: &'a [usize], data: &'a [f32] },
@@ -170,16 +194,8 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
     }
     let elements = match (kind, size) {
         (b'u', 1) => Elements::U8(data.to_vec()),
-        (b'f', 4) => Elements::Float(
-            data.chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
-                .collect(),
-        ),
-        (b'f', _) => Elements::Float(
-            data.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        ),
+        (b'f', 4) => Elements::Float(Float::F32.widen(data)),
+        (b'f', _) => Elements::Float(Float::F64.widen(data)),
         _ => Elements::Int(
             data.chunks_exact(size)
                 .map(|c| {
