@@ -13,9 +13,9 @@ use common::assert_close;
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix2};
 use protobuf::Message;
 use tailor::calibration::head::Affine;
-use tailor::runtime::fs::sha256_file;
 use tailor::exporter::onnx::head::{add_logits, HeadGraphError, LOGITS};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+use tailor::runtime::fs::sha256_file;
 use tract_onnx::prelude::*;
 
 const IDS: [&str; 3] = ["w32-d2", "w32-d3", "w32-d4"];

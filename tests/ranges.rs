@@ -166,7 +166,10 @@ fn the_recorder_checks_a_graph_as_the_engines_do() {
     let bundle = Bundle::open(&dir).unwrap();
     let subnet = bundle.manifest().subnet("w32-d2").unwrap().clone();
     let weights = dir.join(subnet.weights[0].path);
-    let file = std::fs::OpenOptions::new().write(true).open(&weights).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap();
     file.set_len(subnet.weights[0].bytes / 2).unwrap();
     let opts = EngineOptions::default();
     let Err(err) = InnerSession::load(

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::fs::{sha256, StagedFile};
-use tailor_runtime::manifest::{Calibration, BundleFile, Sha256};
+use tailor_runtime::manifest::{BundleFile, Calibration, Sha256};
 
 use crate::npz::{self, Member};
 use crate::ranges::RangesFile;

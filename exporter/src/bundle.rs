@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use protobuf::Message;
 use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::fs::{sha256_file, Hasher, StagedDir};
-use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, BundleFile};
+use tailor_runtime::manifest::{self, BundleFile, Manifest, Sha256, Subnet, Teacher};
 
 use crate::checkpoint::TensorRef;
 use crate::family::slice::{Computed, TensorCut};

@@ -24,6 +24,7 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueI
 use tract_onnx::prelude::*;
 
 use super::graph::{Graph, OUTPUTS};
+use super::tract::backend;
 use super::{EngineError, ExecutionProvider};
 
 /// A bundle graph read for cutting (its interface and external data checked).
@@ -253,7 +254,7 @@ impl Plan {
     pub fn spawn(&self) -> Result<Run, EngineError> {
         let state = match &self.planned {
             Planned::Tract(plan) => {
-                State::Tract(plan.spawn().map_err(|e| super::tract::backend(&self.graph, e))?)
+                State::Tract(plan.spawn().map_err(|e| backend(&self.graph, e))?)
             }
             #[cfg(feature = "ort")]
             Planned::Ort(plan) => State::Ort(plan.spawn(&self.graph)?),
