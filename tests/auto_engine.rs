@@ -16,9 +16,9 @@ use onnx_protobuf::{
     NodeProto, TensorProto, TypeProto, ValueInfoProto,
 };
 use protobuf::Message;
-use tailor::exporter::bundle::sha256_file;
 use tailor::runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor::runtime::engine::EngineKind;
+use tailor::runtime::fs::sha256_file;
 use tailor::runtime::manifest::Manifest;
 use tailor::runtime::profile::MeasureOptions;
 use tailor::runtime::select::{Chosen, EngineChoice, Limits, Runtime, RuntimeOptions, SelectError};

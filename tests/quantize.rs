@@ -39,7 +39,7 @@ use tailor::calibration::features::extract;
 use tailor::calibration::ranges::inner::inner_tensors;
 use tailor::calibration::ranges::{Range, Scope};
 use tailor::calibration::{self, Options};
-use tailor::exporter::bundle::{self as writer, sha256_file, WriteOptions};
+use tailor::exporter::bundle::{self as writer, WriteOptions};
 use tailor::exporter::family::vit;
 use tailor::exporter::plan::Plan;
 use tailor::exporter::plan::Request;
@@ -47,6 +47,7 @@ use tailor::exporter::quant::{self, Calibrator, Encoding, QuantError, Subnet};
 use tailor::exporter::synthetic;
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+use tailor::runtime::fs::sha256_file;
 use tract_onnx::prelude::Framework;
 
 const TEACHER: &str = "examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth";

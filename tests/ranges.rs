@@ -17,7 +17,7 @@ use tailor::calibration::ranges::{GraphRecorder, Scope};
 use tailor::calibration::{self, CalibrationError, Options};
 use tailor::exporter::plan::Request;
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::engine::{EngineKind, EngineOptions};
+use tailor::runtime::engine::{EngineError, EngineKind, EngineOptions};
 
 const TEACHER: &str = "tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth";
 const GOLDEN: &str = "tests/fixtures/ranges-golden.json";
@@ -152,4 +152,35 @@ fn inner_ranges_need_tract() {
         "{err}"
     );
     assert!(err.to_string().contains("--engine tract"), "{err}");
+}
+
+#[test]
+fn the_recorder_checks_a_graph_as_the_engines_do() {
+    // Bug caught: the recorder loading graphs its own way, past the checks
+    // every engine makes (`Graph::read`): a truncated weights file is then
+    // a tract parse error at best, not the error naming the file.
+    let (_dir, dir) = export(&Request {
+        selection: subnets(&["32x2"]),
+        ..request(TEACHER)
+    });
+    let bundle = Bundle::open(&dir).unwrap();
+    let subnet = bundle.manifest().subnet("w32-d2").unwrap().clone();
+    let weights = dir.join(subnet.weights[0].path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap();
+    file.set_len(subnet.weights[0].bytes / 2).unwrap();
+    let opts = EngineOptions::default();
+    let Err(err) = InnerSession::load(
+        &bundle.graph_path(&subnet),
+        &opts,
+        &mut GraphRecorder::default(),
+    ) else {
+        panic!("a graph with half its weights loaded");
+    };
+    assert!(
+        matches!(&err, EngineError::TruncatedExternalData { data, .. } if *data == weights),
+        "{err}"
+    );
 }

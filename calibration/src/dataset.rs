@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256 as Hasher};
+use tailor_runtime::fs::{sha256, Hasher};
 use tailor_runtime::image::{Format, Image};
 use tailor_runtime::manifest::Sha256;
 
@@ -209,7 +209,7 @@ fn load_folder(root: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
         images,
         classes,
         train_count,
-        sha256: Sha256(hasher.finalize().into()),
+        sha256: hasher.finish(),
         bytes,
     })
 }
@@ -335,7 +335,7 @@ fn load_npz(path: &Path, opts: LoadOptions) -> Result<Read, DatasetError> {
         images,
         classes,
         train_count: None,
-        sha256: Sha256(Hasher::digest(&bytes).into()),
+        sha256: sha256(&bytes),
         bytes: bytes.len() as u64,
     })
 }

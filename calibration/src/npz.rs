@@ -3,11 +3,11 @@
 //! integer arrays, head files float arrays; both little-endian, C order.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use ndarray::{ArrayD, Dimension, IxDyn};
+use tailor_runtime::fs::StagedFile;
 
 /// numpy's own limit on a `.npy` header (`max_header_size`): longer ones are refused unread.
 pub const MAX_HEADER: usize = 10_000;
@@ -62,15 +62,40 @@ impl Array {
     }
 }
 
+/// A float type stored little-endian, as `.npy` and `.safetensors` hold
+/// them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Float {
+    F32,
+    F64,
+}
+
+impl Float {
+    /// The values in `bytes` (whole values only), widened to f64.
+    pub(crate) fn widen(self, bytes: &[u8]) -> Vec<f64> {
+        match self {
+            Float::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                .collect(),
+            Float::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        }
+    }
+}
+
 /// A member to write: little-endian f32 or i64 in C order.
 pub enum Member<'a> {
     F32 { shape: &'a [usize], data: &'a [f32] },
     I64 { shape: &'a [usize], data: &'a [i64] },
 }
 
-/// Writes an uncompressed `.npz` that `numpy.load` reads.
+/// Writes an uncompressed `.npz` that `numpy.load` reads, whole or not at
+/// all.
 pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()> {
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(File::create(path)?));
+    let mut zip = zip::ZipWriter::new(StagedFile::create(path)?);
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, member) in members {
@@ -106,8 +131,7 @@ pub fn write(path: &Path, members: &[(&str, Member<'_>)]) -> std::io::Result<()>
         zip.write_all(header.as_bytes())?;
         zip.write_all(&bytes)?;
     }
-    zip.finish()?.into_inner().map_err(|e| e.into_error())?;
-    Ok(())
+    zip.finish()?.commit()
 }
 
 /// Reads every member of an archive's bytes (numpy names them `NAME.npy`;
@@ -176,16 +200,8 @@ fn parse_npy(bytes: &[u8]) -> Result<Array, String> {
     }
     let elements = match (kind, size) {
         (b'u', 1) => Elements::U8(data.to_vec()),
-        (b'f', 4) => Elements::Float(
-            data.chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
-                .collect(),
-        ),
-        (b'f', _) => Elements::Float(
-            data.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        ),
+        (b'f', 4) => Elements::Float(Float::F32.widen(data)),
+        (b'f', _) => Elements::Float(Float::F64.widen(data)),
         _ => Elements::Int(
             data.chunks_exact(size)
                 .map(|c| {

@@ -11,12 +11,12 @@
 //! sha256, the runtime's cache key) changes with the scores.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
-use tailor_runtime::manifest::{Calibration, DataFile, Sha256};
+use tailor_runtime::fs::{sha256, StagedFile};
+use tailor_runtime::manifest::{BundleFile, Calibration, Sha256};
 
 use crate::npz::{self, Member};
 use crate::ranges::RangesFile;
@@ -66,7 +66,7 @@ pub fn write_with_graphs(
         let subnet = old
             .subnet(&graph.id)
             .ok_or_else(|| CalibrationError::UnknownSubnet(graph.id.clone()))?;
-        let sha256 = Sha256(Hasher::digest(&graph.bytes).into());
+        let sha256 = sha256(&graph.bytes);
         let rel = Path::new(subnet.onnx).with_file_name(format!(
             "{}.{}.onnx",
             graph.id,
@@ -97,26 +97,29 @@ pub fn write_with_graphs(
     // Files named by their content first, then the manifests that list them.
     let mut content = Vec::new();
     if let Ranges::New { rel, json, .. } = &ranges {
-        content.push(Staged::new(dir.join(rel), json)?);
+        content.push(staged(&dir.join(rel), json)?);
     }
     for (graph, rel, _) in &new_graphs {
-        content.push(Staged::new(dir.join(rel), &graph.bytes)?);
+        content.push(staged(&dir.join(rel), &graph.bytes)?);
     }
     let manifests = [
-        Staged::new(dir.join(MANIFEST_JSON), &manifest.to_json())?,
+        staged(&dir.join(MANIFEST_JSON), &manifest.to_json())?,
         // Last: the runtime reads this one.
-        Staged::new(dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
+        staged(&dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
     ];
     let mut placed = Vec::new();
+    let commit = |file: StagedFile| {
+        let dest = file.dest().to_owned();
+        file.commit().map_err(write_err(&dest))?;
+        Ok(dest)
+    };
     let committed = content
         .into_iter()
         .try_for_each(|file| {
-            let dest = file.dest.clone();
-            file.commit()?;
-            placed.push(dest);
+            placed.push(commit(file)?);
             Ok(())
         })
-        .and_then(|()| manifests.into_iter().try_for_each(Staged::commit));
+        .and_then(|()| manifests.into_iter().try_for_each(|f| commit(f).map(drop)));
     if let Err(e) = committed {
         // The old postcard still stands: take away the new files it does
         // not list (one the same content kept its name and stays).
@@ -152,13 +155,13 @@ enum Ranges<'a> {
         sha256: Sha256,
     },
     /// The bundle's, left as it is.
-    Kept(DataFile<'a>),
+    Kept(BundleFile<'a>),
 }
 
 impl Ranges<'_> {
     fn new(file: &RangesFile) -> Self {
         let json = serde_json::to_vec_pretty(file).expect("ranges always encode");
-        let sha256 = Sha256(Hasher::digest(&json).into());
+        let sha256 = sha256(&json);
         // Named by content: the previous manifest's file stays valid until
         // the new manifest replaces it.
         let rel = format!(
@@ -168,9 +171,9 @@ impl Ranges<'_> {
         Ranges::New { json, rel, sha256 }
     }
 
-    fn listed(&self) -> DataFile<'_> {
+    fn listed(&self) -> BundleFile<'_> {
         match self {
-            Ranges::New { json, rel, sha256 } => DataFile {
+            Ranges::New { json, rel, sha256 } => BundleFile {
                 path: rel,
                 bytes: json.len() as u64,
                 sha256: *sha256,
@@ -243,33 +246,9 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> CalibrationError + '_ {
     }
 }
 
-/// A file written beside its destination; removed unless committed.
-struct Staged {
-    temp: PathBuf,
-    dest: PathBuf,
-}
-
-impl Staged {
-    fn new(dest: PathBuf, bytes: &[u8]) -> Result<Staged, CalibrationError> {
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dest.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let staged = Staged { temp, dest };
-        fs::write(&staged.temp, bytes).map_err(write_err(&staged.dest))?;
-        Ok(staged)
-    }
-
-    fn commit(self) -> Result<(), CalibrationError> {
-        fs::rename(&self.temp, &self.dest).map_err(write_err(&self.dest))?;
-        std::mem::forget(self);
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.temp);
-    }
+/// `bytes` written beside `dest`, to be renamed over it once all are.
+fn staged(dest: &Path, bytes: &[u8]) -> Result<StagedFile, CalibrationError> {
+    let mut file = StagedFile::create(dest).map_err(write_err(dest))?;
+    file.write_all(bytes).map_err(write_err(dest))?;
+    Ok(file)
 }

@@ -1,7 +1,7 @@
 //! Writing a bundle: one external-data file per width (the full depth,
 //! shared by every depth variant; for SDR every path's pieces), one ONNX
 //! graph per sub-network, and the
-//! manifest, all in a temporary directory renamed into place at the end.
+//! manifest, all in a staged directory swapped into place at the end.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use protobuf::Message;
-use sha2::{Digest, Sha256 as Hasher};
 use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
-use tailor_runtime::manifest::{self, Manifest, Sha256, Subnet, Teacher, WeightFile};
+use tailor_runtime::fs::{sha256_file, Hasher, StagedDir};
+use tailor_runtime::manifest::{self, BundleFile, Manifest, Sha256, Subnet, Teacher};
 
 use crate::checkpoint::TensorRef;
 use crate::family::slice::{Computed, TensorCut};
@@ -86,8 +86,8 @@ pub fn write(
     if out.exists() && !opts.force {
         return Err(BundleError::Exists(out.to_owned()));
     }
-    let staging = Staging::new(out)?;
-    let graphs = staging.path.join(GRAPHS_DIR);
+    let staging = StagedDir::create(out).map_err(io_err(out))?;
+    let graphs = staging.path().join(GRAPHS_DIR);
     fs::create_dir_all(graphs.join(WEIGHTS_DIR)).map_err(io_err(&graphs))?;
 
     let mut widths = plan.widths();
@@ -119,14 +119,22 @@ pub fn write(
     })?;
     let mut written = written;
     written.sort_by_key(|s: &WrittenSubnet| s.planned.spec);
-    write_manifest(plan, teacher_sha256, &written, &staging.path)?;
+    write_manifest(plan, teacher_sha256, &written, staging.path())?;
     let files = fs::read_dir(&graphs).map_err(io_err(&graphs))?.count()
         + fs::read_dir(graphs.join(WEIGHTS_DIR))
             .map_err(io_err(&graphs))?
             .count()
         + 1;
-    let bytes = dir_bytes(&staging.path).map_err(io_err(&staging.path))?;
-    staging.commit(out, opts.force)?;
+    let bytes = dir_bytes(staging.path()).map_err(io_err(staging.path()))?;
+    let committed = if opts.force {
+        staging.commit()
+    } else {
+        staging.commit_new()
+    };
+    committed.map_err(|source| match source.kind() {
+        io::ErrorKind::AlreadyExists => BundleError::Exists(out.to_owned()),
+        _ => io_err(out)(source),
+    })?;
     Ok(Summary {
         subnets: written.len(),
         files,
@@ -249,7 +257,7 @@ fn write_manifest(
     for (s, (id, onnx)) in written.iter().zip(&ids) {
         let spec = s.planned.spec;
         let mut weights = heapless::Vec::new();
-        let _ = weights.push(WeightFile {
+        let _ = weights.push(BundleFile {
             path: &s.weights.path,
             bytes: s.weights.bytes,
             sha256: s.weights.sha256,
@@ -418,11 +426,10 @@ impl HashingWriter {
         })
     }
 
+    /// Flushes; [`StagedDir::commit`] syncs the files.
     fn finish(mut self) -> io::Result<(u64, Sha256)> {
-        // No fsync: the runtime checks every file's sha256 before loading,
-        // which catches what a crash could leave behind.
         self.file.flush()?;
-        Ok((self.written, Sha256(self.hasher.finalize().into())))
+        Ok((self.written, self.hasher.finish()))
     }
 }
 
@@ -440,13 +447,6 @@ impl Write for HashingWriter {
     }
 }
 
-/// sha256 of a whole file.
-pub fn sha256_file(path: &Path) -> io::Result<Sha256> {
-    let mut hasher = Hasher::new();
-    io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok(Sha256(hasher.finalize().into()))
-}
-
 fn dir_bytes(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir)? {
@@ -459,54 +459,4 @@ fn dir_bytes(dir: &Path) -> io::Result<u64> {
         };
     }
     Ok(total)
-}
-
-/// The temporary directory a bundle is built in; removed unless committed.
-pub struct Staging {
-    pub path: PathBuf,
-}
-
-impl Staging {
-    /// An empty directory beside `out`.
-    pub fn new(out: &Path) -> Result<Self, BundleError> {
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "bundle".into());
-        let path = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).map_err(io_err(&path))?;
-        }
-        fs::create_dir_all(&path).map_err(io_err(&path))?;
-        Ok(Staging { path })
-    }
-
-    /// Moves the finished bundle to `out`, replacing an old one if `force`.
-    pub fn commit(self, out: &Path, force: bool) -> Result<(), BundleError> {
-        let old = self.path.with_extension("old");
-        let replacing = force && out.exists();
-        if replacing {
-            fs::rename(out, &old).map_err(io_err(out))?;
-        }
-        fs::rename(&self.path, out).map_err(io_err(out))?;
-        if replacing {
-            let _ = if old.is_dir() {
-                fs::remove_dir_all(&old)
-            } else {
-                fs::remove_file(&old)
-            };
-        }
-        std::mem::forget(self);
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
 }

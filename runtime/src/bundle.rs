@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Hasher};
 
-use crate::manifest::{DataFile, DecodeError, Manifest, Sha256, Subnet};
+use crate::manifest::{BundleFile, DecodeError, Manifest, Sha256, Subnet};
 
 /// The compact manifest the runtime reads.
 pub const MANIFEST_POSTCARD: &str = "manifest.postcard";
@@ -131,7 +131,7 @@ impl Bundle {
 
     /// Checks the size and sha256 of a non-graph file the manifest lists
     /// (the calibration's ranges).
-    pub fn verify_data(&self, file: &DataFile<'_>) -> Result<(), BundleError> {
+    pub fn verify_data(&self, file: &BundleFile<'_>) -> Result<(), BundleError> {
         self.verify_file(file.path, Some(file.bytes), file.sha256)
     }
 

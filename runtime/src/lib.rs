@@ -17,6 +17,8 @@ pub mod cache;
 #[cfg(feature = "std")]
 pub mod engine;
 #[cfg(feature = "std")]
+pub mod fs;
+#[cfg(feature = "std")]
 pub mod image;
 #[cfg(feature = "std")]
 pub mod probe;

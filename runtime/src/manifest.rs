@@ -69,7 +69,7 @@ pub struct Calibration<'a> {
     pub dataset_images: u32,
     /// Per-tensor activation ranges for a later INT8 export.
     #[serde(borrow)]
-    pub ranges: DataFile<'a>,
+    pub ranges: BundleFile<'a>,
     /// The task the qualities score (`exporter route --task`); `None` from
     /// `exporter calibrate`.
     #[serde(borrow)]
@@ -260,7 +260,7 @@ pub struct Subnet<'a> {
     pub onnx_sha256: Sha256,
     /// The external-data files the graph references.
     #[serde(borrow)]
-    pub weights: Vec<WeightFile<'a>, MAX_WEIGHT_FILES>,
+    pub weights: Vec<BundleFile<'a>, MAX_WEIGHT_FILES>,
     /// Parameters in the sub-network.
     pub params: u64,
     /// Multiply-accumulates per image at the teacher's resolution.
@@ -364,12 +364,10 @@ impl ActivationCalibrator {
     }
 }
 
-/// A file of the bundle other than a graph.
-pub type DataFile<'a> = WeightFile<'a>;
-
-/// An external-data file a graph references.
+/// A file of the bundle other than a graph (a graph's external data, the
+/// calibration's ranges), listed with what verifies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WeightFile<'a> {
+pub struct BundleFile<'a> {
     /// Path relative to the bundle directory.
     pub path: &'a str,
     /// Size of the file in bytes.

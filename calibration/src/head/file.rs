@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{Affine, HeadError};
-use crate::npz;
+use crate::npz::{self, Float};
 
 /// The tensor names accepted for the weight `[classes, D]` and the bias
 /// `[classes]`, in either file format: PyTorch's `nn.Linear` names, or the
@@ -89,14 +89,8 @@ fn read_safetensors(path: &Path) -> Result<(Array2<f64>, Array1<f64>), HeadError
         let view = file.tensor(name).map_err(|e| format(e.to_string()))?;
         let data = view.data();
         let values = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))))
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
+            Dtype::F32 => Float::F32.widen(data),
+            Dtype::F64 => Float::F64.widen(data),
             other => {
                 return Err(format(format!(
                     "tensor `{name}` is {other:?}; expected F32 or F64"

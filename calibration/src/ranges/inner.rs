@@ -9,16 +9,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ndarray::{concatenate, s, ArrayD, ArrayView4, Axis, Ix2, Ix3};
-use tailor_runtime::engine::{EngineError, EngineKind, EngineOptions, Outputs};
+use tailor_runtime::engine::tract::{backend, plan_image};
+use tailor_runtime::engine::{EngineError, EngineOptions, Graph, Outputs};
+use tailor_runtime::interface::OUTPUTS;
 use tract_onnx::pb::GraphProto;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{bail, format_err};
-use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::tract_core::tract_linalg::multithread::Executor;
-use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_core::internal::bail;
 
 use super::GraphRecorder;
-use tailor_runtime::interface::{OUTPUTS, PIXEL_VALUES as INPUT};
 
 /// The operators whose activations an INT8 export quantises.
 const OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
@@ -44,45 +42,20 @@ impl InnerSession {
         opts: &EngineOptions,
         recorder: &mut GraphRecorder,
     ) -> Result<InnerSession, EngineError> {
-        let mut load = || -> TractResult<InnerSession> {
-            let onnx = tract_onnx::onnx();
-            let proto = onnx.proto_model_for_path(graph)?;
-            let body = proto
-                .graph
-                .as_ref()
-                .ok_or_else(|| format_err!("the file holds no graph"))?;
-            let names = inner_tensors(body);
-            let dir = graph.parent().and_then(Path::to_str);
-            let mut model = onnx.parse(&proto, dir)?.model;
-            let image = image_size(&model)?;
-            let outlets = OUTPUTS
-                .iter()
-                .copied()
-                .chain(names.iter().map(String::as_str))
-                .map(|name| {
-                    model
-                        .find_outlet_label(name)
-                        .ok_or_else(|| format_err!("no tensor `{name}` in the graph"))
-                })
-                .collect::<TractResult<Vec<_>>>()?;
-            model.select_output_outlets(&outlets)?;
-            let [h, w] = image;
-            let threads = opts.threads.unwrap_or(1);
-            let plan = model
-                .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
-                .into_optimized()?
-                .into_runnable_with_options(&RunOptions {
-                    executor: (threads > 1).then(|| Executor::multithread(threads)),
-                    ..RunOptions::default()
-                })?;
-            Ok(InnerSession {
-                graph: graph.to_owned(),
-                state: plan.spawn()?,
-                image,
-                slots: names.into_iter().map(|n| recorder.add(n)).collect(),
-            })
-        };
-        load().map_err(|e| backend(graph, e))
+        let checked = Graph::read(graph)?;
+        let names = inner_tensors(checked.body());
+        let outputs: Vec<&str> = OUTPUTS
+            .iter()
+            .copied()
+            .chain(names.iter().map(String::as_str))
+            .collect();
+        let plan = plan_image(&checked, Some(&outputs), opts.threads.unwrap_or(1))?;
+        Ok(InnerSession {
+            graph: graph.to_owned(),
+            state: plan.spawn().map_err(|e| backend(graph, e))?,
+            image: checked.image(),
+            slots: names.into_iter().map(|n| recorder.add(n)).collect(),
+        })
     }
 
     /// `[H, W]` of the input.
@@ -165,30 +138,4 @@ pub fn inner_tensors(graph: &GraphProto) -> Vec<String> {
         }
     }
     names
-}
-
-/// `[H, W]` of the model's `[batch, 3, H, W]` input, as tract read it.
-fn image_size(model: &InferenceModel) -> TractResult<[usize; 2]> {
-    let fact = model.input_fact(0)?;
-    let dims: Vec<Option<usize>> = fact
-        .shape
-        .dims()
-        .map(|d| {
-            d.concretize()?
-                .as_i64()
-                .and_then(|v| usize::try_from(v).ok())
-        })
-        .collect();
-    match dims[..] {
-        [_, Some(3), Some(h), Some(w)] if h > 0 && w > 0 => Ok([h, w]),
-        _ => bail!("input `{INPUT}` is not [batch, 3, H, W] with fixed H and W"),
-    }
-}
-
-fn backend(graph: &Path, e: TractError) -> EngineError {
-    EngineError::Backend {
-        graph: graph.to_owned(),
-        engine: EngineKind::Tract,
-        source: e.into(),
-    }
 }

@@ -1,11 +1,11 @@
 //! The histogram of path accuracies (`exporter route --plot`), as SDR's
 //! figure draws it: how many paths reach each accuracy, the whole net marked.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
 use plotters::prelude::*;
+use tailor_runtime::fs::write_atomic;
 
 use crate::plot::PlotError;
 use crate::Scores;
@@ -105,7 +105,7 @@ pub enum HistogramError {
     },
 }
 
-/// Writes [`svg`] to `path` whole or not at all (staged beside it).
+/// Writes [`svg`] to `path` whole or not at all.
 pub fn write(
     path: &Path,
     scores: &[Scores],
@@ -113,12 +113,7 @@ pub fn write(
     task: &str,
 ) -> Result<(), HistogramError> {
     let svg = svg(scores, marked, task)?;
-    let staged = path.with_extension("svg.partial");
-    let written = fs::write(&staged, svg).and_then(|()| fs::rename(&staged, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&staged);
-    }
-    written.map_err(|source| HistogramError::Write {
+    write_atomic(path, svg.as_bytes()).map_err(|source| HistogramError::Write {
         path: path.to_owned(),
         source,
     })

@@ -14,13 +14,14 @@ mod elf;
 mod filter;
 
 use std::collections::BTreeSet;
-use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, Read, Write};
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor_runtime::bundle::{Bundle, BundleError, MANIFEST_JSON, MANIFEST_POSTCARD};
+use tailor_runtime::fs::StagedFile;
 use tailor_runtime::manifest::Manifest;
 use tailor_targets::board::{layout, MemoryLimit, Service, ServiceFiles, LISTEN};
 use tailor_targets::template::TemplateError;
@@ -181,7 +182,7 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         .map_or(0, |d| d.as_secs());
 
     let prefix = format!("tailor-{}/", board.name);
-    let archive = Staged::write(out, |file| {
+    let archive = stage(out, |file| {
         let groups = [
             (prefix.clone(), &top[..]),
             (format!("{prefix}root/"), &tree[..]),
@@ -192,13 +193,13 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         .deb
         .then(|| write_deb(&deb, board, &tree, installed_bytes, mtime))
         .transpose()?;
-    let archive = archive.persist(options.force)?;
+    let archive = persist(archive, options.force)?;
     let deb = match deb_file {
-        Some(deb_file) => match deb_file.persist(options.force) {
+        Some(deb_file) => match persist(deb_file, options.force) {
             Ok(path) => Some(path),
             Err(e) => {
                 // Both or neither.
-                let _ = std::fs::remove_file(&archive);
+                let _ = fs::remove_file(&archive);
                 return Err(e);
             }
         },
@@ -332,7 +333,7 @@ fn write_deb(
     tree: &[Entry],
     installed_bytes: u64,
     mtime: u64,
-) -> Result<Staged, PackError> {
+) -> Result<StagedFile, PackError> {
     let control = board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
     let control = [
         Entry::bytes("control", 0o644, control.control),
@@ -340,12 +341,12 @@ fn write_deb(
         Entry::bytes("postinst", 0o755, control.postinst),
         Entry::bytes("prerm", 0o755, control.prerm),
     ];
-    let data = Staged::write(path, |file| {
+    let data = stage(path, |file| {
         archive::tar_gz(file, &[(String::new(), tree)], mtime).map(drop)
     })?;
-    Staged::write(path, |file| {
+    stage(path, |file| {
         let control_tar = archive::tar_gz(Vec::new(), &[(String::new(), &control[..])], mtime)?;
-        let mut data_tar = File::open(data.file.path())?;
+        let mut data_tar = File::open(data.path())?;
         let data_len = data_tar.metadata()?.len();
         let members: [(&str, u64, &mut dyn Read); 3] = [
             ("debian-binary", 4, &mut &b"2.0\n"[..]),
@@ -409,58 +410,38 @@ fn check_runtime(path: &Path, board: &'static Board) -> Result<(), PackError> {
     Ok(())
 }
 
-/// An output written completely to a temporary file beside its destination,
-/// waiting to be renamed into place; dropped, it is removed.
-struct Staged {
-    file: tempfile::NamedTempFile,
-    dest: PathBuf,
+/// An output written completely beside `dest`, waiting to be renamed into
+/// place ([`persist`]); dropped, it is removed.
+fn stage(
+    dest: &Path,
+    write: impl FnOnce(&mut StagedFile) -> Result<(), ArchiveError>,
+) -> Result<StagedFile, PackError> {
+    let write_err = |source| PackError::Write {
+        path: dest.to_owned(),
+        source,
+    };
+    let mut file = StagedFile::create(dest).map_err(write_err)?;
+    write(&mut file).map_err(|e| e.into_pack_error(dest))?;
+    file.flush().map_err(write_err)?;
+    // Whatever the umask: a pack is for copying around.
+    fs::set_permissions(file.path(), Permissions::from_mode(0o644)).map_err(write_err)?;
+    Ok(file)
 }
 
-impl Staged {
-    fn write(
-        dest: &Path,
-        write: impl FnOnce(&mut BufWriter<&File>) -> Result<(), ArchiveError>,
-    ) -> Result<Staged, PackError> {
-        let write_err = |source| PackError::Write {
-            path: dest.to_owned(),
+/// Renames `file` into place; without `force`, never over an existing file.
+fn persist(file: StagedFile, force: bool) -> Result<PathBuf, PackError> {
+    let dest = file.dest().to_owned();
+    let persisted = if force {
+        file.commit()
+    } else {
+        file.commit_new()
+    };
+    persisted.map_err(|source| match source.kind() {
+        io::ErrorKind::AlreadyExists => PackError::Exists(dest.clone()),
+        _ => PackError::Write {
+            path: dest.clone(),
             source,
-        };
-        let dir = match dest.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let file = tempfile::Builder::new()
-            .prefix(".tailor-pack-")
-            .tempfile_in(dir)
-            .map_err(write_err)?;
-        let mut out = BufWriter::new(file.as_file());
-        write(&mut out).map_err(|e| e.into_pack_error(dest))?;
-        out.flush().map_err(write_err)?;
-        drop(out);
-        // A temporary file is private; a pack is for copying around.
-        file.as_file()
-            .set_permissions(Permissions::from_mode(0o644))
-            .map_err(write_err)?;
-        Ok(Staged {
-            file,
-            dest: dest.to_owned(),
-        })
-    }
-
-    /// Renames into place; without `force`, never over an existing file.
-    fn persist(self, force: bool) -> Result<PathBuf, PackError> {
-        let persisted = if force {
-            self.file.persist(&self.dest)
-        } else {
-            self.file.persist_noclobber(&self.dest)
-        };
-        persisted.map_err(|e| match e.error.kind() {
-            io::ErrorKind::AlreadyExists => PackError::Exists(self.dest.clone()),
-            _ => PackError::Write {
-                path: self.dest.clone(),
-                source: e.error,
-            },
-        })?;
-        Ok(self.dest)
-    }
+        },
+    })?;
+    Ok(dest)
 }

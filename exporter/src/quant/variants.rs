@@ -2,7 +2,7 @@
 //! once, one QDQ graph per sub-network, and the manifest listing each as a
 //! sub-network of its own (`PARENT@int8-ENCODING`).
 //!
-//! The bundle is rebuilt beside itself ([`Staging`]: the old files hard
+//! The bundle is rebuilt beside itself ([`StagedDir`]: the old files hard
 //! linked, never written through) and swapped in at the end, so any failure
 //! leaves it byte-identical.
 
@@ -17,12 +17,13 @@ use sha2::{Digest, Sha256 as Hasher};
 use tailor_calibration::ranges::{RangesFile, Scope};
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{
-    ActivationCalibrator, ActivationEncoding, Manifest, Precision, Sha256, Subnet, WeightFile,
+    ActivationCalibrator, ActivationEncoding, BundleFile, Manifest, Precision, Sha256, Subnet,
     MAX_SUBNETS,
 };
 
 use super::{check, quantize_width, QuantError};
-use crate::bundle::{BundleError, Staging, GRAPHS_DIR};
+use crate::bundle::{BundleError, GRAPHS_DIR};
+use tailor_runtime::fs::StagedDir;
 
 /// The command that records the ranges quantisation needs.
 pub const RANGES_COMMAND: &str = "exporter calibrate BUNDLE --data DATA --ranges inner";
@@ -160,9 +161,9 @@ pub fn write_variants(
         );
     }
 
-    let staging = Staging::new(bundle.dir())?;
-    link_tree(bundle.dir(), &staging.path, true).map_err(write_err(&staging.path))?;
-    let graphs_dir = staging.path.join(GRAPHS_DIR);
+    let staging = StagedDir::create(bundle.dir()).map_err(write_err(bundle.dir()))?;
+    link_tree(bundle.dir(), staging.path(), true).map_err(write_err(staging.path()))?;
+    let graphs_dir = staging.path().join(GRAPHS_DIR);
     // The sub-networks of each width, by the fp32 weight file they read.
     let mut widths: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, s) in parents.iter().enumerate() {
@@ -233,7 +234,7 @@ pub fn write_variants(
         subnet.onnx = &v.graph.path;
         subnet.onnx_sha256 = v.graph.sha256;
         subnet.weights.clear();
-        let _ = subnet.weights.push(WeightFile {
+        let _ = subnet.weights.push(BundleFile {
             path: &v.weights.path,
             bytes: v.weights.bytes,
             sha256: v.weights.sha256,
@@ -251,12 +252,12 @@ pub fn write_variants(
     if manifest.subnets.len() > MAX_SUBNETS {
         return Err(VariantError::TooMany);
     }
-    put(&staging.path.join(MANIFEST_JSON), &manifest.to_json())?;
+    put(&staging.path().join(MANIFEST_JSON), &manifest.to_json())?;
     put(
-        &staging.path.join(MANIFEST_POSTCARD),
+        &staging.path().join(MANIFEST_POSTCARD),
         &manifest.to_postcard(),
     )?;
-    staging.commit(bundle.dir(), true)?;
+    staging.commit().map_err(write_err(bundle.dir()))?;
     Ok(variants
         .iter()
         .map(|v| Written {

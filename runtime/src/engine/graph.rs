@@ -8,26 +8,29 @@ use std::path::{Path, PathBuf};
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
 use tract_onnx::pb::type_proto::Value as Type;
-use tract_onnx::pb::{ModelProto, TensorProto, ValueInfoProto};
+use tract_onnx::pb::{GraphProto, ModelProto, TensorProto, ValueInfoProto};
 use tract_onnx::prelude::Framework;
 
 use super::EngineError;
 
 pub(super) use crate::interface::{LOGITS, OUTPUTS, PIXEL_VALUES as INPUT};
 
-/// A decoded graph whose interface and external data have been checked.
-pub(super) struct Graph {
-    pub path: PathBuf,
-    pub proto: ModelProto,
+/// A decoded graph whose interface and external data have been checked:
+/// what every engine loads.
+pub struct Graph {
+    pub(super) path: PathBuf,
+    pub(super) proto: ModelProto,
     /// `[H, W]` of [`INPUT`].
-    pub image: [usize; 2],
+    pub(super) image: [usize; 2],
     /// Where [`OUTPUTS`] sit among the graph's outputs.
-    pub outputs: [usize; 2],
+    pub(super) outputs: [usize; 2],
     /// Where [`LOGITS`] sits, if the graph has it.
-    pub logits: Option<usize>,
+    pub(super) logits: Option<usize>,
 }
 
 impl Graph {
+    /// Decodes the graph at `path` and checks it is a bundle graph whose
+    /// external data is all there.
     pub fn read(path: &Path) -> Result<Graph, EngineError> {
         let graph = path.to_owned();
         if let Err(source) = fs::metadata(path) {
@@ -94,6 +97,16 @@ impl Graph {
             outputs,
             logits,
         })
+    }
+
+    /// The graph's nodes, inputs, outputs and initialisers.
+    pub fn body(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("checked by Graph::read")
+    }
+
+    /// `[H, W]` of the input image.
+    pub fn image(&self) -> [usize; 2] {
+        self.image
     }
 }
 

@@ -15,7 +15,7 @@ mod graph;
 #[cfg(feature = "ort")]
 mod ort;
 pub mod segment;
-mod tract;
+pub mod tract;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use ndarray::{Array2, Array3, ArrayView4, ArrayViewD, Ix2, Ix3};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use error::{EngineError, UnknownName};
+pub use graph::Graph;
 
 /// Which inference engine runs a graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -207,7 +208,7 @@ pub fn load(
     opts: &EngineOptions,
 ) -> Result<Box<dyn Session>, EngineError> {
     validate(opts)?;
-    let graph = graph::Graph::read(graph)?;
+    let graph = Graph::read(graph)?;
     match kind {
         EngineKind::Tract => Ok(Box::new(tract::TractSession::load(graph, opts)?)),
         #[cfg(feature = "ort")]

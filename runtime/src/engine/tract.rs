@@ -1,11 +1,15 @@
-//! The tract engine: pure Rust, CPU only, planned for one batch size.
+//! The tract engine: pure Rust, CPU only, planned for one batch size; and
+//! [`plan`], the one way a graph gets into tract (sessions, cuts, the
+//! calibration's ranges recorder).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::{concatenate, s, ArrayD, ArrayView4, Axis};
 use tract_linalg::multithread::Executor;
+use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::ensure;
+use tract_onnx::tract_core::internal::{ensure, format_err};
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use super::graph::Graph;
@@ -13,8 +17,64 @@ use super::{
     EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Outputs, Session,
 };
 
+/// Plans `proto` (the graph at `path`, or a cut of it: external data is
+/// read relative to `path`'s folder) for an f32 input of `shape`.
+///
+/// `outputs` picks tensors by their ONNX names as the outputs, in that
+/// order, instead of the graph's own: they are selected before tract
+/// optimises, so optimisation keeps them. With `threads` above 1 each
+/// product runs on a pool of that many threads.
+pub(super) fn plan(
+    proto: &ModelProto,
+    path: &Path,
+    shape: &[usize],
+    outputs: Option<&[&str]>,
+    threads: usize,
+) -> Result<Arc<TypedRunnableModel>, EngineError> {
+    let dir = path.parent().and_then(Path::to_str);
+    let plan = || -> TractResult<Arc<TypedRunnableModel>> {
+        let parsed = tract_onnx::onnx().parse(proto, dir)?;
+        ensure!(
+            parsed.unresolved_inputs.is_empty(),
+            "unresolved inputs {:?}",
+            parsed.unresolved_inputs
+        );
+        let mut model = parsed.model;
+        if let Some(names) = outputs {
+            let outlets = names
+                .iter()
+                .map(|name| {
+                    model
+                        .find_outlet_label(name)
+                        .ok_or_else(|| format_err!("no tensor `{name}` in the graph"))
+                })
+                .collect::<TractResult<Vec<_>>>()?;
+            model.select_output_outlets(&outlets)?;
+        }
+        model
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()?
+            .into_runnable_with_options(&RunOptions {
+                executor: (threads > 1).then(|| Executor::multithread(threads)),
+                ..RunOptions::default()
+            })
+    };
+    plan().map_err(|e| backend(path, e))
+}
+
+/// A checked bundle graph planned by tract for one image, `[1, 3, H, W]`
+/// ([`plan`]'s `outputs` and `threads`).
+pub fn plan_image(
+    graph: &Graph,
+    outputs: Option<&[&str]>,
+    threads: usize,
+) -> Result<Arc<TypedRunnableModel>, EngineError> {
+    let [h, w] = graph.image;
+    plan(&graph.proto, &graph.path, &[1, 3, h, w], outputs, threads)
+}
+
 /// Nothing to load: tract is linked in; only an accelerator can be refused.
-pub fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
+pub(super) fn check(opts: &EngineOptions) -> Result<EngineInfo, EngineError> {
     if opts.provider != ExecutionProvider::Cpu {
         return Err(EngineError::ProviderUnavailable {
             engine: EngineKind::Tract,
@@ -64,26 +124,12 @@ impl TractSession {
         let workers = threads.min(opts.batch).max(1);
         // Threads the workers cannot use (fewer images than threads) go to a
         // pool the workers' products share; otherwise each runs on one thread.
-        let executor = (threads > workers).then(|| Executor::multithread(threads));
-        let dir = graph.path.parent().and_then(Path::to_str);
-        let plan = || -> TractResult<Vec<TypedSimpleState>> {
-            let parsed = tract_onnx::onnx().parse(&graph.proto, dir)?;
-            ensure!(
-                parsed.unresolved_inputs.is_empty(),
-                "unresolved inputs {:?}",
-                parsed.unresolved_inputs
-            );
-            let plan = parsed
-                .model
-                .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
-                .into_optimized()?
-                .into_runnable_with_options(&RunOptions {
-                    executor,
-                    ..RunOptions::default()
-                })?;
-            (0..workers).map(|_| plan.spawn()).collect()
-        };
-        let workers = plan().map_err(|e| backend(&graph.path, e))?;
+        let pool = if threads > workers { threads } else { 1 };
+        let plan = plan_image(&graph, None, pool)?;
+        let workers = (0..workers)
+            .map(|_| plan.spawn())
+            .collect::<TractResult<_>>()
+            .map_err(|e| backend(&graph.path, e))?;
         Ok(TractSession {
             graph: graph.path,
             shape: [opts.batch, 3, h, w],
@@ -163,7 +209,8 @@ impl Session for TractSession {
     }
 }
 
-fn backend(graph: &Path, e: TractError) -> EngineError {
+/// A tract error, as the engine error of `graph`.
+pub fn backend(graph: &Path, e: TractError) -> EngineError {
     EngineError::Backend {
         graph: graph.to_owned(),
         engine: EngineKind::Tract,

@@ -3,7 +3,7 @@ use super::*;
 fn sample() -> Manifest<'static> {
     let mut weights = Vec::new();
     weights
-        .push(WeightFile {
+        .push(BundleFile {
             path: "weights/w32.bin",
             bytes: 10,
             sha256: Sha256([7; 32]),
@@ -99,7 +99,7 @@ fn calibrated_manifests_round_trip_with_the_metric_named() {
         quality_metric: QualityMetric::KnnTop1,
         dataset_sha256: Sha256([3; 32]),
         dataset_images: 1000,
-        ranges: WeightFile {
+        ranges: BundleFile {
             path: "calibration/ranges.json",
             bytes: 5,
             sha256: Sha256([4; 32]),
@@ -111,6 +111,28 @@ fn calibrated_manifests_round_trip_with_the_metric_named() {
     assert!(text.contains(r#""quality_metric":"knn_top1""#), "{text}");
     assert!(text.contains(r#""task":"digits""#), "{text}");
     assert_eq!(Manifest::from_json(&text).unwrap(), m);
+}
+
+#[test]
+fn a_listed_file_keeps_its_encoding() {
+    // Pinned bytes: old bundles list their weights and ranges this way.
+    // Bug caught: a field renamed or reordered, which reads every
+    // bundle exported before as corrupt.
+    let file = BundleFile {
+        path: "calibration/ranges.json",
+        bytes: 5,
+        sha256: Sha256([4; 32]),
+    };
+    let json = format!(
+        r#"{{"path":"calibration/ranges.json","bytes":5,"sha256":"{}"}}"#,
+        "04".repeat(32)
+    );
+    assert_eq!(serde_json::to_string(&file).unwrap(), json);
+    let mut postcard = vec![23];
+    postcard.extend(b"calibration/ranges.json");
+    postcard.push(5);
+    postcard.extend([4; 32]);
+    assert_eq!(postcard::to_stdvec(&file).unwrap(), postcard);
 }
 
 #[test]

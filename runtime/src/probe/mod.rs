@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 pub use cpu::{Clocks, Cluster, Cpu, Feature};
 use sysroot::{clip, Sysroot};
@@ -142,8 +141,8 @@ impl DeviceInfo {
             "board": self.board.model, "compatible": self.board.compatible, "l4t": self.board.l4t_release,
             "accelerators": self.accelerators,
         });
-        let digest = Sha256::digest(identity.to_string().as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        // Its first eight bytes, in hex.
+        crate::fs::sha256(identity.to_string().as_bytes()).to_string()[..16].to_owned()
     }
 
     /// One line: board or CPU, cores, memory.

@@ -24,20 +24,18 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueI
 use tract_onnx::prelude::*;
 
 use super::graph::{Graph, OUTPUTS};
+use super::tract::backend;
 use super::{EngineError, ExecutionProvider};
 
 /// A bundle graph read for cutting (its interface and external data checked).
 pub struct Nodes {
-    path: PathBuf,
-    proto: ModelProto,
+    graph: Graph,
 }
 
 impl Nodes {
     pub fn read(path: &Path) -> Result<Nodes, EngineError> {
-        let graph = Graph::read(path)?;
         Ok(Nodes {
-            path: graph.path,
-            proto: graph.proto,
+            graph: Graph::read(path)?,
         })
     }
 
@@ -47,7 +45,7 @@ impl Nodes {
     }
 
     fn body(&self) -> &GraphProto {
-        self.proto.graph.as_ref().expect("checked by Graph::read")
+        self.graph.body()
     }
 
     /// The whole graph as one cut (from the image to `cls_token`).
@@ -61,7 +59,7 @@ impl Nodes {
     pub fn cut(&self, range: Range<usize>) -> Result<Cut, EngineError> {
         let body = self.body();
         let problem = |problem: String| EngineError::Interface {
-            graph: self.path.clone(),
+            graph: self.graph.path.clone(),
             problem,
         };
         let nodes = body
@@ -125,11 +123,11 @@ impl Nodes {
         };
         // Without the graph's own description, so equal cuts of different
         // graphs compare equal.
-        let mut model = self.proto.clone();
+        let mut model = self.graph.proto.clone();
         model.graph = Some(graph);
         model.doc_string.clear();
         Ok(Cut {
-            graph: self.path.clone(),
+            graph: self.graph.path.clone(),
             model,
         })
     }
@@ -256,7 +254,7 @@ impl Plan {
     pub fn spawn(&self) -> Result<Run, EngineError> {
         let state = match &self.planned {
             Planned::Tract(plan) => {
-                State::Tract(plan.spawn().map_err(|e| tract::backend(&self.graph, e))?)
+                State::Tract(plan.spawn().map_err(|e| backend(&self.graph, e))?)
             }
             #[cfg(feature = "ort")]
             Planned::Ort(plan) => State::Ort(plan.spawn(&self.graph)?),

@@ -6,23 +6,15 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use super::{Activation, Cut, Value};
-use crate::engine::{EngineError, EngineKind};
+use crate::engine::tract::backend;
+use crate::engine::EngineError;
 
 /// The cut optimised for an input of `shape`, and its output's shape.
 pub(super) fn plan(
     cut: &Cut,
     shape: &[usize],
 ) -> Result<(Arc<TypedRunnableModel>, Vec<usize>), EngineError> {
-    let dir = cut.graph.parent().and_then(Path::to_str);
-    let plan = || -> TractResult<Arc<TypedRunnableModel>> {
-        tract_onnx::onnx()
-            .parse(&cut.model, dir)?
-            .model
-            .with_input_fact(0, f32::fact(shape).into())?
-            .into_optimized()?
-            .into_runnable_with_options(&Default::default())
-    };
-    let plan = plan().map_err(|e| backend(&cut.graph, e))?;
+    let plan = crate::engine::tract::plan(&cut.model, &cut.graph, shape, None, 1)?;
     let output = plan
         .model()
         .output_fact(0)
@@ -46,12 +38,4 @@ pub(super) fn run(
     };
     let mut outputs = state.run(tvec!(input)).map_err(|e| backend(graph, e))?;
     Ok(outputs.remove(0))
-}
-
-pub(super) fn backend(graph: &Path, e: TractError) -> EngineError {
-    EngineError::Backend {
-        graph: graph.to_owned(),
-        engine: EngineKind::Tract,
-        source: e.into(),
-    }
 }
