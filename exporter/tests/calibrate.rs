@@ -364,7 +364,13 @@ fn plot_draws_quality_against_macs_or_changes_nothing() {
         "{svg}"
     );
     assert_ne!(sha256(&bundle.join("manifest.json")), before);
-    assert!(!dir.path().join("pareto.svg.partial").exists());
+    // The plot is written through a hidden temporary beside it: none may be left.
+    let hidden: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left beside the plot: {hidden:?}");
 }
 
 /// A copy of the tiny bundle and 40 labelled dark and bright images.

@@ -13,8 +13,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use crate::fs::{sha256, Hasher};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256 as Hasher};
 
 use crate::manifest::{BundleFile, DecodeError, Manifest, Sha256, Subnet};
 
@@ -77,7 +77,7 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
-        let manifest_sha256 = Sha256(Hasher::digest(&manifest_bytes).into());
+        let manifest_sha256 = sha256(&manifest_bytes);
         Ok(Bundle {
             dir,
             manifest_bytes,
@@ -252,7 +252,7 @@ fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), Bu
     }
     let mut hasher = Hasher::new();
     io::copy(&mut file, &mut hasher).map_err(io_err)?;
-    let actual = Sha256(hasher.finalize().into());
+    let actual = hasher.finish();
     if actual != expected {
         return Err(BundleError::Corrupted {
             path: path.to_owned(),

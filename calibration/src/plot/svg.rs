@@ -1,7 +1,6 @@
 //! The Pareto chart drawn with plotters' SVG backend (the `plot` feature):
 //! text as SVG `<text>`, no font files.
 
-use std::fs;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -125,12 +124,7 @@ pub fn pareto_svg(chart: &Chart<'_>) -> Result<String, PlotError> {
 /// Writes [`pareto_svg`] to `path` whole or not at all (staged beside it).
 pub fn write_svg(path: &Path, chart: &Chart<'_>) -> Result<(), PlotError> {
     let svg = pareto_svg(chart)?;
-    let staged = path.with_extension("svg.partial");
-    let written = fs::write(&staged, svg).and_then(|()| fs::rename(&staged, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&staged);
-    }
-    Ok(written?)
+    Ok(tailor_runtime::fs::write_atomic(path, svg.as_bytes())?)
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {

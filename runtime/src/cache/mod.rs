@@ -25,11 +25,10 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::marker::PhantomData;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -321,28 +320,10 @@ impl<K: Key> Cache<K> {
             })
     }
 
-    /// Writes a sibling temporary file, then renames it over the cache.
+    /// Replaces the cache file whole (durably: `crate::fs::write_atomic`).
     fn replace_with(&self, bytes: &[u8]) -> io::Result<()> {
-        static WRITES: AtomicU64 = AtomicU64::new(0);
-        let dir = self.dir();
-        fs::create_dir_all(dir)?;
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(
-            ".{}-{}.tmp",
-            std::process::id(),
-            WRITES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = dir.join(name);
-        let written = File::create(&temp).and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        });
-        let renamed = written.and_then(|()| fs::rename(&temp, &self.path));
-        if renamed.is_err() {
-            // Best effort: the error that matters is the one returned.
-            let _ = fs::remove_file(&temp);
-        }
-        renamed
+        fs::create_dir_all(self.dir())?;
+        crate::fs::write_atomic(&self.path, bytes)
     }
 }
 
