@@ -234,12 +234,11 @@ fn jpeg_pixels(bytes: &[u8], max_pixels: u64) -> Result<Image, DecodeError> {
     let info = decoder
         .info()
         .ok_or_else(|| fail("no image dimensions".into()))?;
-    Ok(Image {
-        data,
-        width: usize::from(info.width),
-        height: usize::from(info.height),
-        channels: 3,
-    })
+    let (width, height) = (usize::from(info.width), usize::from(info.height));
+    // Asked for RGB, zune-jpeg still returns one channel for a progressive
+    // greyscale JPEG: the channels are what it produced, checked by `new`.
+    let channels = data.len() / (width * height).max(1);
+    Image::new(data, width, height, channels).map_err(|e| fail(e.to_string()))
 }
 
 impl Image {

@@ -20,6 +20,9 @@ use memmap2::Mmap;
 
 pub use error::{CheckpointError, ErrorKind};
 pub use names::canonical_name;
+/// The unpickler alone, for the `pickle` fuzz target (`cargo fuzz` builds with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub use pickle::unpickle;
 pub use tensor::{bf16_to_f32, f16_to_f32, DType, TensorRef};
 
 /// The container a checkpoint was found to be, by content.

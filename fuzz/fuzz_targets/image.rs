@@ -1,0 +1,18 @@
+//! An image posted to `runtime serve`, decoded into a tensor as `/v1/infer`
+//! does: the first byte picks PNG or JPEG, the rest is the body.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tailor_runtime::image::{decode, Format};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let format = if which & 1 == 0 {
+        Format::Png
+    } else {
+        Format::Jpeg
+    };
+    let _ = decode(body, format, 32);
+});

@@ -1,0 +1,21 @@
+//! Issue 20: images posted to `runtime serve` that the fuzzer (`fuzz/`, target
+//! `image`) found to panic the decoder.
+
+use tailor_runtime::image::{decode, Format, Image};
+
+const GREY_PROGRESSIVE: &[u8] = include_bytes!("fixtures/hostile/grey-progressive.jpg");
+
+#[test]
+fn progressive_grey_jpeg_is_decoded_as_grey_not_indexed_past_its_pixels() {
+    // PIL's progressive greyscale 9x7 JPEG: zune-jpeg returns one channel for
+    // it, which was taken as RGB and indexed past the end.
+    let image = Image::decode(GREY_PROGRESSIVE, Format::Jpeg).unwrap();
+    assert_eq!(image.size(), (9, 7));
+    let tensor = decode(GREY_PROGRESSIVE, Format::Jpeg, 4).unwrap();
+    // Grey stands for all three channels: after normalisation each channel
+    // is the same grey level, (v - mean) / std.
+    let grey = (tensor[[0, 0, 0, 0]] * 0.229 + 0.485) * 255.0;
+    assert!((grey - 100.0).abs() < 3.0, "grey level {grey}");
+    let green = (tensor[[0, 1, 0, 0]] * 0.224 + 0.456) * 255.0;
+    assert!((green - grey).abs() < 0.01, "green {green}, red {grey}");
+}
