@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tailor_runtime::image::{decode, Format};
+use tailor_runtime::image::{decode, Format, MAX_PIXELS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Format::Jpeg
     };
-    let _ = decode(body, format, 32);
+    let _ = decode(body, format, MAX_PIXELS, 32);
 });

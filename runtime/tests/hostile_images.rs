@@ -1,7 +1,7 @@
 //! Issue 20: images posted to `runtime serve` that the fuzzer (`fuzz/`, target
 //! `image`) found to panic the decoder.
 
-use tailor_runtime::image::{decode, Format, Image};
+use tailor_runtime::image::{decode, Format, Image, MAX_PIXELS};
 
 const GREY_PROGRESSIVE: &[u8] = include_bytes!("fixtures/hostile/grey-progressive.jpg");
 
@@ -11,7 +11,7 @@ fn progressive_grey_jpeg_is_decoded_as_grey_not_indexed_past_its_pixels() {
     // it, which was taken as RGB and indexed past the end.
     let image = Image::decode(GREY_PROGRESSIVE, Format::Jpeg).unwrap();
     assert_eq!(image.size(), (9, 7));
-    let tensor = decode(GREY_PROGRESSIVE, Format::Jpeg, 4).unwrap();
+    let tensor = decode(GREY_PROGRESSIVE, Format::Jpeg, MAX_PIXELS, 4).unwrap();
     // Grey stands for all three channels: after normalisation each channel
     // is the same grey level, (v - mean) / std.
     let grey = (tensor[[0, 0, 0, 0]] * 0.229 + 0.485) * 255.0;
