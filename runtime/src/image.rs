@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array4, ArrayViewMut3, Axis};
 
+/// Images with a longer side are refused before their pixels are allocated
+/// (8192² RGBA is 256 MiB; a PNG header alone may claim 2³¹ on a side).
+pub const MAX_SIDE: usize = 8192;
+
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
@@ -145,6 +149,12 @@ fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Image, Deco
     let mut decoder = png::Decoder::new(read);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| fail(e.to_string()))?;
+    let (width, height) = reader.info().size();
+    if width as usize > MAX_SIDE || height as usize > MAX_SIDE {
+        return Err(fail(format!(
+            "{width}x{height} pixels: more than {MAX_SIDE} on a side"
+        )));
+    }
     let mut data = vec![0; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut data)
@@ -167,8 +177,6 @@ fn png_pixels(read: impl std::io::BufRead + std::io::Seek) -> Result<Image, Deco
 #[cfg(feature = "jpeg")]
 fn jpeg_pixels(bytes: &[u8]) -> Result<Image, DecodeError> {
     use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-    /// Larger sides are refused before their pixels are allocated.
-    const MAX_SIDE: usize = 8192;
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(MAX_SIDE)
