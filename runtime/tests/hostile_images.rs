@@ -19,3 +19,17 @@ fn progressive_grey_jpeg_is_decoded_as_grey_not_indexed_past_its_pixels() {
     let green = (tensor[[0, 1, 0, 0]] * 0.224 + 0.456) * 255.0;
     assert!((green - grey).abs() < 0.01, "green {green}, red {grey}");
 }
+
+#[test]
+fn png_claiming_huge_dimensions_is_refused_before_allocating() {
+    // 57 bytes whose header claims 5x536870915 RGB: 8 GB of pixels.
+    let tall = include_bytes!("fixtures/hostile/tall.png");
+    // Refused from the header by the pixel limit (`serve`'s `max_pixels`).
+    let err = decode(tall, Format::Png, MAX_PIXELS, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("5x536870915") && err.contains("over the limit"),
+        "{err}"
+    );
+}
