@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use onnx_protobuf::ModelProto;
 use protobuf::Message;
-use sha2::{Digest, Sha256 as Hasher};
 use tailor_calibration::ranges::{RangesFile, Scope};
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{
@@ -304,7 +303,7 @@ fn put(path: &Path, bytes: &[u8]) -> Result<Sha256, VariantError> {
         _ => {}
     }
     fs::write(path, bytes).map_err(write_err(path))?;
-    Ok(Sha256(Hasher::digest(bytes).into()))
+    Ok(tailor_runtime::fs::sha256(bytes))
 }
 
 /// Hard-links every file under `from` into `to` (copies where links are
