@@ -190,9 +190,15 @@ fn search_with<const N: usize>(
                 selector.record(i, device(i)).unwrap();
             }
             Step::Confirm { index, rival } => {
+                // Past the cap, each round confirms a fit that held, alone:
+                // one per candidate at most.
                 assert!(
-                    confirms.len() < MAX_CONFIRMATIONS,
-                    "more than {MAX_CONFIRMATIONS} rounds: {confirms:?}"
+                    confirms.len() < MAX_CONFIRMATIONS || rival.is_none(),
+                    "a rival past {MAX_CONFIRMATIONS} rounds: {confirms:?}"
+                );
+                assert!(
+                    !confirms.iter().any(|&(i, _)| i == index),
+                    "{index} confirmed twice: {confirms:?}"
                 );
                 confirms.push((index, rival));
                 confirmed.clear();
@@ -942,37 +948,62 @@ fn a_close_rival_is_confirmed_and_wins_if_it_fits() {
     }
 }
 
+/// A device on the grid whose confirmations run `factor` times slower than
+/// its search measurements (a burst of load that hits the longer runs).
+fn slower_when_confirmed<'a>(device: &'a Device<'a>, factor: f32) -> Box<Device<'a>> {
+    Box::new(move |i| match device(i) {
+        Observation::Measured(m) => Observation::Measured(Reading {
+            latency_ms: m.latency_ms * factor,
+            ..m
+        }),
+        failed => failed,
+    })
+}
+
 #[test]
-fn confirmations_are_bounded() {
+fn confirmations_that_keep_missing_step_down_to_a_fit_that_held() {
     let subs = grid();
     let k = ms_per_mac(&subs);
     let candidates = candidates(&subs, false);
     let device = device(&subs, |i| 3.0 + subs[i].macs() as f32 * k);
-    // Measured again, every candidate is twice as slow.
-    let twice: Box<Device<'_>> = Box::new(|i| match device(i) {
-        Observation::Measured(m) => Observation::Measured(Reading {
-            latency_ms: m.latency_ms * 2.0,
-            ..m
-        }),
-        failed => failed,
-    });
-    let out = search_confirming(&candidates, limits(150.0), &*device, &*twice);
-    assert_eq!(out.confirms.len(), MAX_CONFIRMATIONS, "{out:?}");
-    let closest = out
-        .confirms
+    // Measured again, every candidate is twice as slow: the winners near
+    // the 150 ms limit all miss, the cheaper fits measured on the way hold.
+    let twice = slower_when_confirmed(&*device, 2.0);
+    let limit = limits(150.0);
+    let out = search_confirming(&candidates, limit, &*device, &*twice);
+    assert!(out.confirms.len() > MAX_CONFIRMATIONS, "{out:?}");
+    // The best-ranked candidate the search measured whose confirmation fits.
+    let held = out
+        .measured
         .iter()
-        .flat_map(|&(i, rival)| std::iter::once(i).chain(rival))
+        .copied()
+        .filter(|&i| matches!(twice(i), Observation::Measured(m) if limit.admit(&m)))
+        .max_by_key(|&i| candidates[i].macs)
+        .expect("the cheapest measured candidate holds");
+    assert_eq!(out.chosen(), Some(held), "{out:?}");
+}
+
+#[test]
+fn nothing_fits_once_the_cheapest_missed_when_measured_again() {
+    let subs = grid();
+    let k = ms_per_mac(&subs);
+    let candidates = candidates(&subs, false);
+    let device = device(&subs, |i| 3.0 + subs[i].macs() as f32 * k);
+    // Ten times slower measured again: even the cheapest misses 150 ms.
+    let tenfold = slower_when_confirmed(&*device, 10.0);
+    let out = search_confirming(&candidates, limits(150.0), &*device, &*tenfold);
+    let cheapest = (0..candidates.len())
         .min_by_key(|&i| candidates[i].macs)
         .unwrap();
-    let Step::NothingFits(Shortfall::Unconfirmed {
-        closest: named,
+    let Step::NothingFits(Shortfall::Missed {
+        smallest,
         measurement,
     }) = out.step
     else {
         panic!("{out:?}")
     };
-    assert_eq!(named, closest);
-    assert_eq!(twice(closest), Observation::Measured(measurement));
+    assert_eq!(smallest, cheapest, "{out:?}");
+    assert_eq!(tenfold(cheapest), Observation::Measured(measurement));
 }
 
 #[test]

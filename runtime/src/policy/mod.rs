@@ -66,11 +66,16 @@
 //!    measured fit (measuring open candidates above it first, within the
 //!    budget, which each round that missed raises by one measurement, so
 //!    a step down is not stuck with a fit far below), which needs its own
-//!    confirmation. [`Step::Chosen`] carries
-//!    the confirmed measurement. After [`MAX_CONFIRMATIONS`] rounds of
-//!    confirmation without a fit, nothing fits: the device does not repeat
-//!    its measurements near this limit, and [`Shortfall::Unconfirmed`]
-//!    names the confirmed candidate that came closest.
+//!    confirmation. [`Step::Chosen`] carries the confirmed measurement.
+//!    After [`MAX_CONFIRMATIONS`] rounds without a fit the device does not
+//!    repeat its measurements near this limit: the search stops measuring
+//!    above and steps down to the best-ranked candidate whose own
+//!    measurement held (it ran and fit, and no confirmation disproved it),
+//!    confirming each alone, no rival, until one fits
+//!    ([`Selector::missed_confirmations`] says how many rounds missed). When
+//!    none is left it measures the cheapest, as in 6: nothing fits only once
+//!    the cheapest candidates were measured over the limit, never while a
+//!    fit stands undisproved.
 //! 6. **Failures.** A candidate that fails to load or run, or whose measured
 //!    memory exceeds the limit, is out and the search goes on. While no
 //!    measured candidate fits, the search continues past the budget, best
@@ -99,8 +104,8 @@ pub use selector::Selector;
 /// Measurements a search may spend before settling for the best that fit.
 pub const DEFAULT_BUDGET: usize = 8;
 
-/// Rounds of confirmation a search may spend before it gives up on a device
-/// whose measurements do not repeat near the limit.
+/// Rounds of confirmation that missed before the search stops reaching above
+/// its fits, on a device whose measurements do not repeat near the limit.
 pub const MAX_CONFIRMATIONS: usize = 4;
 
 /// Predicted footprints are the tensors' bytes times this ratio.
@@ -269,7 +274,8 @@ pub enum Shortfall {
         predicted_bytes: u64,
     },
     /// `smallest`, the cheapest candidate that ran within memory (or, if
-    /// none did, the cheapest that ran), missed the limits.
+    /// none did, the cheapest that ran), missed the limits (measured again,
+    /// if it was confirmed).
     Missed {
         smallest: usize,
         measurement: Reading,
@@ -279,12 +285,6 @@ pub enum Shortfall {
     OverMemory {
         first: (usize, u64),
         second: (usize, u64),
-    },
-    /// [`MAX_CONFIRMATIONS`] winners missed the limits when measured again;
-    /// `closest` is the confirmed candidate with the lowest latency.
-    Unconfirmed {
-        closest: usize,
-        measurement: Reading,
     },
     /// Every eligible candidate failed to load or run.
     Failed,

@@ -73,8 +73,8 @@ pub struct Selector<const N: usize> {
     budget: usize,
     /// Observations recorded, failures included.
     spent: usize,
-    /// Rounds of confirmation completed.
-    confirmations: usize,
+    /// Rounds of confirmation in which neither candidate fit.
+    missed: usize,
     round: Option<Round>,
     model: Option<LatencyModel>,
 }
@@ -133,7 +133,7 @@ impl<const N: usize> Selector<N> {
             limits,
             budget: DEFAULT_BUDGET,
             spent: 0,
-            confirmations: 0,
+            missed: 0,
             round: None,
             model: None,
         })
@@ -158,10 +158,18 @@ impl<const N: usize> Selector<N> {
         }
         match self.best_fit() {
             Some((index, State::Confirmed(measurement))) => Step::Chosen { index, measurement },
+            // Past the cap the device does not repeat near the limit: no
+            // reaching above, the fit that held is confirmed alone.
+            Some((index, _)) if self.missed >= MAX_CONFIRMATIONS => {
+                Step::Confirm { index, rival: None }
+            }
             Some((index, state)) => match state.measurement().and_then(|m| self.step_up(index, &m))
             {
                 Some(next) => Step::Measure(next),
-                None => self.confirm(index),
+                None => Step::Confirm {
+                    index,
+                    rival: self.rival(index),
+                },
             },
             None => self.step_down(),
         }
@@ -209,13 +217,25 @@ impl<const N: usize> Selector<N> {
         let state = observed(index, obs, State::Confirmed)?;
         self.entries[index].state = state;
         self.round = if round.awaiting == (false, false) {
-            self.confirmations += 1;
+            let fits = |i: usize| {
+                let m = self.entries[i].state.measurement();
+                m.is_some_and(|m| self.limits.admit(&m))
+            };
+            if !fits(round.index) && !round.rival.is_some_and(fits) {
+                self.missed += 1;
+            }
             None
         } else {
             Some(round)
         };
         self.refit();
         Ok(())
+    }
+
+    /// Rounds of confirmation whose candidates all missed the limits: how
+    /// far the search stepped down from the winners it first found.
+    pub fn missed_confirmations(&self) -> usize {
+        self.missed
     }
 
     /// The model's latency for candidate `index`, once any candidate ran
@@ -312,30 +332,6 @@ impl<const N: usize> Selector<N> {
             .map(|(i, e, _)| (i, e.state))
     }
 
-    /// Confirmation of the search's winner `index`, or why the search gives
-    /// up after [`MAX_CONFIRMATIONS`] rounds.
-    fn confirm(&self, index: usize) -> Step {
-        let closest = self
-            .indexed()
-            .filter_map(|(i, e)| match e.state {
-                State::Confirmed(m) => Some((i, m)),
-                _ => None,
-            })
-            .min_by(|(_, a), (_, b)| a.latency_ms.total_cmp(&b.latency_ms));
-        match closest {
-            Some((closest, measurement)) if self.confirmations >= MAX_CONFIRMATIONS => {
-                Step::NothingFits(Shortfall::Unconfirmed {
-                    closest,
-                    measurement,
-                })
-            }
-            _ => Step::Confirm {
-                index,
-                rival: self.rival(index),
-            },
-        }
-    }
-
     /// The best-ranked candidate above `winner` whose search measurement ran
     /// within memory and missed the latency limit by no more than its
     /// spread (or [`RIVAL_REACH`]).
@@ -362,7 +358,7 @@ impl<const N: usize> Selector<N> {
     /// and if the budget allows.
     fn step_up(&self, best: usize, best_measured: &Reading) -> Option<usize> {
         // Each round of confirmation so far missed: it buys a measurement.
-        if self.spent >= self.budget + ROUND_BUDGET * self.confirmations {
+        if self.spent >= self.budget + ROUND_BUDGET * self.missed {
             return None;
         }
         let model = self.model?;

@@ -165,12 +165,6 @@ impl Runtime {
                 id(smallest),
                 against(&measurement)
             ),
-            Shortfall::Unconfirmed { closest, measurement } => format!(
-                "{} winners missed the limits when measured again; the closest, {}, measured {}",
-                policy::MAX_CONFIRMATIONS,
-                id(closest),
-                against(&measurement)
-            ),
             Shortfall::Failed => "every candidate failed to load or run".into(),
         }
     }
@@ -190,6 +184,8 @@ pub(super) struct Search<'r> {
     /// The previous trial's failure kind and candidate, if it failed.
     pub(super) last_failure: Option<(String, String)>,
     pub(super) confirmations: u32,
+    /// What the user should know about how the search went.
+    pub(super) notes: Vec<String>,
 }
 
 impl<'r> Search<'r> {
@@ -211,6 +207,7 @@ impl<'r> Search<'r> {
             trials: Vec::new(),
             last_failure: None,
             confirmations: 0,
+            notes: Vec::new(),
         }
     }
 
@@ -244,10 +241,17 @@ impl<'r> Search<'r> {
                     }
                 }
                 Step::Chosen { index, .. } => {
+                    let missed = selector.missed_confirmations();
+                    if missed >= policy::MAX_CONFIRMATIONS {
+                        self.notes.push(format!(
+                            "stepped down after {missed} confirmations of larger winners missed the limits: \
+                             the device did not repeat its measurements near the limit (busy?)"
+                        ));
+                    }
                     return Ok(Ended::Winner {
                         index: pool[index],
                         better: selector.ranked_above(index).map(|i| pool[i]).collect(),
-                    })
+                    });
                 }
                 Step::NothingFits(shortfall) => {
                     let mut why = runtime.explain(shortfall, pool, self.limits, self.percentile);
@@ -441,7 +445,7 @@ impl<'r> Search<'r> {
             measured: winner,
             trials: self.trials,
             confirmed,
-            notes: Vec::new(),
+            notes: self.notes,
         })
     }
 
