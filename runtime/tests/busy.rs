@@ -12,7 +12,8 @@ use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::engine::EngineKind;
 use tailor_runtime::manifest::Manifest;
 use tailor_runtime::select::{
-    Chosen, EngineChoice, Limits, Runtime, RuntimeOptions, SelectError, Stage,
+    available_cpus, thread_counts, CacheOutcome, Chosen, EngineChoice, Limits, Runtime,
+    RuntimeOptions, SelectError, Stage,
 };
 use tailor_runtime::trial::Isolation;
 
@@ -49,18 +50,19 @@ fn bundle(dir: &Path) -> PathBuf {
     out
 }
 
-/// A measuring child that answers without running anything: `sN` measures
-/// N ms in the search; a confirmation (more than the default 10 runs)
-/// measures `confirmed` (a shell arithmetic expression of `n`) ms.
-fn fake_child(dir: &Path, confirmed: &str) -> Isolation {
+/// A measuring child that answers without running anything: `sN` on `t`
+/// threads measures `searched` ms, and `confirmed` ms when confirmed (more
+/// than the default 10 runs); both are shell arithmetic of `n` and `t`.
+fn fake_child(dir: &Path, searched: &str, confirmed: &str) -> Isolation {
     let path = dir.join("child.sh");
     let script = format!(
         r#"#!/bin/sh
 job=$(cat)
 runs=$(printf '%s' "$job" | sed 's/.*"min_runs":\([0-9]*\).*/\1/')
+t=$(printf '%s' "$job" | sed 's/.*"threads":\([0-9]*\).*/\1/')
 out=""
 for n in $(printf '%s' "$job" | grep -o '/s[0-9]*\.onnx' | tr -dc '0-9\n'); do
-  if [ "$runs" -gt 10 ]; then ms=$(({confirmed})); else ms=$n; fi
+  if [ "$runs" -gt 10 ]; then ms=$(({confirmed})); else ms=$(({searched})); fi
   m="{{\"load_ms\":1,\"engine_build_ms\":null,\"first_ms\":$ms,\"runs\":$runs,\"mean_ms\":$ms,\"p50_ms\":$ms,\"p90_ms\":$ms,\"p99_ms\":$ms,\"stdev_ms\":0,\"cv\":0,\"noisy\":false,\"rss_mb\":1,\"peak_mb\":1,\"memory\":\"sampled_rss\",\"samples_ms\":[]}}"
   out="$out${{out:+,}}$m"
 done
@@ -72,15 +74,27 @@ echo "{{\"Measured\":[$out]}}"
     Isolation::Child(path)
 }
 
-fn select(dir: &Path, confirmed: &str, limit_ms: f64) -> Result<Chosen, SelectError> {
-    let options = RuntimeOptions {
+/// Options measuring with the fake child, tract only, no cache.
+fn options(dir: &Path, searched: &str, confirmed: &str) -> RuntimeOptions {
+    RuntimeOptions {
         engine: EngineChoice::Only(EngineKind::Tract),
         cache: None,
-        isolation: fake_child(dir, confirmed),
+        isolation: fake_child(dir, searched, confirmed),
         ..RuntimeOptions::default()
-    };
-    let rt = Runtime::with_options(bundle(dir), options).unwrap();
+    }
+}
+
+fn select_with(
+    bundle: &Path,
+    options: RuntimeOptions,
+    limit_ms: f64,
+) -> Result<Chosen, SelectError> {
+    let rt = Runtime::with_options(bundle, options).unwrap();
     rt.select(&Limits::latency_ms(limit_ms).memory_mb(4096))
+}
+
+fn select(dir: &Path, confirmed: &str, limit_ms: f64) -> Result<Chosen, SelectError> {
+    select_with(&bundle(dir), options(dir, "n", confirmed), limit_ms)
 }
 
 /// The size `n` of sub-network `sN`.
@@ -125,5 +139,80 @@ fn nothing_fits_once_the_smallest_missed_when_measured_again() {
         matches!(err, SelectError::NothingFits(_))
             && why.contains("the smallest, s1, measured 10.00 ms"),
         "{why}"
+    );
+}
+
+/// A device busy enough that each thread beyond the first slows a run
+/// down: `sN` takes N ms per thread. Needs two usable CPUs to choose.
+const CONTENDED: &str = "n * t";
+
+#[test]
+fn fewer_threads_win_where_other_load_stretches_all_of_them() {
+    if available_cpus() < 2 {
+        eprintln!("one usable CPU: nothing to choose");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // On all the CPUs at most s3 fits 7.5 ms; on one thread s7 does.
+    let chosen = select_with(
+        &bundle(dir.path()),
+        options(dir.path(), CONTENDED, CONTENDED),
+        7.5,
+    )
+    .unwrap();
+    assert_eq!(
+        (chosen.id.as_str(), chosen.threads),
+        ("s7", 1),
+        "{:?}",
+        chosen.notes
+    );
+    assert_eq!(chosen.measured.p90_ms, 7.0);
+    let counts = thread_counts(available_cpus());
+    assert_eq!(
+        chosen.trials[0].threads, counts[0],
+        "the largest searches first"
+    );
+    assert!(
+        chosen
+            .notes
+            .iter()
+            .any(|n| n.contains("s7 fits with") && n.contains("on 1 thread,")),
+        "{:?}",
+        chosen.notes
+    );
+}
+
+#[test]
+fn a_decision_made_choosing_threads_is_not_reused_with_threads_fixed() {
+    if available_cpus() < 2 {
+        eprintln!("one usable CPU: nothing to choose");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle(dir.path());
+    let cached = |threads: Option<usize>| {
+        let mut o = options(dir.path(), CONTENDED, CONTENDED);
+        o.cache = Some(dir.path().join("cache/decisions.postcard"));
+        o.engine_options.threads = threads;
+        select_with(&bundle, o, 7.5).unwrap()
+    };
+    let chosen = cached(None);
+    assert_eq!((chosen.cache, chosen.threads), (CacheOutcome::Miss, 1));
+    // Fixed at two threads: selected afresh, and only with two.
+    let fixed = cached(Some(2));
+    assert_eq!(
+        (fixed.cache, fixed.id.as_str(), fixed.threads),
+        (CacheOutcome::Miss, "s3", 2)
+    );
+    assert!(
+        fixed.trials.iter().all(|t| t.threads == 2),
+        "{:?}",
+        fixed.trials
+    );
+    // Choosing again: the first decision, served with its thread count.
+    let again = cached(None);
+    assert_eq!(
+        (again.cache, again.id.as_str(), again.threads),
+        (CacheOutcome::Hit, "s7", 1)
     );
 }

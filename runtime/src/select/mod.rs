@@ -14,6 +14,7 @@ mod race;
 mod report;
 mod reuse;
 mod search;
+mod setup;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,6 +37,7 @@ pub use reuse::CacheOutcome;
 pub use search::{
     Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS,
 };
+pub use setup::{available_cpus, thread_counts, Setup};
 
 /// Why no sub-network could be selected.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,8 @@ impl std::str::FromStr for EngineChoice {
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub engine: EngineChoice,
+    /// `threads: None` selects the thread count too, among
+    /// [`thread_counts`] of the CPUs this process may use; `Some(n)` fixes it.
     pub engine_options: EngineOptions,
     pub measure: MeasureOptions,
     /// Root of the files the probe reads (`/` on a device).
@@ -153,6 +157,8 @@ pub struct Chosen {
     pub cache: CacheOutcome,
     /// The engine that measured and serves it, e.g. `tract 0.23.9`.
     pub engine: String,
+    /// The engine's intra-op threads it was measured and is served with.
+    pub threads: usize,
     /// With `auto` and two engines available: both engines' measurements of
     /// the first candidate (empty on a cache hit).
     pub engine_trials: Vec<EngineTrial>,
@@ -247,14 +253,26 @@ impl Runtime {
     pub fn profile(&self, id: &str, batch: u32) -> Result<Measurement, SelectError> {
         let subnet = self.bundle.subnet(id)?;
         self.bundle.verify(&subnet)?;
-        let engine = self.engines(batch)?.remove(0);
+        let setup = Setup {
+            engine: self.engines(batch)?.remove(0),
+            threads: self.thread_counts()[0],
+        };
         let mut measured = self
-            .measure(&[&subnet], batch, &self.options.measure, engine.kind)
+            .measure(&[&subnet], batch, &self.options.measure, &setup)
             .map_err(|failure| SelectError::Measure {
                 id: id.to_owned(),
                 failure,
             })?;
         Ok(measured.remove(0))
+    }
+
+    /// The thread counts to select among: the one the user fixed, or
+    /// [`thread_counts`] of the CPUs this process may use, the largest first.
+    fn thread_counts(&self) -> Vec<usize> {
+        match self.options.engine_options.threads {
+            Some(n) => vec![n],
+            None => thread_counts(available_cpus()),
+        }
     }
 
     /// Measures `subnets` in one job (round-robin when there are several).
@@ -263,12 +281,12 @@ impl Runtime {
         subnets: &[&Subnet<'_>],
         batch: u32,
         measure: &MeasureOptions,
-        engine: EngineKind,
+        setup: &Setup,
     ) -> Result<Vec<Measurement>, Failure> {
         let job = Job {
             graphs: subnets.iter().map(|s| self.bundle.graph_path(s)).collect(),
-            engine,
-            options: self.engine_options(batch),
+            engine: setup.engine.kind,
+            options: self.setup_options(batch, setup),
             measure: measure.clone(),
             input_shape: self.input_shape(batch),
         };
@@ -279,9 +297,17 @@ impl Runtime {
         &self,
         graph: &Path,
         batch: u32,
-        engine: EngineKind,
+        setup: &Setup,
     ) -> Result<Box<dyn Session>, EngineError> {
-        engine::load(engine, graph, &self.engine_options(batch))
+        engine::load(setup.engine.kind, graph, &self.setup_options(batch, setup))
+    }
+
+    /// The engine options of a candidate run with `setup`.
+    fn setup_options(&self, batch: u32, setup: &Setup) -> EngineOptions {
+        EngineOptions {
+            threads: Some(setup.threads),
+            ..self.engine_options(batch)
+        }
     }
 
     fn engine_options(&self, batch: u32) -> EngineOptions {

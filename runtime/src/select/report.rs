@@ -12,11 +12,13 @@ pub fn render_selection(m: &Manifest<'_>, c: &Chosen) -> String {
     let p = c.percentile.value();
     let _ = writeln!(
         out,
-        "limits: p{p} latency <= {:.2} ms at batch {}, memory <= {:.0} MB; engine {}",
+        "limits: p{p} latency <= {:.2} ms at batch {}, memory <= {:.0} MB; engine {} on {} thread{}",
         c.limits.latency_ms,
         c.limits.batch,
         c.limits.memory_bytes as f64 / MB,
-        c.engine
+        c.engine,
+        c.threads,
+        if c.threads == 1 { "" } else { "s" }
     );
     if c.cache == CacheOutcome::Hit {
         let _ = writeln!(out, "decision from the cache (same device, clocks, engine, bundle, limits and options): nothing measured");
@@ -36,10 +38,11 @@ pub fn render_selection(m: &Manifest<'_>, c: &Chosen) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<12} {:<8} {:<6} {:>10} {:>10} {:>10} {:>9}  verdict",
+            "  {:<12} {:<8} {:<6} {:>7} {:>10} {:>10} {:>10} {:>9}  verdict",
             "id",
             "stage",
             "engine",
+            "threads",
             "predicted",
             format!("p{p} ms"),
             "upper ms",
@@ -68,9 +71,10 @@ pub fn render_selection(m: &Manifest<'_>, c: &Chosen) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<12} {stage:<8} {:<6} {predicted:>10} {lat:>10} {upper:>10} {mem:>9}  {verdict}",
+                "  {:<12} {stage:<8} {:<6} {:>7} {predicted:>10} {lat:>10} {upper:>10} {mem:>9}  {verdict}",
                 t.id,
-                t.engine.to_string()
+                t.engine.to_string(),
+                t.threads
             );
         }
     }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Chosen, EngineChoice, Limits, MemoryLimit, Runtime, SelectError, Verify, MB};
+use super::{Chosen, EngineChoice, Limits, MemoryLimit, Runtime, SelectError, Setup, Verify, MB};
 use crate::cache::{self, Cache, Lookup};
 use crate::engine::{EngineInfo, EngineKind, Session};
 use crate::manifest::{Sha256, Subnet};
@@ -46,8 +46,11 @@ pub struct CacheKey {
     pub bundle: Sha256,
     /// The limits as the user wrote them.
     pub limits: Limits,
-    /// Threads the engine ran with.
-    pub threads: u32,
+    /// The thread counts the selection chose among: the one `--threads`
+    /// fixed, or every count it tried (largest first), so a decision made
+    /// choosing is not reused when the user fixes the count, nor the
+    /// reverse, nor on a device whose usable CPUs changed.
+    pub threads: Vec<u32>,
     /// How candidates were measured.
     pub measuring: MeasureOptions,
 }
@@ -164,6 +167,8 @@ struct Decision {
     id: String,
     /// The engine that measured it, and serves it.
     engine: EngineKind,
+    /// The engine's intra-op threads it was measured with, and serves with.
+    threads: usize,
     /// The confirmation's measurement, without its samples.
     measured: Measurement,
     candidates_measured: u32,
@@ -180,7 +185,8 @@ impl Runtime {
         bounds: &policy::Bounds,
         engines: &[EngineInfo],
     ) -> Result<Chosen, SelectError> {
-        let key = self.cache_key(limits, engines);
+        let threads = self.thread_counts();
+        let key = self.cache_key(limits, engines, &threads);
         let mut notes = Vec::new();
         let cache = self.options.cache.as_ref().map(Cache::at);
         // Held until the decision is stored: a second runtime starting at
@@ -195,7 +201,7 @@ impl Runtime {
             }
             match cache.load::<Decision>(&key) {
                 Lookup::Hit(decision) => match self.reuse(&decision, bounds, engines) {
-                    Ok((subnet, engine, session)) => {
+                    Ok((subnet, setup, session)) => {
                         return Ok(Chosen {
                             id: decision.id,
                             width: subnet.width,
@@ -204,7 +210,8 @@ impl Runtime {
                             limits: *bounds,
                             percentile: limits.percentile,
                             cache: CacheOutcome::Hit,
-                            engine: engine.to_string(),
+                            engine: setup.engine.to_string(),
+                            threads: setup.threads,
                             engine_trials: Vec::new(),
                             trials: Vec::new(),
                             confirmed: None,
@@ -223,7 +230,7 @@ impl Runtime {
             }
         }
 
-        let mut decided = self.search(bounds, limits.percentile, engines)?;
+        let mut decided = self.search(bounds, limits.percentile, engines, &threads)?;
         notes.append(&mut decided.notes);
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[decided.index];
@@ -231,7 +238,7 @@ impl Runtime {
             .load(
                 &self.bundle.graph_path(subnet),
                 bounds.batch,
-                decided.engine.kind,
+                &decided.setup,
             )
             .map_err(|source| SelectError::Load {
                 id: subnet.id.to_owned(),
@@ -249,7 +256,8 @@ impl Runtime {
             Some(cache) => {
                 let decision = Decision {
                     id: subnet.id.to_owned(),
-                    engine: decided.engine.kind,
+                    engine: decided.setup.engine.kind,
+                    threads: decided.setup.threads,
                     measured: Measurement {
                         samples_ms: Vec::new(),
                         ..decided.measured.clone()
@@ -278,7 +286,8 @@ impl Runtime {
             limits: *bounds,
             percentile: limits.percentile,
             cache: outcome,
-            engine: decided.engine.to_string(),
+            engine: decided.setup.engine.to_string(),
+            threads: decided.setup.threads,
             engine_trials: decided.engine_trials,
             trials: decided.trials,
             confirmed: Some(decided.confirmed),
@@ -291,16 +300,20 @@ impl Runtime {
 
     /// The cached winner, verified and loaded with its engine, if it still
     /// fits the memory resolved now; else why not.
-    fn reuse<'e>(
+    fn reuse(
         &self,
         decision: &Decision,
         limits: &policy::Bounds,
-        engines: &'e [EngineInfo],
-    ) -> Result<(Subnet<'_>, &'e EngineInfo, Box<dyn Session>), String> {
+        engines: &[EngineInfo],
+    ) -> Result<(Subnet<'_>, Setup, Box<dyn Session>), String> {
         let engine = engines
             .iter()
             .find(|e| e.kind == decision.engine)
             .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
+        let setup = Setup {
+            engine: engine.clone(),
+            threads: decision.threads,
+        };
         let subnet = self
             .bundle
             .subnet(&decision.id)
@@ -315,14 +328,14 @@ impl Runtime {
         }
         self.bundle.verify(&subnet).map_err(|e| e.to_string())?;
         let session = self
-            .load(&self.bundle.graph_path(&subnet), limits.batch, engine.kind)
+            .load(&self.bundle.graph_path(&subnet), limits.batch, &setup)
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-        Ok((subnet, engine, session))
+        Ok((subnet, setup, session))
     }
 
     /// `engines` keyed by name and version: `auto` is keyed by the engines
     /// it could choose from, so installing ONNX Runtime selects again.
-    fn cache_key(&self, limits: &Limits, engines: &[EngineInfo]) -> CacheKey {
+    fn cache_key(&self, limits: &Limits, engines: &[EngineInfo], threads: &[usize]) -> CacheKey {
         let names: Vec<String> = engines.iter().map(EngineInfo::to_string).collect();
         let engine = match self.options.engine {
             EngineChoice::Auto => format!("auto: {}", names.join(" | ")),
@@ -336,7 +349,7 @@ impl Runtime {
             tailor: env!("CARGO_PKG_VERSION").to_owned(),
             bundle: self.bundle.identity(),
             limits: *limits,
-            threads: self.options.engine_options.threads.unwrap_or(0) as u32,
+            threads: threads.iter().map(|&t| t as u32).collect(),
             measuring: self.options.measure.clone(),
         }
     }
@@ -357,7 +370,7 @@ mod tests {
             tailor: "0.1.0".into(),
             bundle: Sha256([3; 32]),
             limits: Limits::latency_ms(25.0).memory_mb(900).min_quality(80.0),
-            threads: 4,
+            threads: vec![4],
             measuring: MeasureOptions::default(),
         }
     }
@@ -410,7 +423,7 @@ mod tests {
                 k.limits = k.limits.memory_mb(901)
             }),
             (KeyField::MinQuality, |k| k.limits.min_quality = None),
-            (KeyField::Threads, |k| k.threads = 2),
+            (KeyField::Threads, |k| k.threads = vec![4, 2, 1]),
             (KeyField::Measuring, |k| k.measuring.min_runs += 1),
         ];
         for (field, change) in changes {
@@ -431,10 +444,10 @@ mod tests {
         // another limit: a new thread count on this device is the news.
         let elsewhere = key_with(|k| {
             k.device = "raspberry-pi-5".into();
-            k.threads = 2;
+            k.threads = vec![2];
         });
         cache.store(&elsewhere, &decision("w192-d6")).unwrap();
-        let wanted = key_with(|k| k.threads = 2);
+        let wanted = key_with(|k| k.threads = vec![2]);
         assert!(matches!(
             cache.load::<String>(&wanted),
             Lookup::Miss(Miss::KeyChanged(KeyField::Threads))

@@ -1,10 +1,10 @@
-//! One engine's search: the driver that steps the
+//! One setup's search: the driver that steps the
 //! [`policy`](crate::policy)'s selector with real measurements (trials),
 //! confirms its winner and says, in words, why nothing fits.
 
 use serde::Serialize;
 
-use super::{Runtime, SelectError, MB};
+use super::{Runtime, SelectError, Setup, MB};
 use crate::engine::{EngineInfo, EngineKind};
 use crate::manifest::{Manifest, Subnet};
 use crate::policy::{self, BundleSelector, Candidate, Observation, Shortfall, Step};
@@ -27,6 +27,8 @@ pub struct Trial {
     pub id: String,
     /// The engine that measured it.
     pub engine: EngineKind,
+    /// The engine's intra-op threads.
+    pub threads: usize,
     pub stage: Stage,
     pub predicted_ms: Option<f64>,
     /// `None` when the candidate failed to load or run.
@@ -80,7 +82,7 @@ pub struct RivalMeasured {
 /// A decision made afresh: the winner, with the trials behind it.
 pub(super) struct Decided {
     pub(super) index: usize,
-    pub(super) engine: EngineInfo,
+    pub(super) setup: Setup,
     pub(super) engine_trials: Vec<EngineTrial>,
     pub(super) measured: Measurement,
     pub(super) trials: Vec<Trial>,
@@ -90,7 +92,7 @@ pub(super) struct Decided {
     pub(super) notes: Vec<String>,
 }
 
-/// How one engine's search ended.
+/// How one setup's search ended.
 pub(super) enum Ended {
     /// `index` (in the manifest) won; `better` are the candidates ranked
     /// above it.
@@ -175,8 +177,8 @@ pub(super) struct Search<'r> {
     pub(super) runtime: &'r Runtime,
     pub(super) limits: &'r policy::Bounds,
     pub(super) percentile: Percentile,
-    /// The engine measuring the candidates.
-    pub(super) engine: EngineInfo,
+    /// How the candidates run: the engine and its threads.
+    pub(super) setup: Setup,
     /// Engines still to compare with it on the first candidate.
     pub(super) contenders: Vec<EngineInfo>,
     pub(super) engine_trials: Vec<EngineTrial>,
@@ -189,19 +191,23 @@ pub(super) struct Search<'r> {
 }
 
 impl<'r> Search<'r> {
-    /// A search measuring with `engines[0]`, racing the rest on the first
-    /// candidate.
+    /// A search measuring with `engines[0]` on `threads`, racing the
+    /// other engines on the first candidate.
     pub(super) fn new(
         runtime: &'r Runtime,
         limits: &'r policy::Bounds,
         percentile: Percentile,
         engines: &[EngineInfo],
+        threads: usize,
     ) -> Self {
         Search {
             runtime,
             limits,
             percentile,
-            engine: engines[0].clone(),
+            setup: Setup {
+                engine: engines[0].clone(),
+                threads,
+            },
             contenders: engines[1..].to_vec(),
             engine_trials: Vec::new(),
             trials: Vec::new(),
@@ -274,7 +280,7 @@ impl<'r> Search<'r> {
                 &[subnet],
                 self.limits.batch,
                 &runtime.options.measure,
-                self.engine.kind,
+                &self.setup,
             );
             let measured = self.race(subnet, measured);
             measured
@@ -288,7 +294,8 @@ impl<'r> Search<'r> {
                 let fits = self.limits.admit(&point);
                 self.trials.push(Trial {
                     id: subnet.id.to_owned(),
-                    engine: self.engine.kind,
+                    engine: self.setup.engine.kind,
+                    threads: self.setup.threads,
                     stage: Stage::Search,
                     predicted_ms,
                     measured: Some(m),
@@ -301,7 +308,8 @@ impl<'r> Search<'r> {
             Err(FailedTrial::RulesOut(note)) => {
                 self.trials.push(Trial {
                     id: subnet.id.to_owned(),
-                    engine: self.engine.kind,
+                    engine: self.setup.engine.kind,
+                    threads: self.setup.threads,
                     stage: Stage::Search,
                     predicted_ms,
                     measured: None,
@@ -341,7 +349,7 @@ impl<'r> Search<'r> {
                 .try_for_each(|s| self.verified(s))
                 .and_then(|()| {
                     runtime
-                        .measure(&subnets, self.limits.batch, &opts, self.engine.kind)
+                        .measure(&subnets, self.limits.batch, &opts, &self.setup)
                         .map_err(|f| self.failed(subnets[0].id, f))
                 });
             let noisy = matches!(&measured, Ok(m) if m[0].noisy);
@@ -366,7 +374,8 @@ impl<'r> Search<'r> {
                         let fits = self.limits.admit(&point);
                         self.trials.push(Trial {
                             id: manifest.subnets[i].id.to_owned(),
-                            engine: self.engine.kind,
+                            engine: self.setup.engine.kind,
+                            threads: self.setup.threads,
                             stage: Stage::Confirm,
                             predicted_ms: None,
                             measured: Some(m),
@@ -381,7 +390,8 @@ impl<'r> Search<'r> {
             Err(FailedTrial::RulesOut(note)) => {
                 self.trials.push(Trial {
                     id: manifest.subnets[index].id.to_owned(),
-                    engine: self.engine.kind,
+                    engine: self.setup.engine.kind,
+                    threads: self.setup.threads,
                     stage: Stage::Confirm,
                     predicted_ms: None,
                     measured: None,
@@ -404,10 +414,9 @@ impl<'r> Search<'r> {
         let manifest = runtime.bundle.manifest();
         let id = manifest.subnets[index].id;
         let confirmed_trial = |id: &str| {
-            self.trials
-                .iter()
-                .rev()
-                .find(|t| t.id == id && t.stage == Stage::Confirm && t.measured.is_some())
+            self.trials.iter().rev().find(|t| {
+                t.id == id && t.stage == Stage::Confirm && self.ran(t) && t.measured.is_some()
+            })
         };
         let winner = confirmed_trial(id)
             .and_then(|t| t.measured.clone())
@@ -416,7 +425,7 @@ impl<'r> Search<'r> {
         let last = self
             .trials
             .iter()
-            .rposition(|t| t.id == id && t.stage == Stage::Confirm);
+            .rposition(|t| t.id == id && t.stage == Stage::Confirm && self.ran(t));
         let rival = last
             .and_then(|at| self.trials.get(at + 1))
             .filter(|t| t.stage == Stage::Confirm && t.id != id)
@@ -439,7 +448,7 @@ impl<'r> Search<'r> {
         };
         Ok(Decided {
             index,
-            engine: self.engine,
+            setup: self.setup,
             engine_trials: self.engine_trials,
             noisy: winner.noisy,
             measured: winner,
@@ -458,13 +467,18 @@ impl<'r> Search<'r> {
         }
     }
 
-    /// Candidate `i`'s search measurement.
+    /// Candidate `i`'s search measurement with this search's setup.
     fn searched(&self, i: usize) -> Option<&Measurement> {
         let id = self.runtime.bundle.manifest().subnets[i].id;
         self.trials
             .iter()
-            .find(|t| t.id == id && t.stage == Stage::Search)
+            .find(|t| t.id == id && t.stage == Stage::Search && self.ran(t))
             .and_then(|t| t.measured.as_ref())
+    }
+
+    /// Whether `trial` ran with this search's setup.
+    fn ran(&self, trial: &Trial) -> bool {
+        trial.engine == self.setup.engine.kind && trial.threads == self.setup.threads
     }
 
     /// Checks the files of `subnet`; a corrupted file is that candidate's problem.

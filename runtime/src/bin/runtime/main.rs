@@ -153,8 +153,9 @@ struct Common {
     /// ONNX Runtime execution provider (cpu, cuda, tensorrt, ...) [default: cpu].
     #[arg(long)]
     provider: Option<ExecutionProvider>,
-    /// Engine threads [default: the CPUs this process may use, for both
-    /// engines, so `--engine auto` compares them alike].
+    /// Engine threads [default: selected with the sub-network among 1,
+    /// half and all the CPUs this process may use; `runtime profile` uses
+    /// all of them].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// libonnxruntime.so for `--engine ort` (default: $ORT_DYLIB_PATH).
@@ -312,10 +313,8 @@ impl Common {
         let options = RuntimeOptions {
             engine: self.engine.or(config.engine).unwrap_or_default(),
             engine_options: EngineOptions {
-                threads: self.threads.or(config.threads).or_else(|| {
-                    // Affinity and cgroup quota included; tract alone would use one.
-                    std::thread::available_parallelism().ok().map(usize::from)
-                }),
+                // Unset: selected among 1, half and all the usable CPUs.
+                threads: self.threads.or(config.threads),
                 batch: 1,
                 provider: self.provider.or(config.provider).unwrap_or_default(),
                 ort_library: self
@@ -594,6 +593,7 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
             "memory_mb": c.limits.memory_bytes as f64 / (1024.0 * 1024.0), "min_quality": c.limits.min_quality,
         },
         "engine": c.engine,
+        "threads": c.threads,
         "engine_trials": c.engine_trials.iter().map(|t| json!({
             "engine": t.engine, "id": t.id, "note": t.note,
             "measured": t.measured.as_ref().map(measured_json),
@@ -605,7 +605,7 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
         "noisy": c.noisy,
         "notes": c.notes,
         "trials": c.trials.iter().map(|t| json!({
-            "id": t.id, "engine": t.engine.to_string(), "stage": t.stage, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
+            "id": t.id, "engine": t.engine.to_string(), "threads": t.threads, "stage": t.stage, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
             "measured": t.measured.as_ref().map(|m| {
                 let mut v = measured_json(m);
                 v["upper_ms"] = json!(m.upper_ms(c.percentile));
