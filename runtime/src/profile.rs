@@ -164,6 +164,21 @@ impl Measurement {
         }
     }
 
+    /// This measurement and `again`'s, as one: their runs together, the
+    /// first's load and cold run, the larger memory figures. A burst of
+    /// other load that hit one of them weighs as it does on the device.
+    pub fn pooled(&self, again: &Measurement) -> Measurement {
+        Measurement {
+            load_ms: self.load_ms,
+            engine_build_ms: self.engine_build_ms,
+            first_ms: self.first_ms,
+            rss_mb: self.rss_mb.max(again.rss_mb),
+            peak_mb: self.peak_mb.max(again.peak_mb),
+            memory: self.memory,
+            ..Measurement::of_runs([&self.samples_ms[..], &again.samples_ms[..]].concat())
+        }
+    }
+
     pub fn percentile_ms(&self, p: Percentile) -> f64 {
         match p {
             Percentile::P50 => self.p50_ms,
@@ -531,6 +546,27 @@ mod tests {
         let quiet = Measurement::of_runs(vec![20.0, 24.0, 20.0, 20.0]);
         assert!((quiet.cv - 3f64.sqrt() / 21.0).abs() < 1e-12, "{quiet:?}");
         assert!(!quiet.noisy);
+    }
+
+    #[test]
+    fn pooled_measurements_hold_both_runs() {
+        let first = Measurement {
+            load_ms: 5.0,
+            peak_mb: 10.0,
+            ..Measurement::of_runs(vec![1.0, 1.0, 1.0, 1.0, 1.0])
+        };
+        let again = Measurement {
+            load_ms: 7.0,
+            peak_mb: 12.0,
+            ..Measurement::of_runs(vec![1.0, 1.0, 1.0, 9.0, 9.0])
+        };
+        let both = first.pooled(&again);
+        assert_eq!(both.runs, 10);
+        // 8 of 10 runs at 1 ms: p50 1, p90 9 (the burst), mean 2.6.
+        assert_eq!((both.p50_ms, both.p90_ms), (1.0, 9.0));
+        assert!((both.mean_ms - 2.6).abs() < 1e-12, "{both:?}");
+        assert!(both.noisy);
+        assert_eq!((both.load_ms, both.peak_mb), (5.0, 12.0));
     }
 
     #[test]

@@ -53,8 +53,13 @@ fn bundle(dir: &Path) -> PathBuf {
 /// A measuring child that answers without running anything: `sN` on `t`
 /// threads measures `searched` ms, and `confirmed` ms when confirmed (more
 /// than the default 10 runs); both are shell arithmetic of `n` and `t`.
-fn fake_child(dir: &Path, searched: &str, confirmed: &str) -> Isolation {
+/// From `sN` with N >= `noisy_from` on, a first search measurement comes
+/// back noisy, and measured again it takes three times as long.
+fn fake_child(dir: &Path, searched: &str, confirmed: &str, noisy_from: u64) -> Isolation {
     let path = dir.join("child.sh");
+    let seen = dir.join("seen");
+    fs::create_dir_all(&seen).unwrap();
+    let seen = seen.display();
     let script = format!(
         r#"#!/bin/sh
 job=$(cat)
@@ -63,7 +68,11 @@ t=$(printf '%s' "$job" | sed 's/.*"threads":\([0-9]*\).*/\1/')
 out=""
 for n in $(printf '%s' "$job" | grep -o '/s[0-9]*\.onnx' | tr -dc '0-9\n'); do
   if [ "$runs" -gt 10 ]; then ms=$(({confirmed})); else ms=$(({searched})); fi
-  m="{{\"load_ms\":1,\"engine_build_ms\":null,\"first_ms\":$ms,\"runs\":$runs,\"mean_ms\":$ms,\"p50_ms\":$ms,\"p90_ms\":$ms,\"p99_ms\":$ms,\"stdev_ms\":0,\"cv\":0,\"noisy\":false,\"rss_mb\":1,\"peak_mb\":1,\"memory\":\"sampled_rss\",\"samples_ms\":[]}}"
+  noisy=false
+  if [ "$runs" -le 10 ] && [ "$n" -ge {noisy_from} ]; then
+    if [ -e "{seen}/$n-$t" ]; then ms=$((3 * ms)); else : > "{seen}/$n-$t"; noisy=true; fi
+  fi
+  m="{{\"load_ms\":1,\"engine_build_ms\":null,\"first_ms\":$ms,\"runs\":$runs,\"mean_ms\":$ms,\"p50_ms\":$ms,\"p90_ms\":$ms,\"p99_ms\":$ms,\"stdev_ms\":0,\"cv\":0,\"noisy\":$noisy,\"rss_mb\":1,\"peak_mb\":1,\"memory\":\"sampled_rss\",\"samples_ms\":[$ms]}}"
   out="$out${{out:+,}}$m"
 done
 echo "{{\"Measured\":[$out]}}"
@@ -79,7 +88,7 @@ fn options(dir: &Path, searched: &str, confirmed: &str) -> RuntimeOptions {
     RuntimeOptions {
         engine: EngineChoice::Only(EngineKind::Tract),
         cache: None,
-        isolation: fake_child(dir, searched, confirmed),
+        isolation: fake_child(dir, searched, confirmed, u64::MAX),
         ..RuntimeOptions::default()
     }
 }
@@ -140,6 +149,25 @@ fn nothing_fits_once_the_smallest_missed_when_measured_again() {
             && why.contains("the smallest, s1, measured 10.00 ms"),
         "{why}"
     );
+}
+
+#[test]
+fn a_noisy_measurement_is_repeated_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    // From s4 on, the first measurement is noisy and fits, the repeat runs
+    // three times as long: pooled, its p90 is the repeat's and misses.
+    let mut options = options(dir.path(), "n", "n");
+    options.isolation = fake_child(dir.path(), "n", "n", 4);
+    options.engine_options.threads = Some(1);
+    let chosen = select_with(&bundle(dir.path()), options, 7.5).unwrap();
+    assert_eq!(chosen.id, "s3", "{:?}", chosen.trials);
+    let repeated = chosen
+        .trials
+        .iter()
+        .find(|t| size(&t.id) >= 4)
+        .expect("a noisy candidate was measured");
+    let m = repeated.measured.as_ref().unwrap();
+    assert_eq!((m.runs, repeated.fits), (2, false), "{repeated:?}");
 }
 
 /// A device busy enough that each thread beyond the first slows a run

@@ -4,6 +4,7 @@
 //! Nothing here fails: what cannot be read is `None` and a note says why.
 
 mod cpu;
+mod load;
 mod sysroot;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use cpu::{Clocks, Cluster, Cpu, Feature};
+pub use load::{Load, LoadReading};
 use sysroot::{clip, Sysroot};
 
 /// Where Jetson's nvpmodel writes `pmode:0001 fmode:...`, relative to the root.

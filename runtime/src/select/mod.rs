@@ -26,7 +26,7 @@ use crate::engine::{
 };
 use crate::manifest::Subnet;
 use crate::policy::{self, PolicyError};
-use crate::probe::{self, DeviceInfo};
+use crate::probe::{self, DeviceInfo, Load, LoadReading};
 use crate::profile::{MeasureOptions, Measurement};
 use crate::trial::{self, Failure, Isolation, Job};
 
@@ -68,6 +68,15 @@ pub enum SelectError {
     },
     #[error("loading the chosen sub-network {id}")]
     Load { id: String, source: EngineError },
+}
+
+/// Whether a selection may reuse a cached decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// The decision cached for the same key, if it still holds.
+    Cached,
+    /// None: a decision made on a busy device is replaced once it is quiet.
+    Never,
 }
 
 /// Which bundle files to hash before a candidate is loaded.
@@ -168,6 +177,8 @@ pub struct Chosen {
     pub confirmed: Option<Confirmed>,
     /// The winner's measurement stayed noisy after repeats: it holds less.
     pub noisy: bool,
+    /// The load the decision was measured beside (on a hit, when cached).
+    pub load: Load,
     /// What the user should know: a stale cache, an unwritable cache, a
     /// cached winner that broke.
     pub notes: Vec<String>,
@@ -179,6 +190,12 @@ impl Chosen {
     /// The loaded session of the winner.
     pub fn session(&mut self) -> &mut dyn Session {
         self.session.as_mut()
+    }
+
+    /// Whether the decision was measured beside other load: it holds less,
+    /// and a service selects again once the device is quiet.
+    pub fn made_busy(&self) -> bool {
+        self.noisy || self.load.is_busy(available_cpus())
     }
 
     /// Candidates actually measured for this decision (0 on a cache hit).
@@ -220,10 +237,17 @@ impl Runtime {
     /// Picks the best sub-network within `limits`, from the cache when this
     /// device, engine, bundle and limits were seen before.
     pub fn select(&self, limits: &Limits) -> Result<Chosen, SelectError> {
+        self.select_with(limits, Reuse::Cached)
+    }
+
+    /// [`Runtime::select`], or with [`Reuse::Never`] afresh whatever the
+    /// cache holds, caching the decision in place of the old one.
+    pub fn select_with(&self, limits: &Limits, reuse: Reuse) -> Result<Chosen, SelectError> {
         let start = Instant::now();
         let bounds = limits.resolve(&self.device)?;
         let engines = self.engines(bounds.batch)?;
-        let mut chosen = self.select_through_cache(limits, &bounds, &engines)?;
+        let load = LoadReading::now(&self.options.sysroot);
+        let mut chosen = self.select_through_cache(limits, &bounds, &engines, reuse, &load)?;
         chosen.selection_ms = ms(start.elapsed());
         Ok(chosen)
     }

@@ -20,6 +20,7 @@ pub fn render_selection(m: &Manifest<'_>, c: &Chosen) -> String {
         c.threads,
         if c.threads == 1 { "" } else { "s" }
     );
+    let _ = writeln!(out, "measured beside: {}", c.load);
     if c.cache == CacheOutcome::Hit {
         let _ = writeln!(out, "decision from the cache (same device, clocks, engine, bundle, limits and options): nothing measured");
     } else {

@@ -5,11 +5,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Chosen, EngineChoice, Limits, MemoryLimit, Runtime, SelectError, Setup, Verify, MB};
+use super::{
+    available_cpus, Chosen, EngineChoice, Limits, MemoryLimit, Reuse, Runtime, SelectError, Setup,
+    Verify, MB,
+};
 use crate::cache::{self, Cache, Lookup};
 use crate::engine::{EngineInfo, EngineKind, Session};
 use crate::manifest::{Sha256, Subnet};
 use crate::policy;
+use crate::probe::{Load, LoadReading};
 use crate::profile::{MeasureOptions, Measurement};
 
 /// What became of the decision cache.
@@ -173,6 +177,8 @@ struct Decision {
     measured: Measurement,
     candidates_measured: u32,
     noisy: bool,
+    /// The load it was measured beside.
+    load: Load,
 }
 
 impl Runtime {
@@ -184,6 +190,8 @@ impl Runtime {
         limits: &Limits,
         bounds: &policy::Bounds,
         engines: &[EngineInfo],
+        reuse: Reuse,
+        before: &LoadReading,
     ) -> Result<Chosen, SelectError> {
         let threads = self.thread_counts();
         let key = self.cache_key(limits, engines, &threads);
@@ -199,7 +207,11 @@ impl Runtime {
             if self.options.verify == Verify::Changed {
                 self.bundle.trust(&cache.verified());
             }
-            match cache.load::<Decision>(&key) {
+            let cached = match reuse {
+                Reuse::Cached => cache.load::<Decision>(&key),
+                Reuse::Never => Lookup::Miss(cache::Miss::Absent),
+            };
+            match cached {
                 Lookup::Hit(decision) => match self.reuse(&decision, bounds, engines) {
                     Ok((subnet, setup, session)) => {
                         return Ok(Chosen {
@@ -216,6 +228,7 @@ impl Runtime {
                             trials: Vec::new(),
                             confirmed: None,
                             noisy: decision.noisy,
+                            load: decision.load,
                             notes,
                             selection_ms: 0.0,
                             session,
@@ -231,6 +244,7 @@ impl Runtime {
         }
 
         let mut decided = self.search(bounds, limits.percentile, engines, &threads)?;
+        let load = before.until(&LoadReading::now(&self.options.sysroot));
         notes.append(&mut decided.notes);
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[decided.index];
@@ -251,6 +265,12 @@ impl Runtime {
                 subnet.id, decided.measured.cv
             ));
         }
+        if load.is_busy(available_cpus()) {
+            notes.push(format!(
+                "the device was busy while selecting ({load}): the pick may be smaller than a quiet \
+                 device allows; the service selects again after `reselect_after_boot_s` if set"
+            ));
+        }
         let outcome = match &cache {
             None => CacheOutcome::Disabled,
             Some(cache) => {
@@ -264,6 +284,7 @@ impl Runtime {
                     },
                     candidates_measured: decided.trials.len() as u32,
                     noisy: decided.noisy,
+                    load,
                 };
                 let stored = cache
                     .store(&key, &decision)
@@ -292,6 +313,7 @@ impl Runtime {
             trials: decided.trials,
             confirmed: Some(decided.confirmed),
             noisy: decided.noisy,
+            load,
             notes,
             selection_ms: 0.0,
             session,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::select::Chosen;
+use crate::select::{Chosen, Reuse};
 pub use limits::Limits;
 use metrics::Metrics;
 
@@ -85,6 +85,9 @@ pub struct ServeOptions {
     pub power_mode_file: Option<PathBuf>,
     /// How often the power-mode file is read.
     pub power_poll: Duration,
+    /// Selects again, afresh, this long after start-up when the start-up
+    /// decision was made beside other load ([`Chosen::made_busy`]).
+    pub reselect_after_boot: Option<Duration>,
 }
 
 /// One selection as the server keeps it: the loaded winner and the report
@@ -145,11 +148,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// Binds `listen`, selects with `select`, tells systemd it is ready, then
 /// serves until the process is stopped.
 ///
-/// `select` is called again on SIGHUP and when the power mode changes; a
-/// failed re-selection is logged (`log::error!`) and the old one keeps serving.
+/// `select` is called again on SIGHUP and when the power mode changes, and
+/// afresh ([`Reuse::Never`]) once after `reselect_after_boot` if the first
+/// decision was made busy; a failed re-selection is logged (`log::error!`)
+/// and the old one keeps serving.
 pub fn serve<F>(listen: &Listen, options: ServeOptions, select: F) -> Result<()>
 where
-    F: Fn() -> Result<Selection> + Send + 'static,
+    F: Fn(Reuse) -> Result<Selection> + Send + 'static,
 {
     let limits = options.limits;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -171,7 +176,12 @@ where
     let power_mode = |file: &Option<PathBuf>| file.as_ref().and_then(|f| std::fs::read(f).ok());
     let mut seen_power_mode = power_mode(&options.power_mode_file);
 
-    let first = Served::new(select()?);
+    let first = select(Reuse::Cached)?;
+    let mut quiet_check = options
+        .reselect_after_boot
+        .filter(|_| first.chosen.made_busy())
+        .map(|after| Instant::now() + after);
+    let first = Served::new(first);
     log::info!("serving {} on {listen}", first.id);
     let state = Arc::new(State {
         current: RwLock::new(Arc::new(first)),
@@ -189,6 +199,11 @@ where
             loop {
                 std::thread::sleep(TICK);
                 let mut why = hup.swap(false, Ordering::SeqCst).then_some("SIGHUP");
+                let mut reuse = Reuse::Cached;
+                if quiet_check.is_some_and(|at| Instant::now() >= at) {
+                    quiet_check = None;
+                    (why, reuse) = (Some("a busy start-up"), Reuse::Never);
+                }
                 if polled.elapsed() >= options.power_poll {
                     polled = Instant::now();
                     let now = power_mode(&options.power_mode_file);
@@ -198,7 +213,7 @@ where
                     }
                 }
                 let Some(why) = why else { continue };
-                match select() {
+                match select(reuse) {
                     Ok(selection) => {
                         let served = Served::new(selection);
                         log::info!("re-selected on {why}: now serving {}", served.id);

@@ -45,6 +45,14 @@ pub struct Config {
     #[cfg(not(feature = "serve"))]
     pub serve: Option<serde::de::IgnoredAny>,
     pub cache: Option<PathBuf>,
+    /// `serve` only: select again, afresh, this many seconds after start-up
+    /// when the start-up decision was made beside other load; unset: never.
+    #[serde(
+        default,
+        rename = "reselect_after_boot_s",
+        deserialize_with = "seconds"
+    )]
+    pub reselect_after_boot: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -120,6 +128,16 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     }
 }
 
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let v = f64::deserialize(d)?;
+    match std::time::Duration::try_from_secs_f64(v) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{v} is not a positive number of seconds"
+        ))),
+    }
+}
+
 fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let v = f64::deserialize(d)?;
     if v > 0.0 && v <= 1.0 {
@@ -159,6 +177,26 @@ mod tests {
         assert_eq!(c.provider, Some(ExecutionProvider::TensorRt));
         assert_eq!(c.threads, Some(4));
         assert_eq!(c.listen, Some("unix:/run/s".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_reselection_timer_is_a_positive_number_of_seconds_or_off() {
+        let c = parse(
+            "reselect_after_boot_s = 120
+",
+        )
+        .unwrap();
+        assert_eq!(
+            c.reselect_after_boot,
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(parse("").unwrap().reselect_after_boot, None);
+        for bad in ["0", "-1", "1e300"] {
+            let err = parse(&format!("reselect_after_boot_s = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is not a positive number of seconds"), "{err}");
+        }
     }
 
     #[cfg(feature = "serve")]

@@ -53,7 +53,7 @@ struct Usage(String);
   runtime probe --json
 
 --config FILE reads the bundle, limits, engine, provider, threads,
-listen address and cache from a TOML file (docs/runtime.md, \"Config
+listen address, cache and re-selection timer from a TOML file (docs/runtime.md, \"Config
 file\"); flags given as well override it.
 
 Decisions are cached in --cache FILE, else $TAILOR_CACHE_DIR, else
@@ -520,6 +520,7 @@ fn run(command: Command) -> Result<()> {
                 power_mode_file: Some(common.sysroot.join(probe::NVPMODEL_STATUS)),
                 power_poll: std::time::Duration::try_from_secs_f64(serve.power_poll)
                     .context("--power-poll must be a non-negative number of seconds")?,
+                reselect_after_boot: config.reselect_after_boot,
             };
             let listen = serve
                 .listen
@@ -531,10 +532,10 @@ fn run(command: Command) -> Result<()> {
             // Each selection reads the config file again (an edit followed
             // by SIGHUP applies it) and re-probes the device (a new power
             // mode keys the cache).
-            server::serve(&listen, options, move || {
+            server::serve(&listen, options, move |reuse| {
                 let config = common.config()?;
                 let rt = common.open(&config)?;
-                let chosen = rt.select(&limits.limits(&config)?)?;
+                let chosen = rt.select_with(&limits.limits(&config)?, reuse)?;
                 // The journal's account of each selection: what was
                 // measured, or that the decision came from the cache.
                 eprint!("{}", render_selection(&rt.bundle().manifest(), &chosen));
@@ -603,6 +604,7 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
         "cache": c.cache,
         "confirmed": c.confirmed,
         "noisy": c.noisy,
+        "load": c.load,
         "notes": c.notes,
         "trials": c.trials.iter().map(|t| json!({
             "id": t.id, "engine": t.engine.to_string(), "threads": t.threads, "stage": t.stage, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
