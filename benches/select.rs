@@ -1,6 +1,7 @@
 //! Start-up selection against a careful brute force, on a bundle of 90
-//! sub-networks; the cached boot; and the runtime's inference overhead
-//! against calling tract directly.
+//! sub-networks, on a quiet machine and beside bursty background load; the
+//! cached boot; and the runtime's inference overhead against calling tract
+//! directly.
 //!
 //! The careful brute force times every candidate round-robin (a few runs of
 //! each per round, many rounds), so drift and other load hit every candidate
@@ -14,18 +15,28 @@
 //! place a session's weights made one sub-network 20% slower than its
 //! neighbours in depth for the whole pass.)
 //!
-//! With `--features ort`, each limit is also selected with `--engine auto`
-//! (the runtime's default: ONNX Runtime when it runs the first candidate
-//! faster), to show the sub-network it buys against tract's pick.
+//! The selection runs with the default flags but tract only (the judge is
+//! tract's): the thread count is selected among 1, half and all the usable
+//! CPUs, so the judge times every candidate with each of them, and its best
+//! fit at a limit is the largest sub-network some thread count fits.
 //!
-//! `--auto-only` skips the brute force and the rest: the limits then span
-//! tract's p90 of the cheapest and the largest candidate, and each is
-//! selected with tract only and with `auto`, back to back.
+//! Modes (`TAILOR_BENCH_MODES`, default `quiet,bursty`): `bursty` runs the
+//! judge and the selections beside two bench-owned processes, each
+//! alternating busy and idle for random 50-400 ms spans (a booting board),
+//! bounded in time and killed when the mode ends. `TAILOR_BENCH_LIMITS`
+//! (default 16) sets the limits swept per mode, for a quick look.
+//!
+//! With `--features ort` and `TAILOR_BENCH_AUTO=1`, each quiet limit is
+//! also selected with `--engine auto`, to show the sub-network it buys
+//! against tract's pick. `--auto-only` skips the brute force and the rest:
+//! the limits then span tract's p90 of the cheapest and the largest
+//! candidate, and each is selected with tract only and with `auto`, back to
+//! back.
 //!
 //! Usage: `cargo bench [--features ort] --bench select [-- --limits N] [--auto-only]`
 
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -38,7 +49,9 @@ use tailor::exporter::synthetic::write_vit_teacher;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tailor::runtime::manifest::Subnet;
 use tailor::runtime::profile::{nearest_rank, MeasureOptions};
-use tailor::runtime::select::{CacheOutcome, EngineChoice, Limits, Runtime, RuntimeOptions};
+use tailor::runtime::select::{
+    available_cpus, thread_counts, CacheOutcome, EngineChoice, Limits, Runtime, RuntimeOptions,
+};
 use tailor::runtime::trial::{self, Isolation, Job};
 use tract_onnx::prelude::*;
 
@@ -53,18 +66,31 @@ const TEACHER: Geometry = Geometry {
 };
 
 /// Careful brute force: rounds per pass, runs of each candidate per round.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 6;
 const RUNS_PER_ROUND: usize = 10;
 /// A pick this much over the limit (by the careful measurement) violates it.
 const VIOLATION: f64 = 0.05;
+/// The hidden first argument that makes this program a burst of load.
+const BURST_COMMAND: &str = "__bench-burst";
+/// Busy and idle spans of the bursty load, in ms.
+const BURST_MS: (u64, u64) = (50, 400);
+/// Bursts end on their own after this long, whatever becomes of the bench.
+const BURST_BOUND: Duration = Duration::from_secs(40 * 60);
 
 fn main() -> ExitCode {
     // Selection measures candidates in children: this program re-executed.
     if let Some(code) = trial::child_main() {
         return code;
     }
+    if std::env::args().nth(1).as_deref() == Some(BURST_COMMAND) {
+        burst();
+        return ExitCode::SUCCESS;
+    }
     let mut args = std::env::args().skip(1);
-    let mut sweep = 16usize;
+    let mut sweep: usize = std::env::var("TAILOR_BENCH_LIMITS")
+        .ok()
+        .map(|v| v.parse().expect("TAILOR_BENCH_LIMITS=N"))
+        .unwrap_or(16);
     let mut auto_only = false;
     while let Some(a) = args.next() {
         if a == "--limits" {
@@ -144,88 +170,26 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "ort"))]
     assert!(!auto_only, "--auto-only needs --features ort");
 
-    // The careful brute force, twice.
-    let t0 = Instant::now();
-    let pass_a = careful(&rt, &manifest.subnets, shape);
-    let pass_b = careful(&rt, &manifest.subnets, shape);
-    let careful_s = t0.elapsed().as_secs_f64();
-    let judge: Vec<Careful> = pass_a
-        .iter()
-        .zip(&pass_b)
-        .map(|(a, b)| {
-            let mut samples = [a.samples.clone(), b.samples.clone()].concat();
-            samples.sort_by(f64::total_cmp);
-            Careful {
-                p90: nearest_rank(&samples, 90.0),
-                samples,
-                ..a.clone()
-            }
-        })
-        .collect();
-    let (lo, hi) = judge.iter().fold((f64::MAX, 0f64), |(lo, hi), c| {
-        (lo.min(c.p90), hi.max(c.p90))
-    });
-    eprintln!(
-        "careful brute force: {n} candidates x {} runs, twice, in {careful_s:.1} s; p90 from {lo:.3} to {hi:.3} ms",
-        ROUNDS * RUNS_PER_ROUND
-    );
-
-    let (mut self_agree, mut violations, mut near_best, mut times, mut counts) =
-        (0, 0, 0, Vec::new(), Vec::new());
-    let mut rows = Vec::new();
-    for k in 0..sweep {
-        let limit = limit_at(lo, hi, k, sweep);
-        let (best_a, best_b) = (best_within(&pass_a, limit), best_within(&pass_b, limit));
-        if best_a.map(|c| &c.id) == best_b.map(|c| &c.id) {
-            self_agree += 1;
-        }
-        let best = best_within(&judge, limit);
-        let t = Instant::now();
-        let chosen = rt.select(&Limits::latency_ms(limit).memory_mb(4096));
-        times.push(t.elapsed().as_secs_f64());
-        let chosen = match chosen {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("limit {limit:.3} ms: {e}");
-                rows.push(format!("| {limit:.3} | error: {e} | | | | |"));
-                continue;
-            }
+    let modes = std::env::var("TAILOR_BENCH_MODES").unwrap_or_else(|_| "quiet,bursty".into());
+    let threads = thread_counts(available_cpus());
+    let mut range = None;
+    for mode in modes.split(',') {
+        let bursts = match mode {
+            "quiet" => None,
+            "bursty" => Some(Bursts::start()),
+            other => panic!("TAILOR_BENCH_MODES: unknown mode {other} (quiet, bursty)"),
         };
-        counts.push(chosen.candidates_measured());
-        let pick = judge.iter().find(|c| c.id == chosen.id).unwrap();
-        let over = pick.p90 / limit - 1.0;
-        if over > VIOLATION {
-            violations += 1;
-        }
-        let share = best.map_or(1.0, |b| pick.macs as f64 / b.macs as f64);
-        if share >= 0.9 {
-            near_best += 1;
-        }
-        eprintln!(
-            "limit {limit:7.3} ms: chose {:<9} (careful p90 {:.3} ms, {:+.1}% of the limit, {:.0}% of the best's MACs) after {} candidates in {:.2} s; careful best {}",
-            chosen.id,
-            pick.p90,
-            100.0 * over,
-            100.0 * share,
-            chosen.candidates_measured(),
-            times.last().unwrap(),
-            best.map_or("none", |b| b.id.as_str())
-        );
-        rows.push(format!(
-            "| {limit:.3} | {} | {:.3} ({:+.1}%) | {} | {:.0}% | {:.2} s |",
-            chosen.id,
-            pick.p90,
-            100.0 * over,
-            best.map_or("none".into(), |b| format!("{} ({:.3})", b.id, b.p90)),
-            100.0 * share,
-            times.last().unwrap()
-        ));
+        let swept = sweep_mode(&rt, &manifest.subnets, shape, &threads, sweep, mode);
+        drop(bursts);
+        range.get_or_insert((swept.lo, swept.hi));
         #[cfg(feature = "ort")]
-        auto.select(limit, &chosen.id);
+        if mode == "quiet" && std::env::var_os("TAILOR_BENCH_AUTO").is_some() {
+            for (limit, pick) in &swept.picks {
+                auto.select(*limit, pick);
+            }
+        }
     }
-    times.sort_by(f64::total_cmp);
-    counts.sort();
-    let median_select = times[times.len() / 2];
+    let (lo, hi) = range.expect("at least one mode");
 
     // The cached boot: open the bundle and select with a decision cached,
     // against loading the winner alone.
@@ -264,30 +228,9 @@ fn main() -> ExitCode {
     let graph = rt.bundle().graph_path(largest);
     let ratio = overhead_vs_tract(&graph, shape);
 
-    println!("| limit (ms, p90) | pick | careful p90 of the pick (vs limit) | careful best (p90) | pick / best MACs | selection time |");
-    println!("|---|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
-    }
-    println!();
     println!("| metric | value |");
     println!("|---|---|");
     println!("| sub-networks | {n} |");
-    println!("| latency limits swept | {sweep} ({lo:.2} to {hi:.2} ms, p90) |");
-    println!("| careful brute force agreeing with itself (noise floor) | {self_agree}/{sweep} |");
-    println!("| picks over the limit by > 5% (careful p90) | {violations}/{sweep} (target ≤ 1) |");
-    println!("| picks with ≥ 90% of the careful best's MACs | {near_best}/{sweep} (target ≥ 14) |");
-    println!(
-        "| candidates measured (median, max) | {}, {} |",
-        counts[counts.len() / 2],
-        counts.last().unwrap()
-    );
-    println!("| selection wall time, confirmation included (median) | {median_select:.2} s |");
-    println!("| careful brute force wall time (two passes) | {careful_s:.1} s |");
-    println!(
-        "| selection / careful brute force | {:.1}% (target ≤ 15%) |",
-        100.0 * median_select / careful_s
-    );
     println!(
         "| cached boot (open + select, median of 9) | {boot_ms:.1} ms, of which the winner's load {load_ms:.1} ms: {:.1} ms beyond it (target ≤ 50) |",
         boot_ms - load_ms
@@ -297,8 +240,236 @@ fn main() -> ExitCode {
         largest.id
     );
     #[cfg(feature = "ort")]
-    auto.print();
+    if std::env::var_os("TAILOR_BENCH_AUTO").is_some() {
+        auto.print();
+    }
     ExitCode::SUCCESS
+}
+
+/// What one mode's sweep found: the judged range and each limit's pick.
+struct Swept {
+    lo: f64,
+    hi: f64,
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
+    picks: Vec<(f64, String)>,
+}
+
+/// The careful brute force with every thread count, twice, then a fresh
+/// selection at each of `sweep` limits; prints the mode's table.
+fn sweep_mode(
+    rt: &Runtime,
+    subnets: &[Subnet<'_>],
+    shape: [usize; 4],
+    threads: &[usize],
+    sweep: usize,
+    mode: &str,
+) -> Swept {
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let passes: Vec<(Vec<Careful>, Vec<Careful>)> = threads
+        .iter()
+        .map(|&t| {
+            (
+                careful(rt, subnets, shape, t),
+                careful(rt, subnets, shape, t),
+            )
+        })
+        .collect();
+    let careful_s = t0.elapsed().as_secs_f64();
+    let judge: Vec<Careful> = passes.iter().flat_map(|(a, b)| pooled(a, b)).collect();
+    let pass_a: Vec<Careful> = passes.iter().flat_map(|(a, _)| a.clone()).collect();
+    let pass_b: Vec<Careful> = passes.iter().flat_map(|(_, b)| b.clone()).collect();
+    // Each candidate at its fastest thread count spans the limits.
+    let fastest = |id: &str| {
+        judge
+            .iter()
+            .filter(|c| c.id == id)
+            .map(|c| c.p90)
+            .fold(f64::MAX, f64::min)
+    };
+    let (lo, hi) = subnets.iter().fold((f64::MAX, 0f64), |(lo, hi), s| {
+        let p90 = fastest(s.id);
+        (lo.min(p90), hi.max(p90))
+    });
+    eprintln!(
+        "{mode}: careful brute force: {} candidates x threads {threads:?} x {} runs, twice, in {careful_s:.1} s; p90 from {lo:.3} to {hi:.3} ms",
+        subnets.len(),
+        ROUNDS * RUNS_PER_ROUND
+    );
+
+    let (mut self_agree, mut violations, mut near_best, mut wrong_nothing) = (0, 0, 0, 0);
+    let (mut times, mut counts, mut rows, mut picks) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for k in 0..sweep {
+        let limit = limit_at(lo, hi, k, sweep);
+        let (best_a, best_b) = (best_within(&pass_a, limit), best_within(&pass_b, limit));
+        if best_a.map(|c| &c.id) == best_b.map(|c| &c.id) {
+            self_agree += 1;
+        }
+        let best = best_within(&judge, limit);
+        let t = Instant::now();
+        let chosen = rt.select(&Limits::latency_ms(limit).memory_mb(4096));
+        times.push(t.elapsed().as_secs_f64());
+        let best_cell = best.map_or("none".into(), |b| {
+            format!("{} on {} ({:.3})", b.id, b.threads, b.p90)
+        });
+        let chosen = match chosen {
+            Ok(c) => c,
+            Err(e) => {
+                if best.is_some() {
+                    wrong_nothing += 1;
+                }
+                eprintln!("{mode}: limit {limit:.3} ms: {e}");
+                rows.push(format!(
+                    "| {limit:.3} | error: {e} | | {best_cell} | | {:.2} s |",
+                    times.last().unwrap()
+                ));
+                continue;
+            }
+        };
+        counts.push(chosen.candidates_measured());
+        let pick = judge
+            .iter()
+            .find(|c| c.id == chosen.id && c.threads == chosen.threads)
+            .unwrap();
+        let over = pick.p90 / limit - 1.0;
+        if over > VIOLATION {
+            violations += 1;
+        }
+        let share = best.map_or(1.0, |b| pick.macs as f64 / b.macs as f64);
+        if share >= 0.9 {
+            near_best += 1;
+        }
+        eprintln!(
+            "{mode}: limit {limit:7.3} ms: chose {} on {} (careful p90 {:.3} ms, {:+.1}% of the limit, {:.0}% of the best's MACs) after {} candidates in {:.2} s; careful best {best_cell}",
+            chosen.id,
+            chosen.threads,
+            pick.p90,
+            100.0 * over,
+            100.0 * share,
+            chosen.candidates_measured(),
+            times.last().unwrap(),
+        );
+        rows.push(format!(
+            "| {limit:.3} | {} on {} | {:.3} ({:+.1}%) | {best_cell} | {:.0}% | {:.2} s |",
+            chosen.id,
+            chosen.threads,
+            pick.p90,
+            100.0 * over,
+            100.0 * share,
+            times.last().unwrap()
+        ));
+        picks.push((limit, chosen.id.clone()));
+    }
+    times.sort_by(f64::total_cmp);
+    counts.sort();
+    let median_select = times[times.len() / 2];
+    let load_after = loadavg();
+
+    println!("### {mode}");
+    println!();
+    println!("| limit (ms, p90) | pick (threads) | careful p90 of the pick (vs limit) | careful best (threads, p90) | pick / best MACs | selection time |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("| metric ({mode}) | value |");
+    println!("|---|---|");
+    println!("| load average (1 min) before / after the mode | {load_before} / {load_after} |");
+    println!(
+        "| latency limits swept | {sweep} ({lo:.2} to {hi:.2} ms, p90 at the fastest thread count) |"
+    );
+    println!("| careful brute force agreeing with itself (noise floor) | {self_agree}/{sweep} |");
+    println!("| picks over the limit by > 5% (careful p90) | {violations}/{sweep} (target 0) |");
+    println!(
+        "| picks with ≥ 90% of the careful best's MACs | {near_best}/{sweep} (target ≥ {}) |",
+        sweep - sweep / 8
+    );
+    println!(
+        "| \"nothing fits\" where the judge found a fit | {wrong_nothing}/{sweep} (target 0) |"
+    );
+    if let (Some(median), Some(max)) = (counts.get(counts.len() / 2), counts.last()) {
+        println!("| candidates measured (median, max) | {median}, {max} |");
+    }
+    println!("| selection wall time, confirmation included (median) | {median_select:.2} s |");
+    println!(
+        "| careful brute force wall time (threads {threads:?}, two passes) | {careful_s:.1} s |"
+    );
+    println!(
+        "| selection / careful brute force | {:.1}% (target ≤ 15%) |",
+        100.0 * median_select / careful_s
+    );
+    println!();
+    Swept { lo, hi, picks }
+}
+
+/// Both passes' runs of each candidate, as one judge.
+fn pooled(a: &[Careful], b: &[Careful]) -> Vec<Careful> {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let mut samples = [a.samples.clone(), b.samples.clone()].concat();
+            samples.sort_by(f64::total_cmp);
+            Careful {
+                p90: nearest_rank(&samples, 90.0),
+                samples,
+                ..a.clone()
+            }
+        })
+        .collect()
+}
+
+/// The 1-minute load average, as `/proc/loadavg` writes it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Two processes of bursty load, killed when dropped.
+struct Bursts(Vec<Child>);
+
+impl Bursts {
+    fn start() -> Bursts {
+        let exe = std::env::current_exe().unwrap();
+        Bursts(
+            (0..2)
+                .map(|_| Command::new(&exe).arg(BURST_COMMAND).spawn().unwrap())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Bursts {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Alternates busy and idle spans of random length until [`BURST_BOUND`].
+fn burst() {
+    let start = Instant::now();
+    let mut x = std::process::id() ^ 0x9e37_79b9;
+    let mut span = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        Duration::from_millis(BURST_MS.0 + u64::from(x) % (BURST_MS.1 - BURST_MS.0 + 1))
+    };
+    while start.elapsed() < BURST_BOUND {
+        let busy = Instant::now();
+        let until = span();
+        let mut spin = 0u64;
+        while busy.elapsed() < until {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        std::thread::sleep(span());
+    }
 }
 
 /// Each limit's pick with `--engine auto` next to tract's.
@@ -365,6 +536,7 @@ impl AutoSweep {
 #[derive(Debug, Clone)]
 struct Careful {
     id: String,
+    threads: usize,
     macs: u64,
     /// Every timed run, ascending.
     samples: Vec<f64>,
@@ -373,7 +545,12 @@ struct Careful {
 
 /// Times every candidate round-robin, each round in a fresh process per
 /// candidate (as the serving process is fresh after each boot).
-fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Careful> {
+fn careful(
+    rt: &Runtime,
+    subnets: &[Subnet<'_>],
+    shape: [usize; 4],
+    threads: usize,
+) -> Vec<Careful> {
     let isolation = Isolation::current_exe().unwrap();
     let mut samples = vec![Vec::new(); subnets.len()];
     let bar = ProgressBar::new(ROUNDS as u64);
@@ -382,7 +559,10 @@ fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Caref
             let job = Job {
                 graphs: vec![rt.bundle().graph_path(subnet)],
                 engine: EngineKind::Tract,
-                options: EngineOptions::default(),
+                options: EngineOptions {
+                    threads: Some(threads),
+                    ..EngineOptions::default()
+                },
                 measure: MeasureOptions {
                     warmup_runs: 1,
                     min_runs: RUNS_PER_ROUND as u32,
@@ -404,6 +584,7 @@ fn careful(rt: &Runtime, subnets: &[Subnet<'_>], shape: [usize; 4]) -> Vec<Caref
             samples.sort_by(f64::total_cmp);
             Careful {
                 id: s.id.to_owned(),
+                threads,
                 macs: s.macs,
                 p90: nearest_rank(&samples, 90.0),
                 samples,

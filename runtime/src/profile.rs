@@ -312,7 +312,7 @@ pub fn measure_interleaved(
 
     let count = sessions.len() as u32;
     let mut samples = vec![Vec::new(); sessions.len()];
-    let min_time = opts.min_time * count;
+    let min_time = opts.min_time.saturating_mul(count);
     let timed = Instant::now();
     for runs in 1..=opts.max_runs {
         for (session, samples) in sessions.iter_mut().zip(&mut samples) {

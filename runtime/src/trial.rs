@@ -11,10 +11,11 @@
 //! `main`. The [`Job`] goes to the child's stdin as JSON, the [`Reply`]
 //! comes back as the last line of its stdout.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use ndarray::Array4;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,14 @@ use crate::profile::{self, Load, MeasureOptions, Measurement};
 
 /// The hidden first argument that makes a program a measuring child.
 pub const CHILD_COMMAND: &str = "__tailor-measure-child";
+
+/// What a child gets beyond its runs: starting, loading, the engine's set-up.
+const DEADLINE_FLOOR: Duration = Duration::from_secs(60);
+/// A run may take this many times the latency limit before the candidate is
+/// hopeless and its child is stopped.
+const DEADLINE_SLACK: f64 = 10.0;
+/// How often a parent looks whether its child has finished.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Where candidates are measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +62,25 @@ pub struct Job {
     pub measure: MeasureOptions,
     /// `[batch, 3, H, W]`
     pub input_shape: [usize; 4],
+}
+
+impl Job {
+    /// How long a child may take to measure this job when a run should
+    /// take `latency_ms`: every graph's runs at [`DEADLINE_SLACK`] times
+    /// the limit, twice the minimum time, plus [`DEADLINE_FLOOR`];
+    /// saturating, never a panic, whatever the numbers.
+    pub fn deadline(&self, latency_ms: f64) -> Duration {
+        let m = &self.measure;
+        let runs = 1 + m.warmup_runs.saturating_add(m.min_runs);
+        let per_run =
+            Duration::try_from_secs_f64(latency_ms * DEADLINE_SLACK / 1e3).unwrap_or(Duration::MAX);
+        let graphs = u32::try_from(self.graphs.len()).unwrap_or(u32::MAX);
+        per_run
+            .saturating_mul(runs)
+            .saturating_add(m.min_time.saturating_mul(2))
+            .saturating_mul(graphs)
+            .saturating_add(DEADLINE_FLOOR)
+    }
 }
 
 /// What a child answers.
@@ -86,6 +114,9 @@ pub enum Failure {
     /// The measuring process died.
     #[error("crashed: {0}")]
     Crashed(String),
+    /// The measuring process outlived its deadline and was killed.
+    #[error("no result within {} s: the measuring process was stopped", .0.as_secs())]
+    TimedOut(Duration),
     /// No child process could be started.
     #[error("cannot start the measuring process {}: {source}", exe.display())]
     Spawn { exe: PathBuf, source: io::Error },
@@ -98,6 +129,7 @@ impl Failure {
             Failure::Engine { kind, .. } => kind,
             Failure::ExceedsMemory(_) => "exceeds_memory",
             Failure::Crashed(_) => "crashed",
+            Failure::TimedOut(_) => "timed_out",
             Failure::Spawn { .. } => "spawn",
         }
     }
@@ -108,7 +140,7 @@ impl Failure {
         match self {
             Failure::Engine { systematic, .. } => *systematic,
             Failure::Spawn { .. } => true,
-            Failure::ExceedsMemory(_) | Failure::Crashed(_) => false,
+            Failure::ExceedsMemory(_) | Failure::Crashed(_) | Failure::TimedOut(_) => false,
         }
     }
 }
@@ -125,9 +157,20 @@ impl From<EngineError> for Failure {
 
 /// Measures `job` where `isolation` says.
 pub fn measure(isolation: &Isolation, job: &Job) -> Result<Vec<Measurement>, Failure> {
+    measure_within(isolation, job, None)
+}
+
+/// Measures `job` where `isolation` says; a child that has not answered by
+/// `deadline` is killed, and that is the job's failure (a job measured in
+/// this process cannot be stopped, so it has none).
+pub fn measure_within(
+    isolation: &Isolation,
+    job: &Job,
+    deadline: Option<Duration>,
+) -> Result<Vec<Measurement>, Failure> {
     match isolation {
         Isolation::InProcess => Ok(run(job)?),
-        Isolation::Child(exe) => in_child(exe, job),
+        Isolation::Child(exe) => in_child(exe, job, deadline),
     }
 }
 
@@ -143,7 +186,11 @@ fn run(job: &Job) -> Result<Vec<Measurement>, EngineError> {
     Ok(measured.into_iter().map(|(_, m)| m).collect())
 }
 
-fn in_child(exe: &Path, job: &Job) -> Result<Vec<Measurement>, Failure> {
+fn in_child(
+    exe: &Path,
+    job: &Job,
+    deadline: Option<Duration>,
+) -> Result<Vec<Measurement>, Failure> {
     let spawn_error = |source| Failure::Spawn {
         exe: exe.to_owned(),
         source,
@@ -160,7 +207,9 @@ fn in_child(exe: &Path, job: &Job) -> Result<Vec<Measurement>, Failure> {
         // A child that died at once shows in its status below.
         let _ = stdin.write_all(&request);
     }
-    let out = child.wait_with_output().map_err(spawn_error)?;
+    let out = wait(child, deadline)
+        .map_err(spawn_error)?
+        .ok_or_else(|| Failure::TimedOut(deadline.unwrap_or_default()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let reply = out
         .stdout
@@ -184,6 +233,57 @@ fn in_child(exe: &Path, job: &Job) -> Result<Vec<Measurement>, Failure> {
         }),
         _ => Err(classify_death(out.status, &stderr)),
     }
+}
+
+/// The child's output once it exits; `None` if `deadline` passed first, and
+/// then the child is killed. Its pipes are drained meanwhile, so a chatty
+/// child never blocks on a full pipe.
+fn wait(mut child: Child, deadline: Option<Duration>) -> io::Result<Option<std::process::Output>> {
+    let Some(deadline) = deadline else {
+        return child.wait_with_output().map(Some);
+    };
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // A read error ends the output; the status tells the rest.
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() >= deadline {
+            // Already gone is as good as killed.
+            let _ = child.kill();
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(POLL);
+    };
+    let joined = |t: std::thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
+    let (stdout, stderr) = (joined(stdout), joined(stderr));
+    Ok(status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
 }
 
 /// Why a child ended without a reply.
@@ -276,6 +376,55 @@ mod tests {
             "{f:?}"
         );
         assert_eq!(f.kind(), "crashed");
+    }
+
+    #[test]
+    fn a_hung_child_is_stopped_at_its_deadline_and_is_the_jobs_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hangs.sh");
+        // Reads its job, then never answers (exec: the kill reaches it).
+        std::fs::write(&path, "#!/bin/sh\ncat > /dev/null\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let job = Job {
+            graphs: vec![PathBuf::from("g.onnx")],
+            engine: EngineKind::Tract,
+            options: EngineOptions::default(),
+            measure: MeasureOptions::default(),
+            input_shape: [1, 3, 8, 8],
+        };
+        let deadline = Some(Duration::from_millis(200));
+        let f = measure_within(&Isolation::Child(path), &job, deadline).unwrap_err();
+        assert!(matches!(f, Failure::TimedOut(_)), "{f:?}");
+        assert!(!f.is_systematic() && f.kind() == "timed_out");
+    }
+
+    #[test]
+    fn deadlines_grow_with_the_limit_and_never_overflow() {
+        let job = |graphs: usize, min_time: Duration| Job {
+            graphs: vec![PathBuf::from("g.onnx"); graphs],
+            engine: EngineKind::Tract,
+            options: EngineOptions::default(),
+            measure: MeasureOptions {
+                warmup_runs: 3,
+                min_runs: 10,
+                min_time,
+                max_runs: 1000,
+            },
+            input_shape: [1, 3, 8, 8],
+        };
+        let one = job(1, Duration::from_secs(1));
+        // 14 runs at 10 x 20 ms, 2 s of minimum time, the 60 s floor.
+        assert_eq!(
+            one.deadline(20.0),
+            Duration::from_millis(2_800 + 2_000 + 60_000)
+        );
+        assert_eq!(
+            job(2, Duration::from_secs(1)).deadline(20.0),
+            Duration::from_millis(2 * (2_800 + 2_000) + 60_000)
+        );
+        assert_eq!(one.deadline(1e300), Duration::MAX);
+        assert_eq!(job(1, Duration::MAX).deadline(20.0), Duration::MAX);
     }
 
     #[test]

@@ -928,3 +928,25 @@ fn config_mistakes_name_the_file_the_line_and_the_key() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no latency limit"), "{}", stderr(&o));
 }
+
+#[test]
+fn numbers_no_measurement_can_take_are_usage_errors_not_panics() {
+    let (_d, b) = bundle();
+    for (args, named) in [
+        (
+            ["--latency-ms", "1e300", "--min-time", "0"],
+            "latency limit 1e300",
+        ),
+        (
+            ["--latency-ms", "10", "--min-time", "1e300"],
+            "--min-time 1e300",
+        ),
+    ] {
+        let o = runtime(&[&["select", b.to_str().unwrap()][..], &args[..]].concat());
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains(named) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}

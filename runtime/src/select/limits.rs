@@ -100,9 +100,9 @@ impl Limits {
             batch: self.batch,
         };
         // The policy validates too; checking here names the user's words.
-        if !(self.latency_ms.is_finite() && self.latency_ms > 0.0) {
+        if !(bounds.latency_ms.is_finite() && self.latency_ms > 0.0) {
             return Err(LimitsError::Invalid(format!(
-                "latency limit {} ms must be positive",
+                "latency limit {:?} ms is not a latency: give a positive number of ms (at most 3.4e38)",
                 self.latency_ms
             )));
         }

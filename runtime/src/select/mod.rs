@@ -282,7 +282,7 @@ impl Runtime {
             threads: self.thread_counts()[0],
         };
         let mut measured = self
-            .measure(&[&subnet], batch, &self.options.measure, &setup)
+            .measure(&[&subnet], batch, &self.options.measure, &setup, None)
             .map_err(|failure| SelectError::Measure {
                 id: id.to_owned(),
                 failure,
@@ -299,13 +299,16 @@ impl Runtime {
         }
     }
 
-    /// Measures `subnets` in one job (round-robin when there are several).
+    /// Measures `subnets` in one job (round-robin when there are several);
+    /// with a latency limit, a child that outlives the job's
+    /// [deadline](Job::deadline) at that limit is stopped.
     fn measure(
         &self,
         subnets: &[&Subnet<'_>],
         batch: u32,
         measure: &MeasureOptions,
         setup: &Setup,
+        limit_ms: Option<f32>,
     ) -> Result<Vec<Measurement>, Failure> {
         let job = Job {
             graphs: subnets.iter().map(|s| self.bundle.graph_path(s)).collect(),
@@ -314,7 +317,8 @@ impl Runtime {
             measure: measure.clone(),
             input_shape: self.input_shape(batch),
         };
-        trial::measure(&self.options.isolation, &job)
+        let deadline = limit_ms.map(|ms| job.deadline(f64::from(ms)));
+        trial::measure_within(&self.options.isolation, &job, deadline)
     }
 
     fn load(

@@ -182,6 +182,7 @@ impl Search<'_> {
                     engine: engine.clone(),
                     threads: self.setup.threads,
                 },
+                Some(self.limits.latency_ms),
             );
             self.engine_trials.push(trial(&engine, &outcome));
             if let Ok(m) = &outcome {

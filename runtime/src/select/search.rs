@@ -281,6 +281,7 @@ impl<'r> Search<'r> {
                 self.limits.batch,
                 &runtime.options.measure,
                 &self.setup,
+                Some(self.limits.latency_ms),
             );
             let measured = self.race(subnet, measured);
             measured
@@ -332,7 +333,8 @@ impl<'r> Search<'r> {
         }
         let runtime = self.runtime;
         let options = &runtime.options.measure;
-        match runtime.measure(&[subnet], self.limits.batch, options, &self.setup) {
+        let limit = Some(self.limits.latency_ms);
+        match runtime.measure(&[subnet], self.limits.batch, options, &self.setup, limit) {
             Ok(again) => first.pooled(&again[0]),
             Err(_) => first,
         }
@@ -356,7 +358,7 @@ impl<'r> Search<'r> {
         for attempt in 0..=NOISY_REPEATS {
             let opts = MeasureOptions {
                 min_runs: base.min_runs.saturating_mul(factor),
-                min_time: base.min_time * factor,
+                min_time: base.min_time.saturating_mul(factor),
                 max_runs: base.max_runs.saturating_mul(factor),
                 ..base.clone()
             };
@@ -366,7 +368,13 @@ impl<'r> Search<'r> {
                 .try_for_each(|s| self.verified(s))
                 .and_then(|()| {
                     runtime
-                        .measure(&subnets, self.limits.batch, &opts, &self.setup)
+                        .measure(
+                            &subnets,
+                            self.limits.batch,
+                            &opts,
+                            &self.setup,
+                            Some(self.limits.latency_ms),
+                        )
                         .map_err(|f| self.failed(subnets[0].id, f))
                 });
             let noisy = matches!(&measured, Ok(m) if m[0].noisy);

@@ -294,11 +294,11 @@ impl Common {
             measure.min_runs = n;
         }
         if let Some(s) = self.min_time {
-            anyhow::ensure!(
-                s.is_finite() && s >= 0.0,
-                "--min-time must be a non-negative number of seconds"
-            );
-            measure.min_time = std::time::Duration::from_secs_f64(s);
+            measure.min_time = std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+                Usage(format!(
+                    "--min-time {s:?}: not a number of seconds a measurement can take"
+                ))
+            })?;
         }
         let cache = match (self.cache.as_ref().or(config.cache.as_ref()), self.no_cache) {
             (_, true) => None,
