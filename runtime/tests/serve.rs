@@ -632,6 +632,35 @@ fn a_power_mode_change_reselects_and_a_mode_seen_before_is_a_cache_hit() {
 }
 
 #[test]
+fn a_busy_start_up_selects_again_afresh_after_the_timer() {
+    let sysroot = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(sysroot.path().join("proc")).unwrap();
+    // A load average of 64: busy for any CPU count this runs on.
+    std::fs::write(
+        sysroot.path().join("proc/loadavg"),
+        "64.00 60.00 50.00 9/500 42\n",
+    )
+    .unwrap();
+    let config = sysroot.path().join("runtime.toml");
+    std::fs::write(&config, "reselect_after_boot_s = 0.5\n").unwrap();
+    let cache = sysroot.path().join("decisions.postcard");
+    let server = Server::start(&[
+        "--sysroot",
+        sysroot.path().to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    wait_for_reselections(&server, 1.0);
+    let selection = server.request("GET", "/v1/selection", &[], b"").1;
+    // Afresh: the decision cached at start-up is not what serves.
+    assert_eq!(selection["cache"], "miss", "{selection}");
+    assert_eq!(selection["load"]["load_avg_1m"], 64.0, "{selection}");
+    server.wait_for_log("re-selected on a busy start-up");
+}
+
+#[test]
 fn systemd_hears_ready_only_once_requests_are_answered() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
