@@ -65,7 +65,8 @@ const TEACHER: Geometry = Geometry {
     ln_bias: true,
 };
 
-/// Careful brute force: rounds per pass, runs of each candidate per round.
+/// Careful brute force: rounds per pass (`TAILOR_BENCH_ROUNDS` for a quick
+/// look), runs of each candidate per round.
 const ROUNDS: usize = 6;
 const RUNS_PER_ROUND: usize = 10;
 /// A pick this much over the limit (by the careful measurement) violates it.
@@ -294,7 +295,7 @@ fn sweep_mode(
     eprintln!(
         "{mode}: careful brute force: {} candidates x threads {threads:?} x {} runs, twice, in {careful_s:.1} s; p90 from {lo:.3} to {hi:.3} ms",
         subnets.len(),
-        ROUNDS * RUNS_PER_ROUND
+        rounds() * RUNS_PER_ROUND
     );
 
     let (mut self_agree, mut violations, mut near_best, mut wrong_nothing) = (0, 0, 0, 0);
@@ -394,7 +395,8 @@ fn sweep_mode(
     }
     println!("| selection wall time, confirmation included (median) | {median_select:.2} s |");
     println!(
-        "| careful brute force wall time (threads {threads:?}, two passes) | {careful_s:.1} s |"
+        "| careful brute force wall time (threads {threads:?}, two passes of {} rounds) | {careful_s:.1} s |",
+        rounds()
     );
     println!(
         "| selection / careful brute force | {:.1}% (target ≤ 15%) |",
@@ -553,8 +555,9 @@ fn careful(
 ) -> Vec<Careful> {
     let isolation = Isolation::current_exe().unwrap();
     let mut samples = vec![Vec::new(); subnets.len()];
-    let bar = ProgressBar::new(ROUNDS as u64);
-    for _ in 0..ROUNDS {
+    let rounds = rounds();
+    let bar = ProgressBar::new(rounds as u64);
+    for _ in 0..rounds {
         for (subnet, samples) in subnets.iter().zip(&mut samples) {
             let job = Job {
                 graphs: vec![rt.bundle().graph_path(subnet)],
@@ -591,6 +594,13 @@ fn careful(
             }
         })
         .collect()
+}
+
+/// Rounds per pass of the careful brute force.
+fn rounds() -> usize {
+    std::env::var("TAILOR_BENCH_ROUNDS")
+        .ok()
+        .map_or(ROUNDS, |v| v.parse().expect("TAILOR_BENCH_ROUNDS=N"))
 }
 
 /// The candidate with the most MACs whose p90 is within `limit`.

@@ -378,6 +378,17 @@ mod tests {
         assert_eq!(f.kind(), "crashed");
     }
 
+    /// A job of `graphs` copies of a graph that is never loaded.
+    fn job(graphs: usize, measure: MeasureOptions) -> Job {
+        Job {
+            graphs: vec![PathBuf::from("g.onnx"); graphs],
+            engine: EngineKind::Tract,
+            options: EngineOptions::default(),
+            measure,
+            input_shape: [1, 3, 8, 8],
+        }
+    }
+
     #[test]
     fn a_hung_child_is_stopped_at_its_deadline_and_is_the_jobs_failure() {
         let dir = tempfile::tempdir().unwrap();
@@ -386,13 +397,7 @@ mod tests {
         std::fs::write(&path, "#!/bin/sh\ncat > /dev/null\nexec sleep 600\n").unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let job = Job {
-            graphs: vec![PathBuf::from("g.onnx")],
-            engine: EngineKind::Tract,
-            options: EngineOptions::default(),
-            measure: MeasureOptions::default(),
-            input_shape: [1, 3, 8, 8],
-        };
+        let job = job(1, MeasureOptions::default());
         let deadline = Some(Duration::from_millis(200));
         let f = measure_within(&Isolation::Child(path), &job, deadline).unwrap_err();
         assert!(matches!(f, Failure::TimedOut(_)), "{f:?}");
@@ -401,17 +406,16 @@ mod tests {
 
     #[test]
     fn deadlines_grow_with_the_limit_and_never_overflow() {
-        let job = |graphs: usize, min_time: Duration| Job {
-            graphs: vec![PathBuf::from("g.onnx"); graphs],
-            engine: EngineKind::Tract,
-            options: EngineOptions::default(),
-            measure: MeasureOptions {
-                warmup_runs: 3,
-                min_runs: 10,
-                min_time,
-                max_runs: 1000,
-            },
-            input_shape: [1, 3, 8, 8],
+        let job = |graphs, min_time| {
+            job(
+                graphs,
+                MeasureOptions {
+                    warmup_runs: 3,
+                    min_runs: 10,
+                    min_time,
+                    max_runs: 1000,
+                },
+            )
         };
         let one = job(1, Duration::from_secs(1));
         // 14 runs at 10 x 20 ms, 2 s of minimum time, the 60 s floor.
@@ -429,13 +433,7 @@ mod tests {
 
     #[test]
     fn a_missing_executable_is_systematic() {
-        let job = Job {
-            graphs: vec![PathBuf::from("g.onnx")],
-            engine: EngineKind::Tract,
-            options: EngineOptions::default(),
-            measure: MeasureOptions::default(),
-            input_shape: [1, 3, 8, 8],
-        };
+        let job = job(1, MeasureOptions::default());
         let f = measure(&Isolation::Child("/nonexistent/runtime".into()), &job).unwrap_err();
         assert!(
             matches!(f, Failure::Spawn { .. }) && f.is_systematic(),

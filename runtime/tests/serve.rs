@@ -599,21 +599,21 @@ fn sighup_applies_the_config_file_as_edited() {
     assert_eq!(percentile(), 99);
 }
 
+/// A server probing the device under `sysroot`, caching decisions there.
+fn start_on(sysroot: &Path, args: &[&str]) -> Server {
+    let cache = sysroot.join("decisions.postcard");
+    let root = ["--sysroot", sysroot.to_str().unwrap()];
+    let cache = ["--cache", cache.to_str().unwrap()];
+    Server::start(&[&root[..], &cache[..], args].concat())
+}
+
 #[test]
 fn a_power_mode_change_reselects_and_a_mode_seen_before_is_a_cache_hit() {
     let sysroot = tempfile::tempdir().unwrap();
     let status = sysroot.path().join("var/lib/nvpmodel/status");
     std::fs::create_dir_all(status.parent().unwrap()).unwrap();
     std::fs::write(&status, "pmode:0000 fmode:normal\n").unwrap();
-    let cache = sysroot.path().join("decisions.postcard");
-    let server = Server::start(&[
-        "--sysroot",
-        sysroot.path().to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-        "--power-poll",
-        "0.2",
-    ]);
+    let server = start_on(sysroot.path(), &["--power-poll", "0.2"]);
     let cache_outcome = || server.request("GET", "/v1/selection", &[], b"").1["cache"].clone();
     assert_eq!(cache_outcome(), "miss");
     // A new mode re-probes the device: the key changes, so no stale hit.
@@ -643,15 +643,7 @@ fn a_busy_start_up_selects_again_afresh_after_the_timer() {
     .unwrap();
     let config = sysroot.path().join("runtime.toml");
     std::fs::write(&config, "reselect_after_boot_s = 0.5\n").unwrap();
-    let cache = sysroot.path().join("decisions.postcard");
-    let server = Server::start(&[
-        "--sysroot",
-        sysroot.path().to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let server = start_on(sysroot.path(), &["--config", config.to_str().unwrap()]);
     wait_for_reselections(&server, 1.0);
     let selection = server.request("GET", "/v1/selection", &[], b"").1;
     // Afresh: the decision cached at start-up is not what serves.
