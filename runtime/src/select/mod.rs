@@ -6,8 +6,9 @@
 //! once: `limits` holds it as written and resolves it to the policy's
 //! bounds; [`Runtime::select`] (here) hands them to `reuse`, which serves a
 //! cached decision or asks `race` for a fresh one; `race` runs one `search`
-//! per engine, each stepping the [`policy`](crate::policy) with trials;
-//! `report` renders the result.
+//! per [`Setup`] it looks with (`setup`: an engine and its thread count),
+//! each stepping the [`policy`](crate::policy) with trials; `report`
+//! renders the result.
 
 mod limits;
 mod race;
