@@ -1,21 +1,25 @@
-//! A bundle directory on the device: its manifest, and integrity checks of
-//! the files a sub-network needs before an engine touches them.
+//! A bundle directory on the device: its manifest, whose file names are
+//! checked to stay inside the bundle when it is opened, and integrity checks
+//! of the files a sub-network needs before an engine touches them.
 //!
 //! Each file is hashed at most once per process, and only when a candidate
 //! reads it; files whose size, mtime and inode match a [`FileStamp`] from an
 //! earlier verification are trusted without hashing (a 1.2 GB weight file
 //! costs seconds to hash on a board).
 
+mod names;
+mod stamp;
+
+pub use names::Refused;
+pub use stamp::FileStamp;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::fs::{sha256, Hasher};
-use serde::{Deserialize, Serialize};
-
+use crate::fs::{resolve_inside, sha256, Escape, Hasher};
 use crate::manifest::{BundleFile, DecodeError, Manifest, Sha256, Subnet};
 
 /// The compact manifest the runtime reads.
@@ -27,6 +31,8 @@ pub const MANIFEST_JSON: &str = "manifest.json";
 #[derive(Debug)]
 pub struct Bundle {
     dir: PathBuf,
+    /// `dir` canonical: what the manifest's names must stay inside.
+    root: PathBuf,
     manifest_bytes: Vec<u8>,
     manifest_sha256: Sha256,
     /// Files known to hold a digest: hashed by this process, or trusted from
@@ -48,6 +54,8 @@ pub enum BundleError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}")]
     Manifest { path: PathBuf, source: DecodeError },
+    #[error(transparent)]
+    Outside(Box<Refused>),
     #[error("{path} is corrupted: sha256 is {actual}, the manifest says {expected}")]
     Corrupted {
         path: PathBuf,
@@ -65,21 +73,30 @@ pub enum BundleError {
 }
 
 impl Bundle {
-    /// Reads and decodes `dir/manifest.postcard`.
+    /// Reads and decodes `dir/manifest.postcard`, and checks that every file
+    /// it names is inside `dir`, symlinks followed.
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_owned();
         let path = dir.join(MANIFEST_POSTCARD);
-        let manifest_bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
+        let manifest_bytes = fs::read(&path).map_err(|source| BundleError::Io {
             path: path.clone(),
             source,
         })?;
-        Manifest::from_postcard(&manifest_bytes).map_err(|source| BundleError::Manifest {
-            path: path.clone(),
+        let root = fs::canonicalize(&dir).map_err(|source| BundleError::Io {
+            path: dir.clone(),
             source,
         })?;
+        let manifest =
+            Manifest::from_postcard(&manifest_bytes).map_err(|source| BundleError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        names::check(&root, &path, &manifest).map_err(|r| BundleError::Outside(Box::new(r)))?;
+        drop(manifest);
         let manifest_sha256 = sha256(&manifest_bytes);
         Ok(Bundle {
             dir,
+            root,
             manifest_bytes,
             manifest_sha256,
             verified: Mutex::default(),
@@ -111,6 +128,12 @@ impl Bundle {
                 dir: self.dir.clone(),
                 id: id.to_owned(),
             })
+    }
+
+    /// `dir/name`, if `name` is relative and leads nowhere outside the
+    /// bundle, symlinks followed: where a writer may put a new file.
+    pub fn inside(&self, name: &str) -> Result<PathBuf, Escape> {
+        resolve_inside(&self.root, name).map(|_| self.dir.join(name))
     }
 
     /// The graph file of a sub-network.
@@ -193,47 +216,6 @@ impl Bundle {
     }
 }
 
-/// What identifies a file's content without hashing it again: while size,
-/// mtime and inode are unchanged, the recorded sha256 is still the file's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStamp {
-    /// The file, absolute or as given.
-    pub path: PathBuf,
-    pub size: u64,
-    /// Modification time in nanoseconds since the Unix epoch.
-    pub mtime_ns: i128,
-    pub inode: u64,
-    /// The sha256 verified when the stamp was taken.
-    pub sha256: Sha256,
-}
-
-impl FileStamp {
-    /// Stats `path` now; `sha256` is what the caller verified it holds.
-    pub fn of(path: &Path, sha256: Sha256) -> io::Result<FileStamp> {
-        let (size, mtime_ns, inode) = identity(&fs::metadata(path)?);
-        Ok(FileStamp {
-            path: path.to_owned(),
-            size,
-            mtime_ns,
-            inode,
-            sha256,
-        })
-    }
-
-    /// Whether the file at `path` still has this size, mtime and inode (false
-    /// if it cannot be statted).
-    pub fn still_matches(&self) -> bool {
-        fs::metadata(&self.path)
-            .is_ok_and(|meta| identity(&meta) == (self.size, self.mtime_ns, self.inode))
-    }
-}
-
-/// `(size, mtime in ns, inode)` of a file.
-fn identity(meta: &fs::Metadata) -> (u64, i128, u64) {
-    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    (meta.len(), mtime_ns, meta.ino())
-}
-
 fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), BundleError> {
     let io_err = |source| BundleError::Io {
         path: path.to_owned(),
@@ -261,54 +243,4 @@ fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), Bu
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::*;
-
-    #[test]
-    fn a_stamp_matches_until_size_mtime_or_inode_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("w32.bin");
-        fs::write(&file, b"weights-1").unwrap();
-        let stamp = FileStamp::of(&file, Sha256([7; 32])).unwrap();
-        assert!(stamp.still_matches());
-        let then = SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns as u64);
-        let set_mtime = |time: SystemTime| {
-            File::options()
-                .write(true)
-                .open(&file)
-                .unwrap()
-                .set_modified(time)
-                .unwrap()
-        };
-
-        // Same size and inode, new content and mtime.
-        fs::write(&file, b"weights-2").unwrap();
-        set_mtime(then + Duration::from_secs(1));
-        assert!(!stamp.still_matches());
-        // Same mtime and inode, another size.
-        fs::write(&file, b"weights-22").unwrap();
-        set_mtime(then);
-        assert!(!stamp.still_matches());
-        // Same size and mtime, another inode.
-        let replacement = dir.path().join("w32.bin.new");
-        fs::write(&replacement, b"weights-1").unwrap();
-        fs::rename(&replacement, &file).unwrap();
-        set_mtime(then);
-        assert_eq!(fs::metadata(&file).unwrap().len(), stamp.size);
-        assert!(!stamp.still_matches());
-        // Control: with all three restored, it matches again.
-        let restored = FileStamp {
-            inode: fs::metadata(&file).unwrap().ino(),
-            ..stamp.clone()
-        };
-        assert!(restored.still_matches());
-
-        fs::remove_file(&file).unwrap();
-        assert!(!restored.still_matches());
-    }
 }
