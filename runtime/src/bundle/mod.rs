@@ -4,8 +4,9 @@
 //!
 //! Each file is hashed at most once per process, and only when a candidate
 //! reads it; files whose size, mtime and inode match a [`FileStamp`] from an
-//! earlier verification are trusted without hashing (a 1.2 GB weight file
-//! costs seconds to hash on a board).
+//! earlier verification may be trusted without hashing (a 1.2 GB weight file
+//! costs seconds to hash on a board), except by [`Bundle::verify_in_full`]:
+//! bit-rot on flash changes neither size nor mtime.
 
 mod names;
 mod stamp;
@@ -43,8 +44,16 @@ pub struct Bundle {
 #[derive(Debug, Clone)]
 struct Verified {
     sha256: Sha256,
-    /// Set when this process hashed the file (so it can be recorded).
-    stamp: Option<FileStamp>,
+    how: Known,
+}
+
+/// How this process knows a file's digest.
+#[derive(Debug, Clone)]
+enum Known {
+    /// It hashed the file; the stamp to record, if the file held still.
+    Hashed(Option<FileStamp>),
+    /// A stamp recorded earlier still matches.
+    Trusted,
 }
 
 /// Why a bundle or one of its files cannot be used.
@@ -143,19 +152,21 @@ impl Bundle {
 
     /// Checks the sizes and sha256 of the graph and weight files of `subnet`
     /// (a corrupted flash is common on boards), each file at most once per
-    /// process.
+    /// process; a file [`Bundle::trust`]ed is taken as checked.
     pub fn verify(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
-        self.verify_file(subnet.onnx, None, subnet.onnx_sha256)?;
-        for w in &subnet.weights {
-            self.verify_file(w.path, Some(w.bytes), w.sha256)?;
-        }
-        Ok(())
+        self.verify_subnet(subnet, Trust::Stamps)
+    }
+
+    /// [`Bundle::verify`], hashing also the files only trusted from a stamp:
+    /// for the sub-network about to be served.
+    pub fn verify_in_full(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
+        self.verify_subnet(subnet, Trust::Hashes)
     }
 
     /// Checks the size and sha256 of a non-graph file the manifest lists
     /// (the calibration's ranges).
     pub fn verify_data(&self, file: &BundleFile<'_>) -> Result<(), BundleError> {
-        self.verify_file(file.path, Some(file.bytes), file.sha256)
+        self.verify_file(file.path, Some(file.bytes), file.sha256, Trust::Stamps)
     }
 
     /// Takes the files of `stamps` whose size, mtime and inode are unchanged
@@ -166,7 +177,7 @@ impl Bundle {
         for stamp in stamps.iter().filter(|s| s.still_matches()) {
             verified.entry(stamp.path.clone()).or_insert(Verified {
                 sha256: stamp.sha256,
-                stamp: None,
+                how: Known::Trusted,
             });
         }
     }
@@ -174,7 +185,21 @@ impl Bundle {
     /// Stamps of the files this process hashed, to trust them next time.
     pub fn stamps(&self) -> Vec<FileStamp> {
         let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        verified.values().filter_map(|v| v.stamp.clone()).collect()
+        verified
+            .values()
+            .filter_map(|v| match &v.how {
+                Known::Hashed(stamp) => stamp.clone(),
+                Known::Trusted => None,
+            })
+            .collect()
+    }
+
+    fn verify_subnet(&self, subnet: &Subnet<'_>, trust: Trust) -> Result<(), BundleError> {
+        self.verify_file(subnet.onnx, None, subnet.onnx_sha256, trust)?;
+        for w in &subnet.weights {
+            self.verify_file(w.path, Some(w.bytes), w.sha256, trust)?;
+        }
+        Ok(())
     }
 
     fn verify_file(
@@ -182,6 +207,7 @@ impl Bundle {
         relative: &str,
         size: Option<u64>,
         expected: Sha256,
+        trust: Trust,
     ) -> Result<(), BundleError> {
         let path =
             std::path::absolute(self.dir.join(relative)).map_err(|source| BundleError::Io {
@@ -193,6 +219,7 @@ impl Bundle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&path)
+            .filter(|v| matches!(v.how, Known::Hashed(_)) || trust == Trust::Stamps)
             .map(|v| v.sha256);
         if known == Some(expected) {
             return Ok(());
@@ -200,20 +227,32 @@ impl Bundle {
         // Stamped before hashing and checked after: a file changed meanwhile
         // is not trusted later.
         let before = FileStamp::of(&path, expected).ok();
-        check_file(&path, size, expected)?;
-        let stamp = before.filter(FileStamp::still_matches);
-        self.verified
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                path,
-                Verified {
-                    sha256: expected,
-                    stamp,
-                },
-            );
+        let checked = check_file(&path, size, expected);
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = checked {
+            // Whatever a stamp said, this file is not to be trusted again.
+            verified.remove(&path);
+            return Err(e);
+        }
+        let how = Known::Hashed(before.filter(FileStamp::still_matches));
+        verified.insert(
+            path,
+            Verified {
+                sha256: expected,
+                how,
+            },
+        );
         Ok(())
     }
+}
+
+/// Which digests [`Bundle::verify_file`] takes without hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Those this process hashed, and those [`Bundle::trust`]ed.
+    Stamps,
+    /// Only those this process hashed.
+    Hashes,
 }
 
 fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), BundleError> {
@@ -244,3 +283,6 @@ fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), Bu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
