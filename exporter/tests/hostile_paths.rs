@@ -28,13 +28,12 @@ fn bundle_beside_a_copy(dir: &Path) -> (PathBuf, PathBuf) {
     (bundle, outside)
 }
 
-/// The manifest of `bundle`, to decode, change and [`write_manifest`].
-fn read_manifest(bundle: &Path) -> Vec<u8> {
-    std::fs::read(bundle.join("manifest.postcard")).unwrap()
-}
-
-/// Encodes both manifests of `bundle` through the runtime's own types.
-fn write_manifest(bundle: &Path, manifest: &Manifest<'_>) {
+/// Re-encodes both manifests of `bundle` through the runtime's own types,
+/// after `set` put `name` where it goes.
+fn tamper(bundle: &Path, name: &str, set: impl for<'a> Fn(&mut Manifest<'a>, &'a str)) {
+    let bytes = std::fs::read(bundle.join("manifest.postcard")).unwrap();
+    let mut manifest = Manifest::from_postcard(&bytes).unwrap();
+    set(&mut manifest, name);
     std::fs::write(bundle.join("manifest.postcard"), manifest.to_postcard()).unwrap();
     std::fs::write(bundle.join("manifest.json"), manifest.to_json()).unwrap();
 }
@@ -46,10 +45,7 @@ type Crafted = fn(&Path) -> (PathBuf, Vec<String>);
 fn parent_graph(dir: &Path) -> (PathBuf, Vec<String>) {
     let (bundle, _) = bundle_beside_a_copy(dir);
     let name = "../outside/graphs/w32-d4.onnx";
-    let bytes = read_manifest(&bundle);
-    let mut manifest = Manifest::from_postcard(&bytes).unwrap();
-    manifest.subnets[2].onnx = name;
-    write_manifest(&bundle, &manifest);
+    tamper(&bundle, name, |m, name| m.subnets[2].onnx = name);
     (
         bundle,
         vec![
@@ -66,13 +62,11 @@ fn absolute_weights(dir: &Path) -> (PathBuf, Vec<String>) {
     let (bundle, outside) = bundle_beside_a_copy(dir);
     let name = outside.join("graphs/weights/w32.bin");
     let name = name.to_str().unwrap().to_owned();
-    let bytes = read_manifest(&bundle);
-    let mut manifest = Manifest::from_postcard(&bytes).unwrap();
-    for s in &mut manifest.subnets {
-        s.weights[0].path = &name;
-    }
-    write_manifest(&bundle, &manifest);
-    drop(manifest);
+    tamper(&bundle, &name, |m, name| {
+        for s in &mut m.subnets {
+            s.weights[0].path = name;
+        }
+    });
     (
         bundle,
         vec![
@@ -108,10 +102,7 @@ fn symlinked_weights(dir: &Path) -> (PathBuf, Vec<String>) {
 fn id_with_a_slash(dir: &Path) -> (PathBuf, Vec<String>) {
     let (bundle, _) = bundle_beside_a_copy(dir);
     let id = "../../outside/w32-d4";
-    let bytes = read_manifest(&bundle);
-    let mut manifest = Manifest::from_postcard(&bytes).unwrap();
-    manifest.subnets[2].id = id;
-    write_manifest(&bundle, &manifest);
+    tamper(&bundle, id, |m, id| m.subnets[2].id = id);
     (
         bundle,
         vec!["a sub-network id".into(), id.into(), "`..`".into()],

@@ -228,6 +228,18 @@ fn an_unwritable_cache_is_a_warning_and_said_so() {
     }
 }
 
+/// Asserts that selection `v` measured afresh and chose w32-d3, with a note
+/// holding each of `needles` on why w32-d4 was dropped.
+fn reselected_d3(v: &serde_json::Value, needles: &[&str]) {
+    assert_eq!(
+        (&v["cache"], &v["subnet"]["id"]),
+        (&"miss".into(), &"w32-d3".into()),
+        "{v}"
+    );
+    let notes = v["notes"].to_string();
+    assert!(needles.iter().all(|n| notes.contains(n)), "{notes}");
+}
+
 #[test]
 fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     let (_d, b) = bundle();
@@ -239,17 +251,7 @@ fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&graph, bytes).unwrap();
     let o = select(&b, &limits);
-    let v = json(&o);
-    assert_eq!(
-        (&v["cache"], &v["subnet"]["id"]),
-        (&"miss".into(), &"w32-d3".into()),
-        "{v}"
-    );
-    let notes = v["notes"].to_string();
-    assert!(
-        notes.contains("cached choice w32-d4") && notes.contains("sha256"),
-        "{notes}"
-    );
+    reselected_d3(&json(&o), &["cached choice w32-d4", "sha256"]);
     assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
     // The new decision replaced the broken one.
     let v = json(&select(&b, &limits));
@@ -260,24 +262,29 @@ fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     );
 }
 
+/// Flips the lowest bit of byte `at` of `path` in place, keeping its size,
+/// inode and mtime: bit-rot that only a hash sees.
+fn flip_in_place(path: &Path, at: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mtime = file.metadata().unwrap().modified().unwrap();
+    let mut byte = [0];
+    file.read_exact_at(&mut byte, at as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at as u64).unwrap();
+    file.set_modified(mtime).unwrap();
+}
+
 #[test]
 fn a_cached_boot_hashes_the_served_files_unless_told_changed() {
     let (d, b) = bundle();
     let limits = ["--latency-ms", "100000", "--memory-mb", "4096", "--json"];
     json(&select(&b, &limits));
     // Corrupt the weights but keep size, inode and mtime: only a hash sees it.
-    let weights = b.join("graphs/weights/w32.bin");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&weights)
-        .unwrap();
-    let mtime = file.metadata().unwrap().modified().unwrap();
-    let mut bytes = std::fs::read(&weights).unwrap();
-    bytes[0] ^= 0xff;
-    std::os::unix::fs::FileExt::write_all_at(&file, &bytes[..1], 0).unwrap();
-    file.set_modified(mtime).unwrap();
-    drop(file);
+    flip_in_place(&b.join("graphs/weights/w32.bin"), 0);
     // By default the cached winner's files are hashed in full before it is
     // served: the damage is found, and every candidate (all read w32.bin)
     // fails.
@@ -331,28 +338,11 @@ fn a_fresh_search_hashes_its_winner_in_full_and_selects_again_without_it() {
     // keeping size, inode and mtime: only a hash sees it.
     let graph = b.join("graphs/w32-d4.onnx");
     let bytes = std::fs::read(&graph).unwrap();
-    let at = bytes.windows(3).position(|w| w == b"POA").unwrap();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&graph)
-        .unwrap();
-    let mtime = file.metadata().unwrap().modified().unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&file, &[bytes[at] ^ 1], at as u64).unwrap();
-    file.set_modified(mtime).unwrap();
-    drop(file);
+    flip_in_place(&graph, bytes.windows(3).position(|w| w == b"POA").unwrap());
     // Other limits: a cache miss, whose search trusts the recorded stamps
     // while measuring; its winner is hashed in full before it is served.
     let v = json(&select(&b, &limits("90000")));
-    assert_eq!(
-        (&v["cache"], &v["subnet"]["id"]),
-        (&"miss".into(), &"w32-d3".into()),
-        "{v}"
-    );
-    let notes = v["notes"].to_string();
-    assert!(
-        notes.contains("w32-d4.onnx") && notes.contains("selecting again"),
-        "{notes}"
-    );
+    reselected_d3(&v, &["w32-d4.onnx", "selecting again"]);
 }
 
 #[test]
