@@ -92,15 +92,15 @@ pub fn write_with_graphs(
         task: calibrated.task.as_deref(),
     });
 
-    let calibration_dir = dir.join(CALIBRATION_DIR);
+    let calibration_dir = inside(bundle, CALIBRATION_DIR)?;
     fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
     // Files named by their content first, then the manifests that list them.
     let mut content = Vec::new();
     if let Ranges::New { rel, json, .. } = &ranges {
-        content.push(staged(&dir.join(rel), json)?);
+        content.push(staged(&inside(bundle, rel)?, json)?);
     }
     for (graph, rel, _) in &new_graphs {
-        content.push(staged(&dir.join(rel), &graph.bytes)?);
+        content.push(staged(&inside(bundle, rel)?, &graph.bytes)?);
     }
     let manifests = [
         staged(&dir.join(MANIFEST_JSON), &manifest.to_json())?,
@@ -244,6 +244,17 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> CalibrationError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Where the new file `rel` goes in `bundle`, refused (before anything is
+/// written) if a symlinked directory would lead it outside.
+fn inside(bundle: &Bundle, rel: &str) -> Result<PathBuf, CalibrationError> {
+    bundle
+        .inside(rel)
+        .map_err(|escape| CalibrationError::Write {
+            path: bundle.dir().join(rel),
+            source: io::Error::other(escape),
+        })
 }
 
 /// `bytes` written beside `dest`, to be renamed over it once all are.

@@ -228,6 +228,18 @@ fn an_unwritable_cache_is_a_warning_and_said_so() {
     }
 }
 
+/// Asserts that selection `v` measured afresh and chose w32-d3, with a note
+/// holding each of `needles` on why w32-d4 was dropped.
+fn reselected_d3(v: &serde_json::Value, needles: &[&str]) {
+    assert_eq!(
+        (&v["cache"], &v["subnet"]["id"]),
+        (&"miss".into(), &"w32-d3".into()),
+        "{v}"
+    );
+    let notes = v["notes"].to_string();
+    assert!(needles.iter().all(|n| notes.contains(n)), "{notes}");
+}
+
 #[test]
 fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     let (_d, b) = bundle();
@@ -239,17 +251,7 @@ fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&graph, bytes).unwrap();
     let o = select(&b, &limits);
-    let v = json(&o);
-    assert_eq!(
-        (&v["cache"], &v["subnet"]["id"]),
-        (&"miss".into(), &"w32-d3".into()),
-        "{v}"
-    );
-    let notes = v["notes"].to_string();
-    assert!(
-        notes.contains("cached choice w32-d4") && notes.contains("sha256"),
-        "{notes}"
-    );
+    reselected_d3(&json(&o), &["cached choice w32-d4", "sha256"]);
     assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
     // The new decision replaced the broken one.
     let v = json(&select(&b, &limits));
@@ -260,26 +262,59 @@ fn a_cached_winner_that_broke_is_selected_afresh_and_replaced() {
     );
 }
 
-#[test]
-fn unchanged_files_are_not_hashed_again_unless_asked() {
-    let (_d, b) = bundle();
-    let limits = ["--latency-ms", "100000", "--memory-mb", "4096", "--json"];
-    json(&select(&b, &limits));
-    // Corrupt the weights but keep size, inode and mtime: only a hash sees it.
-    let weights = b.join("graphs/weights/w32.bin");
+/// Flips the lowest bit of byte `at` of `path` in place, keeping its size,
+/// inode and mtime: bit-rot that only a hash sees.
+fn flip_in_place(path: &Path, at: usize) {
+    use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&weights)
+        .open(path)
         .unwrap();
     let mtime = file.metadata().unwrap().modified().unwrap();
-    let mut bytes = std::fs::read(&weights).unwrap();
-    bytes[0] ^= 0xff;
-    std::os::unix::fs::FileExt::write_all_at(&file, &bytes[..1], 0).unwrap();
+    let mut byte = [0];
+    file.read_exact_at(&mut byte, at as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at as u64).unwrap();
     file.set_modified(mtime).unwrap();
-    drop(file);
-    // The recorded stamp still matches: the cached boot does not re-hash.
-    assert_eq!(json(&select(&b, &limits))["cache"], "hit");
+}
+
+#[test]
+fn a_cached_boot_hashes_the_served_files_unless_told_changed() {
+    let (d, b) = bundle();
+    let limits = ["--latency-ms", "100000", "--memory-mb", "4096", "--json"];
+    json(&select(&b, &limits));
+    // Corrupt the weights but keep size, inode and mtime: only a hash sees it.
+    flip_in_place(&b.join("graphs/weights/w32.bin"), 0);
+    // By default the cached winner's files are hashed in full before it is
+    // served: the damage is found, and every candidate (all read w32.bin)
+    // fails.
+    let o = select(&b, &limits);
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        stderr(&o).contains("w32.bin") && stderr(&o).contains("corrupted"),
+        "{}",
+        stderr(&o)
+    );
+    // `run` starts the same way.
+    let png = d.path().join("image.png");
+    write_png(&png);
+    let mut run = vec!["run", b.to_str().unwrap(), "--input", png.to_str().unwrap()];
+    run.extend(&limits);
+    run.extend(FAST);
+    let o = runtime(&run);
+    assert!(
+        !o.status.success() && stderr(&o).contains("w32.bin"),
+        "{}",
+        stderr(&o)
+    );
+    // `--verify changed` trusts the recorded stamp, which still matches:
+    // the cached boot does not re-hash, and serves the damaged file.
+    let changed = [&limits[..], &["--verify", "changed"]].concat();
+    assert_eq!(json(&select(&b, &changed))["cache"], "hit");
     // --verify always hashes what the winner reads, finds the damage, and every
     // candidate (all read w32.bin) fails.
     let o = select(&b, &[&limits[..], &["--verify", "always"]].concat());
@@ -289,6 +324,25 @@ fn unchanged_files_are_not_hashed_again_unless_asked() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert!(stderr(&o).contains("w32.bin"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_fresh_search_hashes_its_winner_in_full_and_selects_again_without_it() {
+    let (_d, b) = bundle();
+    let limits = |ms| vec!["--latency-ms", ms, "--memory-mb", "4096", "--json"];
+    assert_eq!(
+        json(&select(&b, &limits("100000")))["subnet"]["id"],
+        "w32-d4"
+    );
+    // Damage the winner's graph where it still loads (its doc string),
+    // keeping size, inode and mtime: only a hash sees it.
+    let graph = b.join("graphs/w32-d4.onnx");
+    let bytes = std::fs::read(&graph).unwrap();
+    flip_in_place(&graph, bytes.windows(3).position(|w| w == b"POA").unwrap());
+    // Other limits: a cache miss, whose search trusts the recorded stamps
+    // while measuring; its winner is hashed in full before it is served.
+    let v = json(&select(&b, &limits("90000")));
+    reselected_d3(&v, &["w32-d4.onnx", "selecting again"]);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor_runtime::bundle::{Bundle, BundleError, MANIFEST_JSON, MANIFEST_POSTCARD};
@@ -99,8 +99,6 @@ pub enum PackError {
     },
     #[error("{0}: the manifest lists no sub-network")]
     Empty(PathBuf),
-    #[error("{bundle}: the manifest names {path}, which is not a relative path inside the bundle")]
-    UnsafePath { bundle: PathBuf, path: String },
     #[error("checking the bundle")]
     Bundle(#[from] BundleError),
     #[error("rendering the service files")]
@@ -296,16 +294,8 @@ fn device_tree(
             filtered.to_postcard(),
         ),
     ];
+    // Every name stays inside the bundle: `Bundle::open` checked them.
     for file in &files {
-        if !Path::new(file)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Err(PackError::UnsafePath {
-                bundle: bundle.dir().to_owned(),
-                path: (*file).to_owned(),
-            });
-        }
         tree.push(Entry::file(
             format!("{bundle_root}/{file}"),
             0o644,

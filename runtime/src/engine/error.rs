@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::{EngineKind, ExecutionProvider};
+use crate::fs::Escape;
 
 /// An engine's own error, kept as the source of ours.
 pub type BackendError = Box<dyn Error + Send + Sync>;
@@ -35,6 +36,13 @@ pub enum EngineError {
         tensor: String,
         #[source]
         source: io::Error,
+    },
+    #[error("{}: refused: external data `{location}` of tensor `{tensor}` {problem}", graph.display())]
+    OutsideExternalData {
+        graph: PathBuf,
+        tensor: String,
+        location: String,
+        problem: Escape,
     },
     #[error(
         "{}: external data {} holds {size} bytes but tensor `{tensor}` ends at byte {end}",
@@ -135,6 +143,7 @@ impl EngineError {
             | EngineError::NotOnnx { .. }
             | EngineError::Interface { .. }
             | EngineError::MissingExternalData { .. }
+            | EngineError::OutsideExternalData { .. }
             | EngineError::TruncatedExternalData { .. }
             | EngineError::InputShape { .. }
             | EngineError::Backend { .. } => false,
@@ -158,6 +167,7 @@ impl EngineError {
             EngineError::NotOnnx { .. } => "not_onnx",
             EngineError::Interface { .. } => "interface",
             EngineError::MissingExternalData { .. } => "missing_external_data",
+            EngineError::OutsideExternalData { .. } => "outside_external_data",
             EngineError::TruncatedExternalData { .. } => "truncated_external_data",
             EngineError::InputShape { .. } => "input_shape",
             EngineError::Options(_) => "options",
@@ -219,6 +229,15 @@ mod tests {
                     data: "w.bin".into(),
                     tensor: "t".into(),
                     source: io(),
+                },
+                false,
+            ),
+            (
+                EngineError::OutsideExternalData {
+                    graph: graph.clone(),
+                    tensor: "t".into(),
+                    location: "../w.bin".into(),
+                    problem: Escape::Parent,
                 },
                 false,
             ),

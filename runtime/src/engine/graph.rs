@@ -12,6 +12,7 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorProto, ValueInfoProto};
 use tract_onnx::prelude::Framework;
 
 use super::EngineError;
+use crate::fs::resolve_inside;
 
 pub(super) use crate::interface::{LOGITS, OUTPUTS, PIXEL_VALUES as INPUT};
 
@@ -86,9 +87,16 @@ impl Graph {
         let outputs = [output(OUTPUTS[0])?, output(OUTPUTS[1])?];
         let logits = body.output.iter().position(|o| o.name == LOGITS);
 
+        // External data is read relative to the graph, and from nowhere else.
         let dir = path.parent().unwrap_or(Path::new(""));
+        let root = fs::canonicalize(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
+            EngineError::Read {
+                graph: graph.clone(),
+                source,
+            }
+        })?;
         for tensor in &body.initializer {
-            check_external_data(path, dir, tensor)?;
+            check_external_data(path, (dir, &root), tensor)?;
         }
         Ok(Graph {
             path: graph,
@@ -136,8 +144,13 @@ fn image_size(input: &ValueInfoProto) -> Result<[usize; 2], String> {
     }
 }
 
-/// Checks that an initializer's external data file exists and is long enough.
-fn check_external_data(graph: &Path, dir: &Path, tensor: &TensorProto) -> Result<(), EngineError> {
+/// Checks that an initializer's external data file is inside the graph's
+/// directory (`dir` as given, `root` canonical), exists and is long enough.
+fn check_external_data(
+    graph: &Path,
+    (dir, root): (&Path, &Path),
+    tensor: &TensorProto,
+) -> Result<(), EngineError> {
     if tensor.data_location != Some(DataLocation::External as i32) {
         return Ok(());
     }
@@ -162,6 +175,12 @@ fn check_external_data(graph: &Path, dir: &Path, tensor: &TensorProto) -> Result
     };
     let location =
         field("location").ok_or_else(|| malformed("external data without a location".into()))?;
+    resolve_inside(root, location).map_err(|problem| EngineError::OutsideExternalData {
+        graph: graph.to_owned(),
+        tensor: tensor.name.clone(),
+        location: location.to_owned(),
+        problem,
+    })?;
     let data = dir.join(location);
     let size = match fs::metadata(&data) {
         Ok(meta) => meta.len(),

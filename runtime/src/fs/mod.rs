@@ -7,17 +7,21 @@
 //! - [`StagedDir`]: a whole directory built beside its destination, then
 //!   swapped in, with the old one moved back if the swap fails;
 //! - [`Hasher`], [`sha256`], [`sha256_file`]: the manifest's [`Sha256`]
-//!   digest of bytes, of a stream, of a file.
+//!   digest of bytes, of a stream, of a file;
+//! - [`relative`], [`file_name`], [`resolve_inside`]: names read from a file
+//!   that must not lead outside a directory.
 //!
 //! [`Sha256`]: crate::manifest::Sha256
 
 mod digest;
+mod inside;
 mod staged;
 mod swap;
 #[cfg(test)]
 mod tests;
 
 pub use digest::{sha256, sha256_file, Hasher};
+pub use inside::{file_name, relative, resolve_inside, Escape};
 pub use staged::{write_atomic, StagedFile};
 pub use swap::StagedDir;
 

@@ -83,8 +83,13 @@ pub enum Reuse {
 /// Which bundle files to hash before a candidate is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verify {
-    /// Files not verified before, or changed since (size, mtime, inode).
+    /// The chosen sub-network's files, in full, before it is served; the
+    /// other candidates' as [`Verify::Changed`].
     #[default]
+    Chosen,
+    /// Files not verified before, or changed since (size, mtime, inode): a
+    /// cached boot hashes nothing, and bit-rot that keeps the size and mtime
+    /// goes unseen.
     Changed,
     /// Every file a candidate reads, whatever was recorded.
     Always,
@@ -144,7 +149,7 @@ impl Default for RuntimeOptions {
             sysroot: PathBuf::from("/"),
             cache: cache::default_path(),
             isolation: Isolation::InProcess,
-            verify: Verify::Changed,
+            verify: Verify::Chosen,
         }
     }
 }

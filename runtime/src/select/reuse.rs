@@ -9,6 +9,7 @@ use super::{
     available_cpus, Chosen, EngineChoice, Limits, MemoryLimit, Reuse, Runtime, SelectError, Setup,
     Verify, MB,
 };
+use crate::bundle::BundleError;
 use crate::cache::{self, Cache, Lookup};
 use crate::engine::{EngineInfo, EngineKind, Session};
 use crate::manifest::{Sha256, Subnet};
@@ -204,7 +205,7 @@ impl Runtime {
             notes.push(format!("{e}: selecting without the cache's lock"));
         }
         if let Some(cache) = &cache {
-            if self.options.verify == Verify::Changed {
+            if self.options.verify != Verify::Always {
                 self.bundle.trust(&cache.verified());
             }
             let cached = match reuse {
@@ -244,9 +245,16 @@ impl Runtime {
         }
 
         let mut decided = self.search(bounds, limits.percentile, engines, &threads)?;
+        let manifest = self.bundle.manifest();
+        if let Err(e) = self.verify_chosen(&manifest.subnets[decided.index]) {
+            // A stamp hid damage to the winner's files: known now, they are
+            // hashed again as a candidate's, which fails there.
+            notes.push(format!("{e}: selecting again"));
+            decided = self.search(bounds, limits.percentile, engines, &threads)?;
+            self.verify_chosen(&manifest.subnets[decided.index])?;
+        }
         let load = before.until(&LoadReading::now(&self.options.sysroot));
         notes.append(&mut decided.notes);
-        let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[decided.index];
         let session = self
             .load(
@@ -348,11 +356,20 @@ impl Runtime {
                 limits.memory_bytes as f64 / MB
             ));
         }
-        self.bundle.verify(&subnet).map_err(|e| e.to_string())?;
+        self.verify_chosen(&subnet).map_err(|e| e.to_string())?;
         let session = self
             .load(&self.bundle.graph_path(&subnet), limits.batch, &setup)
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
         Ok((subnet, setup, session))
+    }
+
+    /// Checks the files of the sub-network about to be served: hashed in
+    /// full unless `--verify changed` trusts unchanged stamps.
+    fn verify_chosen(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
+        match self.options.verify {
+            Verify::Changed => self.bundle.verify(subnet),
+            Verify::Chosen | Verify::Always => self.bundle.verify_in_full(subnet),
+        }
     }
 
     /// `engines` keyed by name and version: `auto` is keyed by the engines

@@ -167,10 +167,13 @@ struct Common {
     /// Decision cache file (default: see below).
     #[arg(long, value_name = "FILE")]
     cache: Option<PathBuf>,
-    /// Which bundle files to hash before loading: `changed` skips files whose
-    /// size, mtime and inode match an earlier verification; `always` hashes
-    /// every file a candidate reads.
-    #[arg(long, value_enum, default_value = "changed")]
+    /// Which bundle files to hash before loading: `chosen` hashes the served
+    /// sub-network's files in full at every start and skips the other
+    /// candidates' files whose size, mtime and inode match an earlier
+    /// verification; `changed` skips those for the served one too (faster
+    /// boots, but bit-rot that keeps size and mtime goes unseen); `always`
+    /// hashes every file a candidate reads.
+    #[arg(long, value_enum, default_value = "chosen")]
     verify: VerifyArg,
     /// Let TensorRT build fp16 engines (`--provider tensorrt` only).
     #[arg(long)]
@@ -215,6 +218,7 @@ struct LimitArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum VerifyArg {
+    Chosen,
     Changed,
     Always,
 }
@@ -333,6 +337,7 @@ impl Common {
             cache,
             isolation,
             verify: match self.verify {
+                VerifyArg::Chosen => Verify::Chosen,
                 VerifyArg::Changed => Verify::Changed,
                 VerifyArg::Always => Verify::Always,
             },

@@ -1,21 +1,26 @@
-//! A bundle directory on the device: its manifest, and integrity checks of
-//! the files a sub-network needs before an engine touches them.
+//! A bundle directory on the device: its manifest, whose file names are
+//! checked to stay inside the bundle when it is opened, and integrity checks
+//! of the files a sub-network needs before an engine touches them.
 //!
 //! Each file is hashed at most once per process, and only when a candidate
 //! reads it; files whose size, mtime and inode match a [`FileStamp`] from an
-//! earlier verification are trusted without hashing (a 1.2 GB weight file
-//! costs seconds to hash on a board).
+//! earlier verification may be trusted without hashing (a 1.2 GB weight file
+//! costs seconds to hash on a board), except by [`Bundle::verify_in_full`]:
+//! bit-rot on flash changes neither size nor mtime.
+
+mod names;
+mod stamp;
+
+pub use names::Refused;
+pub use stamp::FileStamp;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::fs::{sha256, Hasher};
-use serde::{Deserialize, Serialize};
-
+use crate::fs::{resolve_inside, sha256, Escape, Hasher};
 use crate::manifest::{BundleFile, DecodeError, Manifest, Sha256, Subnet};
 
 /// The compact manifest the runtime reads.
@@ -27,6 +32,8 @@ pub const MANIFEST_JSON: &str = "manifest.json";
 #[derive(Debug)]
 pub struct Bundle {
     dir: PathBuf,
+    /// `dir` canonical: what the manifest's names must stay inside.
+    root: PathBuf,
     manifest_bytes: Vec<u8>,
     manifest_sha256: Sha256,
     /// Files known to hold a digest: hashed by this process, or trusted from
@@ -37,8 +44,16 @@ pub struct Bundle {
 #[derive(Debug, Clone)]
 struct Verified {
     sha256: Sha256,
-    /// Set when this process hashed the file (so it can be recorded).
-    stamp: Option<FileStamp>,
+    how: Known,
+}
+
+/// How this process knows a file's digest.
+#[derive(Debug, Clone)]
+enum Known {
+    /// It hashed the file; the stamp to record, if the file held still.
+    Hashed(Option<FileStamp>),
+    /// A stamp recorded earlier still matches.
+    Trusted,
 }
 
 /// Why a bundle or one of its files cannot be used.
@@ -48,6 +63,8 @@ pub enum BundleError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}")]
     Manifest { path: PathBuf, source: DecodeError },
+    #[error(transparent)]
+    Outside(Box<Refused>),
     #[error("{path} is corrupted: sha256 is {actual}, the manifest says {expected}")]
     Corrupted {
         path: PathBuf,
@@ -65,21 +82,30 @@ pub enum BundleError {
 }
 
 impl Bundle {
-    /// Reads and decodes `dir/manifest.postcard`.
+    /// Reads and decodes `dir/manifest.postcard`, and checks that every file
+    /// it names is inside `dir`, symlinks followed.
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let dir = dir.as_ref().to_owned();
         let path = dir.join(MANIFEST_POSTCARD);
-        let manifest_bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
+        let manifest_bytes = fs::read(&path).map_err(|source| BundleError::Io {
             path: path.clone(),
             source,
         })?;
-        Manifest::from_postcard(&manifest_bytes).map_err(|source| BundleError::Manifest {
-            path: path.clone(),
+        let root = fs::canonicalize(&dir).map_err(|source| BundleError::Io {
+            path: dir.clone(),
             source,
         })?;
+        let manifest =
+            Manifest::from_postcard(&manifest_bytes).map_err(|source| BundleError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        names::check(&root, &path, &manifest).map_err(|r| BundleError::Outside(Box::new(r)))?;
+        drop(manifest);
         let manifest_sha256 = sha256(&manifest_bytes);
         Ok(Bundle {
             dir,
+            root,
             manifest_bytes,
             manifest_sha256,
             verified: Mutex::default(),
@@ -113,6 +139,12 @@ impl Bundle {
             })
     }
 
+    /// `dir/name`, if `name` is relative and leads nowhere outside the
+    /// bundle, symlinks followed: where a writer may put a new file.
+    pub fn inside(&self, name: &str) -> Result<PathBuf, Escape> {
+        resolve_inside(&self.root, name).map(|_| self.dir.join(name))
+    }
+
     /// The graph file of a sub-network.
     pub fn graph_path(&self, subnet: &Subnet<'_>) -> PathBuf {
         self.dir.join(subnet.onnx)
@@ -120,19 +152,21 @@ impl Bundle {
 
     /// Checks the sizes and sha256 of the graph and weight files of `subnet`
     /// (a corrupted flash is common on boards), each file at most once per
-    /// process.
+    /// process; a file [`Bundle::trust`]ed is taken as checked.
     pub fn verify(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
-        self.verify_file(subnet.onnx, None, subnet.onnx_sha256)?;
-        for w in &subnet.weights {
-            self.verify_file(w.path, Some(w.bytes), w.sha256)?;
-        }
-        Ok(())
+        self.verify_subnet(subnet, Trust::Stamps)
+    }
+
+    /// [`Bundle::verify`], hashing also the files only trusted from a stamp:
+    /// for the sub-network about to be served.
+    pub fn verify_in_full(&self, subnet: &Subnet<'_>) -> Result<(), BundleError> {
+        self.verify_subnet(subnet, Trust::Hashes)
     }
 
     /// Checks the size and sha256 of a non-graph file the manifest lists
     /// (the calibration's ranges).
     pub fn verify_data(&self, file: &BundleFile<'_>) -> Result<(), BundleError> {
-        self.verify_file(file.path, Some(file.bytes), file.sha256)
+        self.verify_file(file.path, Some(file.bytes), file.sha256, Trust::Stamps)
     }
 
     /// Takes the files of `stamps` whose size, mtime and inode are unchanged
@@ -143,7 +177,7 @@ impl Bundle {
         for stamp in stamps.iter().filter(|s| s.still_matches()) {
             verified.entry(stamp.path.clone()).or_insert(Verified {
                 sha256: stamp.sha256,
-                stamp: None,
+                how: Known::Trusted,
             });
         }
     }
@@ -151,7 +185,21 @@ impl Bundle {
     /// Stamps of the files this process hashed, to trust them next time.
     pub fn stamps(&self) -> Vec<FileStamp> {
         let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        verified.values().filter_map(|v| v.stamp.clone()).collect()
+        verified
+            .values()
+            .filter_map(|v| match &v.how {
+                Known::Hashed(stamp) => stamp.clone(),
+                Known::Trusted => None,
+            })
+            .collect()
+    }
+
+    fn verify_subnet(&self, subnet: &Subnet<'_>, trust: Trust) -> Result<(), BundleError> {
+        self.verify_file(subnet.onnx, None, subnet.onnx_sha256, trust)?;
+        for w in &subnet.weights {
+            self.verify_file(w.path, Some(w.bytes), w.sha256, trust)?;
+        }
+        Ok(())
     }
 
     fn verify_file(
@@ -159,6 +207,7 @@ impl Bundle {
         relative: &str,
         size: Option<u64>,
         expected: Sha256,
+        trust: Trust,
     ) -> Result<(), BundleError> {
         let path =
             std::path::absolute(self.dir.join(relative)).map_err(|source| BundleError::Io {
@@ -170,6 +219,7 @@ impl Bundle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&path)
+            .filter(|v| matches!(v.how, Known::Hashed(_)) || trust == Trust::Stamps)
             .map(|v| v.sha256);
         if known == Some(expected) {
             return Ok(());
@@ -177,61 +227,32 @@ impl Bundle {
         // Stamped before hashing and checked after: a file changed meanwhile
         // is not trusted later.
         let before = FileStamp::of(&path, expected).ok();
-        check_file(&path, size, expected)?;
-        let stamp = before.filter(FileStamp::still_matches);
-        self.verified
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                path,
-                Verified {
-                    sha256: expected,
-                    stamp,
-                },
-            );
+        let checked = check_file(&path, size, expected);
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = checked {
+            // Whatever a stamp said, this file is not to be trusted again.
+            verified.remove(&path);
+            return Err(e);
+        }
+        let how = Known::Hashed(before.filter(FileStamp::still_matches));
+        verified.insert(
+            path,
+            Verified {
+                sha256: expected,
+                how,
+            },
+        );
         Ok(())
     }
 }
 
-/// What identifies a file's content without hashing it again: while size,
-/// mtime and inode are unchanged, the recorded sha256 is still the file's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStamp {
-    /// The file, absolute or as given.
-    pub path: PathBuf,
-    pub size: u64,
-    /// Modification time in nanoseconds since the Unix epoch.
-    pub mtime_ns: i128,
-    pub inode: u64,
-    /// The sha256 verified when the stamp was taken.
-    pub sha256: Sha256,
-}
-
-impl FileStamp {
-    /// Stats `path` now; `sha256` is what the caller verified it holds.
-    pub fn of(path: &Path, sha256: Sha256) -> io::Result<FileStamp> {
-        let (size, mtime_ns, inode) = identity(&fs::metadata(path)?);
-        Ok(FileStamp {
-            path: path.to_owned(),
-            size,
-            mtime_ns,
-            inode,
-            sha256,
-        })
-    }
-
-    /// Whether the file at `path` still has this size, mtime and inode (false
-    /// if it cannot be statted).
-    pub fn still_matches(&self) -> bool {
-        fs::metadata(&self.path)
-            .is_ok_and(|meta| identity(&meta) == (self.size, self.mtime_ns, self.inode))
-    }
-}
-
-/// `(size, mtime in ns, inode)` of a file.
-fn identity(meta: &fs::Metadata) -> (u64, i128, u64) {
-    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    (meta.len(), mtime_ns, meta.ino())
+/// Which digests [`Bundle::verify_file`] takes without hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Those this process hashed, and those [`Bundle::trust`]ed.
+    Stamps,
+    /// Only those this process hashed.
+    Hashes,
 }
 
 fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), BundleError> {
@@ -264,51 +285,4 @@ fn check_file(path: &Path, size: Option<u64>, expected: Sha256) -> Result<(), Bu
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::*;
-
-    #[test]
-    fn a_stamp_matches_until_size_mtime_or_inode_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("w32.bin");
-        fs::write(&file, b"weights-1").unwrap();
-        let stamp = FileStamp::of(&file, Sha256([7; 32])).unwrap();
-        assert!(stamp.still_matches());
-        let then = SystemTime::UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns as u64);
-        let set_mtime = |time: SystemTime| {
-            File::options()
-                .write(true)
-                .open(&file)
-                .unwrap()
-                .set_modified(time)
-                .unwrap()
-        };
-
-        // Same size and inode, new content and mtime.
-        fs::write(&file, b"weights-2").unwrap();
-        set_mtime(then + Duration::from_secs(1));
-        assert!(!stamp.still_matches());
-        // Same mtime and inode, another size.
-        fs::write(&file, b"weights-22").unwrap();
-        set_mtime(then);
-        assert!(!stamp.still_matches());
-        // Same size and mtime, another inode.
-        let replacement = dir.path().join("w32.bin.new");
-        fs::write(&replacement, b"weights-1").unwrap();
-        fs::rename(&replacement, &file).unwrap();
-        set_mtime(then);
-        assert_eq!(fs::metadata(&file).unwrap().len(), stamp.size);
-        assert!(!stamp.still_matches());
-        // Control: with all three restored, it matches again.
-        let restored = FileStamp {
-            inode: fs::metadata(&file).unwrap().ino(),
-            ..stamp.clone()
-        };
-        assert!(restored.still_matches());
-
-        fs::remove_file(&file).unwrap();
-        assert!(!restored.still_matches());
-    }
-}
+mod tests;
