@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{parent, sibling, sync_dir};
+use super::{parent, sibling, sweep::sweep, sync_dir};
 
 /// A directory built beside its destination and moved into place whole
 /// ([`StagedDir::commit`]); dropped before that, it is removed with all it
@@ -18,10 +18,12 @@ pub struct StagedDir {
 }
 
 impl StagedDir {
-    /// Creates the empty directory beside `dest` (and `dest`'s parents);
-    /// `dest` is not touched yet.
+    /// Creates the empty directory beside `dest` (and `dest`'s parents),
+    /// clearing what a killed writer of `dest` left there; `dest` is not
+    /// touched yet.
     pub fn create(dest: &Path) -> io::Result<StagedDir> {
         fs::create_dir_all(parent(dest))?;
+        sweep(dest);
         let path = sibling(dest, "tmp");
         fs::create_dir(&path)?;
         Ok(StagedDir {
@@ -37,19 +39,52 @@ impl StagedDir {
     }
 
     /// Syncs everything inside, then moves the directory to the destination.
-    /// Something already there (a directory or a file) is moved aside first,
-    /// moved back if the move in fails, and removed once the new one is in.
-    pub fn commit(self) -> io::Result<()> {
-        self.commit_with(|from, to| fs::rename(from, to))
+    /// Something already there (a directory or a file) is exchanged with it
+    /// in one step where the kernel can, so no instant is without one of the
+    /// two; elsewhere it is moved aside first, moved back if the move in
+    /// fails. The old one is removed once the new one is in.
+    pub fn commit(mut self) -> io::Result<()> {
+        sync_tree(&self.path)?;
+        if self.dest.symlink_metadata().is_ok() && self.exchange()? {
+            return Ok(());
+        }
+        self.swap(|from, to| fs::rename(from, to))
     }
 
-    /// [`StagedDir::commit`] moving with `rename`: a seam for the tests to
-    /// make a rename fail.
+    /// [`StagedDir::commit`] by two renames, moving with `rename`: a seam
+    /// for the tests to make a rename fail.
+    #[cfg(test)]
     pub(super) fn commit_with(
         mut self,
-        mut rename: impl FnMut(&Path, &Path) -> io::Result<()>,
+        rename: impl FnMut(&Path, &Path) -> io::Result<()>,
     ) -> io::Result<()> {
         sync_tree(&self.path)?;
+        self.swap(rename)
+    }
+
+    /// Exchanges the staged directory and `dest` (Linux's `RENAME_EXCHANGE`);
+    /// `false` where the file system cannot. The old tree, now under the
+    /// staged name, is removed on drop.
+    #[cfg(target_os = "linux")]
+    fn exchange(&mut self) -> io::Result<bool> {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+        match renameat_with(CWD, &self.path, CWD, &self.dest, RenameFlags::EXCHANGE) {
+            Ok(()) => sync_dir(parent(&self.dest)).map(|()| true),
+            Err(Errno::INVAL | Errno::NOSYS) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn exchange(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Moves `dest` aside, the staged directory in, and `dest` back if that
+    /// fails; a kill between the two renames leaves the old tree aside, which
+    /// the next [`StagedDir::create`] for `dest` moves back.
+    fn swap(&mut self, mut rename: impl FnMut(&Path, &Path) -> io::Result<()>) -> io::Result<()> {
         if self.dest.symlink_metadata().is_err() {
             return self.move_in(rename);
         }
