@@ -23,7 +23,7 @@ mod tests;
 
 pub use digest::{sha256, sha256_file, Hasher};
 pub use staged::{write_atomic, StagedFile};
-pub use swap::StagedDir;
+pub use swap::{write_unlinked, StagedDir};
 
 use std::ffi::OsString;
 use std::fs::File;

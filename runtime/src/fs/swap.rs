@@ -33,6 +33,17 @@ impl StagedDir {
         })
     }
 
+    /// [`StagedDir::create`], filled with hard links to every file under
+    /// `dest` (copies where links are refused) but the top-level names in
+    /// `except`: for a writer that changes a few files of a big tree. Such a
+    /// file is the live tree's too: replace it (remove, then write), never
+    /// write through it.
+    pub fn linked(dest: &Path, except: &[&str]) -> io::Result<StagedDir> {
+        let staged = StagedDir::create(dest)?;
+        link_tree(dest, &staged.path, except)?;
+        Ok(staged)
+    }
+
     /// The directory to fill.
     pub fn path(&self) -> &Path {
         &self.path
@@ -152,4 +163,34 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
         }
     }
     sync_dir(dir)
+}
+
+/// Writes `bytes` at `path` as a new file, unlinking the one there first:
+/// in a [`StagedDir::linked`] tree that one is the live tree's file too.
+pub fn write_unlinked(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::write(path, bytes)
+}
+
+/// Hard-links every file under `from` into `to`, the top-level names in
+/// `except` left out.
+fn link_tree(from: &Path, to: &Path, except: &[&str]) -> io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if except.iter().any(|e| name == *e) {
+            continue;
+        }
+        let (source, dest) = (entry.path(), to.join(&name));
+        if entry.file_type()?.is_dir() {
+            fs::create_dir(&dest)?;
+            link_tree(&source, &dest, &[])?;
+        } else if fs::hard_link(&source, &dest).is_err() {
+            fs::copy(&source, &dest)?;
+        }
+    }
+    Ok(())
 }
