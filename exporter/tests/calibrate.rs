@@ -655,8 +655,7 @@ fn a_failure_half_way_through_the_commit_leaves_the_bundle_as_it_was() {
     let last = files(&copy)
         .into_iter()
         .map(|(p, _)| p)
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !before.contains(p))
-        .last()
+        .rfind(|p| p.extension().is_some_and(|e| e == "onnx") && !before.contains(p))
         .unwrap();
     std::fs::create_dir_all(bundle.join(&last).join("in-the-way")).unwrap();
     let name = last.file_name().unwrap().to_str().unwrap();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,7 +22,7 @@ fn exporter_bin() -> PathBuf {
 }
 
 /// Runs `program ARGS...` with files limited to `kib` KiB.
-fn with_file_limit(kib: u32, program: &Path, args: &[&dyn AsRef<OsStr>]) -> Output {
+fn with_file_limit(kib: u32, program: &Path, args: &[impl AsRef<OsStr>]) -> Output {
     Command::new("bash")
         .args(["-c", r#"trap "" XFSZ; ulimit -f "$0" && exec "$@""#])
         .arg(kib.to_string())
@@ -32,7 +32,7 @@ fn with_file_limit(kib: u32, program: &Path, args: &[&dyn AsRef<OsStr>]) -> Outp
         .unwrap()
 }
 
-fn exporter(args: &[&dyn AsRef<OsStr>]) -> Output {
+fn exporter(args: &[impl AsRef<OsStr>]) -> Output {
     with_file_limit(u32::MAX, &exporter_bin(), args)
 }
 
@@ -55,7 +55,7 @@ fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Runs the writer under a limit of `kib` KiB and checks that it failed
 /// naming `file` and its cause, and that nothing under `dir` changed.
-fn fails_on_a_full_disk(dir: &Path, kib: u32, args: &[&dyn AsRef<OsStr>], file: &str) {
+fn fails_on_a_full_disk(dir: &Path, kib: u32, args: &[impl AsRef<OsStr>], file: &str) {
     let before = contents(dir);
     let out = with_file_limit(kib, &exporter_bin(), args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -86,17 +86,13 @@ fn tiny_copy(dir: &Path) -> PathBuf {
     bundle
 }
 
-fn calibrate_args<'a>(bundle: &'a PathBuf, data: &'a PathBuf) -> [&'a dyn AsRef<OsStr>; 8] {
-    [
-        &"calibrate",
-        bundle,
-        &"--ranges",
-        &"inner",
-        &"--limit",
-        &"20",
-        &"--data",
-        data,
-    ]
+fn calibrate_args(bundle: &Path, data: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["calibrate", "--ranges", "inner", "--limit", "20", "--data"]
+        .map(OsString::from)
+        .into();
+    args.insert(1, bundle.into());
+    args.push(data.into());
+    args
 }
 
 #[test]
