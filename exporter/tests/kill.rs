@@ -69,7 +69,7 @@ fn export(out: &Path) -> Command {
 
 /// `exporter route` of the SDR bundle on the digits.
 fn route(bundle: &Path) -> Command {
-    let mut command = exporter_on("route", bundle, &["--task", "digits", "--limit", "100"]);
+    let mut command = exporter_on("route", bundle, &["--task", "digits", "--limit", "40"]);
     command.arg("--data").arg(digits()).arg("-q");
     command
 }
