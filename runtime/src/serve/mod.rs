@@ -10,6 +10,7 @@
 mod api;
 mod limits;
 mod listener;
+mod loopback;
 mod metrics;
 mod notify;
 
@@ -24,6 +25,8 @@ use anyhow::{Context, Result};
 
 use crate::select::Chosen;
 pub use limits::Limits;
+#[doc(hidden)]
+pub use loopback::Loopback;
 use metrics::Metrics;
 
 /// Where the server listens.
@@ -126,6 +129,15 @@ struct State {
 }
 
 impl State {
+    fn new(selection: Selection, limits: Limits) -> State {
+        State {
+            current: RwLock::new(Arc::new(Served::new(selection))),
+            metrics: Metrics::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.get())),
+            limits,
+        }
+    }
+
     fn served(&self) -> Arc<Served> {
         self.current
             .read()
@@ -171,14 +183,9 @@ where
     let power_mode = |file: &Option<PathBuf>| file.as_ref().and_then(|f| std::fs::read(f).ok());
     let mut seen_power_mode = power_mode(&options.power_mode_file);
 
-    let first = Served::new(select()?);
-    log::info!("serving {} on {listen}", first.id);
-    let state = Arc::new(State {
-        current: RwLock::new(Arc::new(first)),
-        metrics: Metrics::default(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.get())),
-        limits,
-    });
+    let first = select()?;
+    log::info!("serving {} on {listen}", first.chosen.id);
+    let state = Arc::new(State::new(first, limits));
     notify::ready(&state.served().id);
 
     let watched = Arc::clone(&state);
