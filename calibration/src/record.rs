@@ -2,20 +2,19 @@
 //! graphs (with a task head), then both manifests with every sub-network's
 //! quality and the dataset's identity.
 //!
-//! Every file is written beside its destination and renamed into place once
-//! all are complete, so a failure leaves the bundle as it was. New files are
-//! named by their content, so no file the old manifest lists is overwritten:
-//! until `manifest.postcard` is renamed the runtime sees the old bundle, and
-//! a failure before that removes the new files again. The weights are
-//! untouched: the bundle still verifies, and its identity (the manifest's
-//! sha256, the runtime's cache key) changes with the scores.
+//! The bundle is rebuilt beside itself (`StagedDir::linked`: the old files
+//! hard linked, never written through) and swapped in whole, so a failure or
+//! a kill leaves it as it was or as it was meant to be. New files are named
+//! by their content. The weights are untouched: the bundle still verifies,
+//! and its identity (the manifest's sha256, the runtime's cache key) changes
+//! with the scores.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
-use tailor_runtime::fs::{sha256, StagedFile};
+use tailor_runtime::fs::{sha256, write_unlinked, StagedDir};
 use tailor_runtime::manifest::{BundleFile, Calibration, Sha256};
 
 use crate::npz::{self, Member};
@@ -92,57 +91,43 @@ pub fn write_with_graphs(
         task: calibrated.task.as_deref(),
     });
 
-    let calibration_dir = inside(bundle, CALIBRATION_DIR)?;
+    // Refused before anything is written if a symlinked directory of the
+    // bundle would lead a new file outside it.
+    inside(bundle, CALIBRATION_DIR)?;
+    // The bundle rebuilt beside itself (hard links to its files), the new
+    // files put in, the stale ones left out, then swapped in whole: a kill
+    // leaves the old bundle or the new one, both manifests included.
+    let staging =
+        StagedDir::linked(dir, &[MANIFEST_JSON, MANIFEST_POSTCARD]).map_err(write_err(dir))?;
+    let put = |rel: &str, bytes: &[u8]| {
+        let path = staging.path().join(rel);
+        write_unlinked(&path, bytes).map_err(write_err(&path))
+    };
+    let calibration_dir = staging.path().join(CALIBRATION_DIR);
     fs::create_dir_all(&calibration_dir).map_err(write_err(&calibration_dir))?;
-    // Files named by their content first, then the manifests that list them.
-    let mut content = Vec::new();
     if let Ranges::New { rel, json, .. } = &ranges {
-        content.push(staged(&inside(bundle, rel)?, json)?);
+        inside(bundle, rel)?;
+        put(rel, json)?;
     }
     for (graph, rel, _) in &new_graphs {
-        content.push(staged(&inside(bundle, rel)?, &graph.bytes)?);
+        inside(bundle, rel)?;
+        put(rel, &graph.bytes)?;
     }
-    let manifests = [
-        staged(&dir.join(MANIFEST_JSON), &manifest.to_json())?,
-        // Last: the runtime reads this one.
-        staged(&dir.join(MANIFEST_POSTCARD), &manifest.to_postcard())?,
-    ];
-    let mut placed = Vec::new();
-    let commit = |file: StagedFile| {
-        let dest = file.dest().to_owned();
-        file.commit().map_err(write_err(&dest))?;
-        Ok(dest)
-    };
-    let committed = content
-        .into_iter()
-        .try_for_each(|file| {
-            placed.push(commit(file)?);
-            Ok(())
-        })
-        .and_then(|()| manifests.into_iter().try_for_each(|f| commit(f).map(drop)));
-    if let Err(e) = committed {
-        // The old postcard still stands: take away the new files it does
-        // not list (one the same content kept its name and stays).
-        let old_ranges = old.calibration.as_ref().map(|c| c.ranges.path);
-        for path in placed {
-            let kept = |rel: &str| dir.join(rel) == path;
-            if !old.subnets.iter().any(|s| kept(s.onnx)) && !old_ranges.is_some_and(kept) {
-                let _ = fs::remove_file(path);
+    let mut stale: Vec<&str> = old.subnets.iter().map(|s| s.onnx).collect();
+    stale.extend(old.calibration.as_ref().map(|c| c.ranges.path));
+    let now = ranges.listed().path;
+    for rel in stale {
+        if rel != now && !manifest.subnets.iter().any(|s| s.onnx == rel) {
+            let path = staging.path().join(rel);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(write_err(&path)(e)),
+                _ => {}
             }
         }
-        return Err(e);
     }
-    // Referenced by nothing now; a failure only leaves them behind.
-    let now: Vec<&str> = manifest.subnets.iter().map(|s| s.onnx).collect();
-    for stale in old.subnets.iter().map(|s| s.onnx) {
-        if !now.contains(&stale) {
-            let _ = fs::remove_file(dir.join(stale));
-        }
-    }
-    let now = ranges.listed().path;
-    if let Some(previous) = old.calibration.filter(|c| c.ranges.path != now) {
-        let _ = fs::remove_file(dir.join(previous.ranges.path));
-    }
+    put(MANIFEST_JSON, &manifest.to_json())?;
+    put(MANIFEST_POSTCARD, &manifest.to_postcard())?;
+    staging.commit().map_err(write_err(dir))?;
     Ok(dir.join(now))
 }
 
@@ -246,20 +231,15 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> CalibrationError + '_ {
     }
 }
 
-/// Where the new file `rel` goes in `bundle`, refused (before anything is
-/// written) if a symlinked directory would lead it outside.
-fn inside(bundle: &Bundle, rel: &str) -> Result<PathBuf, CalibrationError> {
+/// Refuses the new file `rel` if a symlinked directory of `bundle` would
+/// lead it outside.
+fn inside(bundle: &Bundle, rel: &str) -> Result<(), CalibrationError> {
     bundle
         .inside(rel)
+        .map(drop)
         .map_err(|escape| CalibrationError::Write {
             path: bundle.dir().join(rel),
             source: io::Error::other(escape),
         })
 }
 
-/// `bytes` written beside `dest`, to be renamed over it once all are.
-fn staged(dest: &Path, bytes: &[u8]) -> Result<StagedFile, CalibrationError> {
-    let mut file = StagedFile::create(dest).map_err(write_err(dest))?;
-    file.write_all(bytes).map_err(write_err(dest))?;
-    Ok(file)
-}

@@ -644,12 +644,22 @@ fn bad_heads_are_named_and_leave_the_bundle_untouched() {
 
 #[test]
 fn a_failure_half_way_through_the_commit_leaves_the_bundle_as_it_was() {
-    let (_dir, bundle, data) = labelled_bundle();
-    // The new graphs are in place before manifest.json is: a directory in
-    // its way makes that rename fail after them.
-    std::fs::remove_file(bundle.join("manifest.json")).unwrap();
-    std::fs::create_dir_all(bundle.join("manifest.json/in-the-way")).unwrap();
-    assert_refused_with(&bundle, &data, &["--fit-head"], &["manifest.json"]);
+    let (dir, bundle, data) = labelled_bundle();
+    // The ranges file is in place before the new graphs are: a directory in
+    // the way of the last graph (its name learnt from a run on a copy) makes
+    // writing it fail after them.
+    let copy = dir.path().join("copy");
+    common::copy_dir(&bundle, &copy);
+    assert_succeeded(&calibrate(&copy, &data, &["--fit-head"]));
+    let before: Vec<PathBuf> = files(&bundle).into_iter().map(|(p, _)| p).collect();
+    let last = files(&copy)
+        .into_iter()
+        .map(|(p, _)| p)
+        .rfind(|p| p.extension().is_some_and(|e| e == "onnx") && !before.contains(p))
+        .unwrap();
+    std::fs::create_dir_all(bundle.join(&last).join("in-the-way")).unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    assert_refused_with(&bundle, &data, &["--fit-head"], &[name]);
     assert_succeeded(&exporter(&[&"inspect", &bundle, &"--verify"]));
 }
 

@@ -111,15 +111,42 @@ pub(super) fn tar_gz<W: Write>(
         let mut header = header(EntryType::Regular, entry.mode, entry.len()?, mtime);
         match &entry.data {
             Data::Bytes(bytes) => tar.append_data(&mut header, &path, bytes.as_slice())?,
-            Data::File(source) => File::open(source)
-                .and_then(|file| tar.append_data(&mut header, &path, file))
-                .map_err(|error| ArchiveError {
+            Data::File(source) => {
+                let as_source = |error| ArchiveError {
                     source_file: Some(source.clone()),
                     error,
-                })?,
+                };
+                let mut file = Reading {
+                    file: File::open(source).map_err(as_source)?,
+                    failed: false,
+                };
+                // The copy fails on either side: the output's error (a
+                // full disk) is not the source's.
+                if let Err(error) = tar.append_data(&mut header, &path, &mut file) {
+                    return Err(if file.failed {
+                        as_source(error)
+                    } else {
+                        error.into()
+                    });
+                }
+            }
         }
     }
     Ok(tar.into_inner()?.finish()?)
+}
+
+/// A source file that remembers whether a read of it failed.
+struct Reading {
+    file: File,
+    failed: bool,
+}
+
+impl Read for Reading {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read(buf);
+        self.failed |= read.is_err();
+        read
+    }
 }
 
 fn header(kind: EntryType, mode: u32, size: u64, mtime: u64) -> Header {

@@ -22,7 +22,7 @@ use tailor_runtime::manifest::{
 
 use super::{check, quantize_width, QuantError};
 use crate::bundle::{BundleError, GRAPHS_DIR};
-use tailor_runtime::fs::StagedDir;
+use tailor_runtime::fs::{write_unlinked, StagedDir};
 
 /// The command that records the ranges quantisation needs.
 pub const RANGES_COMMAND: &str = "exporter calibrate BUNDLE --data DATA --ranges inner";
@@ -160,8 +160,8 @@ pub fn write_variants(
         );
     }
 
-    let staging = StagedDir::create(bundle.dir()).map_err(write_err(bundle.dir()))?;
-    link_tree(bundle.dir(), staging.path(), true).map_err(write_err(staging.path()))?;
+    let staging = StagedDir::linked(bundle.dir(), &[MANIFEST_JSON, MANIFEST_POSTCARD])
+        .map_err(write_err(bundle.dir()))?;
     let graphs_dir = staging.path().join(GRAPHS_DIR);
     // The sub-networks of each width, by the fp32 weight file they read.
     let mut widths: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -295,35 +295,10 @@ fn graph_location<'a>(s: &Subnet<'a>) -> &'a str {
         .unwrap_or(path)
 }
 
-/// Writes `bytes` at `path` as a new file (a hard link there to the old
-/// bundle's file is replaced, never written through) and returns its sha256.
+/// [`write_unlinked`]: `bytes` at `path` as a new file, with its sha256.
 fn put(path: &Path, bytes: &[u8]) -> Result<Sha256, VariantError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(write_err(path)(e).into()),
-        _ => {}
-    }
-    fs::write(path, bytes).map_err(write_err(path))?;
+    write_unlinked(path, bytes).map_err(write_err(path))?;
     Ok(tailor_runtime::fs::sha256(bytes))
-}
-
-/// Hard-links every file under `from` into `to` (copies where links are
-/// refused), the manifests at the top excepted: they are written anew.
-fn link_tree(from: &Path, to: &Path, top: bool) -> io::Result<()> {
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if top && (name == MANIFEST_JSON || name == MANIFEST_POSTCARD) {
-            continue;
-        }
-        let (source, dest) = (entry.path(), to.join(&name));
-        if entry.file_type()?.is_dir() {
-            fs::create_dir(&dest)?;
-            link_tree(&source, &dest, false)?;
-        } else if fs::hard_link(&source, &dest).is_err() {
-            fs::copy(&source, &dest)?;
-        }
-    }
-    Ok(())
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {

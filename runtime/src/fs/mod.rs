@@ -5,7 +5,10 @@
 //! - [`StagedFile`] / [`write_atomic`]: a file written beside its
 //!   destination, synced, then renamed over it, and the directory synced;
 //! - [`StagedDir`]: a whole directory built beside its destination, then
-//!   swapped in, with the old one moved back if the swap fails;
+//!   swapped in (exchanged in one step on Linux), with the old one moved
+//!   back if the swap fails;
+//! - what a killed writer left beside a destination (a `.NAME.tmp-PID-N`)
+//!   is cleared by the next writer of that destination;
 //! - [`Hasher`], [`sha256`], [`sha256_file`]: the manifest's [`Sha256`]
 //!   digest of bytes, of a stream, of a file;
 //! - [`relative`], [`file_name`], [`resolve_inside`]: names read from a file
@@ -17,13 +20,14 @@ mod digest;
 mod inside;
 mod staged;
 mod swap;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
 pub use digest::{sha256, sha256_file, Hasher};
 pub use inside::{file_name, relative, resolve_inside, Escape};
 pub use staged::{write_atomic, StagedFile};
-pub use swap::StagedDir;
+pub use swap::{write_unlinked, StagedDir};
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{parent, sibling, sync_dir};
+use super::{parent, sibling, sweep::sweep, sync_dir};
 
 /// A file written beside its destination and renamed over it only when
 /// complete ([`StagedFile::commit`]); dropped before that, it is removed, so
@@ -18,8 +18,10 @@ pub struct StagedFile {
 }
 
 impl StagedFile {
-    /// Creates the temporary file beside `dest`; `dest` is not touched yet.
+    /// Creates the temporary file beside `dest`, clearing what a killed
+    /// writer of `dest` left there; `dest` is not touched yet.
     pub fn create(dest: &Path) -> io::Result<StagedFile> {
+        sweep(dest);
         let temp = sibling(dest, "tmp");
         let file = OpenOptions::new()
             .write(true)

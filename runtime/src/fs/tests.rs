@@ -187,6 +187,92 @@ fn a_staged_directory_dropped_uncommitted_is_removed() {
     assert_eq!(names(dir.path()), Vec::<String>::new());
 }
 
+/// The id of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+#[test]
+fn the_next_writer_clears_what_a_killed_one_left() {
+    // A killed `exporter --force` leaves its staged bundle, a killed cache
+    // store its temporary file. Bug caught: litter that grows with every
+    // kill, or a sweep that takes a running writer's (ours) or another
+    // destination's temporaries.
+    let dir = tempfile::tempdir().unwrap();
+    let (dead, alive) = (dead_pid(), std::process::id());
+    let staged = dir.path().join(format!(".bundle.tmp-{dead}-0"));
+    fs::create_dir_all(staged.join("graphs")).unwrap();
+    fs::write(staged.join("graphs/half.onnx"), b"half").unwrap();
+    let running = format!(".bundle.tmp-{alive}-999");
+    fs::create_dir(dir.path().join(&running)).unwrap();
+    fs::write(dir.path().join(format!(".cache.bin.tmp-{dead}-3")), b"half").unwrap();
+    let other = format!(".bundle-2.tmp-{dead}-0");
+    fs::write(dir.path().join(&other), b"half").unwrap();
+
+    let dest = dir.path().join("bundle");
+    drop(StagedDir::create(&dest).unwrap());
+    let mut left = vec![
+        format!(".cache.bin.tmp-{dead}-3"),
+        running.clone(),
+        other.clone(),
+    ];
+    left.sort();
+    assert_eq!(names(dir.path()), left);
+
+    write_atomic(&dir.path().join("cache.bin"), b"new").unwrap();
+    let mut left = vec!["cache.bin".to_owned(), running, other];
+    left.sort();
+    assert_eq!(names(dir.path()), left);
+}
+
+#[test]
+fn a_swap_killed_between_its_renames_is_undone_by_the_next_writer() {
+    // Where the kernel cannot exchange, a kill between "old aside" and "new
+    // in" leaves no bundle at the destination. Bug caught: the old bundle
+    // left under a hidden name, or removed as litter.
+    let dir = tempfile::tempdir().unwrap();
+    let aside = old_bundle(dir.path());
+    let dest = dir.path().join("bundle");
+    fs::rename(
+        &aside,
+        dir.path().join(format!(".bundle.old-{}-0", dead_pid())),
+    )
+    .unwrap();
+    drop(StagedDir::create(&dest).unwrap());
+    assert_eq!(names(dir.path()), ["bundle"]);
+    assert_eq!(names(&dest), ["old.onnx"]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_directory_swap_never_leaves_the_destination_missing() {
+    // A reader (or a kill) between the two renames of a swap finds no
+    // bundle; Linux exchanges the two in one step. Bug caught: the
+    // two-rename swap where the kernel can exchange. The watcher can miss a
+    // gap, never see one that is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let dest = old_bundle(dir.path());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let gaps = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut gaps = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                gaps += usize::from(dest.symlink_metadata().is_err());
+            }
+            gaps
+        });
+        for _ in 0..200 {
+            staged_dir(&dest, "new").commit().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert_eq!(gaps, 0, "the destination was missing {gaps} times");
+    assert_eq!(names(dir.path()), ["bundle"]);
+}
+
 #[test]
 fn digests_match_the_published_test_vectors() {
     // FIPS 180-2's vectors; the million `a`s outgrow one read, so a file

@@ -117,11 +117,11 @@ pub async fn accept(listener: Listener, state: Arc<State>) -> Result<()> {
             Listener::Tcp(l) => l
                 .accept()
                 .await
-                .map(|(s, _)| admit().map(|a| connection(s, &state, a))),
+                .map(|(s, _)| admit().map(|a| connection(s, &state, a, false))),
             Listener::Unix(l) => l
                 .accept()
                 .await
-                .map(|(s, _)| admit().map(|a| connection(s, &state, a))),
+                .map(|(s, _)| admit().map(|a| connection(s, &state, a, false))),
         };
         if let Err(e) = accepted {
             // Out of file descriptors, typically: wait for some to close.
@@ -132,9 +132,15 @@ pub async fn accept(listener: Listener, state: Arc<State>) -> Result<()> {
 }
 
 /// Serves one connection, holding `permit` until it closes; not `admitted`,
-/// every request on it is answered 503.
-fn connection<S>(stream: S, state: &Arc<State>, (permit, admitted): (OwnedSemaphorePermit, bool))
-where
+/// every request on it is answered 503. `half_close`: still answer a client
+/// that closed its sending side after its request (the loopback's does; on
+/// a socket hyper's default stays, closing at once).
+pub(super) fn connection<S>(
+    stream: S,
+    state: &Arc<State>,
+    (permit, admitted): (OwnedSemaphorePermit, bool),
+    half_close: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::clone(state);
@@ -159,6 +165,7 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .max_buf_size(READ_BUFFER)
+            .half_close(half_close)
             .serve_connection(TokioIo::new(stream), service)
             .await;
         drop(permit);

@@ -10,6 +10,7 @@
 mod api;
 mod limits;
 mod listener;
+mod loopback;
 mod metrics;
 mod notify;
 
@@ -24,6 +25,8 @@ use anyhow::{Context, Result};
 
 use crate::select::{Chosen, Reuse};
 pub use limits::Limits;
+#[doc(hidden)]
+pub use loopback::Loopback;
 use metrics::Metrics;
 
 /// Where the server listens.
@@ -129,6 +132,15 @@ struct State {
 }
 
 impl State {
+    fn new(selection: Selection, limits: Limits) -> State {
+        State {
+            current: RwLock::new(Arc::new(Served::new(selection))),
+            metrics: Metrics::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.get())),
+            limits,
+        }
+    }
+
     fn served(&self) -> Arc<Served> {
         self.current
             .read()
@@ -181,14 +193,8 @@ where
         .reselect_after_boot
         .filter(|_| first.chosen.made_busy())
         .map(|after| Instant::now() + after);
-    let first = Served::new(first);
-    log::info!("serving {} on {listen}", first.id);
-    let state = Arc::new(State {
-        current: RwLock::new(Arc::new(first)),
-        metrics: Metrics::default(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.get())),
-        limits,
-    });
+    log::info!("serving {} on {listen}", first.chosen.id);
+    let state = Arc::new(State::new(first, limits));
     notify::ready(&state.served().id);
 
     let watched = Arc::clone(&state);
