@@ -14,6 +14,7 @@ mod race;
 mod report;
 mod reuse;
 mod search;
+mod shipped;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,10 +33,11 @@ use crate::trial::{self, Failure, Isolation, Job};
 pub use crate::profile::Percentile;
 pub use limits::{Limits, LimitsError, MemoryLimit};
 pub use report::render_selection;
-pub use reuse::CacheOutcome;
+pub use reuse::{CacheKey, CacheOutcome, KeyField};
 pub use search::{
     Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS,
 };
+pub use shipped::{ShippedDecisions, ShippedError, TENSORRT_DIR};
 
 /// Why no sub-network could be selected.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,9 @@ pub struct RuntimeOptions {
     pub sysroot: PathBuf,
     /// The decision cache file; `None` disables the cache.
     pub cache: Option<PathBuf>,
+    /// Decisions shipped in the pack ([`ShippedDecisions`]), tried on a
+    /// cache miss; unused when the cache is disabled.
+    pub shipped: Option<PathBuf>,
     pub isolation: Isolation,
     pub verify: Verify,
 }
@@ -129,6 +134,7 @@ impl Default for RuntimeOptions {
             measure: MeasureOptions::default(),
             sysroot: PathBuf::from("/"),
             cache: cache::default_path(),
+            shipped: None,
             isolation: Isolation::InProcess,
             verify: Verify::Changed,
         }

@@ -24,6 +24,8 @@ pub enum CacheOutcome {
     Disabled,
     /// Selected afresh; the cache could not be written (see the notes).
     Unwritable,
+    /// A decision shipped in the pack, its winner measured alone, and cached.
+    Shipped,
 }
 
 /// Everything a selection depends on: a decision is reused only for an
@@ -91,6 +93,26 @@ impl fmt::Display for KeyField {
 }
 
 impl CacheKey {
+    /// The nearest of `stored` (oldest first) to `self`: same device and
+    /// bundle first, then fewest differences, then newest; with the fields
+    /// in which it differs.
+    pub(super) fn nearest<'a>(
+        &self,
+        stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
+    ) -> Option<(&'a CacheKey, Vec<KeyField>)> {
+        stored
+            .rev()
+            .map(|other| {
+                let changed: Vec<KeyField> = self.differences(other).collect();
+                let elsewhere = changed
+                    .iter()
+                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
+                ((elsewhere, changed.len()), (other, changed))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, nearest)| nearest)
+    }
+
     /// The fields in which `self` and `other` differ, in declaration order.
     fn differences(&self, other: &CacheKey) -> impl Iterator<Item = KeyField> {
         let (a, b) = (&self.limits, &other.limits);
@@ -130,23 +152,13 @@ impl CacheKey {
 impl cache::Key for CacheKey {
     type Field = KeyField;
 
-    /// The first changed field of the nearest key (same device and bundle
-    /// first, then fewest differences, then newest).
+    /// The first changed field of the [nearest](CacheKey::nearest) key.
     fn nearest_change<'a>(
         &self,
         stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
     ) -> Option<KeyField> {
-        stored
-            .rev()
-            .map(|other| {
-                let changed: Vec<KeyField> = self.differences(other).collect();
-                let elsewhere = changed
-                    .iter()
-                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
-                ((elsewhere, changed.len()), changed.first().copied())
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .and_then(|(_, first)| first)
+        self.nearest(stored)
+            .and_then(|(_, changed)| changed.first().copied())
     }
 }
 
@@ -160,10 +172,10 @@ impl Eq for CacheKey {}
 
 /// The decision that is cached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Decision {
-    id: String,
+pub(super) struct Decision {
+    pub(super) id: String,
     /// The engine that measured it, and serves it.
-    engine: EngineKind,
+    pub(super) engine: EngineKind,
     /// The confirmation's measurement, without its samples.
     measured: Measurement,
     candidates_measured: u32,
@@ -223,7 +235,16 @@ impl Runtime {
             }
         }
 
-        let mut decided = self.search(bounds, limits.percentile, engines)?;
+        // A decision shipped in the pack for this very key is confirmed
+        // first; the cache disabled, the search decides afresh.
+        let shipped = cache.as_ref().and_then(|_| {
+            self.confirm_shipped(&key, bounds, limits.percentile, engines, &mut notes)
+        });
+        let from_pack = shipped.is_some();
+        let mut decided = match shipped {
+            Some(decided) => decided,
+            None => self.search(bounds, limits.percentile, engines)?,
+        };
         notes.append(&mut decided.notes);
         let manifest = self.bundle.manifest();
         let subnet = &manifest.subnets[decided.index];
@@ -261,6 +282,7 @@ impl Runtime {
                     .store(&key, &decision)
                     .and_then(|()| cache.record_verified(&self.bundle.stamps()));
                 match stored {
+                    Ok(()) if from_pack => CacheOutcome::Shipped,
                     Ok(()) => CacheOutcome::Miss,
                     Err(e) => {
                         notes.push(format!("decision not cached: {e}"));

@@ -45,6 +45,8 @@ pub struct Config {
     #[cfg(not(feature = "serve"))]
     pub serve: Option<serde::de::IgnoredAny>,
     pub cache: Option<PathBuf>,
+    /// Decisions shipped in the pack (`--shipped`).
+    pub shipped: Option<PathBuf>,
 }
 
 impl Config {
@@ -70,6 +72,7 @@ impl Config {
             &mut config.bundle,
             &mut config.ort_library,
             &mut config.cache,
+            &mut config.shipped,
         ]
         .into_iter()
         .flatten()
