@@ -182,9 +182,23 @@ pub(super) struct Decision {
     noisy: bool,
 }
 
+impl Decision {
+    /// The engine of `engines` it was measured with, or why it cannot serve.
+    pub(super) fn engine_in<'e>(
+        &self,
+        engines: &'e [EngineInfo],
+    ) -> Result<&'e EngineInfo, String> {
+        engines
+            .iter()
+            .find(|e| e.kind == self.engine)
+            .ok_or_else(|| format!("its engine, {}, is not in use", self.engine))
+    }
+}
+
 impl Runtime {
     /// The decision cached for this device, engines, bundle and `limits`,
-    /// if it still holds; else a fresh search's, cached. `bounds` are
+    /// if it still holds; else a shipped decision's winner confirmed, or a
+    /// fresh search's, cached. `bounds` are
     /// `limits` resolved here; `selection_ms` is left for the caller.
     pub(super) fn select_through_cache(
         &self,
@@ -319,10 +333,7 @@ impl Runtime {
         limits: &policy::Bounds,
         engines: &'e [EngineInfo],
     ) -> Result<(Subnet<'_>, &'e EngineInfo, Box<dyn Session>), String> {
-        let engine = engines
-            .iter()
-            .find(|e| e.kind == decision.engine)
-            .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
+        let engine = decision.engine_in(engines)?;
         let subnet = self
             .bundle
             .subnet(&decision.id)

@@ -261,10 +261,7 @@ impl Runtime {
         percentile: Percentile,
         engines: &[EngineInfo],
     ) -> Result<Decided, String> {
-        let engine = engines
-            .iter()
-            .find(|e| e.kind == decision.engine)
-            .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
+        let engine = decision.engine_in(engines)?;
         let index = self
             .bundle
             .manifest()
