@@ -168,6 +168,10 @@ pub mod layout {
     /// The installer, kept on the device to uninstall.
     pub const INSTALLER: &str = "/opt/tailor/install.sh";
     pub const README: &str = "/opt/tailor/README.md";
+    /// Decisions made on a reference board (`exporter pack --decisions`):
+    /// inside the bundle, so an upgrade swaps them with the bundle they
+    /// were made with; TensorRT's caches, when shipped, sit beside them.
+    pub const SHIPPED_DECISIONS: &str = "/opt/tailor/bundle/shipped/decisions.postcard";
     pub const CONFIG: &str = "/etc/tailor/runtime.toml";
     pub const UNIT: &str = "/etc/systemd/system/tailor.service";
     pub const SYSUSERS: &str = "/usr/lib/sysusers.d/tailor.conf";
@@ -191,6 +195,9 @@ pub struct Service {
     pub memory: MemoryLimit,
     /// `listen`: `host:port` or `unix:PATH`.
     pub listen: String,
+    /// The pack ships a reference board's decisions: `shipped` points at
+    /// them ([`layout::SHIPPED_DECISIONS`]).
+    pub shipped: bool,
 }
 
 /// The default `listen`: loopback only.
@@ -237,6 +244,7 @@ impl Board {
             ("runtime", layout::RUNTIME),
             ("bundle", layout::BUNDLE),
             ("config", layout::CONFIG),
+            ("shipped", layout::SHIPPED_DECISIONS),
         ];
         let render = |t: &template::Template, extra: &[(&str, &str)]| {
             // The layout's paths are offered to every template; the values
@@ -270,6 +278,7 @@ impl Board {
                     ("engine", self.engine),
                     ("provider", self.provider),
                     ("listen", &service.listen),
+                    ("shipped_off", if service.shipped { "" } else { "# " }),
                 ],
             )?,
             install: render(
@@ -379,6 +388,7 @@ mod tests {
             latency_ms: 25.0,
             memory,
             listen: LISTEN.into(),
+            shipped: false,
         };
         let files = rpi.service_files(&service(MemoryLimit::Mb(900.0))).unwrap();
         assert!(
@@ -405,6 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn the_config_points_at_shipped_decisions_only_when_the_pack_has_them() {
+        let rpi = find("rpi5").unwrap();
+        let config = |shipped| {
+            let service = Service {
+                latency_ms: 25.0,
+                memory: rpi.default_memory(),
+                listen: LISTEN.into(),
+                shipped,
+            };
+            rpi.service_files(&service).unwrap().config
+        };
+        let line = "shipped = \"/opt/tailor/bundle/shipped/decisions.postcard\"\n";
+        let on = config(true);
+        assert!(on.contains(&format!("\n{line}")), "{on}");
+        let off = config(false);
+        assert!(off.contains(&format!("\n# {line}")), "{off}");
+    }
+
+    #[test]
     fn only_the_jetsons_join_the_gpu_groups() {
         let files = |name| {
             let b = find(name).unwrap();
@@ -412,6 +441,7 @@ mod tests {
                 latency_ms: 10.0,
                 memory: b.default_memory(),
                 listen: LISTEN.into(),
+                shipped: false,
             };
             b.service_files(&service).unwrap()
         };

@@ -10,6 +10,7 @@
 //! user and service steps.
 
 mod archive;
+mod decisions;
 mod elf;
 mod filter;
 
@@ -28,6 +29,7 @@ use tailor_targets::template::TemplateError;
 use tailor_targets::{Arch, Board};
 
 use archive::{ArchiveError, Entry};
+pub use decisions::Shipped;
 pub use filter::{Fate, Verdict};
 
 /// What to pack, for which board.
@@ -44,6 +46,10 @@ pub struct PackOptions<'a> {
     /// `None`: the board's share of its smallest variant's RAM for
     /// filtering, the same share of the memory available for the service.
     pub memory_mb: Option<f64>,
+    /// A reference board's decisions (`runtime cache export`) to ship.
+    pub decisions: Option<&'a Path>,
+    /// TensorRT's caches of that board, shipped with its decisions.
+    pub trt_cache: Option<&'a Path>,
     /// Write a `.deb` beside the archive.
     pub deb: bool,
     /// Replace existing output files.
@@ -63,6 +69,8 @@ pub struct Packed {
     pub bundle_files: usize,
     /// Bytes of every file installed on the device.
     pub installed_bytes: u64,
+    /// What was shipped of a reference board (`--decisions`).
+    pub shipped: Option<Shipped>,
 }
 
 /// Why a pack could not be written. Nothing is left at the destination.
@@ -99,6 +107,16 @@ pub enum PackError {
     },
     #[error("{0}: the manifest lists no sub-network")]
     Empty(PathBuf),
+    #[error("shipping decisions")]
+    Decisions(#[from] tailor_runtime::select::ShippedError),
+    #[error("none of the decisions in {} was made with the bundle packed ({bundle}): they were made with {made_with}; pack the bundle the reference board ran, with its --memory-mb and --keep", path.display())]
+    ForeignDecisions {
+        path: PathBuf,
+        bundle: String,
+        made_with: String,
+    },
+    #[error("--trt-cache {}: {why}", path.display())]
+    TrtCache { path: PathBuf, why: String },
     #[error("checking the bundle")]
     Bundle(#[from] BundleError),
     #[error("rendering the service files")]
@@ -156,6 +174,7 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
             None => board.default_memory(),
         },
         listen: LISTEN.to_owned(),
+        shipped: options.decisions.is_some(),
     };
     let budget_bytes = match options.memory_mb {
         Some(mb) => (mb * 1024.0 * 1024.0) as u64,
@@ -169,7 +188,16 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         Entry::bytes("install.sh", 0o755, rendered.install.clone()),
         Entry::bytes("README.md", 0o644, rendered.readme.clone()),
     ];
-    let (tree, bundle_files) = device_tree(&bundle, &filtered, options.runtime, rendered)?;
+    let (mut tree, bundle_files) = device_tree(&bundle, &filtered, options.runtime, rendered)?;
+    let shipped = match options.decisions {
+        Some(file) => {
+            let identity = tailor_runtime::fs::sha256(&filtered.to_postcard());
+            let (entries, shipped) = decisions::entries(file, options.trt_cache, &identity)?;
+            tree.extend(entries);
+            Some(shipped)
+        }
+        None => None,
+    };
     let installed_bytes = tree
         .iter()
         .map(Entry::len)
@@ -210,6 +238,7 @@ pub fn pack(bundle_dir: &Path, out: &Path, options: &PackOptions) -> Result<Pack
         verdicts,
         bundle_files,
         installed_bytes,
+        shipped,
     })
 }
 

@@ -182,7 +182,7 @@ impl<K: Key> Contents<K> {
 }
 
 /// Decodes all of `bytes` as a `T`: trailing bytes are corruption too.
-fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     match postcard::take_from_bytes(bytes)? {
         (value, []) => Ok(value),
         _ => Err(postcard::Error::DeserializeBadEncoding),
@@ -233,6 +233,20 @@ impl<K: Key> Cache<K> {
             Ok(value) => Lookup::Hit(value),
             Err(miss) => Lookup::Miss(miss),
         }
+    }
+
+    /// Every cached decision with its key, oldest first, or why there is
+    /// none (a file without entries is [`Miss::Absent`]).
+    pub fn decisions<T: DeserializeOwned>(&self) -> Result<Vec<(K, T)>, Miss<K::Field>> {
+        let contents = self.contents()?;
+        if contents.entries.is_empty() {
+            return Err(Miss::Absent);
+        }
+        contents
+            .entries
+            .into_iter()
+            .map(|(key, value)| Ok((key, decode_exact(&value).map_err(Miss::Corrupt)?)))
+            .collect()
     }
 
     /// Caches `value` as the decision for `key`: replaces the entry of an

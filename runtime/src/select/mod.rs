@@ -16,6 +16,7 @@ mod report;
 mod reuse;
 mod search;
 mod setup;
+mod shipped;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,11 +35,12 @@ use crate::trial::{self, Failure, Isolation, Job};
 pub use crate::profile::Percentile;
 pub use limits::{Limits, LimitsError, MemoryLimit};
 pub use report::render_selection;
-pub use reuse::CacheOutcome;
+pub use reuse::{CacheKey, CacheOutcome, KeyField};
 pub use search::{
     Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS,
 };
 pub use setup::{available_cpus, thread_counts, Setup};
+pub use shipped::{ShippedDecisions, ShippedError, TENSORRT_DIR};
 
 /// Why no sub-network could be selected.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,9 @@ pub struct RuntimeOptions {
     pub sysroot: PathBuf,
     /// The decision cache file; `None` disables the cache.
     pub cache: Option<PathBuf>,
+    /// Decisions shipped in the pack ([`ShippedDecisions`]), tried on a
+    /// cache miss; unused when the cache is disabled.
+    pub shipped: Option<PathBuf>,
     pub isolation: Isolation,
     pub verify: Verify,
 }
@@ -148,6 +153,7 @@ impl Default for RuntimeOptions {
             measure: MeasureOptions::default(),
             sysroot: PathBuf::from("/"),
             cache: cache::default_path(),
+            shipped: None,
             isolation: Isolation::InProcess,
             verify: Verify::Chosen,
         }

@@ -92,10 +92,14 @@ pub fn render_selection(m: &Manifest<'_>, c: &Chosen) -> String {
         if c.noisy { " (noisy)" } else { "" },
         c.selection_ms,
         match c.cache {
-            CacheOutcome::Hit => "cache hit",
-            CacheOutcome::Miss => "cache miss, decision cached",
-            CacheOutcome::Disabled => "cache disabled",
-            CacheOutcome::Unwritable => "cache miss, cache not writable",
+            CacheOutcome::Hit => "cache hit".to_owned(),
+            CacheOutcome::Miss => "cache miss, decision cached".to_owned(),
+            CacheOutcome::Disabled => "cache disabled".to_owned(),
+            CacheOutcome::Unwritable => "cache miss, cache not writable".to_owned(),
+            CacheOutcome::Shipped => format!(
+                "shipped decision confirmed: {} candidate measured, decision cached",
+                c.candidates_measured()
+            ),
         }
     );
     out

@@ -29,6 +29,8 @@ pub enum CacheOutcome {
     Disabled,
     /// Selected afresh; the cache could not be written (see the notes).
     Unwritable,
+    /// A decision shipped in the pack, its winner measured alone, and cached.
+    Shipped,
 }
 
 /// Everything a selection depends on: a decision is reused only for an
@@ -99,6 +101,26 @@ impl fmt::Display for KeyField {
 }
 
 impl CacheKey {
+    /// The nearest of `stored` (oldest first) to `self`: same device and
+    /// bundle first, then fewest differences, then newest; with the fields
+    /// in which it differs.
+    pub(super) fn nearest<'a>(
+        &self,
+        stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
+    ) -> Option<(&'a CacheKey, Vec<KeyField>)> {
+        stored
+            .rev()
+            .map(|other| {
+                let changed: Vec<KeyField> = self.differences(other).collect();
+                let elsewhere = changed
+                    .iter()
+                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
+                ((elsewhere, changed.len()), (other, changed))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, nearest)| nearest)
+    }
+
     /// The fields in which `self` and `other` differ, in declaration order.
     fn differences(&self, other: &CacheKey) -> impl Iterator<Item = KeyField> {
         let (a, b) = (&self.limits, &other.limits);
@@ -138,23 +160,13 @@ impl CacheKey {
 impl cache::Key for CacheKey {
     type Field = KeyField;
 
-    /// The first changed field of the nearest key (same device and bundle
-    /// first, then fewest differences, then newest).
+    /// The first changed field of the [nearest](CacheKey::nearest) key.
     fn nearest_change<'a>(
         &self,
         stored: impl DoubleEndedIterator<Item = &'a CacheKey>,
     ) -> Option<KeyField> {
-        stored
-            .rev()
-            .map(|other| {
-                let changed: Vec<KeyField> = self.differences(other).collect();
-                let elsewhere = changed
-                    .iter()
-                    .any(|f| matches!(f, KeyField::Device | KeyField::Bundle));
-                ((elsewhere, changed.len()), changed.first().copied())
-            })
-            .min_by_key(|(rank, _)| *rank)
-            .and_then(|(_, first)| first)
+        self.nearest(stored)
+            .and_then(|(_, changed)| changed.first().copied())
     }
 }
 
@@ -168,12 +180,12 @@ impl Eq for CacheKey {}
 
 /// The decision that is cached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Decision {
-    id: String,
+pub(super) struct Decision {
+    pub(super) id: String,
     /// The engine that measured it, and serves it.
-    engine: EngineKind,
+    pub(super) engine: EngineKind,
     /// The engine's intra-op threads it was measured with, and serves with.
-    threads: usize,
+    pub(super) threads: usize,
     /// The confirmation's measurement, without its samples.
     measured: Measurement,
     candidates_measured: u32,
@@ -182,9 +194,23 @@ struct Decision {
     load: Load,
 }
 
+impl Decision {
+    /// The engine of `engines` it was measured with, or why it cannot serve.
+    pub(super) fn engine_in<'e>(
+        &self,
+        engines: &'e [EngineInfo],
+    ) -> Result<&'e EngineInfo, String> {
+        engines
+            .iter()
+            .find(|e| e.kind == self.engine)
+            .ok_or_else(|| format!("its engine, {}, is not in use", self.engine))
+    }
+}
+
 impl Runtime {
     /// The decision cached for this device, engines, bundle and `limits`,
-    /// if it still holds; else a fresh search's, cached. `bounds` are
+    /// if it still holds; else a shipped decision's winner confirmed, or a
+    /// fresh search's, cached. `bounds` are
     /// `limits` resolved here; `selection_ms` is left for the caller.
     pub(super) fn select_through_cache(
         &self,
@@ -244,7 +270,16 @@ impl Runtime {
             }
         }
 
-        let mut decided = self.search(bounds, limits.percentile, engines, &threads)?;
+        // A decision shipped in the pack for this very key is confirmed
+        // first; the cache disabled, the search decides afresh.
+        let shipped = cache.as_ref().and_then(|_| {
+            self.confirm_shipped(&key, bounds, limits.percentile, engines, &mut notes)
+        });
+        let from_pack = shipped.is_some();
+        let mut decided = match shipped {
+            Some(decided) => decided,
+            None => self.search(bounds, limits.percentile, engines, &threads)?,
+        };
         let manifest = self.bundle.manifest();
         if let Err(e) = self.verify_chosen(&manifest.subnets[decided.index]) {
             // A stamp hid damage to the winner's files: known now, they are
@@ -298,6 +333,7 @@ impl Runtime {
                     .store(&key, &decision)
                     .and_then(|()| cache.record_verified(&self.bundle.stamps()));
                 match stored {
+                    Ok(()) if from_pack => CacheOutcome::Shipped,
                     Ok(()) => CacheOutcome::Miss,
                     Err(e) => {
                         notes.push(format!("decision not cached: {e}"));
@@ -336,12 +372,8 @@ impl Runtime {
         limits: &policy::Bounds,
         engines: &[EngineInfo],
     ) -> Result<(Subnet<'_>, Setup, Box<dyn Session>), String> {
-        let engine = engines
-            .iter()
-            .find(|e| e.kind == decision.engine)
-            .ok_or_else(|| format!("its engine, {}, is not in use", decision.engine))?;
         let setup = Setup {
-            engine: engine.clone(),
+            engine: decision.engine_in(engines)?.clone(),
             threads: decision.threads,
         };
         let subnet = self

@@ -53,6 +53,8 @@ pub struct Config {
         deserialize_with = "seconds"
     )]
     pub reselect_after_boot: Option<std::time::Duration>,
+    /// Decisions shipped in the pack (`--shipped`).
+    pub shipped: Option<PathBuf>,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             &mut config.bundle,
             &mut config.ort_library,
             &mut config.cache,
+            &mut config.shipped,
         ]
         .into_iter()
         .flatten()

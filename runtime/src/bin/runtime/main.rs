@@ -1,6 +1,7 @@
 //! `runtime`: pick the best sub-network of a bundle that fits this device,
 //! measure candidates, run inference, or show what the device is.
 
+mod cache_export;
 mod config;
 mod logger;
 
@@ -127,6 +128,10 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// The decision cache: `cache export --to FILE` writes this board's
+    /// decisions for the packs of identical boards.
+    #[command(subcommand)]
+    Cache(cache_export::CacheCommand),
     /// Show what the runtime sees of this device.
     Probe {
         /// Read the device's files under this root instead of `/`.
@@ -185,6 +190,11 @@ struct Common {
     /// Ignore and do not write the cache: decide afresh.
     #[arg(long)]
     no_cache: bool,
+    /// Decisions shipped in the pack (`runtime cache export` on a reference
+    /// board): on a cache miss, one made under this board's key has its
+    /// winner measured alone.
+    #[arg(long, value_name = "FILE")]
+    shipped: Option<PathBuf>,
     /// Minimum timed runs per candidate.
     #[arg(long, value_name = "N")]
     min_runs: Option<u32>,
@@ -335,6 +345,7 @@ impl Common {
             measure,
             sysroot: self.sysroot.clone(),
             cache,
+            shipped: self.shipped.clone().or_else(|| config.shipped.clone()),
             isolation,
             verify: match self.verify {
                 VerifyArg::Chosen => Verify::Chosen,
@@ -551,6 +562,7 @@ fn run(command: Command) -> Result<()> {
                 })
             })
         }
+        Command::Cache(command) => cache_export::run(command),
         Command::Probe { sysroot, json } => {
             let info = probe::probe(&sysroot);
             if json {

@@ -57,6 +57,15 @@ pub struct PackArgs {
     /// [default: the board's share of its RAM].
     #[arg(long, value_name = "MB")]
     memory_mb: Option<f64>,
+    /// Ship a reference board's decisions (`runtime cache export --to
+    /// FILE` there): boards whose key matches measure only their winner on
+    /// the first boot.
+    #[arg(long, value_name = "FILE")]
+    decisions: Option<PathBuf>,
+    /// Ship that board's TensorRT engine and timing caches too (the
+    /// `tensorrt` directory beside its decision cache).
+    #[arg(long, value_name = "DIR", requires = "decisions")]
+    trt_cache: Option<PathBuf>,
     /// Replace existing output files.
     #[arg(long)]
     force: bool,
@@ -84,6 +93,8 @@ pub fn run(args: PackArgs) -> Result<()> {
         keep: &args.keep,
         latency_ms: args.latency_ms,
         memory_mb: args.memory_mb,
+        decisions: args.decisions.as_deref(),
+        trt_cache: args.trt_cache.as_deref(),
         deb: args.deb,
         force: args.force,
     };
@@ -96,7 +107,7 @@ pub fn run(args: PackArgs) -> Result<()> {
                 "archive": packed.archive, "deb": packed.deb, "target": board.name,
                 "runtime": runtime, "budget_bytes": packed.budget_bytes,
                 "subnets": packed.verdicts, "bundle_files": packed.bundle_files,
-                "installed_bytes": packed.installed_bytes,
+                "installed_bytes": packed.installed_bytes, "shipped": packed.shipped,
             })
         )?;
         return Ok(());
@@ -120,6 +131,12 @@ pub fn run(args: PackArgs) -> Result<()> {
             "  {why} {}: predicted to need {}",
             v.id,
             human_bytes(v.footprint_bytes)
+        );
+    }
+    if let Some(shipped) = &packed.shipped {
+        eprintln!(
+            "  shipping {} decisions ({} made with another bundle left out) and {} TensorRT cache files",
+            shipped.decisions, shipped.dropped, shipped.trt_files
         );
     }
     let packed_subnets = packed.verdicts.iter().filter(|v| v.fate.packed()).count();
