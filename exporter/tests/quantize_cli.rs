@@ -132,7 +132,7 @@ fn variants_are_listed_verified_inspected_and_selected() {
     assert_eq!(ids, ["w32-d2@int8-u8", "w32-d3@int8-u8", "w32-d4@int8-u8"]);
 
     let m = manifest(&bundle);
-    assert_eq!(m["format_version"], 5);
+    assert_eq!(m["format_version"], 6);
     assert_eq!(subnet(&m, "w32-d3")["precision"], "fp32");
     let (parent, variant) = (subnet(&m, "w32-d3"), subnet(&m, "w32-d3@int8-u8"));
     assert_eq!(
@@ -264,5 +264,83 @@ fn data_records_the_ranges_on_the_way_without_scoring() {
         "s8"
     );
     assert_eq!(m["calibration"], Value::Null, "{m:#}");
+    succeeded(&run(&["inspect", "--verify"], &bundle));
+}
+
+#[test]
+fn fp16_variants_need_no_ranges_and_share_one_file_per_width() {
+    let (_dir, bundle) = bundle_copy();
+    let out = succeeded(&run(
+        &["quantize", "--precision", "fp16", "--json"],
+        &bundle,
+    ));
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w32-d2@fp16", "w32-d3@fp16", "w32-d4@fp16"]);
+    let m = manifest(&bundle);
+    assert_eq!(m["format_version"], 6);
+    let (parent, variant) = (subnet(&m, "w32-d3"), subnet(&m, "w32-d3@fp16"));
+    assert_eq!(
+        variant["precision"],
+        serde_json::json!({"fp16": {"parent": "w32-d3"}})
+    );
+    assert_eq!(variant["macs"], parent["macs"]);
+    for id in ["w32-d2@fp16", "w32-d4@fp16"] {
+        assert_eq!(subnet(&m, id)["weights"], variant["weights"], "{id}");
+    }
+    let file = &variant["weights"][0];
+    assert_eq!(file["path"], "graphs/weights/w32.fp16.bin");
+    let (fp16, fp32) = (
+        file["bytes"].as_u64().unwrap(),
+        parent["weights"][0]["bytes"].as_u64().unwrap(),
+    );
+    assert!(fp16 * 100 <= fp32 * 52, "fp16 {fp16} bytes of fp32 {fp32}");
+    let inspect = succeeded(&run(&["inspect", "--verify"], &bundle));
+    let row = inspect
+        .lines()
+        .find(|l| l.starts_with("w32-d3@fp16"))
+        .unwrap_or_else(|| panic!("{inspect}"));
+    assert!(row.contains(" fp16 "), "{row}");
+    // The runtime loads and measures them in tract.
+    let out = runtime("profile", &bundle, &["--all"]);
+    let profile: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let measured = |id: &str| {
+        profile["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id && r["p50_ms"].as_f64().is_some_and(|t| t > 0.0))
+    };
+    assert!(measured("w32-d3@fp16"), "{profile:#}");
+}
+
+#[test]
+fn int8_and_fp16_are_written_together_or_not_at_all() {
+    let (_dir, bundle) = bundle_copy();
+    let both = ["quantize", "--precision", "int8,fp16"];
+    // Without ranges the int8 half is refused, and the fp16 one not written.
+    assert_refused(
+        &bundle,
+        &both,
+        &["exporter calibrate BUNDLE --data DATA --ranges inner"],
+    );
+    calibrate(&bundle, &["--limit", "60", "--ranges", "inner"]);
+    let out = succeeded(&run(&both, &bundle));
+    assert_eq!(out.lines().count(), 6, "{out}");
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d2@fp16")["precision"]["fp16"]["parent"],
+        "w32-d2"
+    );
+    assert_eq!(
+        subnet(&m, "w32-d2@int8-u8")["precision"]["int8"]["parent"],
+        "w32-d2"
+    );
     succeeded(&run(&["inspect", "--verify"], &bundle));
 }

@@ -104,7 +104,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .and_then(|p| Some(s.quality? - m.subnet(p)?.quality?))
             .map_or("-".to_owned(), |d| format!("{d:+.2}"));
         let precision = match &s.precision {
-            Precision::Fp32 => "fp32".to_owned(),
+            Precision::Fp32 | Precision::Fp16 { .. } => s.precision.name().to_owned(),
             Precision::Int8 { encoding, .. } => format!("int8-{}", encoding.name()),
         };
         outln!(
