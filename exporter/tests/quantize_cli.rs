@@ -222,13 +222,51 @@ fn a_failure_half_way_leaves_the_bundle_byte_identical() {
 }
 
 #[test]
-fn mse_without_samples_and_sdr_paths_are_refused_by_name() {
+fn mse_reads_the_recorded_samples_and_names_the_command_without_them() {
     let (_dir, bundle) = calibrated_inner();
+    let mse = ["quantize", "--precision", "int8", "--calibrator", "mse"];
+    // A ranges file as recorded before it kept samples.
+    let path = bundle.join(
+        manifest(&bundle)["calibration"]["ranges"]["path"]
+            .as_str()
+            .unwrap(),
+    );
+    let recorded = std::fs::read(&path).unwrap();
+    let mut ranges: Value = serde_json::from_slice(&recorded).unwrap();
+    let samples = ranges["samples"]["w32-d2"].as_object().unwrap();
+    assert!(samples.contains_key("pixel_values"), "{samples:?}");
+    assert!(samples
+        .values()
+        .all(|s| (1..=1024).contains(&s.as_array().unwrap().len())));
+    assert!(
+        samples
+            .values()
+            .flat_map(|s| s.as_array().unwrap())
+            .any(|v| v.as_f64().unwrap() < 0.0),
+        "samples are signed"
+    );
+    ranges.as_object_mut().unwrap().remove("samples");
+    std::fs::write(&path, serde_json::to_vec(&ranges).unwrap()).unwrap();
     assert_refused(
         &bundle,
-        &["quantize", "--precision", "int8", "--calibrator", "mse"],
-        &["MSE", "--calibrator minmax or percentile"],
+        &mse,
+        &[
+            "MSE",
+            "exporter calibrate BUNDLE --data DATA --ranges inner",
+            "--calibrator minmax or percentile",
+        ],
     );
+    std::fs::write(&path, recorded).unwrap();
+    succeeded(&run(&mse, &bundle));
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d3@int8-u8")["precision"]["int8"]["calibrator"],
+        "mse"
+    );
+}
+
+#[test]
+fn sdr_paths_are_refused_int8_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let sdr = dir.path().join("sdr");
     let teacher = root().join("examples/sdr-tiny/sdr.safetensors");

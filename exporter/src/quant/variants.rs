@@ -45,10 +45,11 @@ pub enum VariantError {
     )]
     NoRanges { detail: String },
     #[error(
-        "the MSE calibrator needs samples of every activation, which the ranges file does not \
-         keep: use --calibrator minmax or percentile (examples/precision.rs runs the MSE search)"
+        "the MSE calibrator needs samples of every activation, which the bundle's ranges file \
+         does not keep for `{subnet}` (it was recorded before samples were): run \
+         `{RANGES_COMMAND}` again, or use --calibrator minmax or percentile"
     )]
-    MseNeedsSamples,
+    MseNeedsSamples { subnet: String },
     #[error("quantising width {location}")]
     Quantize {
         location: String,
@@ -153,12 +154,6 @@ pub fn check_bundle(bundle: &Bundle, variants: &[Variant]) -> Result<Checked, Va
         }
         models.push(model);
     }
-    if int8
-        .iter()
-        .any(|o| o.calibrator == ActivationCalibrator::Mse)
-    {
-        return Err(VariantError::MseNeedsSamples);
-    }
     Ok(Checked { models })
 }
 
@@ -186,11 +181,26 @@ pub fn write_variants(
     let m = bundle.manifest();
     let parents = parents(&m);
     let models = &checked.models;
-    let subnet_ranges = if int8_options(variants).is_empty() {
+    let int8 = int8_options(variants);
+    let subnet_ranges = if int8.is_empty() {
         Vec::new()
     } else {
         inner_ranges(ranges, &parents)?
     };
+    let samples: Vec<_> = parents
+        .iter()
+        .map(|s| ranges.and_then(|r| r.samples.get(s.id)))
+        .collect();
+    if int8
+        .iter()
+        .any(|o| o.calibrator == ActivationCalibrator::Mse)
+    {
+        if let Some(i) = samples.iter().position(Option::is_none) {
+            return Err(VariantError::MseNeedsSamples {
+                subnet: parents[i].id.to_owned(),
+            });
+        }
+    }
 
     let staging = StagedDir::create(bundle.dir()).map_err(write_err(bundle.dir()))?;
     link_tree(bundle.dir(), staging.path(), true).map_err(write_err(staging.path()))?;
@@ -216,7 +226,7 @@ pub fn write_variants(
                             id: parents[i].id,
                             model: &models[i],
                             ranges: subnet_ranges[i],
-                            samples: None,
+                            samples: samples[i],
                         })
                         .collect();
                     quantize_width(

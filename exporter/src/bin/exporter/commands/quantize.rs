@@ -62,8 +62,8 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum, default_value = "u8", value_name = "ENCODING")]
     encoding: EncodingArg,
     /// How each activation's range is clipped: the whole observed range
-    /// (minmax) or the recorded 99.99th percentile of |x| (percentile).
-    /// mse needs activation samples the ranges file does not keep.
+    /// (minmax), the recorded 99.99th percentile of |x| (percentile), or
+    /// the clip minimising the squared error over the recorded samples (mse).
     #[arg(
         long,
         value_enum,
