@@ -227,9 +227,12 @@ fn reference<'m, 'a>(
     manifest: &'m Manifest<'a>,
     bundle: &Bundle,
 ) -> Result<&'m Subnet<'a>, CalibrationError> {
+    // Never a variant: an int8 or fp16 one ties with its parent on size,
+    // and fidelity measures what is lost against full precision.
     manifest
         .subnets
         .iter()
+        .filter(|s| s.parent().is_none())
         .max_by_key(|s| (s.params, s.macs))
         .ok_or_else(|| CalibrationError::NoSubnets(bundle.dir().to_owned()))
 }

@@ -172,6 +172,17 @@ fn variants_are_listed_verified_inspected_and_selected() {
         .find(|l| l.starts_with("w32-d3@int8-u8"))
         .unwrap();
     assert!(row.contains(&format!("{drop:+.2}")), "drop {drop}: {row}");
+    let json: Value =
+        serde_json::from_str(&succeeded(&run(&["inspect", "--json"], &bundle))).unwrap();
+    let listed = subnet(&json, "w32-d3@int8-u8")["quality_drop"]
+        .as_f64()
+        .unwrap();
+    assert!((listed - drop).abs() < 1e-4, "{listed} against {drop}");
+    assert_eq!(subnet(&json, "w32-d3")["quality_drop"], Value::Null);
+    // Fidelity is measured against the largest fp32 sub-network, never its
+    // equally large variant.
+    assert_eq!(subnet(&m, "w32-d4")["fidelity"], 1.0);
+    assert!(subnet(&m, "w32-d4@int8-u8")["fidelity"].as_f64().unwrap() < 1.0);
 
     // The runtime loads and measures every variant in tract...
     let out = runtime("profile", &bundle, &["--all"]);
