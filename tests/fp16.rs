@@ -17,9 +17,8 @@
 mod common;
 mod variants;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::{export, fixture, request, subnets};
@@ -30,7 +29,10 @@ use tailor::exporter::plan::Request;
 use tailor::exporter::quant::{self, QuantError};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::EngineKind;
-use variants::{assert_onnx_checker_passes, cls_token, digits, rms, vit_s16};
+use variants::{
+    assert_onnx_checker_passes, by_weight_file, cls_token, digits, places, rms, vit_s16,
+    write_width, Written,
+};
 
 const VIT: &str = "examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth";
 const SWIN: &str = "tests/fixtures/swin-tiny/output/eval/training_49/teacher_checkpoint.pth";
@@ -39,26 +41,14 @@ const SDR: &str = "examples/sdr-tiny/sdr.safetensors";
 /// The derived bound above.
 const TOLERANCE: f64 = 1e-2;
 
-/// One width of a bundle in fp16.
-struct Fp16Width {
-    fp32_bytes: usize,
-    fp16_bytes: usize,
-    /// Each sub-network's fp32 and fp16 graph.
-    graphs: Vec<(PathBuf, PathBuf)>,
-}
-
 /// Every width of the bundle at `dir` in fp16, written beside the fp32
 /// graphs as `<id>.fp16.onnx` with the width's fp16 weight file.
-fn fp16_bundle(dir: &Path) -> Result<Vec<Fp16Width>, QuantError> {
+fn fp16_bundle(dir: &Path) -> Result<Vec<Written>, QuantError> {
     let bundle = Bundle::open(dir).unwrap();
     let manifest = bundle.manifest();
     let graphs = dir.join("graphs");
-    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for s in &manifest.subnets {
-        by_file.entry(s.weights[0].path).or_default().push(s.id);
-    }
     let mut widths = Vec::new();
-    for (file, ids) in by_file {
+    for (file, ids) in by_weight_file(&manifest) {
         let models: Vec<ModelProto> = ids
             .iter()
             .map(|id| {
@@ -71,18 +61,7 @@ fn fp16_bundle(dir: &Path) -> Result<Vec<Fp16Width>, QuantError> {
         let fp32 = fs::read(dir.join(file)).unwrap();
         let width = quant::fp16_width(&fp32, location, &subnets)?;
         assert_eq!(width.location, quant::fp16_location(location));
-        fs::write(graphs.join(&width.location), &width.bytes).unwrap();
-        let mut paths = Vec::new();
-        for (id, model) in ids.iter().zip(&width.graphs) {
-            let path = graphs.join(format!("{id}.fp16.onnx"));
-            fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
-            paths.push((graphs.join(format!("{id}.onnx")), path));
-        }
-        widths.push(Fp16Width {
-            fp32_bytes: fp32.len(),
-            fp16_bytes: width.bytes.len(),
-            graphs: paths,
-        });
+        widths.push(write_width(&graphs, &ids, fp32.len(), &width, "fp16"));
     }
     Ok(widths)
 }
@@ -131,21 +110,6 @@ fn assert_forms(graph: &Path) {
     }
 }
 
-/// The external tensors `graph` reads: name → "location offset length".
-fn places(graph: &Path) -> BTreeMap<String, String> {
-    let model = ModelProto::parse_from_bytes(&fs::read(graph).unwrap()).unwrap();
-    model
-        .graph
-        .initializer
-        .iter()
-        .filter(|t| !t.external_data.is_empty())
-        .map(|t| {
-            let place: Vec<&str> = t.external_data.iter().map(|e| e.value.as_str()).collect();
-            (t.name.clone(), place.join(" "))
-        })
-        .collect()
-}
-
 /// Two depths of one width: one fp16 file of at most 0.52x the fp32 one,
 /// read by both at the same places; the checker passes; the forms are
 /// right; outputs within [`TOLERANCE`] of fp32 in `engines`.
@@ -157,7 +121,7 @@ fn family_in_fp16(teacher: &str, ids: &[&str], engines: &[EngineKind]) {
     let widths = fp16_bundle(&bundle).unwrap();
     assert_eq!(widths.len(), 1, "{teacher}: one width");
     let w = &widths[0];
-    let ratio = w.fp16_bytes as f64 / w.fp32_bytes as f64;
+    let ratio = w.variant_bytes as f64 / w.fp32_bytes as f64;
     // Below 0.5 when the graphs read only part of the fp32 file (SDR paths).
     assert!(
         ratio <= 0.52,
@@ -241,10 +205,10 @@ fn a_vit_s16_width_is_at_most_0_52_of_its_fp32_bytes_in_fp16() {
     let (_dir, bundle) = vit_s16(&["384x6", "384x12"]);
     let widths = fp16_bundle(&bundle).unwrap();
     let w = &widths[0];
-    let ratio = w.fp16_bytes as f64 / w.fp32_bytes as f64;
+    let ratio = w.variant_bytes as f64 / w.fp32_bytes as f64;
     eprintln!(
         "ViT-S/16 w384: {} fp16 / {} fp32 bytes = {ratio:.4}",
-        w.fp16_bytes, w.fp32_bytes
+        w.variant_bytes, w.fp32_bytes
     );
     assert!(ratio <= 0.52, "{ratio:.4}");
     assert_onnx_checker_passes(w.graphs.iter().map(|(_, p)| p));

@@ -45,7 +45,10 @@ use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::{EngineKind, EngineOptions};
 use tailor::runtime::fs::sha256_file;
 use tract_onnx::prelude::Framework;
-use variants::{assert_onnx_checker_passes, cls_token, digits, rms, DATA};
+use variants::{
+    assert_onnx_checker_passes, by_weight_file, cls_token, digits, places, rms, write_width,
+    Written, DATA,
+};
 
 const TEACHER: &str = "examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth";
 const GOLDEN: &str = "tests/fixtures/quant-golden.json";
@@ -285,19 +288,10 @@ fn int8_graphs_pass_the_onnx_checker() {
     assert_onnx_checker_passes(q.variants.iter().map(|(_, p)| p));
 }
 
-/// One width of a bundle quantised by [`quantize_bundle`].
-#[derive(Debug)]
-struct Width {
-    fp32_bytes: u64,
-    int8_bytes: u64,
-    /// Each sub-network's fp32 and int8 graph.
-    graphs: Vec<(PathBuf, PathBuf)>,
-}
-
 /// Quantises the bundle at `dir` width by width (the manifest groups the
 /// graphs by weight file) from inner ranges recorded on 8 digits, writing
 /// each width's int8 file and `<id>.int8.onnx`.
-fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
+fn quantize_bundle(dir: &Path) -> Result<Vec<Written>, QuantError> {
     let bundle = Bundle::open(dir).unwrap();
     let manifest = bundle.manifest();
     let options = LoadOptions {
@@ -311,11 +305,7 @@ fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
         ..Options::default()
     };
     opts.engine_options.batch = 8;
-    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for s in &manifest.subnets {
-        assert_eq!(s.weights.len(), 1, "{}: one weight file per graph", s.id);
-        by_file.entry(s.weights[0].path).or_default().push(s.id);
-    }
+    let by_file = by_weight_file(&manifest);
     let graphs = dir.join("graphs");
     let read = |id: &str| {
         let path = graphs.join(format!("{id}.onnx"));
@@ -348,18 +338,7 @@ fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
         let fp32 = fs::read(dir.join(file)).unwrap();
         let width =
             quant::quantize_width(&fp32, location, &subnets, Calibrator::MinMax, Encoding::U8)?;
-        fs::write(graphs.join(&width.location), &width.bytes).unwrap();
-        let mut paths = Vec::new();
-        for (id, model) in ids.iter().zip(&width.graphs) {
-            let path = graphs.join(format!("{id}.int8.onnx"));
-            fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
-            paths.push((graphs.join(format!("{id}.onnx")), path));
-        }
-        widths.push(Width {
-            fp32_bytes: fp32.len() as u64,
-            int8_bytes: width.bytes.len() as u64,
-            graphs: paths,
-        });
+        widths.push(write_width(&graphs, &ids, fp32.len(), &width, "int8"));
     }
     Ok(widths)
 }
@@ -373,9 +352,9 @@ fn family_quantizes(teacher: &str, ids: &[&str]) {
     });
     let widths = quantize_bundle(&bundle).unwrap();
     assert_eq!(widths.len(), 1, "{teacher}: one width");
-    let Width {
+    let Written {
         fp32_bytes,
-        int8_bytes,
+        variant_bytes: int8_bytes,
         graphs,
     } = &widths[0];
     assert_eq!(graphs.len(), 2);
@@ -385,22 +364,7 @@ fn family_quantizes(teacher: &str, ids: &[&str]) {
         (0.25..0.40).contains(&ratio),
         "{teacher}: int8 file {ratio:.3}x the fp32 one"
     );
-    let models: Vec<ModelProto> = graphs
-        .iter()
-        .map(|(_, p)| ModelProto::parse_from_bytes(&fs::read(p).unwrap()).unwrap())
-        .collect();
-    let places = |m: &ModelProto| -> BTreeMap<String, String> {
-        m.graph
-            .initializer
-            .iter()
-            .filter(|t| !t.external_data.is_empty())
-            .map(|t| {
-                let place: Vec<&str> = t.external_data.iter().map(|e| e.value.as_str()).collect();
-                (t.name.clone(), place.join(" "))
-            })
-            .collect()
-    };
-    let (small, large) = (places(&models[0]), places(&models[1]));
+    let (small, large) = (places(&graphs[0].1), places(&graphs[1].1));
     // The deeper graph reads every tensor the shallower one reads by name
     // (the stem, the first blocks, the final norm) at the same place.
     let shared = small

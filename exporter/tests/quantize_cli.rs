@@ -91,6 +91,16 @@ fn subnet<'a>(m: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {id} in {m:#}"))
 }
 
+/// The ids `quantize --json` says it wrote.
+fn variant_ids(summary: &Value) -> Vec<&str> {
+    summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn without_inner_ranges_the_error_names_the_command_and_nothing_changes() {
     let (_dir, bundle) = bundle_copy();
@@ -123,12 +133,7 @@ fn variants_are_listed_verified_inspected_and_selected() {
         &bundle,
     ));
     let summary: Value = serde_json::from_str(&out).unwrap();
-    let ids: Vec<&str> = summary["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap())
-        .collect();
+    let ids = variant_ids(&summary);
     assert_eq!(ids, ["w32-d2@int8-u8", "w32-d3@int8-u8", "w32-d4@int8-u8"]);
 
     let m = manifest(&bundle);
@@ -324,12 +329,7 @@ fn fp16_variants_need_no_ranges_and_share_one_file_per_width() {
         &bundle,
     ));
     let summary: Value = serde_json::from_str(&out).unwrap();
-    let ids: Vec<&str> = summary["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap())
-        .collect();
+    let ids = variant_ids(&summary);
     assert_eq!(ids, ["w32-d2@fp16", "w32-d3@fp16", "w32-d4@fp16"]);
     let m = manifest(&bundle);
     assert_eq!(m["format_version"], 6);

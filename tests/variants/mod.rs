@@ -3,16 +3,22 @@
 //! bundle.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ndarray::{Array2, Array4};
+use onnx_protobuf::ModelProto;
+use protobuf::Message;
 use tailor::calibration::dataset::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self as writer, WriteOptions};
 use tailor::exporter::family::vit;
 use tailor::exporter::plan::{Plan, Request};
+use tailor::exporter::quant;
 use tailor::exporter::synthetic;
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+use tailor::runtime::manifest::Manifest;
 
 use crate::common::{fixture, subnets};
 
@@ -92,4 +98,62 @@ pub fn vit_s16(ids: &[&str]) -> (tempfile::TempDir, PathBuf) {
     };
     writer::write(&Plan::new(&request).unwrap(), &out, &options, &|_| {}).unwrap();
     (dir, out)
+}
+
+/// The manifest's sub-networks by the weight file they read (relative to
+/// the bundle): the widths, whose depths share one variant file.
+pub fn by_weight_file<'m>(manifest: &'m Manifest<'_>) -> BTreeMap<&'m str, Vec<&'m str>> {
+    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in &manifest.subnets {
+        assert_eq!(s.weights.len(), 1, "{}: one weight file per graph", s.id);
+        by_file.entry(s.weights[0].path).or_default().push(s.id);
+    }
+    by_file
+}
+
+/// One width's variants, written beside the fp32 graphs.
+#[derive(Debug)]
+pub struct Written {
+    pub fp32_bytes: u64,
+    pub variant_bytes: u64,
+    /// Each sub-network's fp32 and variant graph.
+    pub graphs: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Writes `width` (the variants of `ids`, whose fp32 file holds
+/// `fp32_bytes`) into `graphs`: its weight file, and `<id>.<suffix>.onnx`.
+pub fn write_width(
+    graphs: &Path,
+    ids: &[&str],
+    fp32_bytes: usize,
+    width: &quant::Width,
+    suffix: &str,
+) -> Written {
+    fs::write(graphs.join(&width.location), &width.bytes).unwrap();
+    let mut paths = Vec::new();
+    for (id, model) in ids.iter().zip(&width.graphs) {
+        let path = graphs.join(format!("{id}.{suffix}.onnx"));
+        fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+        paths.push((graphs.join(format!("{id}.onnx")), path));
+    }
+    Written {
+        fp32_bytes: fp32_bytes as u64,
+        variant_bytes: width.bytes.len() as u64,
+        graphs: paths,
+    }
+}
+
+/// The external tensors `graph` reads: name → "location offset length".
+pub fn places(graph: &Path) -> BTreeMap<String, String> {
+    let model = ModelProto::parse_from_bytes(&fs::read(graph).unwrap()).unwrap();
+    model
+        .graph
+        .initializer
+        .iter()
+        .filter(|t| !t.external_data.is_empty())
+        .map(|t| {
+            let place: Vec<&str> = t.external_data.iter().map(|e| e.value.as_str()).collect();
+            (t.name.clone(), place.join(" "))
+        })
+        .collect()
 }
