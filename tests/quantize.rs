@@ -23,14 +23,14 @@
 //! error of the order of one tensor's quantisation error: beyond the bound.
 
 mod common;
+mod variants;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{export, fixture, request, subnets};
-use ndarray::{Array2, Array4};
+use ndarray::Array2;
 use onnx_protobuf::ModelProto;
 use protobuf::Message;
 use serde_json::Value;
@@ -39,19 +39,18 @@ use tailor::calibration::features::extract;
 use tailor::calibration::ranges::inner::inner_tensors;
 use tailor::calibration::ranges::{Range, Scope};
 use tailor::calibration::{self, Options};
-use tailor::exporter::bundle::{self as writer, WriteOptions};
-use tailor::exporter::family::vit;
-use tailor::exporter::plan::Plan;
 use tailor::exporter::plan::Request;
 use tailor::exporter::quant::{self, Calibrator, Encoding, QuantError, Subnet};
-use tailor::exporter::synthetic;
 use tailor::runtime::bundle::Bundle;
-use tailor::runtime::engine::{self, EngineKind, EngineOptions};
+use tailor::runtime::engine::{EngineKind, EngineOptions};
 use tailor::runtime::fs::sha256_file;
 use tract_onnx::prelude::Framework;
+use variants::{
+    assert_onnx_checker_passes, by_weight_file, cls_token, digits, places, rms, write_width,
+    Written, DATA,
+};
 
 const TEACHER: &str = "examples/poa-vit-tiny/eval/training_799/teacher_checkpoint.pth";
-const DATA: &str = "examples/mnist-calib.npz";
 const GOLDEN: &str = "tests/fixtures/quant-golden.json";
 const ID: &str = "w48-d3";
 const FP32: &str = "weights/w48.bin";
@@ -110,38 +109,9 @@ fn ranges(graph: &Path, images: usize) -> BTreeMap<String, Range> {
     features.unwrap().ranges.unwrap()
 }
 
-/// The digits the script ran, prepared as the runtime prepares them.
-fn digits(indices: &[usize], side: usize) -> Array4<f32> {
-    let options = LoadOptions {
-        labels: false,
-        seed: 0,
-        limit: None,
-    };
-    let dataset = Dataset::load(&fixture(DATA), options).unwrap();
-    let mut pixels = Array4::zeros((indices.len(), 3, side, side));
-    for (&i, out) in indices.iter().zip(pixels.outer_iter_mut()) {
-        dataset.images[i].preprocess_into(out);
-    }
-    pixels
-}
-
 fn matrix(value: &Value) -> Array2<f32> {
     let rows: Vec<Vec<f32>> = serde_json::from_value(value.clone()).unwrap();
     Array2::from_shape_vec((rows.len(), rows[0].len()), rows.concat()).unwrap()
-}
-
-fn cls_token(kind: EngineKind, graph: &Path, pixels: &Array4<f32>) -> Array2<f32> {
-    let opts = EngineOptions {
-        batch: pixels.dim().0,
-        ..EngineOptions::default()
-    };
-    let mut session = engine::load(kind, graph, &opts)
-        .unwrap_or_else(|e| panic!("{kind} loading {}: {e:#}", graph.display()));
-    session.run(pixels.view()).unwrap().cls_token
-}
-
-fn rms(a: &Array2<f32>) -> f64 {
-    (a.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
 }
 
 /// Our int8 graphs of w48-d3, one per reference variant, written beside
@@ -312,45 +282,16 @@ fn outputs_match_the_reference_in_onnx_runtime() {
     outputs_match_the_reference(EngineKind::Ort);
 }
 
-/// `onnx.checker`'s full check of every graph in `paths`.
-fn assert_onnx_checker_passes<'p>(paths: impl ExactSizeIterator<Item = &'p PathBuf>) {
-    let count = paths.len();
-    let check = Command::new("python3")
-        .arg(fixture("tools/quant_reference.py"))
-        .arg("check")
-        .args(paths)
-        .output()
-        .expect("python3 with the onnx package is needed for this test (.ci/run installs it)");
-    assert!(
-        check.status.success(),
-        "onnx.checker failed: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&check.stdout).trim(),
-        format!("checked {count}")
-    );
-}
-
 #[test]
 fn int8_graphs_pass_the_onnx_checker() {
     let q = quantized(&golden());
     assert_onnx_checker_passes(q.variants.iter().map(|(_, p)| p));
 }
 
-/// One width of a bundle quantised by [`quantize_bundle`].
-#[derive(Debug)]
-struct Width {
-    fp32_bytes: u64,
-    int8_bytes: u64,
-    /// Each sub-network's fp32 and int8 graph.
-    graphs: Vec<(PathBuf, PathBuf)>,
-}
-
 /// Quantises the bundle at `dir` width by width (the manifest groups the
 /// graphs by weight file) from inner ranges recorded on 8 digits, writing
 /// each width's int8 file and `<id>.int8.onnx`.
-fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
+fn quantize_bundle(dir: &Path) -> Result<Vec<Written>, QuantError> {
     let bundle = Bundle::open(dir).unwrap();
     let manifest = bundle.manifest();
     let options = LoadOptions {
@@ -364,11 +305,7 @@ fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
         ..Options::default()
     };
     opts.engine_options.batch = 8;
-    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for s in &manifest.subnets {
-        assert_eq!(s.weights.len(), 1, "{}: one weight file per graph", s.id);
-        by_file.entry(s.weights[0].path).or_default().push(s.id);
-    }
+    let by_file = by_weight_file(&manifest);
     let graphs = dir.join("graphs");
     let read = |id: &str| {
         let path = graphs.join(format!("{id}.onnx"));
@@ -401,18 +338,7 @@ fn quantize_bundle(dir: &Path) -> Result<Vec<Width>, QuantError> {
         let fp32 = fs::read(dir.join(file)).unwrap();
         let width =
             quant::quantize_width(&fp32, location, &subnets, Calibrator::MinMax, Encoding::U8)?;
-        fs::write(graphs.join(&width.location), &width.bytes).unwrap();
-        let mut paths = Vec::new();
-        for (id, model) in ids.iter().zip(&width.graphs) {
-            let path = graphs.join(format!("{id}.int8.onnx"));
-            fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
-            paths.push((graphs.join(format!("{id}.onnx")), path));
-        }
-        widths.push(Width {
-            fp32_bytes: fp32.len() as u64,
-            int8_bytes: width.bytes.len() as u64,
-            graphs: paths,
-        });
+        widths.push(write_width(&graphs, &ids, fp32.len(), &width, "int8"));
     }
     Ok(widths)
 }
@@ -426,9 +352,9 @@ fn family_quantizes(teacher: &str, ids: &[&str]) {
     });
     let widths = quantize_bundle(&bundle).unwrap();
     assert_eq!(widths.len(), 1, "{teacher}: one width");
-    let Width {
+    let Written {
         fp32_bytes,
-        int8_bytes,
+        variant_bytes: int8_bytes,
         graphs,
     } = &widths[0];
     assert_eq!(graphs.len(), 2);
@@ -438,22 +364,7 @@ fn family_quantizes(teacher: &str, ids: &[&str]) {
         (0.25..0.40).contains(&ratio),
         "{teacher}: int8 file {ratio:.3}x the fp32 one"
     );
-    let models: Vec<ModelProto> = graphs
-        .iter()
-        .map(|(_, p)| ModelProto::parse_from_bytes(&fs::read(p).unwrap()).unwrap())
-        .collect();
-    let places = |m: &ModelProto| -> BTreeMap<String, String> {
-        m.graph
-            .initializer
-            .iter()
-            .filter(|t| !t.external_data.is_empty())
-            .map(|t| {
-                let place: Vec<&str> = t.external_data.iter().map(|e| e.value.as_str()).collect();
-                (t.name.clone(), place.join(" "))
-            })
-            .collect()
-    };
-    let (small, large) = (places(&models[0]), places(&models[1]));
+    let (small, large) = (places(&graphs[0].1), places(&graphs[1].1));
     // The deeper graph reads every tensor the shallower one reads by name
     // (the stem, the first blocks, the final norm) at the same place.
     let shared = small
@@ -524,27 +435,7 @@ fn sdr_paths_are_refused_naming_the_family() {
 /// the example's widths (48..96) come out above it (docs/precision.md).
 #[test]
 fn a_vit_s16_width_is_at_most_0_27_of_its_fp32_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let teacher = dir.path().join("vit-s16.safetensors");
-    let geometry = vit::Geometry {
-        max_width: 384,
-        max_depth: 12,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
-    };
-    synthetic::write_vit_teacher(&teacher, &geometry, 0).unwrap();
-    let request = Request {
-        selection: subnets(&["384x12"]),
-        ..Request::all(&teacher)
-    };
-    let out = dir.path().join("bundle");
-    let options = WriteOptions {
-        force: false,
-        jobs: 1,
-    };
-    writer::write(&Plan::new(&request).unwrap(), &out, &options, &|_| {}).unwrap();
+    let (_dir, out) = variants::vit_s16(&["384x12"]);
     let graph = out.join("graphs/w384-d12.onnx");
     // Sizes do not depend on the ranges: any will do.
     let proto = tract_onnx::onnx().proto_model_for_path(&graph).unwrap();

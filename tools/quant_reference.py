@@ -9,6 +9,7 @@ the same calibration images, run on a few real digits.
     python3 tools/quant_reference.py golden /tmp/b/graphs/w48-d3.onnx \
         examples/mnist-calib.npz tests/fixtures/quant-golden.json
     python3 tools/quant_reference.py check GRAPH.onnx...   # onnx.checker, full
+    python3 tools/quant_reference.py types GRAPH.onnx      # inputs' types per node
 
 `golden` calibrates on the npz's first CALIBRATION images and runs its last
 DIGITS images, each prepared exactly as runtime/src/image.rs prepares it
@@ -22,7 +23,8 @@ per-channel scales. ONNX Runtime has no MSE calibrator (its others, Entropy and
 Distribution, are different criteria), so MSE has no reference here.
 
 Needs numpy, onnx and onnxruntime (1.31.1 made the committed fixture).
-CI runs only `check`.
+CI runs only `check` and `types` (tests/fp16.rs: which nodes compute in
+float16, by ONNX's shape inference rather than our rewrite's own account).
 """
 
 import hashlib
@@ -184,9 +186,33 @@ def check(paths):
     print("checked", len(paths))
 
 
+def types(path):
+    """Each node's op, name and its inputs' element types, as ONNX's own
+    shape inference types them (`FLOAT`, `FLOAT16`...), one JSON line."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
+    graph = model.graph
+    known = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+    }
+    known.update({t.name: t.data_type for t in graph.initializer})
+    name = onnx.TensorProto.DataType.Name
+    nodes = [
+        {
+            "op": n.op_type,
+            "name": n.name,
+            "inputs": [name(known[i]) if i in known else None for i in n.input],
+        }
+        for n in graph.node
+    ]
+    print(json.dumps(nodes))
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "check":
         check(sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "types":
+        types(sys.argv[2])
     elif len(sys.argv) == 5 and sys.argv[1] == "golden":
         golden(*sys.argv[2:])
     else:

@@ -19,6 +19,9 @@ pub struct Features {
     pub cls_token: Array2<f32>,
     /// By tensor name; `None` only for an empty dataset.
     pub ranges: Option<BTreeMap<String, Range>>,
+    /// With [`Scope::Inner`], signed values of each tensor by name (for the
+    /// ranges file's `samples`); empty otherwise.
+    pub samples: BTreeMap<String, Vec<f32>>,
 }
 
 /// What runs the batches: the runtime's engine, or tract with the inner
@@ -98,8 +101,13 @@ pub fn extract(
             .assign(&outputs.cls_token.slice(s![..rows, ..]));
         progress(start + rows);
     }
+    let samples = match scope {
+        Scope::Inner => recorder.samples(),
+        Scope::Interface => BTreeMap::new(),
+    };
     Ok(Features {
         cls_token: cls_token.unwrap_or_else(|| Array2::zeros((0, 0))),
+        samples,
         ranges: recorder.finish(),
     })
 }

@@ -158,6 +158,7 @@ pub fn score(
     let mut reference_features = None;
     let mut scored = BTreeMap::new();
     let mut graph_ranges = BTreeMap::new();
+    let mut graph_samples = BTreeMap::new();
     let mut kept = BTreeMap::new();
     for (index, subnet) in order.enumerate() {
         progress(Progress::Subnet {
@@ -185,6 +186,9 @@ pub fn score(
         if let Some(r) = features.ranges {
             graph_ranges.insert(subnet.id.to_owned(), r);
         }
+        if !features.samples.is_empty() {
+            graph_samples.insert(subnet.id.to_owned(), features.samples);
+        }
         reference_features.get_or_insert(cls);
     }
     Ok(Calibrated {
@@ -208,6 +212,7 @@ pub fn score(
             dataset_sha256: dataset.sha256,
             scope: opts.ranges,
             subnets: graph_ranges,
+            samples: graph_samples,
         }),
         features: subnets
             .iter()
@@ -222,9 +227,12 @@ fn reference<'m, 'a>(
     manifest: &'m Manifest<'a>,
     bundle: &Bundle,
 ) -> Result<&'m Subnet<'a>, CalibrationError> {
+    // Never a variant: an int8 or fp16 one ties with its parent on size,
+    // and fidelity measures what is lost against full precision.
     manifest
         .subnets
         .iter()
+        .filter(|s| s.parent().is_none())
         .max_by_key(|s| (s.params, s.macs))
         .ok_or_else(|| CalibrationError::NoSubnets(bundle.dir().to_owned()))
 }

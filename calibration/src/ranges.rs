@@ -26,6 +26,10 @@ pub const FORMAT: u32 = 3;
 /// Values kept per tensor to estimate the percentile (256 KiB): below it
 /// the percentile is exact.
 const SAMPLE: usize = 1 << 16;
+/// Signed values per tensor the ranges file keeps of that sample
+/// ([`RangesFile::samples`]), for the MSE calibrator: enough to rank 100
+/// clips, small enough that a 16-graph bundle's file stays a few MB.
+pub const KEPT: usize = 1024;
 
 /// Which tensors calibration records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -61,6 +65,12 @@ pub struct RangesFile {
     pub scope: Scope,
     /// Sub-network id, then ONNX tensor name.
     pub subnets: BTreeMap<String, BTreeMap<String, Range>>,
+    /// With [`Scope::Inner`]: up to [`KEPT`] signed values of each tensor,
+    /// drawn uniformly from everything observed, keyed like `subnets`, so
+    /// one recording serves every calibrator (MSE searches its clip over
+    /// them). Absent from files recorded before it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub samples: BTreeMap<String, BTreeMap<String, Vec<f32>>>,
 }
 
 impl RangesFile {
@@ -73,12 +83,13 @@ impl RangesFile {
             dataset_sha256,
             scope: Scope::Interface,
             subnets: BTreeMap::new(),
+            samples: BTreeMap::new(),
         }
     }
 }
 
 /// Records one tensor's values as batches run, in bounded memory: the
-/// extremes, and a reservoir sample of |x| (Li's "Algorithm L": a uniform
+/// extremes, and a reservoir sample of x (Li's "Algorithm L": a uniform
 /// sample without periodic gaps, so a strided layout such as one outlier
 /// channel cannot hide from it).
 #[derive(Debug, Clone)]
@@ -120,7 +131,7 @@ impl Recorder {
             self.max = self.max.max(v);
         }
         let fill = (SAMPLE - self.sample.len()).min(values.len());
-        self.sample.extend(values[..fill].iter().map(|v| v.abs()));
+        self.sample.extend_from_slice(&values[..fill]);
         if fill > 0 && self.sample.len() == SAMPLE {
             let last = self.seen + fill as u64 - 1;
             self.weight = self.draw_weight();
@@ -130,7 +141,7 @@ impl Recorder {
         while self.sample.len() == SAMPLE && self.next < end {
             let v = values[(self.next - self.seen) as usize];
             let slot = (self.rng.next() % SAMPLE as u64) as usize;
-            self.sample[slot] = v.abs();
+            self.sample[slot] = v;
             self.weight *= self.draw_weight();
             self.next = self.next.saturating_add(self.skip()).saturating_add(1);
         }
@@ -155,10 +166,20 @@ impl Recorder {
         (self.rng.unit().ln() / (1.0 - self.weight).ln()).floor() as u64
     }
 
+    /// Up to [`KEPT`] of the sampled values, signed, evenly spaced over the
+    /// reservoir (itself uniform over everything observed once it is full).
+    pub fn kept(&self) -> Vec<f32> {
+        let step = self.sample.len().div_ceil(KEPT).max(1);
+        self.sample.iter().step_by(step).copied().collect()
+    }
+
     /// The range of everything observed; `None` before any value.
     pub fn finish(mut self) -> Option<Range> {
         if self.seen == 0 {
             return None;
+        }
+        for v in &mut self.sample {
+            *v = v.abs();
         }
         // Nearest rank, selected in linear time rather than sorted.
         let rank = (PERCENTILE / 100.0 * self.sample.len() as f64).ceil() as usize;
@@ -235,6 +256,15 @@ impl GraphRecorder {
         self.observe(0, pixels.slice(s![..rows, .., .., ..]));
         self.observe(1, outputs.cls_token.slice(s![..rows, ..]));
         self.observe(2, outputs.patch_tokens.slice(s![..rows, .., ..]));
+    }
+
+    /// Every tensor's [`Recorder::kept`] values by name.
+    pub fn samples(&self) -> BTreeMap<String, Vec<f32>> {
+        self.tensors
+            .iter()
+            .map(|(name, r)| (name.clone(), r.kept()))
+            .filter(|(_, kept)| !kept.is_empty())
+            .collect()
     }
 
     /// Every tensor's range by name; `None` when no image ran.

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use protobuf::Message;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -912,4 +913,49 @@ fn inner_ranges_are_recorded_on_request_with_tract_only() {
     // Softmax is a probability.
     let softmax = &tensors["blocks.0.attn.softmax"];
     assert!(softmax["min"].as_f64() >= Some(0.0) && softmax["max"].as_f64() <= Some(1.0));
+}
+
+/// `calibrate --head` after `quantize`: every variant is scored and gets
+/// its head like any sub-network, the fp32 teacher-sized one keeping the
+/// teacher's exactly (the reference is never a variant).
+#[test]
+fn the_head_is_carried_to_int8_and_fp16_variants() {
+    let (dir, bundle, data) = labelled_bundle();
+    assert_succeeded(&calibrate(&bundle, &data, &["--ranges", "inner", "-q"]));
+    assert_succeeded(&exporter(&[
+        &"quantize",
+        &bundle,
+        &"--precision",
+        &"int8,fp16",
+    ]));
+    let head = dir.path().join("head.npz");
+    head_npz(&head, 3, 32);
+    let report = json(&calibrate(
+        &bundle,
+        &data,
+        &["--no-labels", "--head", head.to_str().unwrap(), "--json"],
+    ));
+    let scored: Vec<(&str, f64)> = report["head"]["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["agreement"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(scored.len(), 9, "{scored:?}");
+    assert!(scored.contains(&("w32-d4", 1.0)), "{scored:?}");
+    let m = manifest(&bundle);
+    for id in ["w32-d2@int8-u8", "w32-d4@fp16"] {
+        assert!(scored.iter().any(|(s, _)| *s == id), "{id}: {scored:?}");
+        let s = m["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap();
+        let graph = bundle.join(s["onnx"].as_str().unwrap());
+        let model =
+            onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&graph).unwrap()).unwrap();
+        let outputs: Vec<&str> = model.graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert!(outputs.contains(&"logits"), "{id}: {outputs:?}");
+    }
 }

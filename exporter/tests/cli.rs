@@ -106,7 +106,7 @@ fn exports_the_grid_and_shares_one_weight_file_per_width() {
 
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format_version"], 5);
+    assert_eq!(manifest["format_version"], 6);
     assert_eq!(
         manifest["calibration"],
         serde_json::Value::Null,

@@ -91,6 +91,16 @@ fn subnet<'a>(m: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {id} in {m:#}"))
 }
 
+/// The ids `quantize --json` says it wrote.
+fn variant_ids(summary: &Value) -> Vec<&str> {
+    summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn without_inner_ranges_the_error_names_the_command_and_nothing_changes() {
     let (_dir, bundle) = bundle_copy();
@@ -123,16 +133,11 @@ fn variants_are_listed_verified_inspected_and_selected() {
         &bundle,
     ));
     let summary: Value = serde_json::from_str(&out).unwrap();
-    let ids: Vec<&str> = summary["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap())
-        .collect();
+    let ids = variant_ids(&summary);
     assert_eq!(ids, ["w32-d2@int8-u8", "w32-d3@int8-u8", "w32-d4@int8-u8"]);
 
     let m = manifest(&bundle);
-    assert_eq!(m["format_version"], 5);
+    assert_eq!(m["format_version"], 6);
     assert_eq!(subnet(&m, "w32-d3")["precision"], "fp32");
     let (parent, variant) = (subnet(&m, "w32-d3"), subnet(&m, "w32-d3@int8-u8"));
     assert_eq!(
@@ -172,6 +177,17 @@ fn variants_are_listed_verified_inspected_and_selected() {
         .find(|l| l.starts_with("w32-d3@int8-u8"))
         .unwrap();
     assert!(row.contains(&format!("{drop:+.2}")), "drop {drop}: {row}");
+    let json: Value =
+        serde_json::from_str(&succeeded(&run(&["inspect", "--json"], &bundle))).unwrap();
+    let listed = subnet(&json, "w32-d3@int8-u8")["quality_drop"]
+        .as_f64()
+        .unwrap();
+    assert!((listed - drop).abs() < 1e-4, "{listed} against {drop}");
+    assert_eq!(subnet(&json, "w32-d3")["quality_drop"], Value::Null);
+    // Fidelity is measured against the largest fp32 sub-network, never its
+    // equally large variant.
+    assert_eq!(subnet(&m, "w32-d4")["fidelity"], 1.0);
+    assert!(subnet(&m, "w32-d4@int8-u8")["fidelity"].as_f64().unwrap() < 1.0);
 
     // The runtime loads and measures every variant in tract...
     let out = runtime("profile", &bundle, &["--all"]);
@@ -222,13 +238,51 @@ fn a_failure_half_way_leaves_the_bundle_byte_identical() {
 }
 
 #[test]
-fn mse_without_samples_and_sdr_paths_are_refused_by_name() {
+fn mse_reads_the_recorded_samples_and_names_the_command_without_them() {
     let (_dir, bundle) = calibrated_inner();
+    let mse = ["quantize", "--precision", "int8", "--calibrator", "mse"];
+    // A ranges file as recorded before it kept samples.
+    let path = bundle.join(
+        manifest(&bundle)["calibration"]["ranges"]["path"]
+            .as_str()
+            .unwrap(),
+    );
+    let recorded = std::fs::read(&path).unwrap();
+    let mut ranges: Value = serde_json::from_slice(&recorded).unwrap();
+    let samples = ranges["samples"]["w32-d2"].as_object().unwrap();
+    assert!(samples.contains_key("pixel_values"), "{samples:?}");
+    assert!(samples
+        .values()
+        .all(|s| (1..=1024).contains(&s.as_array().unwrap().len())));
+    assert!(
+        samples
+            .values()
+            .flat_map(|s| s.as_array().unwrap())
+            .any(|v| v.as_f64().unwrap() < 0.0),
+        "samples are signed"
+    );
+    ranges.as_object_mut().unwrap().remove("samples");
+    std::fs::write(&path, serde_json::to_vec(&ranges).unwrap()).unwrap();
     assert_refused(
         &bundle,
-        &["quantize", "--precision", "int8", "--calibrator", "mse"],
-        &["MSE", "--calibrator minmax or percentile"],
+        &mse,
+        &[
+            "MSE",
+            "exporter calibrate BUNDLE --data DATA --ranges inner",
+            "--calibrator minmax or percentile",
+        ],
     );
+    std::fs::write(&path, recorded).unwrap();
+    succeeded(&run(&mse, &bundle));
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d3@int8-u8")["precision"]["int8"]["calibrator"],
+        "mse"
+    );
+}
+
+#[test]
+fn sdr_paths_are_refused_int8_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let sdr = dir.path().join("sdr");
     let teacher = root().join("examples/sdr-tiny/sdr.safetensors");
@@ -264,5 +318,78 @@ fn data_records_the_ranges_on_the_way_without_scoring() {
         "s8"
     );
     assert_eq!(m["calibration"], Value::Null, "{m:#}");
+    succeeded(&run(&["inspect", "--verify"], &bundle));
+}
+
+#[test]
+fn fp16_variants_need_no_ranges_and_share_one_file_per_width() {
+    let (_dir, bundle) = bundle_copy();
+    let out = succeeded(&run(
+        &["quantize", "--precision", "fp16", "--json"],
+        &bundle,
+    ));
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let ids = variant_ids(&summary);
+    assert_eq!(ids, ["w32-d2@fp16", "w32-d3@fp16", "w32-d4@fp16"]);
+    let m = manifest(&bundle);
+    assert_eq!(m["format_version"], 6);
+    let (parent, variant) = (subnet(&m, "w32-d3"), subnet(&m, "w32-d3@fp16"));
+    assert_eq!(
+        variant["precision"],
+        serde_json::json!({"fp16": {"parent": "w32-d3"}})
+    );
+    assert_eq!(variant["macs"], parent["macs"]);
+    for id in ["w32-d2@fp16", "w32-d4@fp16"] {
+        assert_eq!(subnet(&m, id)["weights"], variant["weights"], "{id}");
+    }
+    let file = &variant["weights"][0];
+    assert_eq!(file["path"], "graphs/weights/w32.fp16.bin");
+    let (fp16, fp32) = (
+        file["bytes"].as_u64().unwrap(),
+        parent["weights"][0]["bytes"].as_u64().unwrap(),
+    );
+    assert!(fp16 * 100 <= fp32 * 52, "fp16 {fp16} bytes of fp32 {fp32}");
+    let inspect = succeeded(&run(&["inspect", "--verify"], &bundle));
+    let row = inspect
+        .lines()
+        .find(|l| l.starts_with("w32-d3@fp16"))
+        .unwrap_or_else(|| panic!("{inspect}"));
+    assert!(row.contains(" fp16 "), "{row}");
+    // The runtime loads and measures them in tract.
+    let out = runtime("profile", &bundle, &["--all"]);
+    let profile: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let measured = |id: &str| {
+        profile["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id && r["p50_ms"].as_f64().is_some_and(|t| t > 0.0))
+    };
+    assert!(measured("w32-d3@fp16"), "{profile:#}");
+}
+
+#[test]
+fn int8_and_fp16_are_written_together_or_not_at_all() {
+    let (_dir, bundle) = bundle_copy();
+    let both = ["quantize", "--precision", "int8,fp16"];
+    // Without ranges the int8 half is refused, and the fp16 one not written.
+    assert_refused(
+        &bundle,
+        &both,
+        &["exporter calibrate BUNDLE --data DATA --ranges inner"],
+    );
+    calibrate(&bundle, &["--limit", "60", "--ranges", "inner"]);
+    let out = succeeded(&run(&both, &bundle));
+    assert_eq!(out.lines().count(), 6, "{out}");
+    let m = manifest(&bundle);
+    assert_eq!(
+        subnet(&m, "w32-d2@fp16")["precision"]["fp16"]["parent"],
+        "w32-d2"
+    );
+    assert_eq!(
+        subnet(&m, "w32-d2@int8-u8")["precision"]["int8"]["parent"],
+        "w32-d2"
+    );
     succeeded(&run(&["inspect", "--verify"], &bundle));
 }

@@ -13,11 +13,11 @@ use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest format this build reads and writes (5: every sub-network's
-/// precision, int8 variants of fp32 ones; 4: the task a bundle was routed
+/// The manifest format this build reads and writes (6: fp16 variants; 5:
+/// every sub-network's precision, int8 variants of fp32 ones; 4: the task a bundle was routed
 /// to; 3: calibration results; 2: family-generic sub-networks and teacher
 /// configs; 1 was ViT only).
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The most sub-networks a manifest may list (POA's ResNet grid has 465).
 pub const MAX_SUBNETS: usize = 512;
 /// The most blocks a sub-network may keep.
@@ -286,7 +286,7 @@ impl Subnet<'_> {
     pub fn parent(&self) -> Option<&str> {
         match self.precision {
             Precision::Fp32 => None,
-            Precision::Int8 { parent, .. } => Some(parent),
+            Precision::Int8 { parent, .. } | Precision::Fp16 { parent } => Some(parent),
         }
     }
 }
@@ -309,13 +309,21 @@ pub enum Precision<'a> {
         /// How activations' clipping ranges were chosen.
         calibrator: ActivationCalibrator,
     },
+    /// Float16 weights and arithmetic (`exporter quantize --precision
+    /// fp16`), float32 inputs and outputs; LayerNorm, Softmax and the
+    /// normalisations' statistics stay float32, where fp16 overflows.
+    Fp16 {
+        /// The fp32 sub-network's id (the variant's is `PARENT@fp16`).
+        parent: &'a str,
+    },
 }
 
 impl Precision<'_> {
-    /// The name in manifests, ids and on command lines: `fp32` or `int8`.
+    /// The name in manifests, ids and on command lines: `fp32`, `fp16` or `int8`.
     pub fn name(&self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Fp16 { .. } => "fp16",
             Precision::Int8 { .. } => "int8",
         }
     }

@@ -61,6 +61,28 @@ impl fmt::Display for Arch {
     }
 }
 
+/// How the int8 graphs a board runs encode their activations: the engine
+/// decides which run fast, or at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Int8Activations {
+    /// Symmetric int8, zero point 0: the only form TensorRT takes.
+    S8,
+    /// Asymmetric uint8: ONNX Runtime's CPU kernels (uint8 × int8) and
+    /// QNN's HTP; tract runs either.
+    U8,
+}
+
+impl Int8Activations {
+    /// The name in manifests and on command lines: `s8` or `u8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Activations::S8 => "s8",
+            Int8Activations::U8 => "u8",
+        }
+    }
+}
+
 /// A board `exporter pack --target` builds for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Board {
@@ -80,6 +102,8 @@ pub struct Board {
     pub engine: &'static str,
     /// `provider` in runtime.toml (`runtime --provider`).
     pub provider: &'static str,
+    /// The int8 variants `pack` keeps (`exporter quantize --encoding`).
+    pub int8_activations: Int8Activations,
     /// Groups the service joins for device access (the Jetson GPU's nodes
     /// belong to `video` and `render`).
     pub groups: &'static [&'static str],
@@ -126,6 +150,7 @@ const fn jetson(name: &'static str, profile: &'static DeviceProfile, ram_mb: u32
         model_percent: 40,
         engine: "ort",
         provider: "tensorrt",
+        int8_activations: Int8Activations::S8,
         groups: &["video", "render"],
         after: &["nvpmodel.service"],
         start_timeout_s: TENSORRT_START_S,
@@ -148,6 +173,7 @@ const fn cpu_only(
         model_percent: 50,
         engine: "tract",
         provider: "cpu",
+        int8_activations: Int8Activations::U8,
         groups: &[],
         after: &[],
         start_timeout_s: CPU_START_S,

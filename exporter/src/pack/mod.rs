@@ -23,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor_runtime::bundle::{Bundle, BundleError, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::fs::StagedFile;
-use tailor_runtime::manifest::Manifest;
-use tailor_targets::board::{layout, MemoryLimit, Service, ServiceFiles, LISTEN};
+use tailor_runtime::manifest::{ActivationEncoding, Manifest};
+use tailor_targets::board::{layout, Int8Activations, MemoryLimit, Service, ServiceFiles, LISTEN};
 use tailor_targets::template::TemplateError;
 use tailor_targets::{Arch, Board};
 
@@ -251,12 +251,17 @@ fn filter_bundle<'b>(
     keep: &[String],
 ) -> Result<(Vec<Verdict>, Manifest<'b>), PackError> {
     let manifest = bundle.manifest();
-    let verdicts = filter::judge(&manifest.subnets, budget_bytes, keep).map_err(|id| {
-        PackError::UnknownKeep {
-            id: id.to_owned(),
-            bundle: bundle.dir().to_owned(),
-        }
-    })?;
+    let encoding = match board.int8_activations {
+        Int8Activations::S8 => ActivationEncoding::S8,
+        Int8Activations::U8 => ActivationEncoding::U8,
+    };
+    let verdicts =
+        filter::judge(&manifest.subnets, budget_bytes, encoding, keep).map_err(|id| {
+            PackError::UnknownKeep {
+                id: id.to_owned(),
+                bundle: bundle.dir().to_owned(),
+            }
+        })?;
     let kept: Vec<_> = manifest
         .subnets
         .iter()

@@ -64,4 +64,15 @@ pub enum QuantError {
     NameTaken { graph: String, name: String },
     #[error("the MSE calibrator needs a sample of activation `{tensor}`'s values")]
     NoSample { tensor: String },
+    #[error(
+        "graph `{graph}`: the fp16 rewrite does not handle operator {op} (`{node}`): whether it \
+         must stay float32 is not decided, so no fp16 variant is written"
+    )]
+    Fp16Op {
+        graph: String,
+        op: String,
+        node: String,
+    },
+    #[error("tensor `{tensor}` holds values beyond float16's range (±65504)")]
+    Fp16Range { tensor: String },
 }

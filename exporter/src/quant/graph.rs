@@ -8,14 +8,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::{DataLocation, DataType};
-use onnx_protobuf::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
-};
+use onnx_protobuf::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 use super::activation::{Encoding, QParams};
-use super::store::{Extent, Placed, Stored};
+use super::external::{dims, extent, relocated, Extent};
+use super::store::{Placed, Stored};
 use super::QuantError;
-use crate::onnx::ExternalData;
 
 /// The operators whose inputs are quantised.
 const OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
@@ -328,91 +326,10 @@ impl Scan<'_> {
     }
 }
 
-fn body<'m>(id: &str, model: &'m ModelProto) -> Result<&'m GraphProto, QuantError> {
+pub(super) fn body<'m>(id: &str, model: &'m ModelProto) -> Result<&'m GraphProto, QuantError> {
     model.graph.as_ref().ok_or_else(|| QuantError::NoGraph {
         graph: id.to_owned(),
     })
-}
-
-fn dims(t: &TensorProto) -> Vec<usize> {
-    t.dims.iter().map(|&d| d.max(0) as usize).collect()
-}
-
-/// Where float tensor `t` lies in the width's fp32 file at `location`.
-fn extent(id: &str, t: &TensorProto, location: &str) -> Result<Extent, QuantError> {
-    let problem = |problem: String| QuantError::ExternalData {
-        graph: id.to_owned(),
-        tensor: t.name.clone(),
-        problem,
-    };
-    if t.data_type != DataType::FLOAT as i32 {
-        return Err(QuantError::NotFloat {
-            graph: id.to_owned(),
-            tensor: t.name.clone(),
-            found: t.data_type,
-        });
-    }
-    let entry = |key: &str| {
-        t.external_data
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| e.value.as_str())
-    };
-    let found = entry("location").unwrap_or_default();
-    if found != location {
-        return Err(QuantError::Location {
-            graph: id.to_owned(),
-            tensor: t.name.clone(),
-            location: found.to_owned(),
-            expected: location.to_owned(),
-        });
-    }
-    let number = |key: &str| -> Result<Option<u64>, QuantError> {
-        entry(key)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| problem(format!("{key} `{v}` is not a number")))
-            })
-            .transpose()
-    };
-    let elements: usize = dims(t).iter().product();
-    let bytes = 4 * elements as u64;
-    let length = number("length")?.unwrap_or(bytes);
-    if length != bytes {
-        return Err(problem(format!("length {length} for {elements} floats")));
-    }
-    Ok(Extent {
-        offset: number("offset")?.unwrap_or(0),
-        length,
-    })
-}
-
-/// `t` renamed `name`, of type `data_type` and shape `dims`, at `place`.
-fn relocated(
-    t: &TensorProto,
-    name: &str,
-    data_type: DataType,
-    dims: &[i64],
-    place: &ExternalData,
-) -> TensorProto {
-    let mut r = t.clone();
-    r.name = name.to_owned();
-    r.data_type = data_type as i32;
-    r.dims = dims.to_vec();
-    r.external_data = vec![
-        entry("location", place.location.clone()),
-        entry("offset", place.offset.to_string()),
-        entry("length", place.length.to_string()),
-    ];
-    r
-}
-
-fn entry(key: &str, value: String) -> StringStringEntryProto {
-    StringStringEntryProto {
-        key: key.to_owned(),
-        value,
-        ..StringStringEntryProto::default()
-    }
 }
 
 fn scalar_scale(name: &str, scale: f32) -> TensorProto {
@@ -435,7 +352,12 @@ fn scalar_zero_point(name: &str, p: &QParams) -> TensorProto {
     t
 }
 
-fn node<const N: usize>(op: &str, name: &str, inputs: [String; N], output: &str) -> NodeProto {
+pub(super) fn node<const N: usize>(
+    op: &str,
+    name: &str,
+    inputs: [String; N],
+    output: &str,
+) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = op.to_owned();
     n.name = name.to_owned();

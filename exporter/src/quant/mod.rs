@@ -1,6 +1,7 @@
-//! INT8 variants of a bundle's sub-networks, as explicit QDQ graphs
-//! (QuantizeLinear/DequantizeLinear, the form ONNX Runtime's CPU and QNN
-//! providers and TensorRT all consume).
+//! INT8 and FP16 variants of a bundle's sub-networks. INT8 ones are
+//! explicit QDQ graphs (QuantizeLinear/DequantizeLinear, the form ONNX
+//! Runtime's CPU and QNN providers and TensorRT all consume); FP16 ones are
+//! in [`half`].
 //!
 //! A width is quantised at once, as it is exported: every graph of width W
 //! reads `w<W>.int8.bin` ([`int8_location`]), which holds each tensor of
@@ -13,7 +14,9 @@
 
 mod activation;
 mod error;
+mod external;
 mod graph;
+pub mod half;
 mod store;
 pub mod variants;
 pub mod weights;
@@ -25,6 +28,7 @@ use tailor_calibration::ranges::Range;
 
 pub use activation::{Calibrator, Encoding, QParams, MSE_CANDIDATES};
 pub use error::QuantError;
+pub use half::{fp16_location, fp16_width};
 
 /// One sub-network of the width and what calibration observed of it.
 #[derive(Debug, Clone, Copy)]
@@ -39,14 +43,15 @@ pub struct Subnet<'a> {
     pub samples: Option<&'a BTreeMap<String, Vec<f32>>>,
 }
 
-/// The int8 form of one width.
+/// The int8 or fp16 form of one width.
 #[derive(Debug, Clone)]
-pub struct Int8Width {
-    /// The weight file's path relative to the graphs, `weights/w<W>.int8.bin`.
+pub struct Width {
+    /// The weight file's path relative to the graphs,
+    /// `weights/w<W>.int8.bin` or `weights/w<W>.fp16.bin`.
     pub location: String,
-    /// Its bytes: the same for every calibrator and encoding.
+    /// Its bytes: for int8 the same for every calibrator and encoding.
     pub bytes: Vec<u8>,
-    /// The int8 graphs, in the order of the sub-networks given.
+    /// The graphs, in the order of the sub-networks given.
     pub graphs: Vec<ModelProto>,
 }
 
@@ -71,7 +76,7 @@ pub fn quantize_width(
     subnets: &[Subnet<'_>],
     calibrator: Calibrator,
     encoding: Encoding,
-) -> Result<Int8Width, QuantError> {
+) -> Result<Width, QuantError> {
     let scans = subnets
         .iter()
         .map(|s| graph::scan(s.id, s.model, location))
@@ -102,7 +107,7 @@ pub fn quantize_width(
             scan.rewrite(&layout.placed, &qparams)
         })
         .collect::<Result<_, _>>()?;
-    Ok(Int8Width {
+    Ok(Width {
         location: int8,
         bytes: layout.bytes,
         graphs,

@@ -9,19 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::onnx::ExternalData;
 
+use super::external::{Extent, FileBuilder};
 use super::weights;
 use super::QuantError;
-
-/// Tensors start at this boundary, as in the fp32 file.
-const ALIGN: usize = 64;
-
-/// Where a tensor lies in the fp32 file: its identity across graphs, which
-/// may name it differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) struct Extent {
-    pub offset: u64,
-    pub length: u64,
-}
 
 /// A tensor of the fp32 file as the graphs use it.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,35 +51,12 @@ pub(super) fn lay_out(
     location: &str,
     stored: &BTreeMap<Extent, Stored>,
 ) -> Result<Layout, QuantError> {
-    let mut bytes = Vec::new();
-    let mut put = |data: &[u8]| {
-        bytes.resize(bytes.len().next_multiple_of(ALIGN), 0);
-        let offset = bytes.len() as u64;
-        bytes.extend_from_slice(data);
-        ExternalData {
-            location: location.to_owned(),
-            offset,
-            length: data.len() as u64,
-        }
-    };
+    let mut file = FileBuilder::new(location);
     let mut placed = BTreeMap::new();
     for (&extent, tensor) in stored {
-        let data = usize::try_from(extent.offset)
-            .ok()
-            .zip(usize::try_from(extent.offset + extent.length).ok())
-            .and_then(|(start, end)| fp32.get(start..end))
-            .ok_or_else(|| QuantError::ExternalData {
-                graph: location.to_owned(),
-                tensor: tensor.name.clone(),
-                problem: format!(
-                    "bytes {}..+{} are beyond the fp32 file's {}",
-                    extent.offset,
-                    extent.length,
-                    fp32.len()
-                ),
-            })?;
+        let data = extent.read(fp32, location, &tensor.name)?;
         let place = match tensor.axis {
-            None => Placed::Float(put(data)),
+            None => Placed::Float(file.put(data)),
             Some(axis) => {
                 let floats: Vec<f32> = data
                     .chunks_exact(4)
@@ -98,9 +65,9 @@ pub(super) fn lay_out(
                 let q = weights::quantize(&floats, &tensor.dims, axis);
                 let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
                 Placed::Weight {
-                    values: put(&q.values.iter().map(|&v| v as u8).collect::<Vec<_>>()),
-                    scales: put(&scales),
-                    zero_points: put(&vec![0; q.scales.len()]),
+                    values: file.put(&q.values.iter().map(|&v| v as u8).collect::<Vec<_>>()),
+                    scales: file.put(&scales),
+                    zero_points: file.put(&vec![0; q.scales.len()]),
                     axis,
                     channels: q.scales.len(),
                 }
@@ -108,5 +75,8 @@ pub(super) fn lay_out(
         };
         placed.insert(extent, place);
     }
-    Ok(Layout { bytes, placed })
+    Ok(Layout {
+        bytes: file.bytes,
+        placed,
+    })
 }

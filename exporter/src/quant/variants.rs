@@ -1,6 +1,7 @@
-//! Int8 variants written into a bundle: per width the int8 weight file
-//! once, one QDQ graph per sub-network, and the manifest listing each as a
-//! sub-network of its own (`PARENT@int8-ENCODING`).
+//! Int8 and fp16 variants written into a bundle: per width and precision
+//! the weight file once, one graph per sub-network, and the manifest
+//! listing each as a sub-network of its own (`PARENT@int8-ENCODING`,
+//! `PARENT@fp16`).
 //!
 //! The bundle is rebuilt beside itself ([`StagedDir`]: the old files hard
 //! linked, never written through) and swapped in at the end, so any failure
@@ -13,14 +14,14 @@ use std::path::{Path, PathBuf};
 
 use onnx_protobuf::ModelProto;
 use protobuf::Message;
-use tailor_calibration::ranges::{RangesFile, Scope};
+use tailor_calibration::ranges::{Range, RangesFile, Scope};
 use tailor_runtime::bundle::{Bundle, MANIFEST_JSON, MANIFEST_POSTCARD};
 use tailor_runtime::manifest::{
     ActivationCalibrator, ActivationEncoding, BundleFile, Manifest, Precision, Sha256, Subnet,
     MAX_SUBNETS,
 };
 
-use super::{check, quantize_width, QuantError};
+use super::{check, fp16_width, quantize_width, QuantError, Width};
 use crate::bundle::{BundleError, GRAPHS_DIR};
 use tailor_runtime::fs::{write_unlinked, StagedDir};
 
@@ -44,10 +45,11 @@ pub enum VariantError {
     )]
     NoRanges { detail: String },
     #[error(
-        "the MSE calibrator needs samples of every activation, which the ranges file does not \
-         keep: use --calibrator minmax or percentile (examples/precision.rs runs the MSE search)"
+        "the MSE calibrator needs samples of every activation, which the bundle's ranges file \
+         does not keep for `{subnet}` (it was recorded before samples were): run \
+         `{RANGES_COMMAND}` again, or use --calibrator minmax or percentile"
     )]
-    MseNeedsSamples,
+    MseNeedsSamples { subnet: String },
     #[error("quantising width {location}")]
     Quantize {
         location: String,
@@ -68,11 +70,40 @@ pub enum VariantError {
     TooMany,
 }
 
-/// The variants to write.
+/// How int8 variants quantise their activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VariantOptions {
+pub struct Int8Options {
     pub encoding: ActivationEncoding,
     pub calibrator: ActivationCalibrator,
+}
+
+/// A kind of variant to write of every fp32 sub-network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Int8(Int8Options),
+    Fp16,
+}
+
+impl Variant {
+    /// The variant of `parent`: `PARENT@int8-ENCODING` or `PARENT@fp16`.
+    pub fn id(self, parent: &str) -> String {
+        match self {
+            Variant::Int8(o) => format!("{parent}@int8-{}", o.encoding.name()),
+            Variant::Fp16 => format!("{parent}@fp16"),
+        }
+    }
+
+    /// The manifest's precision of the variant of `parent`.
+    fn precision(self, parent: &str) -> Precision<'_> {
+        match self {
+            Variant::Int8(o) => Precision::Int8 {
+                parent,
+                encoding: o.encoding,
+                calibrator: o.calibrator,
+            },
+            Variant::Fp16 => Precision::Fp16 { parent },
+        }
+    }
 }
 
 /// One variant written.
@@ -80,12 +111,8 @@ pub struct VariantOptions {
 pub struct Written {
     pub id: String,
     pub parent: String,
+    pub variant: Variant,
     pub weight_bytes: u64,
-}
-
-/// `PARENT@int8-ENCODING`.
-pub fn variant_id(parent: &str, encoding: ActivationEncoding) -> String {
-    format!("{parent}@int8-{}", encoding.name())
 }
 
 /// A bundle's fp32 graphs, checked quantisable.
@@ -103,9 +130,10 @@ fn parents<'m, 'a>(m: &'m Manifest<'a>) -> Vec<&'m Subnet<'a>> {
         .collect()
 }
 
-/// Reads and checks every fp32 graph of `bundle` for `opts`, before any
-/// data runs: a refused family or option fails here, naming itself.
-pub fn check_bundle(bundle: &Bundle, opts: VariantOptions) -> Result<Checked, VariantError> {
+/// Reads and checks every fp32 graph of `bundle` for `variants`, before
+/// any data runs: a refused family or option fails here, naming itself.
+pub fn check_bundle(bundle: &Bundle, variants: &[Variant]) -> Result<Checked, VariantError> {
+    let int8 = int8_options(variants);
     let m = bundle.manifest();
     let mut models = Vec::new();
     for s in parents(&m) {
@@ -118,46 +146,60 @@ pub fn check_bundle(bundle: &Bundle, opts: VariantOptions) -> Result<Checked, Va
             path,
             reason: e.to_string(),
         })?;
-        check(s.id, &model, graph_location(s)).map_err(|source| VariantError::Family {
-            family: m.teacher.family.to_owned(),
-            source: Box::new(source),
-        })?;
+        if !int8.is_empty() {
+            check(s.id, &model, graph_location(s)).map_err(|source| VariantError::Family {
+                family: m.teacher.family.to_owned(),
+                source: Box::new(source),
+            })?;
+        }
         models.push(model);
-    }
-    if opts.calibrator == ActivationCalibrator::Mse {
-        return Err(VariantError::MseNeedsSamples);
     }
     Ok(Checked { models })
 }
 
-/// Quantises every fp32 sub-network of `bundle` (as [`check_bundle`] read
-/// it) with `ranges` (recorded with `--ranges inner`) and swaps the bundle
-/// with the variants in. A variant already there with the same id is
-/// replaced.
+/// The int8 options among `variants`.
+fn int8_options(variants: &[Variant]) -> Vec<Int8Options> {
+    variants
+        .iter()
+        .filter_map(|v| match v {
+            Variant::Int8(o) => Some(*o),
+            Variant::Fp16 => None,
+        })
+        .collect()
+}
+
+/// Writes `variants` of every fp32 sub-network of `bundle` (as
+/// [`check_bundle`] read it) and swaps the bundle with them in. Int8 ones
+/// need `ranges` (recorded with `--ranges inner`). A variant already there
+/// with the same id is replaced.
 pub fn write_variants(
     bundle: &Bundle,
     checked: &Checked,
-    ranges: &RangesFile,
-    opts: VariantOptions,
+    ranges: Option<&RangesFile>,
+    variants: &[Variant],
 ) -> Result<Vec<Written>, VariantError> {
     let m = bundle.manifest();
     let parents = parents(&m);
     let models = &checked.models;
-    if ranges.scope != Scope::Inner {
-        return Err(VariantError::NoRanges {
-            detail: " (only the graphs' inputs and outputs were recorded)".into(),
-        });
-    }
-    let mut subnet_ranges = Vec::with_capacity(parents.len());
-    for s in &parents {
-        subnet_ranges.push(
-            ranges
-                .subnets
-                .get(s.id)
-                .ok_or_else(|| VariantError::NoRanges {
-                    detail: format!(" for `{}`", s.id),
-                })?,
-        );
+    let int8 = int8_options(variants);
+    let subnet_ranges = if int8.is_empty() {
+        Vec::new()
+    } else {
+        inner_ranges(ranges, &parents)?
+    };
+    let samples: Vec<_> = parents
+        .iter()
+        .map(|s| ranges.and_then(|r| r.samples.get(s.id)))
+        .collect();
+    if int8
+        .iter()
+        .any(|o| o.calibrator == ActivationCalibrator::Mse)
+    {
+        if let Some(i) = samples.iter().position(Option::is_none) {
+            return Err(VariantError::MseNeedsSamples {
+                subnet: parents[i].id.to_owned(),
+            });
+        }
     }
 
     let staging = StagedDir::linked(bundle.dir(), &[MANIFEST_JSON, MANIFEST_POSTCARD])
@@ -168,66 +210,60 @@ pub fn write_variants(
     for (i, s) in parents.iter().enumerate() {
         widths.entry(graph_location(s)).or_default().push(i);
     }
-    let mut variants = Vec::with_capacity(parents.len());
+    let mut written = Vec::with_capacity(parents.len() * variants.len());
     for (location, members) in &widths {
         let fp32_path = graphs_dir.join(location);
         let fp32 = fs::read(&fp32_path).map_err(|source| VariantError::Read {
             path: fp32_path,
             source,
         })?;
-        let subnets: Vec<super::Subnet<'_>> = members
-            .iter()
-            .map(|&i| super::Subnet {
-                id: parents[i].id,
-                model: &models[i],
-                ranges: subnet_ranges[i],
-                samples: None,
-            })
-            .collect();
-        let width = quantize_width(
-            &fp32,
-            location,
-            &subnets,
-            opts.calibrator.into(),
-            opts.encoding.into(),
-        )
-        .map_err(|source| VariantError::Quantize {
-            location: (*location).to_owned(),
-            source: Box::new(source),
-        })?;
-        let weights = NewFile {
-            path: format!("{GRAPHS_DIR}/{}", width.location),
-            bytes: width.bytes.len() as u64,
-            sha256: put(&graphs_dir.join(&width.location), &width.bytes)?,
-        };
-        for (&parent, graph) in members.iter().zip(&width.graphs) {
-            let id = variant_id(parents[parent].id, opts.encoding);
-            let path = graphs_dir.join(format!("{id}.onnx"));
-            let bytes = graph.write_to_bytes().map_err(|e| VariantError::Graph {
-                path: path.clone(),
-                reason: e.to_string(),
+        for &variant in variants {
+            let width = match variant {
+                Variant::Int8(o) => {
+                    let subnets: Vec<super::Subnet<'_>> = members
+                        .iter()
+                        .map(|&i| super::Subnet {
+                            id: parents[i].id,
+                            model: &models[i],
+                            ranges: subnet_ranges[i],
+                            samples: samples[i],
+                        })
+                        .collect();
+                    quantize_width(
+                        &fp32,
+                        location,
+                        &subnets,
+                        o.calibrator.into(),
+                        o.encoding.into(),
+                    )
+                }
+                Variant::Fp16 => {
+                    let subnets: Vec<_> = members
+                        .iter()
+                        .map(|&i| (parents[i].id, &models[i]))
+                        .collect();
+                    fp16_width(&fp32, location, &subnets)
+                }
+            }
+            .map_err(|source| VariantError::Quantize {
+                location: (*location).to_owned(),
+                source: Box::new(source),
             })?;
-            variants.push(NewVariant {
-                graph: NewFile {
-                    path: format!("{GRAPHS_DIR}/{id}.onnx"),
-                    bytes: bytes.len() as u64,
-                    sha256: put(&path, &bytes)?,
-                },
-                id,
-                parent,
-                weights: weights.clone(),
-                // The parent's bytes in the int8 file's proportion.
-                weight_bytes: parents[parent].weight_bytes * weights.bytes
-                    / fp32.len().max(1) as u64,
-            });
+            written.extend(stage_width(
+                &graphs_dir,
+                &width,
+                members.iter().map(|&i| (i, parents[i])),
+                variant,
+                fp32.len(),
+            )?);
         }
     }
 
     let mut manifest = m.clone();
     manifest
         .subnets
-        .retain(|s| !variants.iter().any(|v| v.id == s.id));
-    for v in &variants {
+        .retain(|s| !written.iter().any(|v| v.id == s.id));
+    for v in &written {
         let mut subnet = parents[v.parent].clone();
         subnet.id = &v.id;
         subnet.onnx = &v.graph.path;
@@ -241,11 +277,7 @@ pub fn write_variants(
         subnet.weight_bytes = v.weight_bytes;
         subnet.quality = None;
         subnet.fidelity = None;
-        subnet.precision = Precision::Int8 {
-            parent: parents[v.parent].id,
-            encoding: opts.encoding,
-            calibrator: opts.calibrator,
-        };
+        subnet.precision = v.variant.precision(parents[v.parent].id);
         manifest.subnets.push(subnet);
     }
     if manifest.subnets.len() > MAX_SUBNETS {
@@ -257,14 +289,80 @@ pub fn write_variants(
         &manifest.to_postcard(),
     )?;
     staging.commit().map_err(write_err(bundle.dir()))?;
-    Ok(variants
+    Ok(written
         .iter()
         .map(|v| Written {
             parent: parents[v.parent].id.to_owned(),
             id: v.id.clone(),
+            variant: v.variant,
             weight_bytes: v.weight_bytes,
         })
         .collect())
+}
+
+/// Each fp32 sub-network's ranges of its inner activations.
+fn inner_ranges<'r>(
+    ranges: Option<&'r RangesFile>,
+    parents: &[&Subnet<'_>],
+) -> Result<Vec<&'r BTreeMap<String, Range>>, VariantError> {
+    let Some(ranges) = ranges.filter(|r| r.scope == Scope::Inner) else {
+        return Err(VariantError::NoRanges {
+            detail: ranges
+                .map(|_| " (only the graphs' inputs and outputs were recorded)".into())
+                .unwrap_or_default(),
+        });
+    };
+    parents
+        .iter()
+        .map(|s| {
+            ranges
+                .subnets
+                .get(s.id)
+                .ok_or_else(|| VariantError::NoRanges {
+                    detail: format!(" for `{}`", s.id),
+                })
+        })
+        .collect()
+}
+
+/// Writes `width`'s weight file and its graphs (one per member: index
+/// into the fp32 sub-networks, and the sub-network) into the staged
+/// graphs directory.
+fn stage_width<'s, 'a: 's>(
+    graphs_dir: &Path,
+    width: &Width,
+    members: impl Iterator<Item = (usize, &'s Subnet<'a>)>,
+    variant: Variant,
+    fp32_bytes: usize,
+) -> Result<Vec<NewVariant>, VariantError> {
+    let weights = NewFile {
+        path: format!("{GRAPHS_DIR}/{}", width.location),
+        bytes: width.bytes.len() as u64,
+        sha256: put(&graphs_dir.join(&width.location), &width.bytes)?,
+    };
+    let mut staged = Vec::new();
+    for ((parent, subnet), graph) in members.zip(&width.graphs) {
+        let id = variant.id(subnet.id);
+        let path = graphs_dir.join(format!("{id}.onnx"));
+        let bytes = graph.write_to_bytes().map_err(|e| VariantError::Graph {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        staged.push(NewVariant {
+            graph: NewFile {
+                path: format!("{GRAPHS_DIR}/{id}.onnx"),
+                bytes: bytes.len() as u64,
+                sha256: put(&path, &bytes)?,
+            },
+            id,
+            parent,
+            variant,
+            weights: weights.clone(),
+            // The parent's bytes in the variant file's proportion.
+            weight_bytes: subnet.weight_bytes * weights.bytes / fp32_bytes.max(1) as u64,
+        });
+    }
+    Ok(staged)
 }
 
 /// A file written into the staged bundle.
@@ -281,6 +379,7 @@ struct NewVariant {
     id: String,
     /// Index into the fp32 sub-networks.
     parent: usize,
+    variant: Variant,
     graph: NewFile,
     weights: NewFile,
     weight_bytes: u64,

@@ -144,21 +144,34 @@ fn old_bundles_are_told_to_export_again() {
     assert!(err.to_string().contains("export the bundle again"), "{err}");
 }
 
-/// A version-4 bundle as the exporter wrote it before variants (the
-/// runtime fixture's manifests, kept).
+/// Version-4 bundles (before variants) and version-5 ones (before fp16
+/// variants), as the exporter wrote them: the runtime fixture's manifests,
+/// kept.
 #[test]
-fn version_4_bundles_are_told_to_export_again_in_both_forms() {
-    let postcard = include_bytes!("../../tests/fixtures/manifest-v4/manifest.postcard");
-    let err = Manifest::from_postcard(postcard).unwrap_err();
-    assert_eq!(err, DecodeError::UnsupportedVersion(4));
-    assert!(err.to_string().contains("export the bundle again"), "{err}");
-    let json = include_str!("../../tests/fixtures/manifest-v4/manifest.json");
-    let err = Manifest::from_json(json).unwrap_err();
-    assert!(
-        matches!(err, JsonError::Decode(DecodeError::UnsupportedVersion(4))),
-        "{err}"
-    );
-    assert!(err.to_string().contains("export the bundle again"), "{err}");
+fn version_4_and_5_bundles_are_told_to_export_again_in_both_forms() {
+    let fixtures: [(u32, &[u8], &str); 2] = [
+        (
+            4,
+            include_bytes!("../../tests/fixtures/manifest-v4/manifest.postcard"),
+            include_str!("../../tests/fixtures/manifest-v4/manifest.json"),
+        ),
+        (
+            5,
+            include_bytes!("../../tests/fixtures/manifest-v5/manifest.postcard"),
+            include_str!("../../tests/fixtures/manifest-v5/manifest.json"),
+        ),
+    ];
+    for (version, postcard, json) in fixtures {
+        let err = Manifest::from_postcard(postcard).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(version));
+        assert!(err.to_string().contains("export the bundle again"), "{err}");
+        let err = Manifest::from_json(json).unwrap_err();
+        assert!(
+            matches!(err, JsonError::Decode(DecodeError::UnsupportedVersion(v)) if v == version),
+            "{err}"
+        );
+        assert!(err.to_string().contains("export the bundle again"), "{err}");
+    }
 }
 
 fn with_int8_variant() -> Manifest<'static> {
@@ -194,15 +207,41 @@ fn int8_variants_round_trip_with_parent_and_encoding() {
     assert_eq!(m.subnets[0].parent(), None);
 }
 
+fn with_fp16_variant() -> Manifest<'static> {
+    let mut m = with_int8_variant();
+    let mut variant = m.subnets[0].clone();
+    variant.id = "w32-d2@fp16";
+    variant.onnx = "graphs/w32-d2@fp16.onnx";
+    variant.weights[0].path = "weights/w32.fp16.bin";
+    variant.precision = Precision::Fp16 { parent: "w32-d2" };
+    m.subnets.push(variant);
+    m
+}
+
 #[test]
-fn a_newer_reader_names_a_version_5_manifest_it_does_not_read() {
-    // What a build that reads only version 4 does with this build's
-    // output: the version leads both forms, so it is named, not misread.
-    let m = with_int8_variant();
+fn fp16_variants_round_trip_with_their_parent() {
+    let m = with_fp16_variant();
+    assert_eq!(Manifest::from_postcard(&m.to_postcard()).unwrap(), m);
+    let text = serde_json::to_string(&m).unwrap();
+    assert!(
+        text.contains(r#""precision":{"fp16":{"parent":"w32-d2"}}"#),
+        "{text}"
+    );
+    assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    assert_eq!(m.subnets[2].parent(), Some("w32-d2"));
+    assert_eq!(m.subnets[2].precision.name(), "fp16");
+}
+
+#[test]
+fn a_version_5_reader_names_a_version_6_manifest_it_does_not_read() {
+    // What a build that reads only version 5 does with this build's
+    // output (an fp16 variant it has no precision for): the version leads
+    // both forms, so it is named, not misread.
+    let m = with_fp16_variant();
     let bytes = m.to_postcard();
-    assert_eq!(postcard::take_from_bytes::<u32>(&bytes).unwrap().0, 5);
+    assert_eq!(postcard::take_from_bytes::<u32>(&bytes).unwrap().0, 6);
     let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
-    assert_eq!(json["format_version"], 5);
+    assert_eq!(json["format_version"], 6);
     // And a newer bundle than this build reads says to update.
     let mut newer = m;
     newer.format_version = FORMAT_VERSION + 1;

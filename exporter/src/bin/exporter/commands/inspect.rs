@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use tailor_calibration::plot::{pareto_front, pareto_table, Chart, Cost, Point};
 use tailor_runtime::bundle::Bundle;
-use tailor_runtime::manifest::Precision;
+use tailor_runtime::manifest::{Manifest, Precision, Subnet};
 use tailor_runtime::outln;
 
 use crate::output::{subnet_row, table_header};
@@ -51,6 +51,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
     });
     if args.json {
         let mut out = serde_json::to_value(&m)?;
+        // Each scored variant's quality against its parent's, as the table shows it.
+        for (s, json) in m.subnets.iter().zip(
+            out["subnets"]
+                .as_array_mut()
+                .expect("a manifest lists its sub-networks"),
+        ) {
+            if let Some(drop) = quality_drop(&m, s) {
+                json["quality_drop"] = drop.into();
+            }
+        }
         if let Some(points) = &points {
             // By increasing MACs, as on the chart.
             out["pareto_front"] = pareto_front(points)
@@ -99,12 +109,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
         );
         let score = |v: Option<f32>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         // A variant's quality against its fp32 parent's, once both are scored.
-        let drop = s
-            .parent()
-            .and_then(|p| Some(s.quality? - m.subnet(p)?.quality?))
-            .map_or("-".to_owned(), |d| format!("{d:+.2}"));
+        let drop = quality_drop(&m, s).map_or("-".to_owned(), |d| format!("{d:+.2}"));
         let precision = match &s.precision {
-            Precision::Fp32 => "fp32".to_owned(),
+            Precision::Fp32 | Precision::Fp16 { .. } => s.precision.name().to_owned(),
             Precision::Int8 { encoding, .. } => format!("int8-{}", encoding.name()),
         };
         outln!(
@@ -131,4 +138,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         outln!("verified: every graph, weight and calibration file matches its sha256")?;
     }
     Ok(())
+}
+
+/// A variant's quality minus its fp32 parent's, once both are scored: not
+/// stored, so re-scoring either keeps it true.
+fn quality_drop(m: &Manifest<'_>, s: &Subnet<'_>) -> Option<f32> {
+    Some(s.quality? - m.subnet(s.parent()?)?.quality?)
 }

@@ -126,6 +126,18 @@ pub fn run(args: PackArgs) -> Result<()> {
             Fate::Kept => continue,
             Fate::KeptOnRequest => "kept (--keep)",
             Fate::Dropped => "dropped",
+            Fate::OtherEncoding => {
+                eprintln!(
+                    "  dropped {}: int8 activations other than the board's {}",
+                    v.id,
+                    board.int8_activations.name()
+                );
+                continue;
+            }
+            Fate::ParentDropped => {
+                eprintln!("  dropped {}: its fp32 parent is not packed", v.id);
+                continue;
+            }
         };
         eprintln!(
             "  {why} {}: predicted to need {}",

@@ -1,5 +1,5 @@
-//! `exporter quantize`: int8 variants of every fp32 sub-network, written
-//! into the bundle as sub-networks of their own.
+//! `exporter quantize`: int8 and fp16 variants of every fp32 sub-network,
+//! written into the bundle as sub-networks of their own.
 
 use std::fs;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use tailor_calibration::ranges::{RangesFile, Scope};
 use tailor_calibration::{Dataset, LoadOptions, Options};
 use tailor_exporter::quant::variants::{
-    check_bundle, write_variants, VariantOptions, RANGES_COMMAND,
+    check_bundle, write_variants, Int8Options, Variant, RANGES_COMMAND,
 };
 use tailor_runtime::bundle::Bundle;
 use tailor_runtime::engine::{EngineKind, EngineOptions};
@@ -18,15 +18,17 @@ use tailor_runtime::outln;
 
 use crate::output::human_bytes;
 
-/// Add int8 variants of every fp32 sub-network to the bundle (explicit
-/// QuantizeLinear/DequantizeLinear graphs), for the runtime to choose
-/// among alongside the fp32 ones.
+/// Add int8 variants (explicit QuantizeLinear/DequantizeLinear graphs) or
+/// fp16 ones of every fp32 sub-network to the bundle, for the runtime to
+/// choose among alongside the fp32 ones.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   exporter calibrate bundle/ --data mnist-calib.npz --ranges inner   # record the ranges first
   exporter quantize bundle/ --precision int8                         # u8 activations, percentile clipping
   exporter quantize bundle/ --precision int8 --encoding s8           # for TensorRT: symmetric activations
   exporter quantize bundle/ --precision int8 --data mnist-calib.npz  # record the ranges on the way
+  exporter quantize bundle/ --precision fp16                         # needs no ranges
+  exporter quantize bundle/ --precision int8,fp16                    # both at once
   exporter calibrate bundle/ --data mnist-calib.npz                  # score the variants like any sub-network
   runtime select bundle/ --latency-ms 25
 
@@ -37,22 +39,31 @@ inner` recorded; LayerNorm, Softmax, GELU and GroupNorm stay in float.
 Each variant is listed as `<id>@int8-<encoding>` with its parent's id, its
 own graph, bytes and sha256. The encoding follows the engine: u8 for ONNX
 Runtime's CPU on x86 (uint8 activations x int8 weights) and QNN, s8 for
-TensorRT. Both can coexist. Every graph is checked before anything is
+TensorRT. Both can coexist. FP16 variants (`<id>@fp16`) store the
+weights once per width in graphs/weights/w<W>.fp16.bin and compute in
+float16 between float32 inputs and outputs, LayerNorm, Softmax and the
+normalisations' statistics in float32. Every graph is checked before anything is
 written, and the bundle is swapped in whole at the end: a failure leaves it
 as it was. docs/precision.md has the measurements.")]
 pub struct QuantizeArgs {
     /// The bundle directory (rewritten in place, atomically).
     bundle: PathBuf,
-    /// The precision of the variants (int8 only so far).
-    #[arg(long, value_enum, value_name = "PRECISION")]
-    precision: PrecisionArg,
+    /// The precisions of the variants, comma-separated: int8, fp16.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PRECISION",
+        value_delimiter = ',',
+        required = true
+    )]
+    precision: Vec<PrecisionArg>,
     /// How activations are encoded: u8 (ONNX Runtime CPU, QNN) or s8
     /// (TensorRT: zero point 0).
     #[arg(long, value_enum, default_value = "u8", value_name = "ENCODING")]
     encoding: EncodingArg,
     /// How each activation's range is clipped: the whole observed range
-    /// (minmax) or the recorded 99.99th percentile of |x| (percentile).
-    /// mse needs activation samples the ranges file does not keep.
+    /// (minmax), the recorded 99.99th percentile of |x| (percentile), or
+    /// the clip minimising the squared error over the recorded samples (mse).
     #[arg(
         long,
         value_enum,
@@ -69,9 +80,10 @@ pub struct QuantizeArgs {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     Int8,
+    Fp16,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,8 +100,7 @@ enum CalibratorArg {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let PrecisionArg::Int8 = args.precision;
-    let opts = VariantOptions {
+    let int8 = Int8Options {
         encoding: match args.encoding {
             EncodingArg::U8 => ActivationEncoding::U8,
             EncodingArg::S8 => ActivationEncoding::S8,
@@ -100,26 +111,47 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             CalibratorArg::Mse => ActivationCalibrator::Mse,
         },
     };
+    let mut variants: Vec<Variant> = Vec::new();
+    for p in &args.precision {
+        let v = match p {
+            PrecisionArg::Int8 => Variant::Int8(int8),
+            PrecisionArg::Fp16 => Variant::Fp16,
+        };
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
+    let needs_ranges = variants.iter().any(|v| matches!(v, Variant::Int8(_)));
     let bundle = Bundle::open(&args.bundle)?;
-    let checked = check_bundle(&bundle, opts)?;
-    let ranges = match &args.data {
-        Some(data) => record_ranges(&bundle, data)?,
-        None => bundle_ranges(&bundle)?,
+    let checked = check_bundle(&bundle, &variants)?;
+    let ranges = match (&args.data, needs_ranges) {
+        (_, false) => None,
+        (Some(data), true) => Some(record_ranges(&bundle, data)?),
+        (None, true) => Some(bundle_ranges(&bundle)?),
     };
-    let written = write_variants(&bundle, &checked, &ranges, opts)
-        .with_context(|| format!("quantising {}", args.bundle.display()))?;
+    let written = write_variants(&bundle, &checked, ranges.as_ref(), &variants)
+        .with_context(|| format!("writing variants into {}", args.bundle.display()))?;
     if args.json {
         let variants: Vec<_> = written
             .iter()
-            .map(|w| serde_json::json!({"id": w.id, "parent": w.parent, "weight_bytes": w.weight_bytes}))
-            .collect();
-        outln!(
-            "{:#}",
-            serde_json::json!({
-                "bundle": args.bundle, "precision": "int8", "encoding": opts.encoding.name(),
-                "calibrator": opts.calibrator.name(), "variants": variants,
+            .map(|w| {
+                let mut v = serde_json::json!({
+                    "id": w.id, "parent": w.parent, "weight_bytes": w.weight_bytes,
+                });
+                v["precision"] = match w.variant {
+                    Variant::Int8(_) => "int8",
+                    Variant::Fp16 => "fp16",
+                }
+                .into();
+                v
             })
-        )?;
+            .collect();
+        let mut summary = serde_json::json!({"bundle": args.bundle, "variants": variants});
+        if needs_ranges {
+            summary["encoding"] = int8.encoding.name().into();
+            summary["calibrator"] = int8.calibrator.name().into();
+        }
+        outln!("{summary:#}")?;
         return Ok(());
     }
     for w in &written {
@@ -130,11 +162,18 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             human_bytes(w.weight_bytes)
         )?;
     }
+    let detail = if needs_ranges {
+        format!(
+            " (int8: {} activations, {} clipping)",
+            int8.encoding.name(),
+            int8.calibrator.name()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "wrote {} int8 variants ({} activations, {} clipping) into {}; score them with `exporter calibrate`",
+        "wrote {} variants{detail} into {}; score them with `exporter calibrate`",
         written.len(),
-        opts.encoding.name(),
-        opts.calibrator.name(),
         args.bundle.display()
     );
     Ok(())

@@ -1,8 +1,10 @@
 //! Which sub-networks a board gets: those whose predicted footprint fits
-//! its memory budget, plus those the deployer insists on.
+//! its memory budget, plus those the deployer insists on; of the int8
+//! variants only those in the board's activation encoding, and no variant
+//! whose fp32 parent stays behind.
 
 use serde::Serialize;
-use tailor_runtime::manifest::Subnet;
+use tailor_runtime::manifest::{ActivationEncoding, Precision, Subnet};
 use tailor_runtime::policy::Candidate;
 
 /// What happened to one sub-network of the bundle.
@@ -25,30 +27,40 @@ pub enum Fate {
     KeptOnRequest,
     /// Over the budget: not packed.
     Dropped,
+    /// An int8 variant in an activation encoding the board's engine does
+    /// not take (or runs slowly): not packed.
+    OtherEncoding,
+    /// A variant whose fp32 parent is not packed: not packed either.
+    ParentDropped,
 }
 
 impl Fate {
     pub fn packed(self) -> bool {
-        self != Fate::Dropped
+        matches!(self, Fate::Kept | Fate::KeptOnRequest)
     }
 }
 
-/// Judges every sub-network against `budget_bytes`, in manifest order.
-/// `keep` names sub-networks packed whatever their footprint; an id that is
-/// not in the bundle is returned as the error.
+/// Judges every sub-network against `budget_bytes`, in manifest order, and
+/// the int8 variants against the board's `encoding`. `keep` names
+/// sub-networks packed whatever their footprint; an id that is not in the
+/// bundle is returned as the error.
 pub(super) fn judge<'a>(
     subnets: &[Subnet<'_>],
     budget_bytes: u64,
+    encoding: ActivationEncoding,
     keep: &'a [String],
 ) -> Result<Vec<Verdict>, &'a str> {
     if let Some(unknown) = keep.iter().find(|k| !subnets.iter().any(|s| s.id == *k)) {
         return Err(unknown.as_str());
     }
-    Ok(subnets
+    let mut verdicts: Vec<Verdict> = subnets
         .iter()
         .map(|s| {
             let footprint_bytes = Candidate::from(s).predicted_footprint(1);
-            let fate = if footprint_bytes <= budget_bytes {
+            let fate = if matches!(s.precision, Precision::Int8 { encoding: e, .. } if e != encoding)
+            {
+                Fate::OtherEncoding
+            } else if footprint_bytes <= budget_bytes {
                 Fate::Kept
             } else if keep.iter().any(|k| k == s.id) {
                 Fate::KeptOnRequest
@@ -61,5 +73,17 @@ pub(super) fn judge<'a>(
                 fate,
             }
         })
-        .collect())
+        .collect();
+    for (i, s) in subnets.iter().enumerate() {
+        let parent = s
+            .parent()
+            .and_then(|p| subnets.iter().position(|q| q.id == p));
+        if parent.is_some_and(|p| !verdicts[p].fate.packed()) && verdicts[i].fate.packed() {
+            verdicts[i].fate = Fate::ParentDropped;
+        }
+    }
+    Ok(verdicts)
 }
+
+#[cfg(test)]
+mod tests;
