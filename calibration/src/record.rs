@@ -242,4 +242,3 @@ fn inside(bundle: &Bundle, rel: &str) -> Result<(), CalibrationError> {
             source: io::Error::other(escape),
         })
 }
-
