@@ -168,6 +168,9 @@ pub mod layout {
     /// The installer, kept on the device to uninstall.
     pub const INSTALLER: &str = "/opt/tailor/install.sh";
     pub const README: &str = "/opt/tailor/README.md";
+    /// The configuration as packed: install.sh puts it in [`CONFIG`] unless
+    /// that was edited on the device (a dpkg conffile would prompt instead).
+    pub const PACKED_CONFIG: &str = "/opt/tailor/runtime.toml";
     pub const CONFIG: &str = "/etc/tailor/runtime.toml";
     pub const UNIT: &str = "/etc/systemd/system/tailor.service";
     pub const SYSUSERS: &str = "/usr/lib/sysusers.d/tailor.conf";
@@ -212,6 +215,7 @@ pub struct DebControl {
     pub control: String,
     pub postinst: String,
     pub prerm: String,
+    pub postrm: String,
 }
 
 impl Board {
@@ -237,6 +241,7 @@ impl Board {
             ("runtime", layout::RUNTIME),
             ("bundle", layout::BUNDLE),
             ("config", layout::CONFIG),
+            ("packed_config", layout::PACKED_CONFIG),
         ];
         let render = |t: &template::Template, extra: &[(&str, &str)]| {
             // The layout's paths are offered to every template; the values
@@ -305,6 +310,7 @@ impl Board {
             )?,
             postinst: template::render(&template::DEB_POSTINST, &installer)?,
             prerm: template::render(&template::DEB_PRERM, &installer)?,
+            postrm: template::render(&template::DEB_POSTRM, &[("config", layout::CONFIG)])?,
         })
     }
 }
