@@ -454,6 +454,31 @@ fn every_board_s_unit_passes_systemd_analyze_verify() {
             board.name,
             stderr(&out)
         );
+        // The sandboxing, as systemd rates it (0 to 10, lower is tighter):
+        // a board with no accelerator gets it all, a Jetson keeps its GPU
+        // stack's device nodes and system calls. Before the hardening
+        // beyond ProtectSystem= and the user, both were rated 8.5.
+        let (threshold, rated) = if board.groups.is_empty() {
+            ("2.0", "20")
+        } else {
+            ("4.0", "40")
+        };
+        let out = run(Command::new("systemd-analyze").args([
+            "security",
+            "--offline=true",
+            &format!("--threshold={rated}"),
+            "--no-pager",
+            s(&verified),
+        ]));
+        assert!(
+            out.status.success(),
+            "{}: systemd-analyze security rates the unit over {threshold}: {}",
+            board.name,
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        );
         let expected_groups = if board.groups.is_empty() {
             ""
         } else {

@@ -89,6 +89,10 @@ pub struct Board {
     /// systemd's `TimeoutStartSec`: selection measures candidates before the
     /// service is ready, and TensorRT builds an engine for each on first boot.
     pub start_timeout_s: u32,
+    /// The unit's sandboxing lines particular to the board (after those
+    /// every board gets).
+    #[serde(skip)]
+    pub sandbox: &'static str,
 }
 
 /// The glibc of JetPack 5's Ubuntu 20.04, the oldest board image (docs/deploy.md).
@@ -97,6 +101,14 @@ const GLIBC_FLOOR: &str = "2.31";
 const TENSORRT_START_S: u32 = 1800;
 /// A CPU-only search measures at most a dozen candidates.
 const CPU_START_S: u32 = 600;
+/// A board without an accelerator needs no device node, no system call
+/// beyond a service's and no writable code (tract compiles nothing at run
+/// time). A Jetson's GPU stack (its device nodes, CUDA's JIT, its ioctls)
+/// keeps these open: nothing here can check it there.
+const CPU_SANDBOX: &str = "PrivateDevices=yes
+ProtectClock=yes
+SystemCallFilter=@system-service
+MemoryDenyWriteExecute=yes";
 
 /// Every board `pack` knows, by `--target` name.
 pub const BOARDS: &[Board] = &[
@@ -129,6 +141,7 @@ const fn jetson(name: &'static str, profile: &'static DeviceProfile, ram_mb: u32
         groups: &["video", "render"],
         after: &["nvpmodel.service"],
         start_timeout_s: TENSORRT_START_S,
+        sandbox: "",
     }
 }
 
@@ -151,6 +164,7 @@ const fn cpu_only(
         groups: &[],
         after: &[],
         start_timeout_s: CPU_START_S,
+        sandbox: CPU_SANDBOX,
     }
 }
 
@@ -263,6 +277,7 @@ impl Board {
                     ("after", &self.after.join(" ")),
                     ("groups", &self.groups.join(" ")),
                     ("start_timeout_s", &self.start_timeout_s.to_string()),
+                    ("sandbox", self.sandbox),
                 ],
             )?,
             config: render(
