@@ -5,9 +5,10 @@
 //!
 //! The archive (`tailor-BOARD/` inside) is laid out as the installer reads it:
 //! `install.sh`, `README.md`, and `root/`, the files as they land on the
-//! device (paths in [`tailor_targets::board::layout`]). A `.deb`'s data is
-//! that same `root/`, and its maintainer scripts run the installer's
-//! user and service steps.
+//! device (paths in [`tailor_targets::board::layout`]; the configuration
+//! as packed, which the installer copies to `/etc` unless one there was
+//! edited). A `.deb`'s data is that same `root/`, and its maintainer
+//! scripts run the installer's configuration, user and service steps.
 
 mod archive;
 mod elf;
