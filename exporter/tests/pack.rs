@@ -304,7 +304,7 @@ fn a_pack_installs_into_a_scratch_root_twice_alike_then_selects_serves_and_unins
     assert_eq!(std::fs::read_to_string(config).unwrap(), edited);
     assert_eq!(
         std::fs::read(config.with_extension("toml.new")).unwrap(),
-        std::fs::read(pack.join("root/etc/tailor/runtime.toml")).unwrap()
+        std::fs::read(pack.join("root/opt/tailor/runtime.toml")).unwrap()
     );
 
     succeeded(install(&pack, &["--root", s(&scratch), "--uninstall"]));
@@ -330,7 +330,7 @@ fn a_reinstall_over_a_running_runtime_lands_whole_and_a_failed_one_changes_nothi
     let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
     std::fs::create_dir_all(&v1).unwrap();
     std::fs::create_dir_all(&v2).unwrap();
-    // v2: another runtime file and another bundle, the same runtime.toml.
+    // v2: another runtime file, another bundle, another runtime.toml.
     let teacher =
         root().join("tests/fixtures/vit-tiny/output/eval/training_99/teacher_checkpoint.pth");
     let bundle_v2 = dir.path().join("bundle-v2");
@@ -342,16 +342,21 @@ fn a_reinstall_over_a_running_runtime_lands_whole_and_a_failed_one_changes_nothi
         s(&bundle_v2),
         "--quiet",
     ]));
-    let limits = ["--memory-mb", "4096"];
     pack(
         &v1,
         &tiny_bundle(),
         "generic-x86_64",
         &runtime_bin(),
-        &limits,
+        &["--memory-mb", "4096"],
     );
     let marked = runtime_with_marker(dir.path());
-    pack(&v2, &bundle_v2, "generic-x86_64", &marked, &limits);
+    pack(
+        &v2,
+        &bundle_v2,
+        "generic-x86_64",
+        &marked,
+        &["--memory-mb", "2048"],
+    );
     let pack_v1 = unpack(&v1.join("pack.tar.gz"), &v1.join("unpacked"));
     let pack_v2 = unpack(&v2.join("pack.tar.gz"), &v2.join("unpacked"));
 
@@ -370,12 +375,33 @@ fn a_reinstall_over_a_running_runtime_lands_whole_and_a_failed_one_changes_nothi
     );
     succeeded(upgrade);
     let upgraded = tree(&scratch);
+    // The unedited runtime.toml is v2's, and so is the record of it.
+    let mut expected = tree(&pack_v2.join("root"));
+    let packed = expected[Path::new("opt/tailor/runtime.toml")].clone();
+    for config in ["etc/tailor/runtime.toml", "etc/tailor/runtime.toml.packed"] {
+        expected.insert(config.into(), packed.clone());
+    }
     assert_eq!(
-        upgraded,
-        tree(&pack_v2.join("root")),
+        upgraded, expected,
         "the installed files are v2's, all of them, and nothing else"
     );
     drop(server);
+
+    // An edited runtime.toml is kept on upgrade (here back to v1): v1's is
+    // put beside it, and the next install still sees it as edited.
+    let config = scratch.join("etc/tailor/runtime.toml");
+    let edited = format!("{}threads = 2\n", std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, &edited).unwrap();
+    for _ in 0..2 {
+        succeeded(install(&pack_v1, &["--root", s(&scratch)]));
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+        assert_eq!(
+            std::fs::read(config.with_extension("toml.new")).unwrap(),
+            std::fs::read(pack_v1.join("root/opt/tailor/runtime.toml")).unwrap()
+        );
+    }
+    succeeded(install(&pack_v2, &["--root", s(&scratch)]));
+    let upgraded = tree(&scratch);
 
     // A pack with a file cp cannot read (a dangling link) fails while
     // staging: the v2 install stays as it was, nothing staged is left.
@@ -427,6 +453,31 @@ fn every_board_s_unit_passes_systemd_analyze_verify() {
             "{}: systemd-analyze verify: {}",
             board.name,
             stderr(&out)
+        );
+        // The sandboxing, as systemd rates it (0 to 10, lower is tighter):
+        // a board with no accelerator gets it all, a Jetson keeps its GPU
+        // stack's device nodes and system calls. Before the hardening
+        // beyond ProtectSystem= and the user, both were rated 8.5.
+        let (threshold, rated) = if board.groups.is_empty() {
+            ("2.0", "20")
+        } else {
+            ("4.0", "40")
+        };
+        let out = run(Command::new("systemd-analyze").args([
+            "security",
+            "--offline=true",
+            &format!("--threshold={rated}"),
+            "--no-pager",
+            s(&verified),
+        ]));
+        assert!(
+            out.status.success(),
+            "{}: systemd-analyze security rates the unit over {threshold}: {}",
+            board.name,
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
         );
         let expected_groups = if board.groups.is_empty() {
             ""
@@ -499,7 +550,7 @@ fn a_board_too_small_for_the_largest_drops_it_unless_kept() {
         "{ids:?}"
     );
     succeeded(exporter(&["inspect", s(&bundle), "--verify"]));
-    let config = std::fs::read_to_string(pack_dir.join("root/etc/tailor/runtime.toml")).unwrap();
+    let config = std::fs::read_to_string(pack_dir.join("root/opt/tailor/runtime.toml")).unwrap();
     assert!(
         config.contains(&format!("\nmemory_mb = {budget_mb:?}\n")),
         "{config}"
@@ -759,7 +810,7 @@ fn a_deb_holds_the_same_files_and_runs_the_installer() {
     for (member, line) in [
         (None, "Package: tailor-jetson-orin-nano"),
         (None, "Architecture: arm64"),
-        (Some("conffiles"), "/etc/tailor/runtime.toml"),
+        (Some("postrm"), "rm -f /etc/tailor/runtime.toml"),
         (Some("postinst"), "/opt/tailor/install.sh --system-only"),
         (
             Some("prerm"),

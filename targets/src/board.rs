@@ -113,6 +113,10 @@ pub struct Board {
     /// systemd's `TimeoutStartSec`: selection measures candidates before the
     /// service is ready, and TensorRT builds an engine for each on first boot.
     pub start_timeout_s: u32,
+    /// The unit's sandboxing lines particular to the board (after those
+    /// every board gets).
+    #[serde(skip)]
+    pub sandbox: &'static str,
 }
 
 /// The glibc of JetPack 5's Ubuntu 20.04, the oldest board image (docs/deploy.md).
@@ -121,6 +125,14 @@ const GLIBC_FLOOR: &str = "2.31";
 const TENSORRT_START_S: u32 = 1800;
 /// A CPU-only search measures at most a dozen candidates.
 const CPU_START_S: u32 = 600;
+/// A board without an accelerator needs no device node, no system call
+/// beyond a service's and no writable code (tract compiles nothing at run
+/// time). A Jetson's GPU stack (its device nodes, CUDA's JIT, its ioctls)
+/// keeps these open: nothing here can check it there.
+const CPU_SANDBOX: &str = "PrivateDevices=yes
+ProtectClock=yes
+SystemCallFilter=@system-service
+MemoryDenyWriteExecute=yes";
 
 /// Every board `pack` knows, by `--target` name.
 pub const BOARDS: &[Board] = &[
@@ -154,6 +166,7 @@ const fn jetson(name: &'static str, profile: &'static DeviceProfile, ram_mb: u32
         groups: &["video", "render"],
         after: &["nvpmodel.service"],
         start_timeout_s: TENSORRT_START_S,
+        sandbox: "",
     }
 }
 
@@ -177,6 +190,7 @@ const fn cpu_only(
         groups: &[],
         after: &[],
         start_timeout_s: CPU_START_S,
+        sandbox: CPU_SANDBOX,
     }
 }
 
@@ -198,6 +212,9 @@ pub mod layout {
     /// inside the bundle, so an upgrade swaps them with the bundle they
     /// were made with; TensorRT's caches, when shipped, sit beside them.
     pub const SHIPPED_DECISIONS: &str = "/opt/tailor/bundle/shipped/decisions.postcard";
+    /// The configuration as packed: install.sh puts it in [`CONFIG`] unless
+    /// that was edited on the device (a dpkg conffile would prompt instead).
+    pub const PACKED_CONFIG: &str = "/opt/tailor/runtime.toml";
     pub const CONFIG: &str = "/etc/tailor/runtime.toml";
     pub const UNIT: &str = "/etc/systemd/system/tailor.service";
     pub const SYSUSERS: &str = "/usr/lib/sysusers.d/tailor.conf";
@@ -245,6 +262,7 @@ pub struct DebControl {
     pub control: String,
     pub postinst: String,
     pub prerm: String,
+    pub postrm: String,
 }
 
 impl Board {
@@ -271,6 +289,7 @@ impl Board {
             ("bundle", layout::BUNDLE),
             ("config", layout::CONFIG),
             ("shipped", layout::SHIPPED_DECISIONS),
+            ("packed_config", layout::PACKED_CONFIG),
         ];
         let render = |t: &template::Template, extra: &[(&str, &str)]| {
             // The layout's paths are offered to every template; the values
@@ -292,6 +311,7 @@ impl Board {
                     ("after", &self.after.join(" ")),
                     ("groups", &self.groups.join(" ")),
                     ("start_timeout_s", &self.start_timeout_s.to_string()),
+                    ("sandbox", self.sandbox),
                 ],
             )?,
             config: render(
@@ -340,6 +360,7 @@ impl Board {
             )?,
             postinst: template::render(&template::DEB_POSTINST, &installer)?,
             prerm: template::render(&template::DEB_PRERM, &installer)?,
+            postrm: template::render(&template::DEB_POSTRM, &[("config", layout::CONFIG)])?,
         })
     }
 }

@@ -41,6 +41,8 @@ pub const DEB_CONTROL: Template = template!("deb-control");
 /// The `.deb`'s maintainer scripts: the installer's system steps.
 pub const DEB_POSTINST: Template = template!("deb-postinst");
 pub const DEB_PRERM: Template = template!("deb-prerm");
+/// The `.deb`'s purge: the configuration install.sh put in place.
+pub const DEB_POSTRM: Template = template!("deb-postrm");
 
 /// Why a template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]

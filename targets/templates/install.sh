@@ -68,11 +68,6 @@ install_files() {
     cp -pR "$src/$rel" "$staged_bundle"
     (cd "$src" && find . ! -type d ! -path "./$rel/*") | while read -r file; do
         dest=$root/${file#./}
-        if [ "$dest" = "$root{{config}}" ] && [ -e "$dest" ] && ! cmp -s "$src/$file" "$dest"; then
-            # An edited configuration is kept; the pack's lands beside it.
-            dest=$dest.new
-            echo "kept $root{{config}} as edited; the pack's is $dest"
-        fi
         echo "$dest" >>"$staged_list"
         cp -p "$src/$file" "$dest.tailor-new"
     done
@@ -104,8 +99,34 @@ unstage() {
     rm -rf "$old_bundle"
 }
 
+# The pack's configuration ({{packed_config}}) goes to {{config}} unless
+# that was edited on the device: then it is kept, and the pack's is put
+# beside it as runtime.toml.new. Edited means it differs from what the last
+# install put there, kept as runtime.toml.packed (dpkg's conffile rule,
+# without its prompt; one with no such record is taken as edited). Run for
+# the tar.gz and, from the .deb's postinst, after dpkg placed the files.
+install_config() {
+    config=$root{{config}}
+    packed=$root{{packed_config}}
+    mkdir -p "$(dirname "$config")"
+    if [ -e "$config" ] && ! cmp -s "$config" "$packed" && ! cmp -s "$config" "$config.packed"; then
+        put "$packed" "$config.new"
+        echo "kept $config as edited; the pack's is $config.new"
+    else
+        put "$packed" "$config"
+        rm -f "$config.new"
+    fi
+    put "$packed" "$config.packed"
+}
+
+# put SRC DEST: copies SRC to DEST by a rename, so DEST is never half written.
+put() {
+    cp -p "$1" "$2.tailor-new"
+    mv -f "$2.tailor-new" "$2"
+}
+
 remove_files() {
-    rm -f "$root{{unit}}" "$root{{sysusers}}" "$root{{config}}" "$root{{config}}.new"
+    rm -f "$root{{unit}}" "$root{{sysusers}}" "$root{{config}}" "$root{{config}}.new" "$root{{config}}.packed"
     rmdir "$root$(dirname "{{config}}")" 2>/dev/null || true
     rm -rf "$root{{prefix}}"
     echo "removed tailor's files from ${root:-/}"
@@ -129,6 +150,7 @@ fi
 if [ "$files" = true ]; then
     install_files
 fi
+install_config
 if [ "$system" = true ]; then
     systemd-sysusers {{sysusers}}
     systemctl daemon-reload

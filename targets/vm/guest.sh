@@ -8,10 +8,11 @@
 #
 # Sessions (the share's `session` file):
 #   deb  apt install the .deb; the service, its API, reload, power mode,
-#        kill -9, MemoryMax=, upgrade of the .deb while running, apt purge
+#        kill -9, MemoryMax=, upgrade of the .deb while running (its
+#        runtime.toml edited), apt purge
 #   tar  install.sh from the tar.gz; reboot (a cache hit, active sooner);
-#        upgrade with install.sh while running; systemd-analyze security;
-#        install.sh --uninstall
+#        upgrade with install.sh while running (runtime.toml unedited);
+#        systemd-analyze security; install.sh --uninstall
 set -uo pipefail
 
 share=/mnt/vmcheck
@@ -20,9 +21,21 @@ results=$share/results
 api=http://127.0.0.1:8470
 mkdir -p "$state" "$share/log"
 session=$(cat "$share/session")
+# The pack's --target: generic-x86_64 or generic-aarch64.
+board=$(cat "$share/board")
 phase=$(cat "$state/phase" 2>/dev/null || echo 1)
-# Generous: TCG runs the measurements some ten times slower than the host.
-start_timeout=${START_TIMEOUT:-900}
+# Generous: TCG runs the measurements some ten times slower than the host,
+# and an emulated aarch64 board `slowdown` times slower again (the share's
+# file; 1 for x86_64). The unit's own TimeoutStartSec= is stretched alike,
+# by a drop-in that is no part of the pack (removed before the leftovers
+# are counted).
+slowdown=$(cat "$share/slowdown")
+start_timeout=$((900 * slowdown))
+emulated=/etc/systemd/system/tailor.service.d/emulated.conf
+if ((slowdown > 1)) && [[ $phase == 1 ]]; then
+    mkdir -p "$(dirname "$emulated")"
+    printf '[Service]\nTimeoutStartSec=%s\n' "$((600 * slowdown))" >"$emulated"
+fi
 
 note() { echo "vmcheck: $*" >/dev/console; }
 
@@ -186,7 +199,7 @@ reload_reselects() {
     c=$(cursor)
     pid=$(prop MainPID)
     systemctl reload tailor.service || fail "systemctl reload failed"
-    wait_journal "$c" "re-selected on SIGHUP" 600 || return
+    wait_journal "$c" "re-selected on SIGHUP" $((600 * slowdown)) || return
     [[ $(prop MainPID) == "$pid" ]] || fail "reload restarted the process"
     [[ $(selection | jq -r .cache) == hit ]] || fail "the same config re-selected without the cache"
     echo "re-selected in place (pid $pid), from the cache"
@@ -203,7 +216,7 @@ set_power_mode() {
         mkdir -p /var/lib/nvpmodel
         echo "pmode:000$1 fmode:quiet" >/var/lib/nvpmodel/status
     fi
-    wait_journal "$c" "re-selected on power mode change" 900 || return
+    wait_journal "$c" "re-selected on power mode change" $((900 * slowdown)) || return
     local report
     report=$(selection)
     echo "mode $1: $(echo "$report" | jq -c '{subnet: .subnet.id, cache, candidates_measured}')"
@@ -276,15 +289,25 @@ limited() {
 }
 
 # What an upgrade must leave: the new runtime running, the new bundle whole,
-# the edited config kept, nothing staged left behind.
+# an edited config kept with the pack's beside it, an unedited one replaced,
+# nothing staged left behind.
 upgraded_to() {
-    local pack=$1 old_pid=$2
-    local new
+    local pack=$1 old_pid=$2 config=$3
+    local new packed=$pack/root/opt/tailor/runtime.toml
     new=$(wait_new_pid "$old_pid") || return
     cmp "$pack/root/opt/tailor/bin/runtime" /opt/tailor/bin/runtime || fail "the runtime is not the new one"
     cmp "$pack/root/opt/tailor/bin/runtime" "/proc/$new/exe" || fail "the service does not run the new runtime"
     diff -r "$pack/root/opt/tailor/bundle" /opt/tailor/bundle || fail "the bundle is not the new one, whole"
-    grep -q '^# edited in the VM' /etc/tailor/runtime.toml || fail "the edited runtime.toml was replaced"
+    case $config in
+    edited)
+        grep -q '^# edited in the VM' /etc/tailor/runtime.toml || fail "the edited runtime.toml was replaced"
+        cmp "$packed" /etc/tailor/runtime.toml.new || fail "the pack's runtime.toml is not beside the edited one"
+        ;;
+    unedited)
+        cmp "$packed" /etc/tailor/runtime.toml || fail "the unedited runtime.toml was not replaced by the pack's"
+        [[ ! -e /etc/tailor/runtime.toml.new ]] || fail "runtime.toml.new beside an unedited runtime.toml"
+        ;;
+    esac
     local stray
     stray=$(find /opt/tailor /etc/tailor -name '*.tailor-*' -o -name '.tailor-*' -o -name '*.dpkg-*')
     [[ -z $stray ]] || fail "left behind: $stray"
@@ -293,30 +316,33 @@ upgraded_to() {
 
 unpack() {
     rm -rf "/root/$1" && mkdir -p "/root/$1" && tar xzf "$share/$1.tar.gz" -C "/root/$1" &&
-        echo "/root/$1/tailor-generic-x86_64"
+        echo "/root/$1/tailor-$board"
 }
 
-# Requests keep coming while the upgrade runs: none may see a broken install.
+# upgrade deb|tar edited|unedited: installs v2 (whose runtime.toml differs
+# from v1's) over the running v1, its runtime.toml edited or not. apt runs
+# with no terminal, as an unattended upgrade does.
 upgrade() {
-    local form=$1 pid pack
+    local form=$1 config=$2 pid pack
     pid=$(prop MainPID)
     pack=$(unpack v2) || return
-    echo "# edited in the VM" >>/etc/tailor/runtime.toml
+    [[ $config == edited ]] && echo "# edited in the VM" >>/etc/tailor/runtime.toml
     case $form in
     deb)
-        cp "$share/v2.deb" /root/ && apt-get install -y --reinstall /root/v2.deb || fail "apt install of v2 failed"
+        cp "$share/v2.deb" /root/ && apt-get install -y --reinstall /root/v2.deb </dev/null || fail "apt install of v2 failed"
         ;;
     tar)
         "$pack/install.sh" || fail "install.sh of v2 failed"
-        [[ -f /etc/tailor/runtime.toml.new ]] || fail "the pack's runtime.toml was not put beside the edited one"
         ;;
     esac || return
-    upgraded_to "$pack" "$pid"
+    upgraded_to "$pack" "$pid" "$config"
 }
 
 # What may remain after removal: the decisions (and, on a Jetson, engines).
 leftovers() {
     local left=()
+    rm -rf "$(dirname "$emulated")"
+    systemctl daemon-reload
     for path in /opt/tailor /etc/tailor /etc/systemd/system/tailor.service \
         /usr/lib/sysusers.d/tailor.conf /etc/systemd/system/multi-user.target.wants/tailor.service; do
         [[ -e $path ]] && left+=("$path")
@@ -381,8 +407,8 @@ deb:1)
     check power-mode-reselects power_mode_reselects
     check kill-9-restarts kill_restarts
     check memory-max memory_max
-    check upgrade-deb-while-running upgrade deb
-    check apt-purge bash -c 'apt-get purge -y tailor-generic-x86_64 && true'
+    check upgrade-deb-while-running upgrade deb edited
+    check apt-purge apt-get purge -y "tailor-$board"
     check apt-purge-leaves-the-cache leftovers
     finish
     ;;
@@ -399,7 +425,7 @@ tar:1)
 tar:2)
     check reboot-cache-hit reboot_hit
     check curl-embed curl_embed
-    check upgrade-install-sh-while-running upgrade tar
+    check upgrade-install-sh-while-running upgrade tar unedited
     check uninstall bash -c '/opt/tailor/install.sh --uninstall'
     check uninstall-leaves-the-cache leftovers
     finish

@@ -5,9 +5,10 @@
 //!
 //! The archive (`tailor-BOARD/` inside) is laid out as the installer reads it:
 //! `install.sh`, `README.md`, and `root/`, the files as they land on the
-//! device (paths in [`tailor_targets::board::layout`]). A `.deb`'s data is
-//! that same `root/`, and its maintainer scripts run the installer's
-//! user and service steps.
+//! device (paths in [`tailor_targets::board::layout`]; the configuration
+//! as packed, which the installer copies to `/etc` unless one there was
+//! edited). A `.deb`'s data is that same `root/`, and its maintainer
+//! scripts run the installer's configuration, user and service steps.
 
 mod archive;
 mod decisions;
@@ -338,7 +339,7 @@ fn device_tree(
     }
     let bundle_files = tree.len() - 1;
     tree.extend([
-        Entry::bytes(root(layout::CONFIG), 0o644, rendered.config),
+        Entry::bytes(root(layout::PACKED_CONFIG), 0o644, rendered.config),
         Entry::bytes(root(layout::UNIT), 0o644, rendered.unit),
         Entry::bytes(root(layout::SYSUSERS), 0o644, rendered.sysusers),
         Entry::bytes(root(layout::INSTALLER), 0o755, rendered.install),
@@ -348,7 +349,8 @@ fn device_tree(
 }
 
 /// Stages the `.deb`: `tree` as its data, the installer's system steps as
-/// its maintainer scripts, runtime.toml as a conffile. The data tarball is
+/// its maintainer scripts (which put runtime.toml in place: no conffile,
+/// whose prompt on an edited one fails an unattended upgrade). The data tarball is
 /// staged in a file of its own (ar needs its size first, and it holds the
 /// weights).
 fn write_deb(
@@ -361,9 +363,9 @@ fn write_deb(
     let control = board.deb_control(env!("CARGO_PKG_VERSION"), installed_bytes.div_ceil(1024))?;
     let control = [
         Entry::bytes("control", 0o644, control.control),
-        Entry::bytes("conffiles", 0o644, format!("{}\n", layout::CONFIG)),
         Entry::bytes("postinst", 0o755, control.postinst),
         Entry::bytes("prerm", 0o755, control.prerm),
+        Entry::bytes("postrm", 0o755, control.postrm),
     ];
     let data = stage(path, |file| {
         archive::tar_gz(file, &[(String::new(), tree)], mtime).map(drop)
