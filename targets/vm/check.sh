@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Usage: [PROFILE=device] targets/vm/check.sh [--arch x86_64|aarch64] [SESSION...]
-#        (sessions: deb tar; default both)
+#        (sessions: deb tar fleet; default deb tar)
 #
 # Installs the generic-ARCH pack into a Debian bullseye VM (glibc 2.31,
 # systemd as PID 1) and checks the service under a real systemd: install
 # (.deb, install.sh), Type=notify readiness, the HTTP API, reload, power-mode
 # changes, a reboot's cache hit, kill -9, MemoryMax=, upgrade while running,
-# removal, and systemd-analyze security. Every check is printed as
+# removal, and systemd-analyze security. The fleet session boots twice: a
+# reference board selects and exports its decisions, the host packs them
+# (`exporter pack --decisions`), and a fresh copy of the image installing
+# that pack must measure only the shipped winner. Every check is printed as
 # `PASS|FAIL NAME SECONDS DETAIL`; the script exits non-zero if one failed.
 #
 # The guest image is built once (targets/vm/image.sh, root and Debian's
 # mirror needed) and cached in target/vm/ARCH until its recipe changes. Each
-# session boots a fresh copy of it under QEMU (x86_64: KVM where it works,
+# session boots (fleet: twice) a fresh copy of it under QEMU (x86_64: KVM where it works,
 # else TCG; aarch64: an emulated `virt` board with Cortex-A72 cores, TCG)
 # with a 9p share holding the packs and targets/vm/guest.sh, which runs the
-# session's checks inside and powers off. Logs: target/vm/ARCH/{log,run}/.
+# boot's checks inside and powers off. Logs: target/vm/ARCH/{log,run}/.
 # Slow (tens of minutes under TCG; aarch64 several times that), so not part
 # of .ci/run; docs/deploy.md.
 set -euo pipefail
@@ -134,24 +137,42 @@ packs() {
     "$exporter" --subnets 48x3,64x4,80x5,96x6 "$teacher" -o "$vm/bundle-v2" --quiet
     cp "$bin" "$packs/runtime-v2"
     printf 'tailor-vm-check v2\n' >>"$packs/runtime-v2"
-    for v in v1 v2; do
-        local runtime=$bin latency=100000
-        [[ $v == v2 ]] && runtime=$packs/runtime-v2 latency=90000
-        "$exporter" pack "$vm/bundle-$v" --target "$board" --runtime-bin "$runtime" \
-            --latency-ms "$latency" --deb --force -o "$packs/$v.tar.gz"
-    done
+    pack v1 "$vm/bundle-v1" "$bin" 100000
+    pack v2 "$vm/bundle-v2" "$packs/runtime-v2" 90000
     python3 targets/vm/png.py "$packs/image.png"
     ls -l "$packs"
 }
 
-# boot SESSION: a fresh copy of the image, the share, QEMU until the guest
-# powers off; the guest's results are printed as they come.
+# pack NAME BUNDLE RUNTIME LATENCY_MS [ARGS...]: packs/NAME.{tar.gz,deb}.
+pack() {
+    local name=$1 bundle=$2 runtime=$3 latency=$4
+    shift 4
+    "$exporter" pack "$bundle" --target "$board" --runtime-bin "$runtime" \
+        --latency-ms "$latency" --deb --force -o "$packs/$name.tar.gz" "$@"
+}
+
+# The fleet's pack: v1 again (its bundle, runtime and limits, so the keys
+# of the reference boot's decisions are this pack's) with those decisions.
+fleet_pack() {
+    local out
+    out=$(pack fleet "$vm/bundle-v1" "$bin" 100000 --decisions "$1" 2>&1) || {
+        echo "$out"
+        return 1
+    }
+    echo "$out"
+    echo "$out" | grep -F shipping
+}
+
+# boot SESSION [FILE...]: a fresh copy of the image, the share (the packs,
+# and FILEs of an earlier boot), QEMU until the guest powers off; the
+# guest's results are printed as they come. Fails if a check failed.
 boot() {
-    local session=$1 run=$image/run/$1
+    local session=$1 run=$image/run/$1 t0=$EPOCHREALTIME
+    shift
     rm -rf "$run"
     mkdir -p "$run/share"
     cp --sparse=always "$image/root.img" "$run/root.img"
-    cp targets/vm/guest.sh "$packs"/{v1,v2}.{tar.gz,deb} "$packs/image.png" "$run/share/"
+    cp targets/vm/guest.sh "$packs"/*.tar.gz "$packs"/*.deb "$packs/image.png" "$@" "$run/share/"
     echo "$session" >"$run/share/session"
     echo "$board" >"$run/share/board"
     echo "$slowdown" >"$run/share/slowdown"
@@ -177,10 +198,26 @@ boot() {
         sleep 2
     done
     wait "$vm_pid" || echo "[$session] qemu exited with $? (see $run/qemu.log, $run/console.log)"
+    awk -v a="$t0" -v b="$EPOCHREALTIME" -v s="$session" 'BEGIN { printf "[%s] powered off after %.0fs\n", s, b - a }'
     grep -q '^DONE' "$run/share/results" || {
         echo "FAIL [$session] the session did not finish: see $run/console.log"
         return 1
     }
+    ! grep -q '^FAIL' "$run/share/results"
+}
+
+# run_session NAME: its boots. fleet: the reference board, the host's pack of
+# its exported decisions, then a fresh board installing that pack.
+run_session() {
+    case $1 in
+    fleet)
+        local reference=$image/run/fleet-reference/share
+        boot fleet-reference || return
+        step pack-decisions fleet_pack "$reference/decisions.postcard"
+        boot fleet-warm "$reference"/reference-{selection.json,probe.json,fingerprint}
+        ;;
+    *) boot "$1" ;;
+    esac
 }
 
 echo "== host ($arch)"
@@ -193,9 +230,8 @@ status=0
 for session in "${sessions[@]}"; do
     echo "== guest: $session"
     t0=$EPOCHREALTIME
-    boot "$session" || status=1
+    run_session "$session" || status=1
     awk -v a="$t0" -v b="$EPOCHREALTIME" -v s="$session" 'BEGIN { printf "session %s: %.0fs\n", s, b - a }'
-    grep -q '^FAIL' "$image/run/$session/share/results" && status=1
 done
 echo "== $( ((status == 0)) && echo "all checks passed" || echo "some checks FAILED")"
 exit "$status"

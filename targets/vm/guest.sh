@@ -13,6 +13,11 @@
 #   tar  install.sh from the tar.gz; reboot (a cache hit, active sooner);
 #        upgrade with install.sh while running (runtime.toml unedited);
 #        systemd-analyze security; install.sh --uninstall
+#   fleet-reference  install.sh, a normal selection, `runtime cache export`
+#        to the share (with this boot's selection and probe, for the next)
+#   fleet-warm  (a fresh disk) install.sh of the pack the host made with
+#        those decisions: the same device fingerprint, and the first
+#        selection measures the shipped winner alone
 set -uo pipefail
 
 share=/mnt/vmcheck
@@ -137,15 +142,21 @@ footprint() {
 
 # --- the checks ---
 
-# After an install: `activating` while selecting, `active` once it serves
-# (Type=notify), never active with a socket that does not answer.
+# first_start [miss|shipped]: after an install, `activating` while
+# selecting, `active` once it serves (Type=notify), never active with a
+# socket that does not answer. The selection is a cache miss, or with
+# decisions in the pack, `shipped`; when those were ignored, the runtime's
+# note says which part of the key differed.
 first_start() {
+    local expected=${1:-miss}
     wait_active || return
-    local report took
+    local report took cache
     report=$(selection) || fail "no /v1/selection"
     took=$(activation_s)
-    echo "$report" | jq '{subnet: .subnet.id, cache, candidates_measured, selection_ms}'
-    [[ $(echo "$report" | jq -r .cache) == miss ]] || fail "a fresh install's selection was not a cache miss"
+    echo "$report" | jq '{subnet: .subnet.id, cache, candidates_measured, selection_ms, notes}'
+    cache=$(echo "$report" | jq -r .cache)
+    [[ $cache == "$expected" ]] ||
+        fail "a fresh install's selection was a cache $cache, not $expected: $(echo "$report" | jq -r '.notes | join("; ")')"
     local ms measured
     ms=$(echo "$report" | jq .selection_ms)
     measured=$(echo "$report" | jq .candidates_measured)
@@ -314,6 +325,56 @@ upgraded_to() {
     echo "running the new runtime as $new, bundle $(jq -r '[.subnets[].id] | join(",")' /opt/tailor/bundle/manifest.json)"
 }
 
+# The device fingerprint `runtime probe` prints, and the parts of the probe
+# it digests (DeviceInfo::fingerprint), to say which one differs.
+fingerprint() { /opt/tailor/bin/runtime probe | sed -n 's/^fingerprint: //p'; }
+identity() {
+    jq -S '{arch: .cpu.arch, model: .cpu.model, cores: .cpu.logical_cores, clusters: .cpu.clusters,
+        features: .cpu.features, mem_total: .memory.total_bytes, cgroup_limit: .memory.cgroup_limit_bytes,
+        board: .board.model, compatible: .board.compatible, l4t: .board.l4t_release, accelerators}' "$@"
+}
+
+# The reference board's decisions, exported to the share for the host's
+# `exporter pack --decisions`, with what this boot selected and probed.
+cache_export() {
+    selection >"$share/reference-selection.json" || fail "no /v1/selection"
+    /opt/tailor/bin/runtime probe --json >"$share/reference-probe.json" || fail "runtime probe failed"
+    fingerprint >"$share/reference-fingerprint"
+    /opt/tailor/bin/runtime cache export --cache /var/cache/tailor/decisions.postcard \
+        --to "$share/decisions.postcard" || fail "runtime cache export failed"
+}
+
+# A copy of the same image under the same QEMU flags is the same device:
+# the fingerprint the reference boot probed is this boot's.
+same_fingerprint() {
+    local here reference=$share/reference-fingerprint
+    here=$(fingerprint)
+    [[ -n $here ]] || fail "runtime probe printed no fingerprint"
+    if [[ $here != $(cat "$reference") ]]; then
+        /opt/tailor/bin/runtime probe --json | identity >/root/probe-identity.json
+        identity "$share/reference-probe.json" | diff /dev/stdin /root/probe-identity.json
+        fail "fingerprint $here, the reference's $(cat "$reference"): $(identity "$share/reference-probe.json" |
+            jq -r --slurpfile here /root/probe-identity.json \
+                '[to_entries[] | select(.value != $here[0][.key]) | .key] | join(", ")') differ"
+    fi
+    echo "fingerprint $here on both boots"
+}
+
+# The first selection on a board of the fleet: the reference's winner,
+# measured alone, and the journal says so.
+shipped_confirmed() {
+    local report reference=$share/reference-selection.json id
+    report=$(selection) || fail "no /v1/selection"
+    id=$(echo "$report" | jq -r .subnet.id)
+    [[ $(echo "$report" | jq .candidates_measured) == 1 ]] ||
+        fail "$(echo "$report" | jq .candidates_measured) candidates measured, not 1"
+    [[ $id == $(jq -r .subnet.id "$reference") ]] || fail "chose $id, not the shipped $(jq -r .subnet.id "$reference")"
+    journalctl -b -u tailor.service -o cat --no-pager | grep -F "shipped decision confirmed: 1 candidate measured" ||
+        fail "the journal does not say the shipped decision was confirmed"
+    echo "$id, 1 candidate measured in $(echo "$report" | jq .selection_ms) ms" \
+        "(the reference: $(jq .candidates_measured "$reference") in $(jq .selection_ms "$reference") ms)"
+}
+
 unpack() {
     rm -rf "/root/$1" && mkdir -p "/root/$1" && tar xzf "$share/$1.tar.gz" -C "/root/$1" &&
         echo "/root/$1/tailor-$board"
@@ -362,9 +423,10 @@ deb_install() {
     cp "$share/v1.deb" /root/ && apt-get install -y /root/v1.deb || fail "apt install failed"
 }
 
+# tar_install [PACK]: install.sh from PACK.tar.gz (v1).
 tar_install() {
     local pack
-    pack=$(unpack v1) || return
+    pack=$(unpack "${1:-v1}") || return
     "$pack/install.sh" || fail "install.sh failed"
 }
 
@@ -428,6 +490,20 @@ tar:2)
     check upgrade-install-sh-while-running upgrade tar unedited
     check uninstall bash -c '/opt/tailor/install.sh --uninstall'
     check uninstall-leaves-the-cache leftovers
+    finish
+    ;;
+fleet-reference:1)
+    check tar-install tar_install
+    check active-after-selection first_start
+    check cache-export cache_export
+    finish
+    ;;
+fleet-warm:1)
+    check tar-install-with-decisions tar_install fleet
+    check active-after-selection first_start shipped
+    check same-device-fingerprint same_fingerprint
+    check shipped-decision-confirmed shipped_confirmed
+    check curl-embed curl_embed
     finish
     ;;
 *)
