@@ -371,8 +371,8 @@ shipped_confirmed() {
     [[ $id == $(jq -r .subnet.id "$reference") ]] || fail "chose $id, not the shipped $(jq -r .subnet.id "$reference")"
     journalctl -b -u tailor.service -o cat --no-pager | grep -F "shipped decision confirmed: 1 candidate measured" ||
         fail "the journal does not say the shipped decision was confirmed"
-    echo "$id, 1 candidate measured in $(echo "$report" | jq .selection_ms) ms" \
-        "(the reference: $(jq .candidates_measured "$reference") in $(jq .selection_ms "$reference") ms)"
+    echo "$id, 1 candidate measured in $(echo "$report" | jq '.selection_ms | floor') ms" \
+        "(the reference: $(jq .candidates_measured "$reference") in $(jq '.selection_ms | floor' "$reference") ms)"
 }
 
 unpack() {
