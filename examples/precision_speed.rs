@@ -23,10 +23,10 @@ use protobuf::Message;
 use tailor::calibration::ranges::inner::inner_tensors;
 use tailor::calibration::ranges::Range;
 use tailor::exporter::bundle::{self, WriteOptions};
-use tailor::exporter::family::{vit, SubnetSpec};
+use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::exporter::quant::{self, Calibrator, Encoding, Subnet};
-use tailor::exporter::synthetic::write_vit_teacher;
+use tailor::exporter::synthetic::{write_vit_teacher, VIT_S16};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tract_onnx::prelude::Framework;
 
@@ -109,15 +109,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// it) and fp16, in [`PRECISIONS`] order.
 fn vit_s16_variants(dir: &Path) -> Vec<std::path::PathBuf> {
     let teacher = dir.join("vit-s16.safetensors");
-    let geometry = vit::Geometry {
-        max_width: 384,
-        max_depth: 12,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
-    };
-    write_vit_teacher(&teacher, &geometry, 0).unwrap();
+    write_vit_teacher(&teacher, &VIT_S16, 0).unwrap();
     let request = Request {
         selection: Selection::List(vec![SubnetSpec::single(384, 12)]),
         ..Request::all(&teacher)

@@ -18,6 +18,17 @@ pub const VIT_L16: vit::Geometry = vit::Geometry {
     ln_bias: true,
 };
 
+/// A ViT-S/16 (D = 384, 12 blocks, head_dim 64, 224²): the realistic width
+/// the precision tests and bench quantise.
+pub const VIT_S16: vit::Geometry = vit::Geometry {
+    max_width: 384,
+    max_depth: 12,
+    head_dim: 64,
+    patch_size: 16,
+    image_size: 224,
+    ln_bias: true,
+};
+
 /// Writes a safetensors ViT teacher of `g`'s shape with plain DINOv2 names
 /// and small uniform weights (LayerNorm scales around 1); returns its size.
 pub fn write_vit_teacher(path: &Path, g: &vit::Geometry, seed: u64) -> io::Result<u64> {

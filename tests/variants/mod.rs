@@ -13,7 +13,6 @@ use onnx_protobuf::ModelProto;
 use protobuf::Message;
 use tailor::calibration::dataset::{Dataset, LoadOptions};
 use tailor::exporter::bundle::{self as writer, WriteOptions};
-use tailor::exporter::family::vit;
 use tailor::exporter::plan::{Plan, Request};
 use tailor::exporter::quant;
 use tailor::exporter::synthetic;
@@ -78,15 +77,7 @@ pub fn assert_onnx_checker_passes<'p>(paths: impl ExactSizeIterator<Item = &'p P
 pub fn vit_s16(ids: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let teacher = dir.path().join("vit-s16.safetensors");
-    let geometry = vit::Geometry {
-        max_width: 384,
-        max_depth: 12,
-        head_dim: 64,
-        patch_size: 16,
-        image_size: 224,
-        ln_bias: true,
-    };
-    synthetic::write_vit_teacher(&teacher, &geometry, 0).unwrap();
+    synthetic::write_vit_teacher(&teacher, &synthetic::VIT_S16, 0).unwrap();
     let request = Request {
         selection: subnets(ids),
         ..Request::all(&teacher)
