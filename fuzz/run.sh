@@ -5,6 +5,10 @@
 # finds in fuzz/corpus/TARGET (not committed). Fails on any crash, timeout
 # or OOM, which libFuzzer saves under fuzz/artifacts/TARGET. Needs the
 # nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+#
+# TAILOR_FUZZ_BUILD holds cargo-fuzz build flags; unset, the full build
+# (AddressSanitizer, one codegen unit). CI sets `-s none --codegen-units 16`:
+# no sanitizer, a build a third as long, the same coverage feedback.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -19,6 +23,7 @@ shift 2
 cd "$(dirname "$0")"
 mkdir -p "corpus/$target"
 # The issue's bounds: 2 GiB of RSS, and no input may take more than 10 s.
-exec cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+# shellcheck disable=SC2086 # the flags are words
+exec cargo +nightly fuzz run ${TAILOR_FUZZ_BUILD:-} "$target" "corpus/$target" "seeds/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 "$@" </dev/null

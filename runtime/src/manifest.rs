@@ -321,11 +321,72 @@ pub enum Precision<'a> {
 impl Precision<'_> {
     /// The name in manifests, ids and on command lines: `fp32`, `fp16` or `int8`.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The number format without the variant's details.
+    pub fn kind(&self) -> PrecisionKind {
         match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 { .. } => "fp16",
-            Precision::Int8 { .. } => "int8",
+            Precision::Fp32 => PrecisionKind::Fp32,
+            Precision::Fp16 { .. } => PrecisionKind::Fp16,
+            Precision::Int8 { .. } => PrecisionKind::Int8,
         }
+    }
+}
+
+/// A number format as `--precision` names it. Declared widest first: at an
+/// equal objective the wider format ranks first, as it computes closer to
+/// what was trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionKind {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+impl PrecisionKind {
+    /// Every format, widest first.
+    pub const ALL: [PrecisionKind; 3] = [
+        PrecisionKind::Fp32,
+        PrecisionKind::Fp16,
+        PrecisionKind::Int8,
+    ];
+
+    /// `fp32`, `fp16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionKind::Fp32 => "fp32",
+            PrecisionKind::Fp16 => "fp16",
+            PrecisionKind::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for PrecisionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a [`PrecisionKind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPrecision;
+
+impl fmt::Display for UnknownPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected fp32, fp16 or int8")
+    }
+}
+
+impl core::str::FromStr for PrecisionKind {
+    type Err = UnknownPrecision;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPrecision> {
+        PrecisionKind::ALL
+            .into_iter()
+            .find(|k| s.eq_ignore_ascii_case(k.name()))
+            .ok_or(UnknownPrecision)
     }
 }
 

@@ -3,92 +3,23 @@
 //! never runs), so the latencies are exact and nothing depends on timing.
 
 mod common;
+mod fake;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use tailor_runtime::bundle::{MANIFEST_JSON, MANIFEST_POSTCARD};
+use fake::{bundle, size};
 use tailor_runtime::engine::EngineKind;
-use tailor_runtime::manifest::Manifest;
 use tailor_runtime::select::{
     available_cpus, thread_counts, CacheOutcome, Chosen, EngineChoice, Limits, Runtime,
     RuntimeOptions, SelectError, Stage,
 };
-use tailor_runtime::trial::Isolation;
-
-/// Sub-networks `s1`..=`s8`: `sN` has N times the MACs of the smallest.
-const SIZES: u64 = 8;
-
-/// A bundle of [`SIZES`] sub-networks, each a copy of the fixture's
-/// smallest graph under its own name (the fake child reads the size from it).
-fn bundle(dir: &Path) -> PathBuf {
-    let names: Vec<(String, String)> = (1..=SIZES)
-        .map(|n| (format!("s{n}"), format!("graphs/s{n}.onnx")))
-        .collect();
-    let out = dir.join("bundle");
-    common::copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle-tiny"),
-        &out,
-    );
-    let json = fs::read_to_string(out.join(MANIFEST_JSON)).unwrap();
-    let mut manifest = Manifest::from_json(&json).unwrap();
-    let template = manifest.subnets[0].clone();
-    manifest.subnets.clear();
-    for (n, (id, onnx)) in (1..=SIZES).zip(&names) {
-        fs::copy(out.join(template.onnx), out.join(onnx)).unwrap();
-        let subnet = tailor_runtime::manifest::Subnet {
-            id,
-            onnx,
-            macs: template.macs * n,
-            ..template.clone()
-        };
-        manifest.subnets.push(subnet);
-    }
-    fs::write(out.join(MANIFEST_JSON), manifest.to_json()).unwrap();
-    fs::write(out.join(MANIFEST_POSTCARD), manifest.to_postcard()).unwrap();
-    out
-}
-
-/// A measuring child that answers without running anything: `sN` on `t`
-/// threads measures `searched` ms, and `confirmed` ms when confirmed (more
-/// than the default 10 runs); both are shell arithmetic of `n` and `t`.
-/// From `sN` with N >= `noisy_from` on, a first search measurement comes
-/// back noisy, and measured again it takes three times as long.
-fn fake_child(dir: &Path, searched: &str, confirmed: &str, noisy_from: u64) -> Isolation {
-    let path = dir.join("child.sh");
-    let seen = dir.join("seen");
-    fs::create_dir_all(&seen).unwrap();
-    let seen = seen.display();
-    let script = format!(
-        r#"#!/bin/sh
-job=$(cat)
-runs=$(printf '%s' "$job" | sed 's/.*"min_runs":\([0-9]*\).*/\1/')
-t=$(printf '%s' "$job" | sed 's/.*"threads":\([0-9]*\).*/\1/')
-out=""
-for n in $(printf '%s' "$job" | grep -o '/s[0-9]*\.onnx' | tr -dc '0-9\n'); do
-  if [ "$runs" -gt 10 ]; then ms=$(({confirmed})); else ms=$(({searched})); fi
-  noisy=false
-  if [ "$runs" -le 10 ] && [ "$n" -ge {noisy_from} ]; then
-    if [ -e "{seen}/$n-$t" ]; then ms=$((3 * ms)); else : > "{seen}/$n-$t"; noisy=true; fi
-  fi
-  m="{{\"load_ms\":1,\"engine_build_ms\":null,\"first_ms\":$ms,\"runs\":$runs,\"mean_ms\":$ms,\"p50_ms\":$ms,\"p90_ms\":$ms,\"p99_ms\":$ms,\"stdev_ms\":0,\"cv\":0,\"noisy\":$noisy,\"rss_mb\":1,\"peak_mb\":1,\"memory\":\"sampled_rss\",\"samples_ms\":[$ms]}}"
-  out="$out${{out:+,}}$m"
-done
-echo "{{\"Measured\":[$out]}}"
-"#
-    );
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    Isolation::Child(path)
-}
 
 /// Options measuring with the fake child, tract only, no cache.
 fn options(dir: &Path, searched: &str, confirmed: &str) -> RuntimeOptions {
     RuntimeOptions {
         engine: EngineChoice::Only(EngineKind::Tract),
         cache: None,
-        isolation: fake_child(dir, searched, confirmed, u64::MAX),
+        isolation: fake::child(dir, searched, confirmed, u64::MAX),
         ..RuntimeOptions::default()
     }
 }
@@ -103,12 +34,7 @@ fn select_with(
 }
 
 fn select(dir: &Path, confirmed: &str, limit_ms: f64) -> Result<Chosen, SelectError> {
-    select_with(&bundle(dir), options(dir, "n", confirmed), limit_ms)
-}
-
-/// The size `n` of sub-network `sN`.
-fn size(id: &str) -> u64 {
-    id[1..].parse().unwrap()
+    select_with(&bundle(dir, false), options(dir, "n", confirmed), limit_ms)
 }
 
 #[test]
@@ -157,9 +83,9 @@ fn a_noisy_measurement_is_repeated_not_trusted() {
     // From s4 on, the first measurement is noisy and fits, the repeat runs
     // three times as long: pooled, its p90 is the repeat's and misses.
     let mut options = options(dir.path(), "n", "n");
-    options.isolation = fake_child(dir.path(), "n", "n", 4);
+    options.isolation = fake::child(dir.path(), "n", "n", 4);
     options.engine_options.threads = Some(1);
-    let chosen = select_with(&bundle(dir.path()), options, 7.5).unwrap();
+    let chosen = select_with(&bundle(dir.path(), false), options, 7.5).unwrap();
     assert_eq!(chosen.id, "s3", "{:?}", chosen.trials);
     let repeated = chosen
         .trials
@@ -183,7 +109,7 @@ fn fewer_threads_win_where_other_load_stretches_all_of_them() {
     let dir = tempfile::tempdir().unwrap();
     // On all the CPUs at most s3 fits 7.5 ms; on one thread s7 does.
     let chosen = select_with(
-        &bundle(dir.path()),
+        &bundle(dir.path(), false),
         options(dir.path(), CONTENDED, CONTENDED),
         7.5,
     )
@@ -217,7 +143,7 @@ fn a_decision_made_choosing_threads_is_not_reused_with_threads_fixed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bundle = bundle(dir.path());
+    let bundle = bundle(dir.path(), false);
     let cached = |threads: Option<usize>| {
         let mut o = options(dir.path(), CONTENDED, CONTENDED);
         o.cache = Some(dir.path().join("cache/decisions.postcard"));

@@ -77,6 +77,7 @@ fn a_generous_budget_selects_the_largest_and_reports_the_contract() {
         (v["subnet"]["width"].as_u64(), v["subnet"]["depth"].as_u64()),
         (Some(32), Some(4))
     );
+    assert_eq!(v["subnet"]["precision"], "fp32");
     for key in ["p50_ms", "p90_ms", "p99_ms", "mean_ms", "rss_mb"] {
         assert!(v["measured"][key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
@@ -101,6 +102,25 @@ fn a_generous_budget_selects_the_largest_and_reports_the_contract() {
     assert_eq!(confirmation["measured"]["runs"], confirmed["runs"]);
     assert!(confirmed["runs"].as_u64().unwrap() >= 3 * 3, "{v}");
     assert!(confirmed["upper_ms"].as_f64() >= confirmed["latency_ms"].as_f64());
+}
+
+#[test]
+fn precision_lists_are_checked_and_a_format_the_bundle_lacks_is_named() {
+    let (_d, b) = bundle();
+    let o = select(&b, &["--latency-ms", "100000", "--precision", "fp32,int4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected fp32, fp16 or int8"),
+        "{}",
+        stderr(&o)
+    );
+    let o = select(&b, &["--latency-ms", "100000", "--precision", "int8"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no sub-network in int8 (it has fp32)") && err.contains("exporter quantize"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, OnceCell};
 
+use tailor_runtime::manifest::PrecisionKind;
 use tailor_runtime::policy::{
     Bounds, BundleSelector, Candidate, Observation, PolicyError, Reading, Selector, Shortfall,
     Step, DEFAULT_BUDGET, MAX_CONFIRMATIONS,
@@ -59,6 +60,7 @@ fn candidates(subs: &[Sub], with_quality: bool) -> Vec<Candidate> {
             weight_bytes: s.weight_bytes(),
             activation_bytes: s.activation_bytes(),
             quality: with_quality.then(|| s.quality()),
+            precision: PrecisionKind::Fp32,
         })
         .collect()
 }
@@ -440,6 +442,7 @@ fn batch_scales_activation_memory() {
         weight_bytes: 1_000,
         activation_bytes: 100,
         quality: None,
+        precision: PrecisionKind::Fp32,
     };
     assert_eq!(c.predicted_footprint(1), 1_375);
     assert_eq!(c.predicted_footprint(8), 2_250);
@@ -669,6 +672,7 @@ fn equal_quality_goes_to_the_lower_latency() {
         weight_bytes: 1,
         activation_bytes: 1,
         quality: Some(1.0),
+        precision: PrecisionKind::Fp32,
     };
     let candidates = [c(100), c(300), c(200)];
     let device = |i: usize| {
@@ -736,6 +740,7 @@ fn bad_inputs_are_errors() {
         weight_bytes: 1,
         activation_bytes: 1,
         quality: None,
+        precision: PrecisionKind::Fp32,
     };
     let ok = limits(10.0);
     for (bad, field) in [
@@ -859,6 +864,7 @@ fn shaped(depth: u32, width: u32, macs: u64) -> Candidate {
         weight_bytes: 1,
         activation_bytes: 1,
         quality: None,
+        precision: PrecisionKind::Fp32,
     }
 }
 

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::FileStamp;
 
 /// The layout of the cache file this build reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// File name of the cache inside a cache directory.
 pub const FILE_NAME: &str = "decisions.postcard";

@@ -18,8 +18,11 @@
 //!    limit is never loaded: the 25% covers what engines hold beyond the
 //!    tensors (arenas, workspaces, allocator slack).
 //! 2. **Objective.** If every candidate has a `quality`, higher quality
-//!    ranks first; otherwise more MACs rank first. Ties go to the lower
-//!    latency, measured or else predicted.
+//!    ranks first; otherwise more MACs rank first. At an equal value the
+//!    wider number format ranks first (fp32, fp16, int8: a variant has its
+//!    parent's MACs); remaining ties go to the lower latency, measured or
+//!    else predicted ([`Objective`]). A search over part of a bundle (one
+//!    number format's candidates) ranks with the whole bundle's objective.
 //! 3. **Latency model.** `latency ≈ a + b · macs + c · depth + d · depth ·
 //!    width` (a fixed cost, the arithmetic, a per-block cost, the per-block
 //!    element-wise work; see `model` for the measurements behind it),
@@ -91,14 +94,16 @@
 
 mod error;
 mod model;
+mod objective;
 mod selector;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Subnet, MAX_SUBNETS};
+use crate::manifest::{PrecisionKind, Subnet, MAX_SUBNETS};
 use model::Shape;
 
 pub use error::PolicyError;
+pub use objective::{Objective, Score};
 pub use selector::Selector;
 
 /// Measurements a search may spend before settling for the best that fit.
@@ -129,6 +134,8 @@ pub struct Candidate {
     pub activation_bytes: u64,
     /// Calibrated quality, higher is better.
     pub quality: Option<f32>,
+    /// The number format it computes in.
+    pub precision: PrecisionKind,
 }
 
 impl Candidate {
@@ -162,6 +169,7 @@ impl From<&Subnet<'_>> for Candidate {
             weight_bytes: s.weight_bytes,
             activation_bytes: s.activation_bytes,
             quality: s.quality,
+            precision: s.precision.kind(),
         }
     }
 }

@@ -8,8 +8,8 @@ use heapless::Vec;
 
 use super::model::{LatencyModel, Point};
 use super::{
-    Bounds, Candidate, Observation, PolicyError, Reading, Shortfall, Step, DEFAULT_BUDGET,
-    MAX_CONFIRMATIONS,
+    Bounds, Candidate, Objective, Observation, PolicyError, Reading, Score, Shortfall, Step,
+    DEFAULT_BUDGET, MAX_CONFIRMATIONS,
 };
 
 /// Nothing fits once this many of the cheapest candidates that run within
@@ -60,8 +60,8 @@ struct Round {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     candidate: Candidate,
-    /// The objective, higher is better: quality, or MACs.
-    score: f64,
+    /// Its rank under the search's objective.
+    score: Score,
     state: State,
 }
 
@@ -80,8 +80,19 @@ pub struct Selector<const N: usize> {
 }
 
 impl<const N: usize> Selector<N> {
-    /// Starts a search over `candidates` (indices are positions in it).
+    /// Starts a search over `candidates` (indices are positions in it),
+    /// ranked by their own [`Objective`].
     pub fn new(candidates: &[Candidate], limits: Bounds) -> Result<Self, PolicyError> {
+        Self::ranked_by(candidates, limits, Objective::of(candidates))
+    }
+
+    /// Starts a search over `candidates` ranked by `objective`: a search
+    /// over part of a bundle ranks as the whole bundle does.
+    pub fn ranked_by(
+        candidates: &[Candidate],
+        limits: Bounds,
+        objective: Objective,
+    ) -> Result<Self, PolicyError> {
         limits.validate()?;
         if candidates.is_empty() {
             return Err(PolicyError::NoCandidates);
@@ -106,7 +117,6 @@ impl<const N: usize> Selector<N> {
                 });
             }
         }
-        let by_quality = candidates.iter().all(|c| c.quality.is_some());
         let entries = candidates
             .iter()
             .map(|&candidate| {
@@ -117,13 +127,9 @@ impl<const N: usize> Selector<N> {
                 } else {
                     State::Unmeasured
                 };
-                let score = match candidate.quality {
-                    Some(q) if by_quality => f64::from(q),
-                    _ => candidate.macs as f64,
-                };
                 Entry {
                     candidate,
-                    score,
+                    score: objective.score(&candidate),
                     state,
                 }
             })
@@ -245,15 +251,6 @@ impl<const N: usize> Selector<N> {
         Some(self.model?.predict(&entry.candidate.shape()) as f32)
     }
 
-    /// The candidates whose objective ranks strictly above `index`'s: all
-    /// another engine could choose that would beat this choice.
-    pub fn ranked_above(&self, index: usize) -> impl Iterator<Item = usize> + '_ {
-        let score = self.entries.get(index).map_or(f64::INFINITY, |e| e.score);
-        self.indexed()
-            .filter(move |(_, e)| e.score > score)
-            .map(|(i, _)| i)
-    }
-
     /// Every observation recorded so far, by candidate index (a
     /// confirmation in place of the search's measurement).
     pub fn measured(&self) -> impl Iterator<Item = (usize, Observation)> + '_ {
@@ -326,7 +323,7 @@ impl<const N: usize> Selector<N> {
         fitting
             .max_by(|(_, a, am), (_, b, bm)| {
                 a.score
-                    .total_cmp(&b.score)
+                    .rank(&b.score)
                     .then(bm.latency_ms.total_cmp(&am.latency_ms))
             })
             .map(|(i, e, _)| (i, e.state))
@@ -341,7 +338,7 @@ impl<const N: usize> Selector<N> {
         self.indexed()
             .filter_map(|(i, e)| match e.state {
                 State::Ran(m)
-                    if e.score > score
+                    if e.score.outranks(&score)
                         && m.memory_bytes <= self.limits.memory_bytes
                         && m.latency_ms > limit
                         && m.latency_ms <= limit * (1.0 + m.spread.max(RIVAL_REACH)) =>
@@ -367,7 +364,7 @@ impl<const N: usize> Selector<N> {
         let best_score = self.entries[best].score;
         let best_latency = f64::from(best_measured.latency_ms);
         let open = self.predicted(model).filter(|&(_, e, predicted)| {
-            let above = match e.score.total_cmp(&best_score) {
+            let above = match e.score.rank(&best_score) {
                 Ordering::Greater => true,
                 Ordering::Equal => predicted < best_latency,
                 Ordering::Less => false,
@@ -474,7 +471,7 @@ fn best_predicted_to_fit<'a>(
 /// latency, then by lower index: `Greater` ranks better.
 fn rank(a: &(usize, &Entry, f64), b: &(usize, &Entry, f64)) -> Ordering {
     a.1.score
-        .total_cmp(&b.1.score)
+        .rank(&b.1.score)
         .then(b.2.total_cmp(&a.2))
         .then(b.0.cmp(&a.0))
 }

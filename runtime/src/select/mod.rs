@@ -6,11 +6,12 @@
 //! once: `limits` holds it as written and resolves it to the policy's
 //! bounds; [`Runtime::select`] (here) hands them to `reuse`, which serves a
 //! cached decision or asks `race` for a fresh one; `race` runs one `search`
-//! per [`Setup`] it looks with (`setup`: an engine and its thread count),
-//! each stepping the [`policy`](crate::policy) with trials; `report`
-//! renders the result.
+//! per [`Setup`] (`setup`: an engine and its thread count) and number
+//! format (`precision`) it looks with, each stepping the
+//! [`policy`](crate::policy) with trials; `report` renders the result.
 
 mod limits;
+mod precision;
 mod race;
 mod report;
 mod reuse;
@@ -26,7 +27,7 @@ use crate::cache;
 use crate::engine::{
     self, EngineError, EngineInfo, EngineKind, EngineOptions, ExecutionProvider, Session,
 };
-use crate::manifest::Subnet;
+use crate::manifest::{PrecisionKind, Subnet};
 use crate::policy::{self, PolicyError};
 use crate::probe::{self, DeviceInfo, Load, LoadReading};
 use crate::profile::{MeasureOptions, Measurement};
@@ -34,6 +35,7 @@ use crate::trial::{self, Failure, Isolation, Job};
 
 pub use crate::profile::Percentile;
 pub use limits::{Limits, LimitsError, MemoryLimit};
+pub use precision::Precisions;
 pub use report::render_selection;
 pub use reuse::{CacheKey, CacheOutcome, KeyField};
 pub use search::{
@@ -53,6 +55,12 @@ pub enum SelectError {
     Policy(#[from] PolicyError),
     #[error("no sub-network fits: {0}")]
     NothingFits(String),
+    /// `--precision` names no format the bundle has.
+    #[error(
+        "the bundle has no sub-network in {asked} (it has {has}): \
+         widen --precision or add variants with `exporter quantize`"
+    )]
+    NoPrecision { asked: Precisions, has: String },
     /// The engine cannot run here at all: no candidate was tried.
     #[error("the {engine} engine cannot run here")]
     Engine {
@@ -140,6 +148,9 @@ pub struct RuntimeOptions {
     pub shipped: Option<PathBuf>,
     pub isolation: Isolation,
     pub verify: Verify,
+    /// The number formats to choose among; `None`: every one the bundle
+    /// has ([`Precisions::default_for`] the provider).
+    pub precisions: Option<Precisions>,
 }
 
 impl Default for RuntimeOptions {
@@ -156,6 +167,7 @@ impl Default for RuntimeOptions {
             shipped: None,
             isolation: Isolation::InProcess,
             verify: Verify::Chosen,
+            precisions: None,
         }
     }
 }
@@ -172,6 +184,8 @@ pub struct Chosen {
     pub id: String,
     pub width: u32,
     pub depth: u32,
+    /// Its number format (a variant's id also names it, `w384-d12@int8-u8`).
+    pub precision: PrecisionKind,
     pub measured: Measurement,
     pub limits: policy::Bounds,
     pub percentile: Percentile,
@@ -181,7 +195,7 @@ pub struct Chosen {
     /// The engine's intra-op threads it was measured and is served with.
     pub threads: usize,
     /// With `auto` and two engines available: both engines' measurements of
-    /// the first candidate (empty on a cache hit).
+    /// the first candidate of each number format (empty on a cache hit).
     pub engine_trials: Vec<EngineTrial>,
     /// Every candidate measured, in order (empty on a cache hit).
     pub trials: Vec<Trial>,
@@ -300,6 +314,12 @@ impl Runtime {
                 failure,
             })?;
         Ok(measured.remove(0))
+    }
+
+    /// The number formats to select among: the user's, or the provider's default.
+    fn precisions(&self) -> Precisions {
+        let provider = self.options.engine_options.provider;
+        (self.options.precisions.clone()).unwrap_or_else(|| Precisions::default_for(provider))
     }
 
     /// The thread counts to select among: the one the user fixed, or

@@ -1,22 +1,26 @@
-//! Which setup measures and serves: with `auto`, the engines race on the
-//! first candidate, and the one that lost looks again where the winner's
-//! search did not reach; then each other thread count looks again the same
-//! way with the chosen engine.
+//! Which setup measures and serves, and in which number format: with
+//! `auto`, the engines race on the first candidate, and the one that lost
+//! looks again where the winner's search did not reach; each other number
+//! format then looks the same way, racing the engines on its own first
+//! candidate; then each other thread count looks again with each format's
+//! engine.
 //!
-//! Threads are looked at again rather than raced, or folded into the
-//! policy's candidates: the latency model is one device curve per setup
-//! (another thread count is another curve, not another point on it), and a
-//! look confined to the candidates ranked above the choice costs two
-//! measurements when it finds nothing, where a second full search would cost
-//! eight. The largest thread count searches first: on a quiet device it
-//! runs every candidate fastest, so the looks with fewer threads only pay
-//! where other load stretches its tail.
+//! Threads and formats are looked at again rather than raced, or folded
+//! into the policy's candidates: the latency model is one device curve per
+//! setup and format (another thread count, or int8 in place of fp32, is
+//! another curve, not another point on it), and a look confined to the
+//! candidates ranked above the choice costs two measurements when it finds
+//! nothing, where a second full search would cost eight. The largest thread
+//! count searches first: on a quiet device it runs every candidate fastest,
+//! so the looks with fewer threads only pay where other load stretches its
+//! tail. The widest format searches first: it is the one every engine runs.
 
+use super::precision::{self, Curve, Precisions};
 use super::search::{Decided, Ended, EngineTrial, Search};
 use super::{Runtime, SelectError, Setup, MB};
 use crate::engine::EngineInfo;
 use crate::manifest::Subnet;
-use crate::policy;
+use crate::policy::{self, Candidate, Objective};
 use crate::profile::{Measurement, Percentile};
 use crate::trial::Failure;
 
@@ -26,69 +30,125 @@ struct Looked<'r> {
     ended: Ended,
 }
 
+/// What a look at one curve learned for the next looks at it.
+struct Seen {
+    /// The engine it measured with, after racing.
+    engine: EngineInfo,
+    /// It had every candidate of the curve and measured none: no setup will.
+    dead: bool,
+}
+
 impl Runtime {
-    /// Searches with the first engine on the first of `threads` (racing the
-    /// other engines on the first candidate). With `auto`, the engine that
-    /// lost the race then looks among the candidates ranked above the
-    /// choice, or among all when nothing fit or the search stopped: one race
-    /// on the cheapest candidate does not decide which engine fits the most
-    /// at every limit. Each other thread count then looks the same way with
-    /// the engine chosen.
+    /// Searches the widest format's candidates with the first engine on the
+    /// first of `threads` (racing the other engines on the first candidate).
+    /// With `auto`, the engine that lost the race then looks among the
+    /// candidates ranked above the choice, or among all when nothing fit or
+    /// the search stopped: one race on the cheapest candidate does not
+    /// decide which engine fits the most at every limit. Each other format
+    /// then looks the same way, racing the engines again; then each other
+    /// thread count, each format with its engine.
     pub(super) fn search(
         &self,
         limits: &policy::Bounds,
         percentile: Percentile,
         engines: &[EngineInfo],
         threads: &[usize],
+        precisions: &Precisions,
     ) -> Result<Decided, SelectError> {
-        let everyone: Vec<usize> = (0..self.bundle.manifest().subnets.len()).collect();
-        let mut search = Search::new(self, limits, percentile, engines, threads[0]);
-        let ended = search.run(&everyone)?;
+        let manifest = self.bundle.manifest();
+        let curves = precision::curves(&manifest, precisions);
+        let Some(first) = curves.first() else {
+            let mut has: Vec<&str> = Vec::new();
+            for name in manifest.subnets.iter().map(|s| s.precision.name()) {
+                if !has.contains(&name) {
+                    has.push(name);
+                }
+            }
+            return Err(SelectError::NoPrecision {
+                asked: precisions.clone(),
+                has: has.join(", "),
+            });
+        };
+        let candidates: Vec<Candidate> = curves
+            .iter()
+            .flat_map(|c| &c.members)
+            .map(|&i| Candidate::from(&manifest.subnets[i]))
+            .collect();
+        let objective = Objective::of(&candidates);
+        let mut search = Search::new(self, limits, percentile, objective, engines, threads[0]);
+        let ended = search.run(&first.members)?;
+        // What ended a search before it measured anything (quality,
+        // predicted memory) ends it with every setup.
+        let mut seen = vec![Seen {
+            engine: search.setup.engine.clone(),
+            dead: search.trials.is_empty(),
+        }];
         let mut looked = Looked { search, ended };
-        let engine = &looked.search.setup.engine;
+        let engine = &seen[0].engine;
         if let Some(other) = engines.iter().find(|e| e.kind != engine.kind) {
-            let setup = Setup {
-                engine: other.clone(),
-                threads: threads[0],
-            };
-            looked = self.look_again(looked, setup, &everyone)?;
+            if !seen[0].dead {
+                let other = std::slice::from_ref(other);
+                looked = self.look_again(looked, first, other, threads[0])?.0;
+                seen[0].engine = looked.search.setup.engine.clone();
+            }
+        }
+        for curve in &curves[1..] {
+            // The fastest engine for fp32 need not be the fastest for int8.
+            let chosen = &seen[0].engine;
+            let raced: Vec<EngineInfo> = std::iter::once(chosen.clone())
+                .chain(engines.iter().filter(|e| e.kind != chosen.kind).cloned())
+                .collect();
+            let (next, curve_seen) = self.look_again(looked, curve, &raced, threads[0])?;
+            looked = next;
+            seen.push(curve_seen);
         }
         for &threads in &threads[1..] {
-            let setup = Setup {
-                threads,
-                ..looked.search.setup.clone()
-            };
-            looked = self.look_again(looked, setup, &everyone)?;
+            for (curve, seen) in curves.iter().zip(&seen).filter(|(_, s)| !s.dead) {
+                let engine = std::slice::from_ref(&seen.engine);
+                looked = self.look_again(looked, curve, engine, threads)?.0;
+            }
         }
         looked.search.end(looked.ended)
     }
 
-    /// `setup` looks among the candidates ranked above `looked`'s choice,
-    /// or among all when it has none; the better of the two decisions, with
-    /// every trial and a note of the look.
+    /// `engines[0]` on `threads` looks among `curve`'s candidates ranked
+    /// above `looked`'s choice, or among all of them when it has none
+    /// (racing the other `engines` on its first candidate); the better of
+    /// the two decisions, with every trial and a note of the look.
     fn look_again<'r>(
         &'r self,
         mut looked: Looked<'r>,
-        setup: Setup,
-        everyone: &[usize],
-    ) -> Result<Looked<'r>, SelectError> {
-        let pool = match &looked.ended {
-            // Nothing measured: what excluded everything excludes it for any setup.
-            _ if looked.search.trials.is_empty() => return Ok(looked),
-            Ended::Winner { better, .. } if better.is_empty() => return Ok(looked),
-            Ended::Winner { better, .. } => better.clone(),
-            Ended::NothingFits(_) | Ended::Stopped(_) => everyone.to_vec(),
-        };
-        let first = &looked.search;
-        let mut second = Search::new(
-            self,
-            first.limits,
-            first.percentile,
-            std::slice::from_ref(&setup.engine),
-            setup.threads,
-        );
-        let outcome = second.run(&pool);
+        curve: &Curve,
+        engines: &[EngineInfo],
+        threads: usize,
+    ) -> Result<(Looked<'r>, Seen), SelectError> {
         let manifest = self.bundle.manifest();
+        let first = &looked.search;
+        let objective = first.objective;
+        let score = |i: usize| objective.score(&Candidate::from(&manifest.subnets[i]));
+        let pool: Vec<usize> = match &looked.ended {
+            Ended::Winner { index, .. } => {
+                let best = score(*index);
+                let above = curve.members.iter().copied();
+                above.filter(|&i| score(i).outranks(&best)).collect()
+            }
+            Ended::NothingFits(_) | Ended::Stopped(_) => curve.members.clone(),
+        };
+        let whole = pool.len() == curve.members.len();
+        if pool.is_empty() {
+            let seen = Seen {
+                engine: engines[0].clone(),
+                dead: false,
+            };
+            return Ok((looked, seen));
+        }
+        let (limits, percentile) = (first.limits, first.percentile);
+        let mut second = Search::new(self, limits, percentile, objective, engines, threads);
+        let outcome = second.run(&pool);
+        let seen = Seen {
+            engine: second.setup.engine.clone(),
+            dead: whole && second.trials.is_empty(),
+        };
         let beaten = match &looked.ended {
             Ended::Winner { index, .. } => format!(
                 "ranked above {}'s choice, {}",
@@ -105,21 +165,26 @@ impl Runtime {
                 );
                 let mut first = looked.search;
                 second.trials.splice(0..0, first.trials);
-                second.engine_trials = first.engine_trials;
+                second.engine_trials.splice(0..0, first.engine_trials);
                 second.confirmations += first.confirmations;
                 first.notes.push(note);
                 second.notes.splice(0..0, first.notes);
-                return Ok(Looked {
+                let looked = Looked {
                     search: second,
                     ended,
-                });
+                };
+                return Ok((looked, seen));
             }
             Ok(Ended::NothingFits(why)) => why,
             Ok(Ended::Stopped(e)) | Err(e) => format!("{:#}", anyhow::Error::from(e)),
         };
-        let note = format!("{} found nothing better: {why}", second.setup);
+        let note = format!(
+            "{} among {} found nothing better: {why}",
+            second.setup, curve.name
+        );
         let first = &mut looked.search;
         first.trials.append(&mut second.trials);
+        first.engine_trials.append(&mut second.engine_trials);
         first.confirmations += second.confirmations;
         looked.ended = match looked.ended {
             winner @ Ended::Winner { .. } => {
@@ -135,7 +200,7 @@ impl Runtime {
             }
             stopped @ Ended::Stopped(_) => stopped,
         };
-        Ok(looked)
+        Ok((looked, seen))
     }
 }
 

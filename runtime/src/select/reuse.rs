@@ -12,7 +12,7 @@ use super::{
 use crate::bundle::BundleError;
 use crate::cache::{self, Cache, Lookup};
 use crate::engine::{EngineInfo, EngineKind, Session};
-use crate::manifest::{Sha256, Subnet};
+use crate::manifest::{PrecisionKind, Sha256, Subnet};
 use crate::policy;
 use crate::probe::{Load, LoadReading};
 use crate::profile::{MeasureOptions, Measurement};
@@ -58,6 +58,9 @@ pub struct CacheKey {
     /// choosing is not reused when the user fixes the count, nor the
     /// reverse, nor on a device whose usable CPUs changed.
     pub threads: Vec<u32>,
+    /// The number formats the selection chose among, of those the bundle
+    /// has: a decision among fp32 only is not reused when int8 may compete.
+    pub precisions: Vec<PrecisionKind>,
     /// How candidates were measured.
     pub measuring: MeasureOptions,
 }
@@ -77,6 +80,7 @@ pub enum KeyField {
     MemoryLimit,
     MinQuality,
     Threads,
+    Precisions,
     Measuring,
 }
 
@@ -95,6 +99,7 @@ impl fmt::Display for KeyField {
             KeyField::MemoryLimit => "memory limit",
             KeyField::MinQuality => "minimum quality",
             KeyField::Threads => "thread count",
+            KeyField::Precisions => "precisions (--precision)",
             KeyField::Measuring => "measuring options",
         })
     }
@@ -150,6 +155,7 @@ impl CacheKey {
                 KeyField::MinQuality,
             ),
             (self.threads == other.threads, KeyField::Threads),
+            (self.precisions == other.precisions, KeyField::Precisions),
             (self.measuring == other.measuring, KeyField::Measuring),
         ]
         .into_iter()
@@ -221,6 +227,7 @@ impl Runtime {
         before: &LoadReading,
     ) -> Result<Chosen, SelectError> {
         let threads = self.thread_counts();
+        let precisions = self.precisions();
         let key = self.cache_key(limits, engines, &threads);
         let mut notes = Vec::new();
         let cache = self.options.cache.as_ref().map(Cache::at);
@@ -245,6 +252,7 @@ impl Runtime {
                             id: decision.id,
                             width: subnet.width,
                             depth: subnet.depth,
+                            precision: subnet.precision.kind(),
                             measured: decision.measured,
                             limits: *bounds,
                             percentile: limits.percentile,
@@ -278,14 +286,14 @@ impl Runtime {
         let from_pack = shipped.is_some();
         let mut decided = match shipped {
             Some(decided) => decided,
-            None => self.search(bounds, limits.percentile, engines, &threads)?,
+            None => self.search(bounds, limits.percentile, engines, &threads, &precisions)?,
         };
         let manifest = self.bundle.manifest();
         if let Err(e) = self.verify_chosen(&manifest.subnets[decided.index]) {
             // A stamp hid damage to the winner's files: known now, they are
             // hashed again as a candidate's, which fails there.
             notes.push(format!("{e}: selecting again"));
-            decided = self.search(bounds, limits.percentile, engines, &threads)?;
+            decided = self.search(bounds, limits.percentile, engines, &threads, &precisions)?;
             self.verify_chosen(&manifest.subnets[decided.index])?;
         }
         let load = before.until(&LoadReading::now(&self.options.sysroot));
@@ -347,6 +355,7 @@ impl Runtime {
             id: subnet.id.to_owned(),
             width: subnet.width,
             depth: subnet.depth,
+            precision: subnet.precision.kind(),
             measured: decided.measured,
             limits: *bounds,
             percentile: limits.percentile,
@@ -421,6 +430,7 @@ impl Runtime {
             bundle: self.bundle.identity(),
             limits: *limits,
             threads: threads.iter().map(|&t| t as u32).collect(),
+            precisions: self.precisions().present_in(&self.bundle.manifest()),
             measuring: self.options.measure.clone(),
         }
     }
@@ -442,6 +452,7 @@ mod tests {
             bundle: Sha256([3; 32]),
             limits: Limits::latency_ms(25.0).memory_mb(900).min_quality(80.0),
             threads: vec![4],
+            precisions: vec![PrecisionKind::Fp32, PrecisionKind::Int8],
             measuring: MeasureOptions::default(),
         }
     }
@@ -476,7 +487,7 @@ mod tests {
     fn each_key_field_is_named_when_it_changes() {
         let (_dir, cache) = stored();
         type Change = (KeyField, fn(&mut CacheKey));
-        let changes: [Change; 13] = [
+        let changes: [Change; 14] = [
             (KeyField::Device, |k| k.device.push_str("-rev2")),
             (KeyField::PowerMode, |k| k.power_mode = None),
             (KeyField::Clocks, |k| k.clocks = Some("performance".into())),
@@ -495,6 +506,9 @@ mod tests {
             }),
             (KeyField::MinQuality, |k| k.limits.min_quality = None),
             (KeyField::Threads, |k| k.threads = vec![4, 2, 1]),
+            (KeyField::Precisions, |k| {
+                k.precisions.pop();
+            }),
             (KeyField::Measuring, |k| k.measuring.min_runs += 1),
         ];
         for (field, change) in changes {

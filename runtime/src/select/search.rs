@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Runtime, SelectError, Setup, MB};
 use crate::engine::{EngineInfo, EngineKind};
 use crate::manifest::{Manifest, Subnet};
-use crate::policy::{self, BundleSelector, Candidate, Observation, Shortfall, Step};
+use crate::policy::{self, BundleSelector, Candidate, Objective, Observation, Shortfall, Step};
 use crate::profile::{MeasureOptions, Measurement, Percentile};
 use crate::trial::Failure;
 
@@ -94,9 +94,8 @@ pub(super) struct Decided {
 
 /// How one setup's search ended.
 pub(super) enum Ended {
-    /// `index` (in the manifest) won; `better` are the candidates ranked
-    /// above it.
-    Winner { index: usize, better: Vec<usize> },
+    /// `index` (in the manifest) won.
+    Winner { index: usize },
     /// Nothing fits, and why.
     NothingFits(String),
     /// The search stopped: the same failure twice in a row, one that would
@@ -177,6 +176,8 @@ pub(super) struct Search<'r> {
     pub(super) runtime: &'r Runtime,
     pub(super) limits: &'r policy::Bounds,
     pub(super) percentile: Percentile,
+    /// What ranks candidates: the whole bundle's, whatever the pool.
+    pub(super) objective: Objective,
     /// How the candidates run: the engine and its threads.
     pub(super) setup: Setup,
     /// Engines still to compare with it on the first candidate.
@@ -197,6 +198,7 @@ impl<'r> Search<'r> {
         runtime: &'r Runtime,
         limits: &'r policy::Bounds,
         percentile: Percentile,
+        objective: Objective,
         engines: &[EngineInfo],
         threads: usize,
     ) -> Self {
@@ -204,6 +206,7 @@ impl<'r> Search<'r> {
             runtime,
             limits,
             percentile,
+            objective,
             setup: Setup {
                 engine: engines[0].clone(),
                 threads,
@@ -226,7 +229,7 @@ impl<'r> Search<'r> {
             .iter()
             .map(|&i| Candidate::from(&manifest.subnets[i]))
             .collect();
-        let mut selector = BundleSelector::new(&candidates, *self.limits)?;
+        let mut selector = BundleSelector::ranked_by(&candidates, *self.limits, self.objective)?;
         loop {
             match selector.next() {
                 Step::Measure(i) => {
@@ -254,10 +257,7 @@ impl<'r> Search<'r> {
                              the device did not repeat its measurements near the limit (busy?)"
                         ));
                     }
-                    return Ok(Ended::Winner {
-                        index: pool[index],
-                        better: selector.ranked_above(index).map(|i| pool[i]).collect(),
-                    });
+                    return Ok(Ended::Winner { index: pool[index] });
                 }
                 Step::NothingFits(shortfall) => {
                     let mut why = runtime.explain(shortfall, pool, self.limits, self.percentile);

@@ -23,7 +23,7 @@ use crate::cache::{self, Cache};
 use crate::engine::EngineInfo;
 use crate::fs::StagedFile;
 use crate::manifest::Sha256;
-use crate::policy;
+use crate::policy::{self, Candidate, Objective};
 use crate::profile::Percentile;
 
 /// The first bytes of a decisions file, so a cache file or anything else
@@ -204,6 +204,10 @@ fn value(key: &CacheKey, field: KeyField) -> String {
             let counts: Vec<String> = key.threads.iter().map(u32::to_string).collect();
             counts.join(", ")
         }
+        KeyField::Precisions => {
+            let names: Vec<&str> = key.precisions.iter().map(|p| p.name()).collect();
+            names.join(", ")
+        }
         KeyField::Measuring => format!("{:?}", key.measuring),
     }
 }
@@ -272,10 +276,12 @@ impl Runtime {
             .iter()
             .position(|s| s.id == decision.id)
             .ok_or_else(|| "the bundle has no such sub-network".to_owned())?;
+        let winner = Candidate::from(&self.bundle.manifest().subnets[index]);
         let mut search = Search::new(
             self,
             bounds,
             percentile,
+            Objective::of([&winner]),
             std::slice::from_ref(engine),
             decision.threads,
         );

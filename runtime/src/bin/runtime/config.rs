@@ -9,7 +9,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use tailor_runtime::engine::ExecutionProvider;
-use tailor_runtime::select::{EngineChoice, Percentile};
+use tailor_runtime::select::{EngineChoice, Percentile, Precisions};
 
 /// The keys a config file may set; any other key is an error.
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +29,9 @@ pub struct Config {
     #[serde(default, deserialize_with = "parsed")]
     pub provider: Option<ExecutionProvider>,
     pub threads: Option<usize>,
+    /// `--precision`: e.g. `"fp32,int8"`.
+    #[serde(default, deserialize_with = "parsed")]
+    pub precision: Option<Precisions>,
     pub ort_library: Option<PathBuf>,
     /// `serve` only; other commands ignore it.
     #[cfg(feature = "serve")]

@@ -14,8 +14,8 @@ use serde_json::json;
 use tailor_runtime::engine::{EngineOptions, ExecutionProvider};
 use tailor_runtime::profile::{MeasureOptions, Measurement};
 use tailor_runtime::select::{
-    render_selection, Chosen, EngineChoice, Limits, Percentile, Runtime, RuntimeOptions,
-    SelectError, Verify,
+    render_selection, Chosen, EngineChoice, Limits, Percentile, Precisions, Runtime,
+    RuntimeOptions, SelectError, Verify,
 };
 use tailor_runtime::trial::{self, Isolation};
 use tailor_runtime::{cache, outln, probe, stdout};
@@ -163,6 +163,11 @@ struct Common {
     /// all of them].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Number formats to choose among, e.g. `fp32,int8` [default: every one
+    /// the bundle has (`exporter quantize` adds int8 and fp16 variants);
+    /// int8 only with `--provider qnn`].
+    #[arg(long, value_name = "LIST")]
+    precision: Option<Precisions>,
     /// libonnxruntime.so for `--engine ort` (default: $ORT_DYLIB_PATH).
     #[arg(long, value_name = "PATH")]
     ort_library: Option<PathBuf>,
@@ -347,6 +352,7 @@ impl Common {
             cache,
             shipped: self.shipped.clone().or_else(|| config.shipped.clone()),
             isolation,
+            precisions: self.precision.clone().or_else(|| config.precision.clone()),
             verify: match self.verify {
                 VerifyArg::Chosen => Verify::Chosen,
                 VerifyArg::Changed => Verify::Changed,
@@ -604,7 +610,7 @@ fn profile_json(id: &str, m: &Measurement) -> serde_json::Value {
 /// The `runtime select --json` contract (docs/runtime.md).
 fn selection_json(c: &Chosen) -> serde_json::Value {
     json!({
-        "subnet": { "id": c.id, "width": c.width, "depth": c.depth },
+        "subnet": { "id": c.id, "width": c.width, "depth": c.depth, "precision": c.precision },
         "measured": measured_json(&c.measured),
         "limits": {
             "latency_ms": c.limits.latency_ms, "percentile": c.percentile.value(), "batch": c.limits.batch,

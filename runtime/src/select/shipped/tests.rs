@@ -1,5 +1,6 @@
 use super::*;
 use crate::engine::EngineKind;
+use crate::manifest::PrecisionKind;
 use crate::probe::Load;
 use crate::profile::{MeasureOptions, Measurement, MemorySource};
 use crate::select::Limits;
@@ -14,6 +15,7 @@ fn key(device: &str) -> CacheKey {
         bundle: Sha256([7; 32]),
         limits: Limits::latency_ms(25.0).memory_mb(900),
         threads: vec![6],
+        precisions: vec![PrecisionKind::Fp32],
         measuring: MeasureOptions::default(),
     }
 }
