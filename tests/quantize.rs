@@ -7,6 +7,20 @@
 //! quantised from the ranges `calibrate --ranges inner` records (tract, same
 //! images) and run on the same digits in tract and ONNX Runtime.
 //!
+//! Which reference output each engine is held to. ONNX Runtime fuses each
+//! DQ → Gemm/Conv → Q group into an integer kernel (QGemm, QLinearConv)
+//! whose arithmetic is its own: the float bias rounded to int32 at the
+//! product's scale, the requantisation in its fixed form. That moves a
+//! requantised value by up to half a step of the bias's scale, and flips
+//! its rounding where it lies that close to a boundary: on this graph the
+//! fused outputs differ from the graph's written meaning (every Q, DQ and
+//! float product as written, ONNX Runtime with its optimisations off) by
+//! 0.19 (u8) to 0.24 (s8) of the int8 error itself. Both are in the golden
+//! file: our graph in ONNX Runtime is held to the reference as ONNX Runtime
+//! runs it (`cls_token`, the same fusions of the same graph form), in
+//! tract, which runs QDQ as written, to the reference run as written
+//! (`cls_token_unfused`).
+//!
 //! The tolerance on outputs. Both quantisers compute the same scales
 //! (checked first, to 1e-5: the ranges differ only by each engine's fp32
 //! rounding), so their graphs differ only where a value lies within that
@@ -239,8 +253,10 @@ fn scales_and_weights_are_onnx_runtimes() {
     }
 }
 
-/// Our int8 graph's `cls_token` in `kind` against the reference's.
-fn outputs_match_the_reference(kind: EngineKind) {
+/// Our int8 graph's `cls_token` in `kind` against the reference's as
+/// that engine's arithmetic computes it (the module's comment): `output`
+/// is the golden file's `cls_token` or `cls_token_unfused`.
+fn outputs_match_the_reference(kind: EngineKind, output: &str) {
     let golden = golden();
     let q = quantized(&golden);
     let indices: Vec<usize> = serde_json::from_value(golden["digits"].clone()).unwrap();
@@ -253,7 +269,7 @@ fn outputs_match_the_reference(kind: EngineKind) {
         "{kind}: fp32 outputs differ"
     );
     for (name, path) in &q.variants {
-        let reference = matrix(&golden["variants"][name]["cls_token"]);
+        let reference = matrix(&golden["variants"][name][output]);
         let ours = cls_token(kind, path, &pixels);
         let noise = rms(&(&reference - &fp32));
         let difference = rms(&(&ours - &reference));
@@ -273,13 +289,13 @@ fn outputs_match_the_reference(kind: EngineKind) {
 
 #[test]
 fn outputs_match_the_reference_in_tract() {
-    outputs_match_the_reference(EngineKind::Tract);
+    outputs_match_the_reference(EngineKind::Tract, "cls_token_unfused");
 }
 
 #[cfg(feature = "ort")]
 #[test]
 fn outputs_match_the_reference_in_onnx_runtime() {
-    outputs_match_the_reference(EngineKind::Ort);
+    outputs_match_the_reference(EngineKind::Ort, "cls_token");
 }
 
 #[test]

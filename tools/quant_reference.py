@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Independent reference for `tailor_exporter::quant`: the same fp32
 sub-network quantised by ONNX Runtime's own `quantize_static` (QDQ, weights
-symmetric int8 per channel, activations per tensor, biases left float), from
+symmetric int8 per channel, activations per tensor: every product's inputs
+and the outputs of Gemm and Conv; biases left float), from
 the same calibration images, run on a few real digits.
 
     cargo run -p tailor-exporter --bin exporter -- --subnets 48x3 -q \
@@ -19,7 +20,12 @@ there). For each variant (MinMax with symmetric int8 activations, MinMax
 with asymmetric uint8, and Percentile 99.99 symmetric int8) it writes the
 `cls_token` of every digit, each quantised activation's scale and zero
 point, and, once, the sha256 of each weight's int8 values and of its
-per-channel scales. ONNX Runtime has no MSE calibrator (its others, Entropy and
+per-channel scales. The `cls_token` is ONNX Runtime's as it runs by default
+(its QDQ fusions: QGemm, QLinearConv... integer kernels, which round the
+float bias to int32 and requantise in their own arithmetic) and, as
+`cls_token_unfused`, with every optimisation off: each QuantizeLinear,
+DequantizeLinear and float product run as written, the graph's ONNX
+meaning, which is what tract computes. ONNX Runtime has no MSE calibrator (its others, Entropy and
 Distribution, are different criteria), so MSE has no reference here.
 
 Needs numpy, onnx and onnxruntime (1.31.1 made the committed fixture).
@@ -125,8 +131,11 @@ def golden(graph, npz, target):
     digit_index = list(range(len(images) - DIGITS, len(images)))
     digits = np.stack([prepare(images[i], side) for i in digit_index])
 
-    def cls_token(path):
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def cls_token(path, fused=True):
+        options = ort.SessionOptions()
+        if not fused:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return s.run(["cls_token"], {"pixel_values": digits})[0]
 
     def sha256(path):
@@ -162,8 +171,10 @@ def golden(graph, npz, target):
                     "ActivationSymmetric": activation == QuantType.QInt8,
                     "WeightSymmetric": True,
                     "QuantizeBias": False,
-                    # Inputs only, as ours: the products' outputs stay float.
-                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"],
+                    # As ours: Gemm's and Conv's outputs are quantised
+                    # too (what lets ONNX Runtime fuse them into QGemm and
+                    # QLinearConv), the attention MatMuls' stay float.
+                    "OpTypesToExcludeOutputQuantization": ["MatMul"],
                     "CalibPercentile": PERCENTILE,
                     # The percentile of |x|, as ours; MinMax keeps the true
                     # range (symmetric here would widen uint8's).
@@ -173,6 +184,7 @@ def golden(graph, npz, target):
             activations, weights = qdq_parameters(onnx.load(path))
             out["variants"][name] = {
                 "cls_token": cls_token(path).tolist(),
+                "cls_token_unfused": cls_token(path, fused=False).tolist(),
                 "activations": activations,
             }
             out.setdefault("weights", weights)

@@ -1,8 +1,17 @@
 //! The QDQ rewrite of one graph: each MatMul/Gemm/Conv weight read through
 //! a DequantizeLinear from the int8 file, each activation such a node reads
-//! passed through QuantizeLinear → DequantizeLinear. Every other node
-//! (LayerNorm, Softmax, GELU, GroupNorm, residual adds) is untouched and
-//! runs in float; engines fuse the QDQ pairs into integer kernels.
+//! passed through QuantizeLinear → DequantizeLinear, and so is the output
+//! of each Gemm and Conv with a stored weight. Every other node (LayerNorm,
+//! Softmax, GELU, GroupNorm, residual adds) is untouched and runs in float;
+//! engines fuse each DQ → product → Q group into an integer kernel.
+//!
+//! Why the outputs: ONNX Runtime's CPU provider fuses a Gemm or Conv into
+//! QGemm/QLinearConv only when a QuantizeLinear follows it; without one it
+//! dequantises the weight and runs the product in float, as fast as fp32
+//! (measured on ViT-S/16, docs/precision.md). The attention MatMuls
+//! (activation × activation) keep float outputs: ONNX Runtime runs them as
+//! integer kernels either way (MatMulIntegerToFloat), and the scores feed
+//! the Softmax, which an 8-bit step before it would coarsen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -17,6 +26,8 @@ use super::QuantError;
 
 /// The operators whose inputs are quantised.
 const OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
+/// Those whose output is quantised too, when their weight is stored.
+const OUTPUT_OPS: [&str; 2] = ["Gemm", "Conv"];
 /// The first opset with per-axis DequantizeLinear.
 const MIN_OPSET: i64 = 13;
 
@@ -29,6 +40,9 @@ enum NodePlan {
     Quantized {
         /// Inputs read from the graph's input.
         activations: Vec<usize>,
+        /// Its output is quantised too ([`OUTPUT_OPS`] with a stored
+        /// weight, unless the output is the graph's).
+        output: bool,
     },
 }
 
@@ -83,11 +97,15 @@ pub(super) fn scan<'m>(
         .map(|i| i.name.as_str())
         .filter(|n| !initializers.contains_key(n))
         .collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut weights = BTreeMap::new();
     let mut plans = Vec::with_capacity(graph.node.len());
     // ONNX nodes are in topological order: one pass finds what depends on the input.
     for node in &graph.node {
-        let plan = plan(id, node, &initializers, &external, &dynamic, &mut weights)?;
+        let mut plan = plan(id, node, &initializers, &external, &dynamic, &mut weights)?;
+        if let NodePlan::Quantized { output, .. } = &mut plan {
+            *output &= node.output.len() == 1 && !outputs.contains(node.output[0].as_str());
+        }
         if node.input.iter().any(|i| dynamic.contains(i.as_str())) {
             dynamic.extend(node.output.iter().map(String::as_str));
         }
@@ -142,8 +160,12 @@ fn plan(
             });
         }
     }
+    let output = weight.is_some() && OUTPUT_OPS.contains(&node.op_type.as_str());
     weights.extend(weight);
-    Ok(NodePlan::Quantized { activations })
+    Ok(NodePlan::Quantized {
+        activations,
+        output,
+    })
 }
 
 /// The output-channel axis of `node`'s weight (input 1) of rank `rank`:
@@ -193,7 +215,8 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// The activations to quantise, each once, in graph order.
+    /// The activations to quantise, each once, in graph order: the
+    /// products' inputs and the outputs of [`OUTPUT_OPS`].
     pub fn activations(&self) -> Vec<&str> {
         let mut seen = HashSet::new();
         let graph = self.model.graph.as_ref().expect("checked by scan");
@@ -203,9 +226,13 @@ impl Scan<'_> {
             .zip(&self.plans)
             .flat_map(|(node, plan)| match plan {
                 NodePlan::Float => Vec::new(),
-                NodePlan::Quantized { activations } => activations
+                NodePlan::Quantized {
+                    activations,
+                    output,
+                } => activations
                     .iter()
                     .map(|&i| node.input[i].as_str())
+                    .chain(output.then_some(node.output[0].as_str()))
                     .collect(),
             })
             .filter(|name| seen.insert(*name))
@@ -220,109 +247,167 @@ impl Scan<'_> {
         qparams: &HashMap<&str, QParams>,
     ) -> Result<ModelProto, QuantError> {
         let graph = self.model.graph.as_ref().expect("checked by scan");
-        let taken: HashSet<&str> = graph
-            .initializer
-            .iter()
-            .map(|t| t.name.as_str())
-            .chain(graph.input.iter().map(|i| i.name.as_str()))
-            .chain(
-                graph
-                    .node
-                    .iter()
-                    .flat_map(|n| &n.output)
-                    .map(String::as_str),
-            )
-            .collect();
-        let mut fresh = Vec::new();
-        let mut claim = |name: String| -> Result<String, QuantError> {
-            if taken.contains(name.as_str()) || fresh.contains(&name) {
-                return Err(QuantError::NameTaken {
-                    graph: self.id.clone(),
-                    name,
-                });
-            }
-            fresh.push(name.clone());
-            Ok(name)
+        let mut out = Emitter {
+            graph: &self.id,
+            taken: graph
+                .initializer
+                .iter()
+                .map(|t| t.name.as_str())
+                .chain(graph.input.iter().map(|i| i.name.as_str()))
+                .chain(
+                    graph
+                        .node
+                        .iter()
+                        .flat_map(|n| &n.output)
+                        .map(String::as_str),
+                )
+                .collect(),
+            fresh: HashSet::new(),
+            initializers: Vec::with_capacity(graph.initializer.len()),
+            nodes: Vec::with_capacity(2 * graph.node.len()),
         };
-        let mut initializers = Vec::with_capacity(graph.initializer.len());
-        let mut nodes = Vec::with_capacity(2 * graph.node.len());
         for t in &graph.initializer {
             let Some((extent, _)) = self.external.get(&t.name) else {
-                initializers.push(t.clone());
+                out.initializers.push(t.clone());
                 continue;
             };
-            match &placed[extent] {
-                Placed::Float(place) => {
-                    initializers.push(relocated(t, &t.name, DataType::FLOAT, &t.dims, place))
-                }
-                Placed::Weight {
-                    values,
-                    scales,
-                    zero_points,
-                    axis,
-                    channels,
-                } => {
-                    let q = claim(format!("{}.quantized", t.name))?;
-                    let s = claim(format!("{}.scale", t.name))?;
-                    let z = claim(format!("{}.zero_point", t.name))?;
-                    let per_channel = [*channels as i64];
-                    initializers.push(relocated(t, &q, DataType::INT8, &t.dims, values));
-                    initializers.push(relocated(t, &s, DataType::FLOAT, &per_channel, scales));
-                    initializers.push(relocated(t, &z, DataType::INT8, &per_channel, zero_points));
-                    let mut dq = node(
-                        "DequantizeLinear",
-                        &format!("{}.dequantize", t.name),
-                        [q, s, z],
-                        &t.name,
-                    );
-                    dq.attribute.push(axis_attribute(*axis));
-                    nodes.push(dq);
-                }
-            }
+            out.weight(t, &placed[extent])?;
         }
+        let range = |x: &str| {
+            qparams.get(x).ok_or_else(|| QuantError::NoRange {
+                graph: self.id.clone(),
+                tensor: x.to_owned(),
+            })
+        };
+        // Tensors passed through a Q → DQ pair, to their dequantised names.
+        // A product's input is read dequantised by the products only; a
+        // product's quantised output by every node after it.
         let mut dequantized: HashMap<&str, String> = HashMap::new();
+        let mut requantized: HashSet<&str> = HashSet::new();
         for (original, plan) in graph.node.iter().zip(&self.plans) {
             let mut n = original.clone();
-            if let NodePlan::Quantized { activations } = plan {
-                for &i in activations {
-                    let x = original.input[i].as_str();
-                    if let Some(dq) = dequantized.get(x) {
-                        n.input[i] = dq.clone();
-                        continue;
-                    }
-                    let p = qparams.get(x).ok_or_else(|| QuantError::NoRange {
-                        graph: self.id.clone(),
-                        tensor: x.to_owned(),
-                    })?;
-                    let s = claim(format!("{x}.scale"))?;
-                    let z = claim(format!("{x}.zero_point"))?;
-                    let q = claim(format!("{x}.quantized"))?;
-                    let dq = claim(format!("{x}.dequantized"))?;
-                    initializers.push(scalar_scale(&s, p.scale));
-                    initializers.push(scalar_zero_point(&z, p));
-                    nodes.push(node(
-                        "QuantizeLinear",
-                        &format!("{x}.quantize"),
-                        [x.to_owned(), s.clone(), z.clone()],
-                        &q,
-                    ));
-                    nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{x}.dequantize"),
-                        [q, s, z],
-                        &dq,
-                    ));
-                    n.input[i] = dq.clone();
-                    dequantized.insert(x, dq);
+            for (input, read) in original.input.iter().zip(&mut n.input) {
+                if requantized.contains(input.as_str()) {
+                    read.clone_from(&dequantized[input.as_str()]);
                 }
             }
-            nodes.push(n);
+            let NodePlan::Quantized {
+                activations,
+                output,
+            } = plan
+            else {
+                out.nodes.push(n);
+                continue;
+            };
+            for &i in activations {
+                let x = original.input[i].as_str();
+                if !dequantized.contains_key(x) {
+                    let dq = out.pair(x, range(x)?)?;
+                    dequantized.insert(x, dq);
+                }
+                n.input[i].clone_from(&dequantized[x]);
+            }
+            out.nodes.push(n);
+            if *output {
+                let y = original.output[0].as_str();
+                let dq = out.pair(y, range(y)?)?;
+                dequantized.insert(y, dq);
+                requantized.insert(y);
+            }
         }
         let mut model = self.model.clone();
         let body: &mut GraphProto = model.graph.as_mut().expect("checked by scan");
-        body.initializer = initializers;
-        body.node = nodes;
+        body.initializer = out.initializers;
+        body.node = out.nodes;
         Ok(model)
+    }
+}
+
+/// The rewritten graph's initializers and nodes as they are emitted, and
+/// the names they take.
+struct Emitter<'a> {
+    graph: &'a str,
+    /// The original graph's names.
+    taken: HashSet<&'a str>,
+    /// The names the rewrite added.
+    fresh: HashSet<String>,
+    initializers: Vec<TensorProto>,
+    nodes: Vec<NodeProto>,
+}
+
+impl Emitter<'_> {
+    /// `name`, refused if the graph already has it.
+    fn claim(&mut self, name: String) -> Result<String, QuantError> {
+        if self.taken.contains(name.as_str()) || !self.fresh.insert(name.clone()) {
+            return Err(QuantError::NameTaken {
+                graph: self.graph.to_owned(),
+                name,
+            });
+        }
+        Ok(name)
+    }
+
+    /// Stored initializer `t` as the int8 file places it: a float tensor
+    /// relocated, or a weight's int8 values, scales and zero points read
+    /// through a DequantizeLinear whose output keeps the weight's name.
+    fn weight(&mut self, t: &TensorProto, place: &Placed) -> Result<(), QuantError> {
+        match place {
+            Placed::Float(place) => {
+                self.initializers
+                    .push(relocated(t, &t.name, DataType::FLOAT, &t.dims, place));
+            }
+            Placed::Weight {
+                values,
+                scales,
+                zero_points,
+                axis,
+                channels,
+            } => {
+                let q = self.claim(format!("{}.quantized", t.name))?;
+                let s = self.claim(format!("{}.scale", t.name))?;
+                let z = self.claim(format!("{}.zero_point", t.name))?;
+                let per_channel = [*channels as i64];
+                self.initializers
+                    .push(relocated(t, &q, DataType::INT8, &t.dims, values));
+                self.initializers
+                    .push(relocated(t, &s, DataType::FLOAT, &per_channel, scales));
+                self.initializers
+                    .push(relocated(t, &z, DataType::INT8, &per_channel, zero_points));
+                let mut dq = node(
+                    "DequantizeLinear",
+                    &format!("{}.dequantize", t.name),
+                    [q, s, z],
+                    &t.name,
+                );
+                dq.attribute.push(axis_attribute(*axis));
+                self.nodes.push(dq);
+            }
+        }
+        Ok(())
+    }
+
+    /// `x → QuantizeLinear → DequantizeLinear` with `p`; returns the
+    /// dequantised tensor's name.
+    fn pair(&mut self, x: &str, p: &QParams) -> Result<String, QuantError> {
+        let s = self.claim(format!("{x}.scale"))?;
+        let z = self.claim(format!("{x}.zero_point"))?;
+        let q = self.claim(format!("{x}.quantized"))?;
+        let dq = self.claim(format!("{x}.dequantized"))?;
+        self.initializers.push(scalar_scale(&s, p.scale));
+        self.initializers.push(scalar_zero_point(&z, p));
+        self.nodes.push(node(
+            "QuantizeLinear",
+            &format!("{x}.quantize"),
+            [x.to_owned(), s.clone(), z.clone()],
+            &q,
+        ));
+        self.nodes.push(node(
+            "DequantizeLinear",
+            &format!("{x}.dequantize"),
+            [q, s, z],
+            &dq,
+        ));
+        Ok(dq)
     }
 }
 

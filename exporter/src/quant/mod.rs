@@ -7,7 +7,8 @@
 //! reads `w<W>.int8.bin` ([`int8_location`]), which holds each tensor of
 //! `w<W>.bin` the graphs read exactly once, so depth variants share it.
 //! Weights are symmetric int8 per output channel; the activations a
-//! MatMul, Gemm or Conv reads are quantised per tensor from the ranges
+//! MatMul, Gemm or Conv reads, and the outputs of Gemm and Conv, are
+//! quantised per tensor from the ranges
 //! `exporter calibrate --ranges inner` recorded, clipped by a
 //! [`Calibrator`] and encoded as the engine wants ([`Encoding`]).
 //! LayerNorm, Softmax, GELU and GroupNorm stay in float.

@@ -264,3 +264,67 @@ fn refusals_name_the_fix() {
         "{both:?}"
     );
 }
+
+/// A Gemm's output is quantised once and every later node reads it
+/// dequantised (ONNX Runtime fuses DQ → Gemm → Q into QGemm only with the
+/// Q); an activation × activation MatMul's output stays float.
+#[test]
+fn stored_weight_products_quantise_their_outputs() {
+    let mut b = GraphBuilder::new("outputs");
+    let x = b.input("x", &[Dim::Named("batch"), Dim::Fixed(4)]);
+    let l = Linear {
+        weight: b.external("fc0.weight", &[4, 4], at(0, 16)),
+        bias: Some(b.external("fc0.bias", &[4], at(64, 4))),
+    };
+    let h = b.linear("fc0", &x, &l);
+    let r = b.node("Relu", "act", &[&h], &[]);
+    let t = b.node("Transpose", "act.t", &[&r], &[]);
+    let s = b.node("MatMul", "scores", &[&r, &t], &[]);
+    let y = b.node("Softmax", "probs", &[&s], &[]);
+    b.output(&y, &[Dim::Named("batch"), Dim::Named("batch")]);
+    let model = b.finish("test");
+    let r = BTreeMap::from(
+        ["x", "fc0", "act", "act.t", "scores"].map(|n| (n.to_owned(), range(-1.0, 1.0))),
+    );
+    let width = quantize_width(
+        &fp32_file(1),
+        FP32,
+        &[subnet("g", &model, &r)],
+        Calibrator::MinMax,
+        Encoding::U8,
+    )
+    .unwrap();
+    let graph = width.graphs[0].graph.as_ref().unwrap();
+    let nodes: Vec<(&str, &str, Vec<&str>)> = graph
+        .node
+        .iter()
+        .map(|n| {
+            let inputs = n.input.iter().take(1).map(String::as_str).collect();
+            (n.op_type.as_str(), n.name.as_str(), inputs)
+        })
+        .collect();
+    let at = |op, name, input: &'static str| (op, name, vec![input]);
+    assert_eq!(
+        nodes,
+        [
+            at(
+                "DequantizeLinear",
+                "fc0.weight.dequantize",
+                "fc0.weight.quantized"
+            ),
+            at("QuantizeLinear", "x.quantize", "x"),
+            at("DequantizeLinear", "x.dequantize", "x.quantized"),
+            at("Gemm", "fc0", "x.dequantized"),
+            at("QuantizeLinear", "fc0.quantize", "fc0"),
+            at("DequantizeLinear", "fc0.dequantize", "fc0.quantized"),
+            at("Relu", "act", "fc0.dequantized"),
+            at("Transpose", "act.t", "act"),
+            at("QuantizeLinear", "act.quantize", "act"),
+            at("DequantizeLinear", "act.dequantize", "act.quantized"),
+            at("QuantizeLinear", "act.t.quantize", "act.t"),
+            at("DequantizeLinear", "act.t.dequantize", "act.t.quantized"),
+            at("MatMul", "scores", "act.dequantized"),
+            at("Softmax", "probs", "scores"),
+        ]
+    );
+}
