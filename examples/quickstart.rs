@@ -1,6 +1,7 @@
 //! The whole job on the embedded example teacher: export it into a bundle,
-//! calibrate it on held-out MNIST images (quality per size), show what the
-//! bundle holds, select the best sub-network that fits this machine under a
+//! add an int8 variant of every sub-network, calibrate it on held-out MNIST
+//! images (quality per size and precision), show what the bundle holds,
+//! select the best sub-network and precision that fit this machine under a
 //! default budget, and run one inference with it.
 //!
 //!     cargo run --release --example quickstart [-- LATENCY_MS [MEMORY_MB]]
@@ -10,11 +11,14 @@ use std::process::ExitCode;
 
 mod common;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ndarray::Array4;
+use tailor::calibration::ranges::{RangesFile, Scope};
 use tailor::calibration::{self, record, Dataset, LoadOptions, Options};
+use tailor::exporter::quant::variants::{check_bundle, write_variants, Int8Options, Variant};
 use tailor::runtime::bundle::Bundle;
 use tailor::runtime::engine::EngineOptions;
+use tailor::runtime::manifest::{ActivationCalibrator, ActivationEncoding};
 use tailor::runtime::select::{render_selection, Limits, Runtime, RuntimeOptions, SelectError};
 use tailor::runtime::trial::Isolation;
 
@@ -40,10 +44,13 @@ fn quickstart(limits: Limits) -> Result<()> {
 
     // 2. Quality per size on held-out images: k-NN accuracy of each
     // sub-network's cls_token, written into the manifest so selection ranks
-    // by it.
+    // by it. The inner activations' ranges recorded on the way quantise an
+    // int8 variant of each (`exporter quantize`), scored in turn.
     let data = root.join(CALIBRATION_DATA);
     if data.exists() {
-        calibrate(&out, &data)?;
+        let ranges = calibrate(&out, &data, Scope::Inner)?;
+        quantize(&out, &ranges.context("calibration recorded no ranges")?)?;
+        calibrate(&out, &data, Scope::Interface)?;
     } else {
         println!("no {CALIBRATION_DATA}: selection ranks by size, not quality\n");
     }
@@ -61,18 +68,20 @@ fn quickstart(limits: Limits) -> Result<()> {
         .as_ref()
         .map_or("quality", |c| c.quality_metric.name());
     println!(
-        "{:<10} {:>6} {:>6} {:>10} {:>10} {:>12} {:>9}",
-        "id", "width", "depth", "params", "MMACs", metric, "fidelity"
+        "{:<16} {:>9} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>9}",
+        "id", "precision", "width", "depth", "params", "MMACs", "weights", metric, "fidelity"
     );
     let score = |v: Option<f32>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
     for s in &manifest.subnets {
         println!(
-            "{:<10} {:>6} {:>6} {:>10} {:>10.1} {:>12} {:>9}",
+            "{:<16} {:>9} {:>6} {:>6} {:>10} {:>10.1} {:>9}k {:>12} {:>9}",
             s.id,
+            s.precision.name(),
             s.width,
             s.depth,
             s.params,
             s.macs as f64 / 1e6,
+            s.weight_bytes / 1000,
             score(s.quality),
             score(s.fidelity)
         );
@@ -114,8 +123,9 @@ fn quickstart(limits: Limits) -> Result<()> {
     Ok(())
 }
 
-/// Scores every sub-network of `bundle` on `data` and writes the scores in.
-fn calibrate(bundle: &Path, data: &Path) -> Result<()> {
+/// Scores every sub-network of `bundle` on `data` and writes the scores in,
+/// recording the activation ranges of `ranges`, which it returns.
+fn calibrate(bundle: &Path, data: &Path, ranges: Scope) -> Result<Option<RangesFile>> {
     let load = LoadOptions {
         labels: true,
         seed: 0,
@@ -129,6 +139,7 @@ fn calibrate(bundle: &Path, data: &Path) -> Result<()> {
             threads: Some(threads),
             ..EngineOptions::default()
         },
+        ranges,
         ..Options::default()
     };
     let opened = Bundle::open(bundle)?;
@@ -141,6 +152,24 @@ fn calibrate(bundle: &Path, data: &Path) -> Result<()> {
         calibrated.metric.name(),
         dataset.labels.as_ref().map_or(0, |l| l.train.len()),
         dataset.labels.as_ref().map_or(0, |l| l.val.len()),
+    );
+    Ok(calibrated.ranges)
+}
+
+/// Adds an int8 variant of every fp32 sub-network of `bundle`, from the
+/// ranges its calibration recorded: uint8 activations (ONNX Runtime's fast
+/// CPU encoding) clipped at the recorded percentile.
+fn quantize(bundle: &Path, ranges: &RangesFile) -> Result<()> {
+    let opened = Bundle::open(bundle)?;
+    let int8 = Variant::Int8(Int8Options {
+        encoding: ActivationEncoding::U8,
+        calibrator: ActivationCalibrator::Percentile,
+    });
+    let checked = check_bundle(&opened, &[int8])?;
+    let written = write_variants(&opened, &checked, Some(ranges), &[int8])?;
+    println!(
+        "quantised {} int8 variants (uint8 activations)\n",
+        written.len()
     );
     Ok(())
 }
