@@ -215,6 +215,7 @@ fn png_pixels(
 
 #[cfg(feature = "jpeg")]
 fn jpeg_pixels(bytes: &[u8], max_pixels: u64) -> Result<Image, DecodeError> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
     use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
     // A JPEG's sides are 16-bit: `max_pixels` is the bound, not zune's
     // default side limit.
@@ -223,7 +224,7 @@ fn jpeg_pixels(bytes: &[u8], max_pixels: u64) -> Result<Image, DecodeError> {
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(side)
         .set_max_height(side);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     let fail = DecodeError::malformed(Format::Jpeg);
     decoder.decode_headers().map_err(|e| fail(e.to_string()))?;
     let (width, height) = decoder

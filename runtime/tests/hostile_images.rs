@@ -33,3 +33,17 @@ fn png_claiming_huge_dimensions_is_refused_before_allocating() {
         "{err}"
     );
 }
+
+#[test]
+fn jpeg_scanning_with_a_huffman_table_it_never_defined_does_not_panic() {
+    // 618 bytes (fuzz target `image`): a baseline JPEG whose scan names a
+    // Huffman table no DHT defined. zune-jpeg 0.4 unwrapped the missing
+    // table (mcu.rs:384), a panic in release builds too, which the device
+    // profile's `panic = "abort"` turns into a dead `serve`. 0.5.15 checks
+    // it: the bug is the panic, so either answer below is right.
+    let jpeg = include_bytes!("fixtures/hostile/missing-huffman-table.jpg");
+    match decode(jpeg, Format::Jpeg, MAX_PIXELS, 4) {
+        Ok(tensor) => assert_eq!(tensor.shape(), [1, 3, 4, 4]),
+        Err(e) => assert!(e.to_string().contains("JPEG"), "{e}"),
+    }
+}
