@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for a fixed time: fuzz/run.sh TARGET SECONDS [libFuzzer flags...]
+# (TARGET `all`: each target in turn, stopping at the first that fails).
 #
 # Starts from the committed seeds (fuzz/seeds/TARGET) and keeps what it
 # finds in fuzz/corpus/TARGET (not committed). Fails on any crash, timeout
@@ -7,18 +8,29 @@
 # nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 #
 # TAILOR_FUZZ_BUILD holds cargo-fuzz build flags; unset, the full build
-# (AddressSanitizer, one codegen unit). CI sets `-s none --codegen-units 16`:
-# no sanitizer, a build a third as long, the same coverage feedback.
+# (AddressSanitizer, one codegen unit). CI builds without the sanitizer
+# (docs/fuzzing.md, "In CI").
 set -euo pipefail
 
+targets() {
+    sed -n 's/^name = "\(.*\)"$/\1/p' "$(dirname "$0")/Cargo.toml" | grep -v tailor-fuzz
+}
+
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 TARGET SECONDS [libFuzzer flags...]" >&2
-    echo "targets: $(sed -n 's/^name = "\(.*\)"$/\1/p' "$(dirname "$0")/Cargo.toml" | grep -v tailor-fuzz | tr '\n' ' ')" >&2
+    echo "usage: $0 TARGET|all SECONDS [libFuzzer flags...]" >&2
+    echo "targets: $(targets | tr '\n' ' ')" >&2
     exit 2
 fi
 target=$1
 seconds=$2
 shift 2
+
+if [[ $target == all ]]; then
+    for t in $(targets); do
+        "$0" "$t" "$seconds" "$@"
+    done
+    exit 0
+fi
 
 cd "$(dirname "$0")"
 mkdir -p "corpus/$target"
