@@ -1,6 +1,8 @@
 //! Speed of int8 (u8 activations) and fp16 variants against their fp32
 //! parent, per engine, on a ViT-S/16-shaped sub-network (w384-d12, 224 px,
-//! random weights: speed does not depend on them).
+//! random weights: speed does not depend on them), or with `vit-l` on the
+//! narrowest sub-network of a ViT-L/16 teacher (w384-d24; the teacher file
+//! is 1.2 GB).
 //!
 //! Every (engine, precision) session of a row (batch × threads) is loaded
 //! through the runtime's `engine::load` and timed round by round, the order
@@ -8,7 +10,7 @@
 //! medians over rounds, ratios medians of the per-round ratios. The machine
 //! is shared: the load average is printed beside the table.
 //!
-//! Usage: `ORT_DYLIB_PATH=... cargo run --features ort --example precision_speed [-- ROUNDS]`
+//! Usage: `ORT_DYLIB_PATH=... cargo run --features ort --example precision_speed [-- ROUNDS [vit-l]]`
 //! (the dev profile builds tract and ONNX Runtime's bindings at opt-level 3;
 //! only this driver is unoptimised, and it does no arithmetic in the loop).
 
@@ -23,10 +25,11 @@ use protobuf::Message;
 use tailor::calibration::ranges::inner::inner_tensors;
 use tailor::calibration::ranges::Range;
 use tailor::exporter::bundle::{self, WriteOptions};
+use tailor::exporter::family::vit::Geometry;
 use tailor::exporter::family::SubnetSpec;
 use tailor::exporter::plan::{Plan, Request, Selection};
 use tailor::exporter::quant::{self, Calibrator, Encoding, Subnet};
-use tailor::exporter::synthetic::{write_vit_teacher, VIT_S16};
+use tailor::exporter::synthetic::{write_vit_teacher, VIT_L16, VIT_S16};
 use tailor::runtime::engine::{self, EngineKind, EngineOptions};
 use tract_onnx::prelude::Framework;
 
@@ -38,8 +41,17 @@ fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
         .map_or(5, |r| r.parse().expect("ROUNDS is a number"));
+    let (teacher, depth) = match std::env::args().nth(2).as_deref() {
+        None => (VIT_S16, 12),
+        Some("vit-l") => (VIT_L16, 24),
+        Some(other) => panic!("{other}: the second argument is vit-l or nothing"),
+    };
     let dir = tempfile::tempdir().unwrap();
-    let graphs = vit_s16_variants(dir.path());
+    let graphs = variants(dir.path(), &teacher, depth);
+    println!(
+        "w384-d{depth} of a {}-wide, {}-deep teacher\n",
+        teacher.max_width, teacher.max_depth
+    );
     let load = || fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_before = load();
     println!("| engine | batch | threads | fp32 p50 (ms) | int8-u8 p50 (ms) | fp16 p50 (ms) | int8 speed-up | fp16 speed-up |");
@@ -104,14 +116,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// w384-d12 of a random ViT-S/16 teacher in fp32, int8 (u8 activations,
-/// every activation's range taken as [-4, 4]: the speed does not depend on
-/// it) and fp16, in [`PRECISIONS`] order.
-fn vit_s16_variants(dir: &Path) -> Vec<std::path::PathBuf> {
-    let teacher = dir.join("vit-s16.safetensors");
-    write_vit_teacher(&teacher, &VIT_S16, 0).unwrap();
+/// w384-d`depth` of a random `geometry` teacher in fp32, int8 (u8
+/// activations, every activation's range taken as [-4, 4]: the speed does
+/// not depend on it) and fp16, in [`PRECISIONS`] order.
+fn variants(dir: &Path, geometry: &Geometry, depth: u32) -> Vec<std::path::PathBuf> {
+    let teacher = dir.join("vit.safetensors");
+    write_vit_teacher(&teacher, geometry, 0).unwrap();
     let request = Request {
-        selection: Selection::List(vec![SubnetSpec::single(384, 12)]),
+        selection: Selection::List(vec![SubnetSpec::single(384, depth)]),
         ..Request::all(&teacher)
     };
     let out = dir.join("bundle");
@@ -121,7 +133,8 @@ fn vit_s16_variants(dir: &Path) -> Vec<std::path::PathBuf> {
     };
     bundle::write(&Plan::new(&request).unwrap(), &out, &options, &|_| {}).unwrap();
     let graphs = out.join("graphs");
-    let fp32_graph = graphs.join("w384-d12.onnx");
+    let id = format!("w384-d{depth}");
+    let fp32_graph = graphs.join(format!("{id}.onnx"));
     let location = "weights/w384.bin";
     let fp32 = fs::read(graphs.join(location)).unwrap();
     let model = ModelProto::parse_from_bytes(&fs::read(&fp32_graph).unwrap()).unwrap();
@@ -139,18 +152,18 @@ fn vit_s16_variants(dir: &Path) -> Vec<std::path::PathBuf> {
         .map(|name| (name, wide))
         .collect();
     let subnet = Subnet {
-        id: "w384-d12",
+        id: &id,
         model: &model,
         ranges: &ranges,
         samples: None,
     };
     let int8 = quant::quantize_width(&fp32, location, &[subnet], Calibrator::MinMax, Encoding::U8)
         .unwrap();
-    let fp16 = quant::fp16_width(&fp32, location, &[("w384-d12", &model)]).unwrap();
+    let fp16 = quant::fp16_width(&fp32, location, &[(id.as_str(), &model)]).unwrap();
     let mut paths = vec![fp32_graph];
     for (precision, width) in [("int8-u8", int8), ("fp16", fp16)] {
         fs::write(graphs.join(&width.location), &width.bytes).unwrap();
-        let path = graphs.join(format!("w384-d12.{precision}.onnx"));
+        let path = graphs.join(format!("w384-d{depth}.{precision}.onnx"));
         fs::write(&path, width.graphs[0].write_to_bytes().unwrap()).unwrap();
         paths.push(path);
     }
