@@ -11,6 +11,7 @@ use std::process::Output;
 use common::{copy_dir, exporter, files_under, runtime};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tailor_runtime::manifest::Manifest;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -123,6 +124,56 @@ fn without_inner_ranges_the_error_names_the_command_and_nothing_changes() {
             "exporter calibrate BUNDLE --data DATA --ranges inner",
         ],
     );
+}
+
+/// Replaces the bundle's ranges file with `content`, listed in the
+/// manifest with its size and sha256 as calibrate lists what it writes.
+fn listed_ranges(bundle: &Path, content: &[u8]) {
+    let bytes = std::fs::read(bundle.join("manifest.postcard")).unwrap();
+    let mut m = Manifest::from_postcard(&bytes).unwrap();
+    let ranges = &mut m.calibration.as_mut().unwrap().ranges;
+    std::fs::write(bundle.join(ranges.path), content).unwrap();
+    ranges.bytes = content.len() as u64;
+    ranges.sha256 = tailor_runtime::manifest::Sha256(Sha256::digest(content).into());
+    std::fs::write(bundle.join("manifest.postcard"), m.to_postcard()).unwrap();
+    std::fs::write(bundle.join("manifest.json"), m.to_json()).unwrap();
+}
+
+#[test]
+fn ranges_from_another_dataset_or_changed_since_are_refused() {
+    let (_dir, bundle) = calibrated_inner();
+    let int8 = ["quantize", "--precision", "int8"];
+    // The manifest states another dataset than the ranges were recorded on.
+    let bytes = std::fs::read(bundle.join("manifest.postcard")).unwrap();
+    let mut m = Manifest::from_postcard(&bytes).unwrap();
+    let stated = m.calibration.as_mut().unwrap();
+    stated.dataset_sha256.0[0] ^= 1;
+    std::fs::write(bundle.join("manifest.postcard"), m.to_postcard()).unwrap();
+    std::fs::write(bundle.join("manifest.json"), m.to_json()).unwrap();
+    assert_refused(
+        &bundle,
+        &int8,
+        &[
+            "recorded on another dataset",
+            "--ranges inner",
+            "--data DATA",
+        ],
+    );
+    // Put back, the ranges file changed after calibrate wrote it.
+    m.calibration.as_mut().unwrap().dataset_sha256.0[0] ^= 1;
+    std::fs::write(bundle.join("manifest.postcard"), m.to_postcard()).unwrap();
+    std::fs::write(bundle.join("manifest.json"), m.to_json()).unwrap();
+    let ranges = bundle.join(m.calibration.as_ref().unwrap().ranges.path);
+    let mut text = std::fs::read(&ranges).unwrap();
+    // A recorded value, not the format: parsed alike, read differently.
+    let digit = text.iter().rposition(u8::is_ascii_digit).unwrap();
+    text[digit] = if text[digit] == b'9' {
+        b'8'
+    } else {
+        text[digit] + 1
+    };
+    std::fs::write(&ranges, text).unwrap();
+    assert_refused(&bundle, &int8, &["against the manifest"]);
 }
 
 #[test]
@@ -262,7 +313,7 @@ fn mse_reads_the_recorded_samples_and_names_the_command_without_them() {
         "samples are signed"
     );
     ranges.as_object_mut().unwrap().remove("samples");
-    std::fs::write(&path, serde_json::to_vec(&ranges).unwrap()).unwrap();
+    listed_ranges(&bundle, &serde_json::to_vec(&ranges).unwrap());
     assert_refused(
         &bundle,
         &mse,
@@ -272,7 +323,7 @@ fn mse_reads_the_recorded_samples_and_names_the_command_without_them() {
             "--calibrator minmax or percentile",
         ],
     );
-    std::fs::write(&path, recorded).unwrap();
+    listed_ranges(&bundle, &recorded);
     succeeded(&run(&mse, &bundle));
     let m = manifest(&bundle);
     assert_eq!(

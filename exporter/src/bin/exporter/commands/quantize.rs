@@ -188,6 +188,9 @@ fn bundle_ranges(bundle: &Bundle) -> Result<RangesFile> {
         );
     };
     let path = bundle.dir().join(calibration.ranges.path);
+    bundle
+        .verify_data(&calibration.ranges)
+        .with_context(|| format!("checking {} against the manifest", path.display()))?;
     let ranges: RangesFile = serde_json::from_slice(
         &fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )
@@ -198,6 +201,15 @@ fn bundle_ranges(bundle: &Bundle) -> Result<RangesFile> {
             path.display(),
             ranges.format,
             tailor_calibration::ranges::FORMAT
+        );
+    }
+    if ranges.dataset_sha256 != calibration.dataset_sha256 {
+        bail!(
+            "{} was recorded on another dataset (sha256 {}) than the bundle's calibration \
+             states ({}): run `{RANGES_COMMAND}` with that dataset again, or pass --data DATA",
+            path.display(),
+            short(&ranges.dataset_sha256),
+            short(&calibration.dataset_sha256)
         );
     }
     Ok(ranges)
@@ -223,4 +235,9 @@ fn record_ranges(bundle: &Bundle, data: &std::path::Path) -> Result<RangesFile> 
     let calibrated = tailor_calibration::score(bundle, &dataset, &options, &mut |_| {})
         .with_context(|| format!("recording ranges on {}", data.display()))?;
     calibrated.ranges.context("calibration recorded no ranges")
+}
+
+/// The first 12 hex digits of a sha256, enough to tell two apart.
+fn short(sha: &tailor_runtime::manifest::Sha256) -> String {
+    sha.to_string()[..12].to_owned()
 }
