@@ -456,6 +456,15 @@ impl fmt::Display for Sha256 {
     }
 }
 
+/// [`Sha256::short`]: a digest's first 12 hex digits.
+pub struct ShortSha256<'a>(&'a Sha256);
+
+impl fmt::Display for ShortSha256<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0 .0[..6].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl fmt::Debug for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Sha256({self})")
@@ -463,6 +472,12 @@ impl fmt::Debug for Sha256 {
 }
 
 impl Sha256 {
+    /// Its first 12 hex digits, as messages show a digest: enough to tell
+    /// two apart.
+    pub fn short(&self) -> ShortSha256<'_> {
+        ShortSha256(self)
+    }
+
     /// Parses 64 hex digits.
     pub fn from_hex(hex: &str) -> Option<Self> {
         let bytes = hex.as_bytes();

@@ -38,11 +38,13 @@ pub(super) fn entries(
     let all = ShippedDecisions::read(file)?;
     let ours = all.for_bundle(bundle);
     if ours.is_empty() {
-        let made_with: BTreeSet<String> =
-            all.winners().map(|(key, _)| short(&key.bundle)).collect();
+        let made_with: BTreeSet<String> = all
+            .winners()
+            .map(|(key, _)| key.bundle.short().to_string())
+            .collect();
         return Err(PackError::ForeignDecisions {
             path: file.to_owned(),
-            bundle: short(bundle),
+            bundle: bundle.short().to_string(),
             made_with: made_with.into_iter().collect::<Vec<_>>().join(", "),
         });
     }
@@ -96,9 +98,4 @@ fn tree_of(dir: &Path, under: &Path, tree: &mut Vec<Entry>) -> Result<(), PackEr
         }
     }
     Ok(())
-}
-
-/// A bundle identity's first 12 hex digits, as messages show it.
-fn short(identity: &Sha256) -> String {
-    identity.to_string()[..12].to_owned()
 }

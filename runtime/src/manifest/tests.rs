@@ -309,3 +309,13 @@ fn unknown_versions_are_named() {
         Err(JsonError::Decode(DecodeError::UnsupportedVersion(99)))
     ));
 }
+
+#[test]
+fn a_short_digest_is_its_first_twelve_hex_digits() {
+    // Broken by showing bytes instead of digits (24 digits), or the tail.
+    let mut bytes = [0u8; 32];
+    bytes[..7].copy_from_slice(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd]);
+    let sha = Sha256(bytes);
+    assert_eq!(sha.short().to_string(), "0123456789ab");
+    assert!(sha.to_string().starts_with(&sha.short().to_string()));
+}

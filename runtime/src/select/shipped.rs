@@ -191,7 +191,7 @@ fn value(key: &CacheKey, field: KeyField) -> String {
         KeyField::Clocks => or_none(&key.clocks),
         KeyField::Engine => key.engine.clone(),
         KeyField::Tailor => key.tailor.clone(),
-        KeyField::Bundle => key.bundle.to_string()[..12].to_owned(),
+        KeyField::Bundle => key.bundle.short().to_string(),
         KeyField::LatencyLimit => format!("{} ms", limits.latency_ms),
         KeyField::Percentile => format!("p{}", limits.percentile.value()),
         KeyField::Batch => limits.batch.to_string(),

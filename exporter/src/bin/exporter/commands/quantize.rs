@@ -208,8 +208,8 @@ fn bundle_ranges(bundle: &Bundle) -> Result<RangesFile> {
             "{} was recorded on another dataset (sha256 {}) than the bundle's calibration \
              states ({}): run `{RANGES_COMMAND}` with that dataset again, or pass --data DATA",
             path.display(),
-            short(&ranges.dataset_sha256),
-            short(&calibration.dataset_sha256)
+            ranges.dataset_sha256.short(),
+            calibration.dataset_sha256.short()
         );
     }
     Ok(ranges)
@@ -235,9 +235,4 @@ fn record_ranges(bundle: &Bundle, data: &std::path::Path) -> Result<RangesFile> 
     let calibrated = tailor_calibration::score(bundle, &dataset, &options, &mut |_| {})
         .with_context(|| format!("recording ranges on {}", data.display()))?;
     calibrated.ranges.context("calibration recorded no ranges")
-}
-
-/// The first 12 hex digits of a sha256, enough to tell two apart.
-fn short(sha: &tailor_runtime::manifest::Sha256) -> String {
-    sha.to_string()[..12].to_owned()
 }
