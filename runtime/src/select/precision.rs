@@ -24,8 +24,13 @@ impl Precisions {
     pub fn default_for(provider: ExecutionProvider) -> Precisions {
         match provider {
             ExecutionProvider::Qnn => Precisions(vec![PrecisionKind::Int8]),
-            _ => Precisions(PrecisionKind::ALL.to_vec()),
+            _ => Precisions::every(),
         }
+    }
+
+    /// Every format there is.
+    pub fn every() -> Precisions {
+        Precisions(PrecisionKind::ALL.to_vec())
     }
 
     pub fn contains(&self, kind: PrecisionKind) -> bool {

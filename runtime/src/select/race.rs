@@ -58,12 +58,9 @@ impl Runtime {
         let manifest = self.bundle.manifest();
         let curves = precision::curves(&manifest, precisions);
         let Some(first) = curves.first() else {
-            let mut has: Vec<&str> = Vec::new();
-            for name in manifest.subnets.iter().map(|s| s.precision.name()) {
-                if !has.contains(&name) {
-                    has.push(name);
-                }
-            }
+            let has: Vec<&str> = (Precisions::every().present_in(&manifest).iter())
+                .map(|k| k.name())
+                .collect();
             return Err(SelectError::NoPrecision {
                 asked: precisions.clone(),
                 has: has.join(", "),
