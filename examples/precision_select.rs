@@ -60,6 +60,12 @@ fn run() -> Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let bundle = vit_s16_with_int8(dir.path())?;
+    let opened = Bundle::open(&bundle)?;
+    let manifest = opened.manifest();
+    let mmacs = |id: &str| {
+        let subnet = manifest.subnets.iter().find(|s| s.id == id);
+        subnet.expect("the pick is the bundle's").macs as f64 / 1e6
+    };
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_before = load();
     println!("| limit (ms) | fp32 only: pick | MMACs | p90 (ms) | all precisions: pick | MMACs | p90 (ms) | engine, threads | MACs gained |");
@@ -75,7 +81,7 @@ fn run() -> Result<()> {
         let [fp32, all] = picks.map(Option::unwrap);
         let cell = |c: &Result<Chosen>| match c {
             Ok(c) => {
-                let macs = mmacs(&bundle, &c.id);
+                let macs = mmacs(&c.id);
                 let row = format!("{} | {macs:.0} | {:.1}", c.id, c.measured.p90_ms);
                 (row, macs)
             }
@@ -130,13 +136,6 @@ fn select(
         start.elapsed().as_secs_f64()
     );
     Ok(chosen)
-}
-
-fn mmacs(bundle: &Path, id: &str) -> f64 {
-    let opened = Bundle::open(bundle).expect("the bundle opened before");
-    let manifest = opened.manifest();
-    let subnet = manifest.subnets.iter().find(|s| s.id == id).unwrap();
-    subnet.macs as f64 / 1e6
 }
 
 /// The bundle, its fp32 sub-networks exported from a random ViT-S/16 and
