@@ -78,6 +78,29 @@ fn nothing_fits_once_the_smallest_missed_when_measured_again() {
 }
 
 #[test]
+fn a_burst_over_the_whole_search_is_measured_again_not_nothing_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every search measurement misses 7.5 ms by a burst of 10 ms; measured
+    // again, sN runs N ms. Without the floor's confirmation: "no
+    // sub-network fits: the smallest, s1, measured 11.00 ms".
+    let chosen = select_with(
+        &bundle(dir.path(), false),
+        options(dir.path(), "n + 10", "n"),
+        7.5,
+    )
+    .unwrap();
+    let searched = chosen.trials.iter().filter(|t| t.stage == Stage::Search);
+    assert!(searched.clone().all(|t| !t.fits), "{:?}", chosen.trials);
+    assert!(searched.count() >= 2, "{:?}", chosen.trials);
+    assert_eq!(
+        chosen.measured.p90_ms,
+        size(&chosen.id) as f64,
+        "the confirmation's figure: {:?}",
+        chosen.trials
+    );
+}
+
+#[test]
 fn a_noisy_measurement_is_repeated_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     // From s4 on, the first measurement is noisy and fits, the repeat runs

@@ -1013,6 +1013,29 @@ fn nothing_fits_once_the_cheapest_missed_when_measured_again() {
 }
 
 #[test]
+fn a_floor_that_missed_in_a_burst_is_measured_again_before_nothing_fits() {
+    let subs = grid();
+    let k = ms_per_mac(&subs);
+    let candidates = candidates(&subs, false);
+    let cheapest = (0..candidates.len())
+        .min_by_key(|&i| candidates[i].macs)
+        .unwrap();
+    // A burst of other load during the search: every first measurement
+    // runs four times as long as the device does when measured again.
+    let device = device(&subs, |i| 3.0 + subs[i].macs() as f32 * k);
+    let burst = slower_when_confirmed(&*device, 4.0);
+    let limit = match device(cheapest) {
+        Observation::Measured(m) => 1.5 * m.latency_ms,
+        Observation::Failed => unreachable!(),
+    };
+    let out = search_confirming(&candidates, limits(limit), &*burst, &*device);
+    // Without the floor's confirmation: nothing fits, on two short
+    // measurements the burst stretched.
+    assert_eq!(out.chosen(), Some(cheapest), "{out:?}");
+    assert_eq!(out.confirms, [(cheapest, None)], "{out:?}");
+}
+
+#[test]
 fn nothing_fits_once_the_two_cheapest_run_over_memory() {
     let subs = grid();
     let candidates = candidates(&subs, false);

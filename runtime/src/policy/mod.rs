@@ -85,12 +85,16 @@
 //!    predicted first within the budget and cheapest first beyond it (and
 //!    cheapest first as soon as one of the cheapest ran over memory, since
 //!    memory grows with size), until one fits, or the two cheapest
-//!    candidates that run within memory have missed the latency limit
-//!    ([`Shortfall::Missed`]), or the two cheapest that ran both exceeded
-//!    the memory limit ([`Shortfall::OverMemory`]).
+//!    candidates that run within memory have missed the latency limit and
+//!    the cheaper of them missed again when confirmed, as a winner is
+//!    ([`Shortfall::Missed`]; a confirmation that fits makes it the
+//!    winner), or the two cheapest that ran both exceeded the memory limit
+//!    ([`Shortfall::OverMemory`]).
 //!
 //! The winner is always a candidate that was measured, confirmed and fit,
-//! never one that was only predicted to or measured once.
+//! never one that was only predicted to or measured once; and "nothing
+//! fits" on latency always rests on a confirmation too, never on one short
+//! measurement a burst of other load could have stretched.
 
 mod error;
 mod model;
