@@ -11,7 +11,7 @@ use fake::{bundle, size};
 use tailor_runtime::engine::EngineKind;
 use tailor_runtime::select::{
     available_cpus, thread_counts, CacheOutcome, Chosen, EngineChoice, Limits, Runtime,
-    RuntimeOptions, SelectError, Stage,
+    RuntimeOptions, SelectError, Stage, CONFIRM_MEASUREMENTS,
 };
 
 /// Options measuring with the fake child, tract only, no cache.
@@ -98,6 +98,25 @@ fn a_burst_over_the_whole_search_is_measured_again_not_nothing_fits() {
         "the confirmation's figure: {:?}",
         chosen.trials
     );
+}
+
+#[test]
+fn one_job_slow_as_a_whole_does_not_decide_a_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first job of each confirmation runs three times as slow as the
+    // jobs after it: the median job, at N ms, fits s7 in 7.5 ms. Confirmed
+    // by that one job alone, s7 (21 ms) and every fit below it would miss.
+    let mut options = options(dir.path(), "n", "n * (calls == 1 ? 3 : 1)");
+    options.engine_options.threads = Some(1);
+    let chosen = select_with(&bundle(dir.path(), false), options, 7.5).unwrap();
+    assert_eq!(
+        (chosen.id.as_str(), chosen.measured.p90_ms),
+        ("s7", 7.0),
+        "{:?}",
+        chosen.trials
+    );
+    let confirmed = chosen.confirmed.as_ref().unwrap();
+    assert_eq!(confirmed.jobs, CONFIRM_MEASUREMENTS, "{confirmed:?}");
 }
 
 #[test]

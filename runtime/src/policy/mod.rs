@@ -61,8 +61,8 @@
 //!    [`Step::Confirm`] names it and, as `rival`, the best-ranked candidate
 //!    above it that ran within memory and missed the latency limit by no
 //!    more than its own spread or 5%, whichever is larger; the driver
-//!    measures both interleaved, so drift hits both alike. A confirmation
-//!    *replaces* the search's measurement (it is longer, and unbiased). If
+//!    measures both in turns, so drift hits both alike. A confirmation
+//!    *replaces* the search's measurement (it is fresh and unbiased). If
 //!    the rival's confirmation fits, the rival is chosen (it ranks higher);
 //!    else if the winner's does, the winner is; else both are out with
 //!    their confirmed figures and the search steps down to its next best
@@ -264,7 +264,7 @@ pub enum Step {
     /// Measure this candidate and [`Selector::record`] the observation.
     Measure(usize),
     /// Measure `index`, the search's winner, again with more runs, and
-    /// `rival` (a close miss ranked above it) interleaved with it;
+    /// `rival` (a close miss ranked above it) in turns with it;
     /// [`Selector::record_confirmation`] each.
     Confirm { index: usize, rival: Option<usize> },
     /// The best candidate that was measured, confirmed and fit, with its

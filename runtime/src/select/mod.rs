@@ -38,9 +38,7 @@ pub use limits::{Limits, LimitsError, MemoryLimit};
 pub use precision::Precisions;
 pub use report::render_selection;
 pub use reuse::{CacheKey, CacheOutcome, KeyField};
-pub use search::{
-    Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_FACTOR, NOISY_REPEATS,
-};
+pub use search::{Confirmed, EngineTrial, RivalMeasured, Stage, Trial, CONFIRM_MEASUREMENTS};
 pub use setup::{available_cpus, thread_counts, Setup};
 pub use shipped::{ShippedDecisions, ShippedError, TENSORRT_DIR};
 

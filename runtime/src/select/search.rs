@@ -8,7 +8,7 @@ use super::{Runtime, SelectError, Setup, MB};
 use crate::engine::{EngineInfo, EngineKind};
 use crate::manifest::{Manifest, Subnet};
 use crate::policy::{self, BundleSelector, Candidate, Objective, Observation, Shortfall, Step};
-use crate::profile::{MeasureOptions, Measurement, Percentile};
+use crate::profile::{Measurement, Percentile};
 use crate::trial::Failure;
 
 /// Which part of the search a trial belongs to.
@@ -33,6 +33,10 @@ pub struct Trial {
     pub predicted_ms: Option<f64>,
     /// `None` when the candidate failed to load or run.
     pub measured: Option<Measurement>,
+    /// Fresh jobs behind `measured`: two for a noisy search measurement
+    /// repeated (their runs pooled), [`CONFIRM_MEASUREMENTS`] or more for a
+    /// confirmation (`measured` is the median job's); 0 when it failed.
+    pub jobs: u32,
     /// Why it failed, or why it was rejected.
     pub note: Option<String>,
     pub fits: bool,
@@ -50,15 +54,20 @@ pub struct EngineTrial {
     pub note: Option<String>,
 }
 
-/// A confirmation is this many times longer than a search measurement.
-pub const CONFIRM_FACTOR: u32 = 3;
-/// A noisy confirmation is repeated this many times, each twice as long.
-pub const NOISY_REPEATS: u32 = 1;
+/// A confirmation measures a candidate this many times, each a fresh job
+/// as long as a search measurement (an odd count, for a median): a job can
+/// run slower or faster than the next as a whole (seen here: one of three
+/// otherwise equal jobs 18% slower throughout), and the server is one more
+/// such job.
+pub const CONFIRM_MEASUREMENTS: u32 = 3;
 
 /// The winner's confirmation, and its rival's when one was close.
 #[derive(Debug, Clone, Serialize)]
 pub struct Confirmed {
     pub id: String,
+    /// Fresh jobs that measured it; `runs` and the figures are the median
+    /// job's.
+    pub jobs: u32,
     pub runs: u32,
     /// The limit's percentile, from the confirmation alone.
     pub latency_ms: f64,
@@ -67,11 +76,11 @@ pub struct Confirmed {
     pub cv: f64,
     /// Measurements made for confirmations, the winner's and others'.
     pub confirmations: u32,
-    /// The close rival measured interleaved with the winner, if any.
+    /// The close rival measured in turns with the winner, if any.
     pub rival: Option<RivalMeasured>,
 }
 
-/// A rival's interleaved confirmation.
+/// A rival's confirmation, measured in turns with the winner's.
 #[derive(Debug, Clone, Serialize)]
 pub struct RivalMeasured {
     pub id: String,
@@ -290,7 +299,7 @@ impl<'r> Search<'r> {
                 .map_err(|f| self.failed(subnet.id, f))
         });
         match measured {
-            Ok(m) => {
+            Ok((m, jobs)) => {
                 self.last_failure = None;
                 let point = self.point(&m);
                 let fits = self.limits.admit(&point);
@@ -301,6 +310,7 @@ impl<'r> Search<'r> {
                     stage: Stage::Search,
                     predicted_ms,
                     measured: Some(m),
+                    jobs,
                     note: None,
                     fits,
                 });
@@ -315,6 +325,7 @@ impl<'r> Search<'r> {
                     stage: Stage::Search,
                     predicted_ms,
                     measured: None,
+                    jobs: 0,
                     note: Some(note),
                     fits: false,
                 });
@@ -327,22 +338,25 @@ impl<'r> Search<'r> {
     /// is not trusted alone: `subnet` is measured again and the runs of both
     /// are pooled, so a burst weighs as often as it came. A repeat that
     /// fails leaves the first measurement.
-    fn unless_noisy(&self, subnet: &Subnet<'_>, first: Measurement) -> Measurement {
+    /// With the jobs behind it.
+    fn unless_noisy(&self, subnet: &Subnet<'_>, first: Measurement) -> (Measurement, u32) {
         if !first.noisy {
-            return first;
+            return (first, 1);
         }
         let runtime = self.runtime;
         let options = &runtime.options.measure;
         let limit = Some(self.limits.latency_ms);
         match runtime.measure(&[subnet], self.limits.batch, options, &self.setup, limit) {
-            Ok(again) => first.pooled(&again[0]),
-            Err(_) => first,
+            Ok(again) => (first.pooled(&again[0]), 2),
+            Err(_) => (first, 1),
         }
     }
 
-    /// Fresh, longer measurements of a would-be winner and its rival,
-    /// interleaved; repeated longer while noisy. The observations come in
-    /// that order.
+    /// Fresh measurements of a would-be winner and its rival: each
+    /// measured alone in [`CONFIRM_MEASUREMENTS`] fresh jobs, taking turns
+    /// (so drift hits both alike), and judged by the job whose figure is
+    /// the median; while that one is noisy, twice as many more jobs join.
+    /// The observations come in that order.
     fn confirm(
         &mut self,
         index: usize,
@@ -352,49 +366,40 @@ impl<'r> Search<'r> {
         let manifest = runtime.bundle.manifest();
         let indices: Vec<usize> = std::iter::once(index).chain(rival).collect();
         let subnets: Vec<&Subnet<'_>> = indices.iter().map(|&i| &manifest.subnets[i]).collect();
-        let base = &runtime.options.measure;
-        let mut factor = CONFIRM_FACTOR;
-        let mut measured = Err(FailedTrial::RulesOut(String::new()));
-        for attempt in 0..=NOISY_REPEATS {
-            let opts = MeasureOptions {
-                min_runs: base.min_runs.saturating_mul(factor),
-                min_time: base.min_time.saturating_mul(factor),
-                max_runs: base.max_runs.saturating_mul(factor),
-                ..base.clone()
-            };
+        let limit = Some(self.limits.latency_ms);
+        let mut jobs: Vec<Vec<Measurement>> = vec![Vec::new(); subnets.len()];
+        let mut more = CONFIRM_MEASUREMENTS;
+        let measured = loop {
             self.confirmations += 1;
-            measured = subnets
-                .iter()
-                .try_for_each(|s| self.verified(s))
-                .and_then(|()| {
-                    runtime
-                        .measure(
-                            &subnets,
-                            self.limits.batch,
-                            &opts,
-                            &self.setup,
-                            Some(self.limits.latency_ms),
-                        )
-                        .map_err(|f| self.failed(subnets[0].id, f))
-                });
-            let noisy = matches!(&measured, Ok(m) if m[0].noisy);
-            if !noisy || attempt == NOISY_REPEATS {
-                break;
+            let turns = (0..more).try_for_each(|_| {
+                for (subnet, jobs) in subnets.iter().zip(&mut jobs) {
+                    self.verified(subnet)?;
+                    let options = &runtime.options.measure;
+                    let batch = self.limits.batch;
+                    let m = runtime
+                        .measure(&[subnet], batch, options, &self.setup, limit)
+                        .map_err(|f| self.failed(subnet.id, f))?;
+                    jobs.extend(m);
+                }
+                Ok(())
+            });
+            if let Err(failed) = turns {
+                break Err(failed);
             }
-            factor *= 2;
-        }
+            let medians: Vec<Measurement> = jobs.iter().map(|j| self.median(j).clone()).collect();
+            if !medians[0].noisy || jobs[0].len() as u32 > CONFIRM_MEASUREMENTS {
+                break Ok(medians);
+            }
+            more = 2 * CONFIRM_MEASUREMENTS;
+        };
         match measured {
             Ok(ms) => {
                 self.last_failure = None;
                 Ok(indices
                     .iter()
                     .zip(ms)
-                    .map(|(&i, mut m)| {
-                        // Interleaved sessions share one process: each keeps
-                        // the memory of its search measurement, made alone.
-                        if let Some(alone) = self.searched(i).filter(|_| indices.len() > 1) {
-                            (m.rss_mb, m.peak_mb) = (alone.rss_mb, alone.peak_mb);
-                        }
+                    .zip(&jobs)
+                    .map(|((&i, m), jobs)| {
                         let point = self.point(&m);
                         let fits = self.limits.admit(&point);
                         self.trials.push(Trial {
@@ -404,6 +409,7 @@ impl<'r> Search<'r> {
                             stage: Stage::Confirm,
                             predicted_ms: None,
                             measured: Some(m),
+                            jobs: jobs.len() as u32,
                             note: None,
                             fits,
                         });
@@ -420,12 +426,24 @@ impl<'r> Search<'r> {
                     stage: Stage::Confirm,
                     predicted_ms: None,
                     measured: None,
+                    jobs: 0,
                     note: Some(note),
                     fits: false,
                 });
                 Ok(vec![Observation::Failed; indices.len()])
             }
         }
+    }
+
+    /// The job whose figure at the limit's percentile is the median of
+    /// `jobs` (an odd count): a real measurement, robust to one job that
+    /// landed slow or fast as a whole.
+    fn median<'m>(&self, jobs: &'m [Measurement]) -> &'m Measurement {
+        let mut sorted: Vec<&Measurement> = jobs.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.percentile_ms(self.percentile)).total_cmp(&b.percentile_ms(self.percentile))
+        });
+        sorted[sorted.len() / 2]
     }
 
     /// The search's result: the winner's confirmation, or why nothing fits.
@@ -443,10 +461,10 @@ impl<'r> Search<'r> {
                 t.id == id && t.stage == Stage::Confirm && self.ran(t) && t.measured.is_some()
             })
         };
-        let winner = confirmed_trial(id)
-            .and_then(|t| t.measured.clone())
+        let (winner, jobs) = confirmed_trial(id)
+            .and_then(|t| Some((t.measured.clone()?, t.jobs)))
             .expect("the policy chooses only confirmed candidates");
-        // The rival measured in the same job as the winner's last confirmation.
+        // The rival measured in turns with the winner's last confirmation.
         let last = self
             .trials
             .iter()
@@ -464,6 +482,7 @@ impl<'r> Search<'r> {
             });
         let confirmed = Confirmed {
             id: id.to_owned(),
+            jobs,
             runs: winner.runs,
             latency_ms: winner.percentile_ms(self.percentile),
             upper_ms: winner.upper_ms(self.percentile),
@@ -490,15 +509,6 @@ impl<'r> Search<'r> {
             memory_bytes: (m.peak_mb * MB) as u64,
             spread: m.spread(self.percentile) as f32,
         }
-    }
-
-    /// Candidate `i`'s search measurement with this search's setup.
-    fn searched(&self, i: usize) -> Option<&Measurement> {
-        let id = self.runtime.bundle.manifest().subnets[i].id;
-        self.trials
-            .iter()
-            .find(|t| t.id == id && t.stage == Stage::Search && self.ran(t))
-            .and_then(|t| t.measured.as_ref())
     }
 
     /// Whether `trial` ran with this search's setup.

@@ -70,11 +70,12 @@ pub fn bundle(dir: &Path, int8: bool) -> PathBuf {
 }
 
 /// A measuring child that answers without running anything: `sN` on `t`
-/// threads measures `searched` ms, and `confirmed` ms when confirmed (more
-/// than the default 10 runs); both are shell arithmetic of `n`, `t` and
-/// `q` (1 for an int8 variant's graph, else 0). From `sN` with N >=
-/// `noisy_from` on, a first search measurement comes back noisy, and
-/// measured again it takes three times as long. While a file
+/// threads measures `searched` ms the first time, and `confirmed` ms each
+/// time it is measured again (with the same `t` and `q`); both are shell
+/// arithmetic of `n`, `t`, `q` (1 for an int8 variant's graph, else 0) and
+/// `calls` (how many times it was measured before).
+/// From `sN` with N >= `noisy_from` on, a first measurement comes back
+/// noisy, and the second takes three times as long. While a file
 /// [`INT8_FAILS`] exists in `dir`, the engine refuses every int8 graph.
 pub fn child(dir: &Path, searched: &str, confirmed: &str, noisy_from: u64) -> Isolation {
     let path = dir.join("child.sh");
@@ -95,10 +96,12 @@ for g in $(printf '%s' "$job" | grep -o '/s[0-9]*[-a-z0-9]*\.onnx'); do
     echo '{{"Engine":{{"kind":"unsupported_operator","systematic":false,"message":"no int8 kernel for MatMul"}}}}'
     exit 0
   fi
-  if [ "$runs" -gt 10 ]; then ms=$(({confirmed})); else ms=$(({searched})); fi
+  calls=$(cat "{seen}/$n-$t-$q" 2>/dev/null || echo 0)
+  echo $((calls + 1)) > "{seen}/$n-$t-$q"
+  if [ "$calls" -gt 0 ]; then ms=$(({confirmed})); else ms=$(({searched})); fi
   noisy=false
-  if [ "$runs" -le 10 ] && [ "$n" -ge {noisy_from} ]; then
-    if [ -e "{seen}/$n-$t-$q" ]; then ms=$((3 * ms)); else : > "{seen}/$n-$t-$q"; noisy=true; fi
+  if [ "$n" -ge {noisy_from} ]; then
+    if [ "$calls" = 0 ]; then noisy=true; elif [ "$calls" = 1 ]; then ms=$((3 * ms)); fi
   fi
   m="{{\"load_ms\":1,\"engine_build_ms\":null,\"first_ms\":$ms,\"runs\":$runs,\"mean_ms\":$ms,\"p50_ms\":$ms,\"p90_ms\":$ms,\"p99_ms\":$ms,\"stdev_ms\":0,\"cv\":0,\"noisy\":$noisy,\"rss_mb\":1,\"peak_mb\":1,\"memory\":\"sampled_rss\",\"samples_ms\":[$ms]}}"
   out="$out${{out:+,}}$m"

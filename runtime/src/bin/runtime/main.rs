@@ -630,7 +630,7 @@ fn selection_json(c: &Chosen) -> serde_json::Value {
         "load": c.load,
         "notes": c.notes,
         "trials": c.trials.iter().map(|t| json!({
-            "id": t.id, "engine": t.engine.to_string(), "threads": t.threads, "stage": t.stage, "predicted_ms": t.predicted_ms, "fits": t.fits, "note": t.note,
+            "id": t.id, "engine": t.engine.to_string(), "threads": t.threads, "stage": t.stage, "predicted_ms": t.predicted_ms, "jobs": t.jobs, "fits": t.fits, "note": t.note,
             "measured": t.measured.as_ref().map(|m| {
                 let mut v = measured_json(m);
                 v["upper_ms"] = json!(m.upper_ms(c.percentile));
