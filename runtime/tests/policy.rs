@@ -1036,6 +1036,41 @@ fn a_floor_that_missed_in_a_burst_is_measured_again_before_nothing_fits() {
 }
 
 #[test]
+fn a_search_started_where_another_came_closest_finds_a_fit_the_cheapest_hide() {
+    // A pool as a look above an earlier choice sees it: two narrow, deep
+    // candidates cheapest by MACs, and a wide, shallow one. The device pays
+    // per block, so only the wide, shallow one fits.
+    let subs = [
+        Sub {
+            width: 384,
+            depth: 23,
+        },
+        Sub {
+            width: 384,
+            depth: 24,
+        },
+        Sub {
+            width: 1024,
+            depth: 12,
+        },
+    ];
+    let candidates = candidates(&subs, false);
+    let device = device(&subs, |i| subs[i].depth as f32);
+    let limits = limits(15.0);
+    let from_cheapest = search(&candidates, limits, &*device);
+    assert!(
+        matches!(from_cheapest.step, Step::NothingFits(_)),
+        "{from_cheapest:?}"
+    );
+    let selector = BundleSelector::new(&candidates, limits)
+        .unwrap()
+        .starting_at(2);
+    let started = search_with(selector, candidates.len(), &*device, &*device);
+    assert_eq!(started.measured.first(), Some(&2), "{started:?}");
+    assert_eq!(started.chosen(), Some(2), "{started:?}");
+}
+
+#[test]
 fn nothing_fits_once_the_two_cheapest_run_over_memory() {
     let subs = grid();
     let candidates = candidates(&subs, false);

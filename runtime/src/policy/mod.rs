@@ -41,8 +41,12 @@
 //!    the origin through it — an over-prediction on any device with fixed
 //!    overhead — and its margin is unbounded.
 //! 4. **Search.** The first measurement is the cheapest candidate (fewest
-//!    MACs); if it and the next cheapest miss the latency limit, nothing
-//!    fits (one check more than a monotone curve needs). Otherwise,
+//!    MACs), or the one the driver names ([`Selector::starting_at`]: a look
+//!    with another setup starts where an earlier search came closest, as
+//!    the cheapest by MACs of the candidates above a choice is often a
+//!    deep, narrow one slower than a wide, shallow one); if the two
+//!    cheapest miss the latency limit, nothing fits (one check more than a
+//!    monotone curve needs, and confirmed: 6). Otherwise,
 //!    given the best measured candidate that fits, the *open* candidates
 //!    are the unmeasured ones ranked above it whose prediction is within
 //!    the margin of the limit. The next measurement is the best-ranked open

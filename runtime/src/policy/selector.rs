@@ -77,6 +77,8 @@ pub struct Selector<const N: usize> {
     missed: usize,
     round: Option<Round>,
     model: Option<LatencyModel>,
+    /// The first candidate to measure, if not the cheapest.
+    start: Option<usize>,
 }
 
 impl<const N: usize> Selector<N> {
@@ -142,7 +144,17 @@ impl<const N: usize> Selector<N> {
             missed: 0,
             round: None,
             model: None,
+            start: None,
         })
+    }
+
+    /// Measures candidate `index` first rather than the cheapest: where an
+    /// earlier search on another curve came closest to the limit, on a pool
+    /// whose cheapest by MACs need not be the fastest. Ignored if `index`
+    /// is out of range or excluded before measuring.
+    pub fn starting_at(mut self, index: usize) -> Self {
+        self.start = Some(index);
+        self
     }
 
     /// Sets how many measurements the search may spend before settling.
@@ -424,6 +436,16 @@ impl<const N: usize> Selector<N> {
                 first: (i, a.memory_bytes),
                 second: (j, b.memory_bytes),
             });
+        }
+        let start = self.start.filter(|&i| {
+            self.spent == 0
+                && self
+                    .entries
+                    .get(i)
+                    .is_some_and(|e| e.state == State::Unmeasured)
+        });
+        if let Some(start) = start {
+            return Step::Measure(start);
         }
         let best_predicted = self
             .model

@@ -141,6 +141,7 @@ impl Runtime {
         }
         let (limits, percentile) = (first.limits, first.percentile);
         let mut second = Search::new(self, limits, percentile, objective, engines, threads);
+        second.start = first.closest(&pool);
         let outcome = second.run(&pool);
         let seen = Seen {
             engine: second.setup.engine.clone(),

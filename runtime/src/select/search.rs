@@ -198,6 +198,8 @@ pub(super) struct Search<'r> {
     pub(super) confirmations: u32,
     /// What the user should know about how the search went.
     pub(super) notes: Vec<String>,
+    /// The candidate (manifest index) to measure first, if not the cheapest.
+    pub(super) start: Option<usize>,
 }
 
 impl<'r> Search<'r> {
@@ -226,6 +228,7 @@ impl<'r> Search<'r> {
             last_failure: None,
             confirmations: 0,
             notes: Vec::new(),
+            start: None,
         }
     }
 
@@ -239,6 +242,9 @@ impl<'r> Search<'r> {
             .map(|&i| Candidate::from(&manifest.subnets[i]))
             .collect();
         let mut selector = BundleSelector::ranked_by(&candidates, *self.limits, self.objective)?;
+        if let Some(start) = self.start.and_then(|s| pool.iter().position(|&i| i == s)) {
+            selector = selector.starting_at(start);
+        }
         loop {
             match selector.next() {
                 Step::Measure(i) => {
@@ -509,6 +515,26 @@ impl<'r> Search<'r> {
             memory_bytes: (m.peak_mb * MB) as u64,
             spread: m.spread(self.percentile) as f32,
         }
+    }
+
+    /// Of `pool` (manifest indices), the candidate some trial so far, with
+    /// any setup, measured fastest: where a look with another setup starts,
+    /// since the cheapest by MACs of a pool of the candidates ranked above
+    /// a choice is often a deep, narrow one slower than wider, shallower
+    /// ones.
+    pub(super) fn closest(&self, pool: &[usize]) -> Option<usize> {
+        let manifest = self.runtime.bundle.manifest();
+        let latency = |i: usize| {
+            let id = manifest.subnets[i].id;
+            (self.trials.iter())
+                .filter(|t| t.id == id)
+                .filter_map(|t| Some(t.measured.as_ref()?.percentile_ms(self.percentile)))
+                .reduce(f64::min)
+        };
+        (pool.iter())
+            .filter_map(|&i| Some((i, latency(i)?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
     }
 
     /// Whether `trial` ran with this search's setup.
