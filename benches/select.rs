@@ -536,6 +536,18 @@ struct Careful {
     p90: f64,
 }
 
+impl Careful {
+    fn new(id: String, threads: usize, macs: u64, p90s: Vec<f64>) -> Careful {
+        Careful {
+            id,
+            threads,
+            macs,
+            p90: median(&p90s),
+            p90s,
+        }
+    }
+}
+
 /// `runtime profile --all` with each thread count, [`passes`] times: every
 /// candidate measured with the default measuring options in a fresh
 /// process, as the selection measures it and as the server then runs it
@@ -575,13 +587,7 @@ fn careful(
     setups
         .iter()
         .zip(p90s)
-        .map(|(&(s, threads), p90s)| Careful {
-            id: s.id.to_owned(),
-            threads,
-            macs: s.macs,
-            p90: median(&p90s),
-            p90s,
-        })
+        .map(|(&(s, threads), p90s)| Careful::new(s.id.to_owned(), threads, s.macs, p90s))
         .collect()
 }
 
@@ -604,13 +610,7 @@ fn judged(
         let rows: Vec<(String, usize, u64, Vec<f64>)> = serde_json::from_slice(&bytes).unwrap();
         eprintln!("{mode}: the judge kept in {}", path.display());
         rows.into_iter()
-            .map(|(id, threads, macs, p90s)| Careful {
-                id,
-                threads,
-                macs,
-                p90: median(&p90s),
-                p90s,
-            })
+            .map(|(id, threads, macs, p90s)| Careful::new(id, threads, macs, p90s))
             .collect()
     });
     kept.unwrap_or_else(|| {

@@ -73,7 +73,7 @@ impl Runtime {
             .collect();
         let objective = Objective::of(&candidates);
         let mut search = Search::new(self, limits, percentile, objective, engines, threads[0]);
-        let ended = search.run(&first.members)?;
+        let ended = search.run(&first.members, None)?;
         // What ended a search before it measured anything (quality,
         // predicted memory) ends it with every setup.
         let mut seen = vec![Seen {
@@ -141,8 +141,7 @@ impl Runtime {
         }
         let (limits, percentile) = (first.limits, first.percentile);
         let mut second = Search::new(self, limits, percentile, objective, engines, threads);
-        second.start = first.closest(&pool);
-        let outcome = second.run(&pool);
+        let outcome = second.run(&pool, first.closest(&pool));
         let seen = Seen {
             engine: second.setup.engine.clone(),
             dead: whole && second.trials.is_empty(),

@@ -198,8 +198,6 @@ pub(super) struct Search<'r> {
     pub(super) confirmations: u32,
     /// What the user should know about how the search went.
     pub(super) notes: Vec<String>,
-    /// The candidate (manifest index) to measure first, if not the cheapest.
-    pub(super) start: Option<usize>,
 }
 
 impl<'r> Search<'r> {
@@ -228,13 +226,17 @@ impl<'r> Search<'r> {
             last_failure: None,
             confirmations: 0,
             notes: Vec::new(),
-            start: None,
         }
     }
 
-    /// Steps a selector over the `pool`'s candidates (manifest indices)
-    /// until it chooses one or nothing fits.
-    pub(super) fn run(&mut self, pool: &[usize]) -> Result<Ended, SelectError> {
+    /// Steps a selector over the `pool`'s candidates (manifest indices),
+    /// measuring `start` first if given (else the cheapest), until it
+    /// chooses one or nothing fits.
+    pub(super) fn run(
+        &mut self,
+        pool: &[usize],
+        start: Option<usize>,
+    ) -> Result<Ended, SelectError> {
         let runtime = self.runtime;
         let manifest = runtime.bundle.manifest();
         let candidates: Vec<Candidate> = pool
@@ -242,7 +244,7 @@ impl<'r> Search<'r> {
             .map(|&i| Candidate::from(&manifest.subnets[i]))
             .collect();
         let mut selector = BundleSelector::ranked_by(&candidates, *self.limits, self.objective)?;
-        if let Some(start) = self.start.and_then(|s| pool.iter().position(|&i| i == s)) {
+        if let Some(start) = start.and_then(|s| pool.iter().position(|&i| i == s)) {
             selector = selector.starting_at(start);
         }
         loop {
@@ -343,8 +345,7 @@ impl<'r> Search<'r> {
     /// A noisy search measurement (cv over 10%: other load came and went)
     /// is not trusted alone: `subnet` is measured again and the runs of both
     /// are pooled, so a burst weighs as often as it came. A repeat that
-    /// fails leaves the first measurement.
-    /// With the jobs behind it.
+    /// fails leaves the first measurement. With the count of jobs behind it.
     fn unless_noisy(&self, subnet: &Subnet<'_>, first: Measurement) -> (Measurement, u32) {
         if !first.noisy {
             return (first, 1);
@@ -372,32 +373,10 @@ impl<'r> Search<'r> {
         let manifest = runtime.bundle.manifest();
         let indices: Vec<usize> = std::iter::once(index).chain(rival).collect();
         let subnets: Vec<&Subnet<'_>> = indices.iter().map(|&i| &manifest.subnets[i]).collect();
-        let limit = Some(self.limits.latency_ms);
         let mut jobs: Vec<Vec<Measurement>> = vec![Vec::new(); subnets.len()];
-        let mut more = CONFIRM_MEASUREMENTS;
-        let measured = loop {
-            self.confirmations += 1;
-            let turns = (0..more).try_for_each(|_| {
-                for (subnet, jobs) in subnets.iter().zip(&mut jobs) {
-                    self.verified(subnet)?;
-                    let options = &runtime.options.measure;
-                    let batch = self.limits.batch;
-                    let m = runtime
-                        .measure(&[subnet], batch, options, &self.setup, limit)
-                        .map_err(|f| self.failed(subnet.id, f))?;
-                    jobs.extend(m);
-                }
-                Ok(())
-            });
-            if let Err(failed) = turns {
-                break Err(failed);
-            }
-            let medians: Vec<Measurement> = jobs.iter().map(|j| self.median(j).clone()).collect();
-            if !medians[0].noisy || jobs[0].len() as u32 > CONFIRM_MEASUREMENTS {
-                break Ok(medians);
-            }
-            more = 2 * CONFIRM_MEASUREMENTS;
-        };
+        let measured = (subnets.iter())
+            .try_for_each(|s| self.verified(s))
+            .and_then(|()| self.confirming(&subnets, &mut jobs));
         match measured {
             Ok(ms) => {
                 self.last_failure = None;
@@ -438,6 +417,36 @@ impl<'r> Search<'r> {
                 });
                 Ok(vec![Observation::Failed; indices.len()])
             }
+        }
+    }
+
+    /// Measures each of `subnets` alone in turns, [`CONFIRM_MEASUREMENTS`]
+    /// fresh jobs each (six more while the winner's median is noisy), into
+    /// `jobs`; the median job of each.
+    fn confirming(
+        &mut self,
+        subnets: &[&Subnet<'_>],
+        jobs: &mut [Vec<Measurement>],
+    ) -> Result<Vec<Measurement>, FailedTrial> {
+        let runtime = self.runtime;
+        let (batch, limit) = (self.limits.batch, Some(self.limits.latency_ms));
+        let mut more = CONFIRM_MEASUREMENTS;
+        loop {
+            self.confirmations += 1;
+            for _ in 0..more {
+                for (subnet, jobs) in subnets.iter().zip(jobs.iter_mut()) {
+                    let options = &runtime.options.measure;
+                    let m = runtime
+                        .measure(&[subnet], batch, options, &self.setup, limit)
+                        .map_err(|f| self.failed(subnet.id, f))?;
+                    jobs.extend(m);
+                }
+            }
+            let medians: Vec<Measurement> = jobs.iter().map(|j| self.median(j).clone()).collect();
+            if !medians[0].noisy || jobs[0].len() as u32 > CONFIRM_MEASUREMENTS {
+                return Ok(medians);
+            }
+            more = 2 * CONFIRM_MEASUREMENTS;
         }
     }
 

@@ -285,7 +285,7 @@ impl Runtime {
             std::slice::from_ref(engine),
             decision.threads,
         );
-        match search.run(&[index]) {
+        match search.run(&[index], None) {
             Ok(ended @ Ended::Winner { .. }) => search.end(ended).map_err(|e| e.to_string()),
             Ok(Ended::NothingFits(why)) => Err(why),
             Ok(Ended::Stopped(e)) | Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
