@@ -250,13 +250,25 @@ impl<K: Key> Cache<K> {
     }
 
     /// Caches `value` as the decision for `key`: replaces the entry of an
-    /// equal key or appends (newest last), keeping at most [`MAX_ENTRIES`] and
-    /// the verified stamps. An unreadable, corrupt or other-format file is
+    /// equal key or appends (newest last), keeping at most [`MAX_ENTRIES`],
+    /// and records the files `verified` for it (merged with those recorded:
+    /// a stamp of the same path replaced, stamps of changed or vanished
+    /// files dropped), in the same write: a kill cannot leave a decision on disk with
+    /// its stamps' write still pending (a temporary that no later run, a
+    /// hit, would sweep). An unreadable, corrupt or other-format file is
     /// replaced. Read-modify-write: hold [`Cache::lock`] so that another
     /// process's entry written meanwhile is not lost.
-    pub fn store<T: Serialize>(&self, key: &K, value: &T) -> Result<(), CacheError> {
+    pub fn store<T: Serialize>(
+        &self,
+        key: &K,
+        value: &T,
+        verified: &[FileStamp],
+    ) -> Result<(), CacheError> {
         let value = postcard::to_stdvec(value).map_err(CacheError::Encode)?;
-        self.update(|contents| contents.insert(key, value))
+        self.update(|contents| {
+            contents.insert(key, value);
+            contents.merge_verified(verified);
+        })
     }
 
     /// Files whose sha256 was verified earlier, as recorded (empty on any
@@ -265,13 +277,6 @@ impl<K: Key> Cache<K> {
         self.contents()
             .map(|contents| contents.verified)
             .unwrap_or_default()
-    }
-
-    /// Records verified files, merged with those recorded (a stamp of the
-    /// same path is replaced; stamps of changed or vanished files dropped),
-    /// in the same file and as [`Cache::store`] does.
-    pub fn record_verified(&self, stamps: &[FileStamp]) -> Result<(), CacheError> {
-        self.update(|contents| contents.merge_verified(stamps))
     }
 
     /// Blocks until this process holds the cache's lock (an exclusive `flock`

@@ -62,7 +62,7 @@ fn cache_in(dir: &tempfile::TempDir) -> Cache<Key> {
 fn stored() -> (tempfile::TempDir, Cache<Key>) {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(&dir);
-    cache.store(&key(), &decision("w640-d18")).unwrap();
+    cache.store(&key(), &decision("w640-d18"), &[]).unwrap();
     (dir, cache)
 }
 
@@ -94,7 +94,7 @@ fn files_in(dir: &Path) -> Vec<OsString> {
 fn each_key_keeps_its_own_decision() {
     let (_dir, cache) = stored();
     let other = key_with(|k| k.threads = 8);
-    cache.store(&other, &decision("w384-d12")).unwrap();
+    cache.store(&other, &decision("w384-d12"), &[]).unwrap();
     assert_eq!(hit(&cache, &key()), Some(decision("w640-d18")));
     assert_eq!(hit(&cache, &other), Some(decision("w384-d12")));
 }
@@ -102,7 +102,7 @@ fn each_key_keeps_its_own_decision() {
 #[test]
 fn an_equal_key_replaces_its_entry() {
     let (_dir, cache) = stored();
-    cache.store(&key(), &decision("w384-d12")).unwrap();
+    cache.store(&key(), &decision("w384-d12"), &[]).unwrap();
     let (version, entries, _) = decoded(&cache);
     assert_eq!((version, entries.len()), (FORMAT_VERSION, 1));
     assert_eq!(hit(&cache, &key()), Some(decision("w384-d12")));
@@ -116,7 +116,7 @@ fn the_oldest_entry_goes_beyond_the_limit() {
         .map(|threads| key_with(|k| k.threads = threads))
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        cache.store(k, &decision(&format!("n{i}"))).unwrap();
+        cache.store(k, &decision(&format!("n{i}")), &[]).unwrap();
     }
     assert_eq!(decoded(&cache).1.len(), MAX_ENTRIES);
     assert!(hit(&cache, &keys[0]).is_none());
@@ -131,16 +131,6 @@ fn the_oldest_entry_goes_beyond_the_limit() {
 fn missing_or_empty_files_are_absent() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(&dir);
-    assert!(matches!(
-        cache.load::<Decision>(&key()),
-        Lookup::Miss(Miss::Absent)
-    ));
-    // Only stamps recorded, no decision yet.
-    let file = dir.path().join("graph.onnx");
-    fs::write(&file, b"graph").unwrap();
-    cache
-        .record_verified(&[FileStamp::of(&file, Sha256([1; 32])).unwrap()])
-        .unwrap();
     assert!(matches!(
         cache.load::<Decision>(&key()),
         Lookup::Miss(Miss::Absent)
@@ -214,7 +204,7 @@ fn a_directory_in_the_way_is_unreadable() {
 fn a_store_over_a_corrupt_file_replaces_it() {
     let (_dir, cache) = stored();
     fs::write(cache.path(), b"garbage").unwrap();
-    cache.store(&key(), &decision("w64-d4")).unwrap();
+    cache.store(&key(), &decision("w64-d4"), &[]).unwrap();
     assert_eq!(hit(&cache, &key()), Some(decision("w64-d4")));
 }
 
@@ -226,10 +216,8 @@ fn unwritable_locations_are_errors_naming_the_path() {
     let blocker = dir.path().join("not-a-dir");
     fs::write(&blocker, b"").unwrap();
     let cache = Cache::at(blocker.join(FILE_NAME));
-    let err = cache.store(&key(), &decision("w64-d4")).unwrap_err();
+    let err = cache.store(&key(), &decision("w64-d4"), &[]).unwrap_err();
     assert!(matches!(err, CacheError::Write { .. }), "{err:?}");
-    assert!(err.to_string().contains("not-a-dir"), "{err}");
-    let err = cache.record_verified(&[]).unwrap_err();
     assert!(err.to_string().contains("not-a-dir"), "{err}");
     let err = cache.lock().unwrap_err();
     assert!(matches!(err, CacheError::Lock { .. }), "{err:?}");
@@ -244,7 +232,7 @@ fn a_failed_rename_leaves_no_temporary_file() {
     let cache = cache_in(&dir);
     fs::create_dir(cache.path()).unwrap();
     fs::write(cache.path().join("occupant"), b"").unwrap();
-    let err = cache.store(&key(), &decision("w64-d4")).unwrap_err();
+    let err = cache.store(&key(), &decision("w64-d4"), &[]).unwrap_err();
     assert!(err.to_string().contains(FILE_NAME), "{err}");
     assert_eq!(files_in(dir.path()), [FILE_NAME]);
 }
@@ -321,20 +309,26 @@ fn stamps_merge_by_path_and_share_the_file_with_decisions() {
     let stamp = |path: &Path, byte| FileStamp::of(path, Sha256([byte; 32])).unwrap();
 
     cache
-        .record_verified(&[stamp(&a, 1), stamp(&b, 2)])
+        .store(&key(), &decision("w64-d4"), &[stamp(&a, 1), stamp(&b, 2)])
         .unwrap();
-    cache.store(&key(), &decision("w64-d4")).unwrap();
-    cache.record_verified(&[stamp(&a, 3)]).unwrap();
+    assert_eq!(cache.verified(), [stamp(&a, 1), stamp(&b, 2)]);
+    // A stamp of the same path replaces the old one.
+    let other = key_with(|k| k.threads = 1);
+    cache
+        .store(&other, &decision("w32-d2"), &[stamp(&a, 3)])
+        .unwrap();
     assert_eq!(cache.verified(), [stamp(&b, 2), stamp(&a, 3)]);
     assert_eq!(hit(&cache, &key()), Some(decision("w64-d4")));
-    // A later decision keeps the stamps.
-    let other = key_with(|k| k.threads = 1);
-    cache.store(&other, &decision("w32-d2")).unwrap();
+    // A later decision without stamps keeps them.
+    let third = key_with(|k| k.threads = 2);
+    cache.store(&third, &decision("w16-d1"), &[]).unwrap();
     assert_eq!(decoded(&cache).2, [stamp(&b, 2), stamp(&a, 3)]);
 
-    // Stamps of files gone since are dropped on the next record.
+    // Stamps of files gone since are dropped on the next write.
     fs::remove_file(&b).unwrap();
-    cache.record_verified(&[stamp(&c, 4)]).unwrap();
+    cache
+        .store(&key(), &decision("w64-d4"), &[stamp(&c, 4)])
+        .unwrap();
     assert_eq!(cache.verified(), [stamp(&a, 3), stamp(&c, 4)]);
     assert_eq!(hit(&cache, &other), Some(decision("w32-d2")));
 }

@@ -337,10 +337,7 @@ impl Runtime {
                     noisy: decided.noisy,
                     load,
                 };
-                let stored = cache
-                    .store(&key, &decision)
-                    .and_then(|()| cache.record_verified(&self.bundle.stamps()));
-                match stored {
+                match cache.store(&key, &decision, &self.bundle.stamps()) {
                     Ok(()) if from_pack => CacheOutcome::Shipped,
                     Ok(()) => CacheOutcome::Miss,
                     Err(e) => {
@@ -472,7 +469,7 @@ mod tests {
     fn stored() -> (tempfile::TempDir, Cache<CacheKey>) {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path().join(cache::FILE_NAME));
-        cache.store(&key(), &decision("w640-d18")).unwrap();
+        cache.store(&key(), &decision("w640-d18"), &[]).unwrap();
         (dir, cache)
     }
 
@@ -531,7 +528,7 @@ mod tests {
             k.device = "raspberry-pi-5".into();
             k.threads = vec![2];
         });
-        cache.store(&elsewhere, &decision("w192-d6")).unwrap();
+        cache.store(&elsewhere, &decision("w192-d6"), &[]).unwrap();
         let wanted = key_with(|k| k.threads = vec![2]);
         assert!(matches!(
             cache.load::<String>(&wanted),
@@ -546,7 +543,7 @@ mod tests {
         let boot = |limits: Limits| key_with(|k| k.limits = limits);
         let (_dir, cache) = stored();
         let first = boot(Limits::latency_ms(5.0));
-        cache.store(&first, &decision("w64-d4")).unwrap();
+        cache.store(&first, &decision("w64-d4"), &[]).unwrap();
         assert_eq!(boot(Limits::latency_ms(5.0)), first);
         assert_eq!(
             hit(&cache, &boot(Limits::latency_ms(5.0))),

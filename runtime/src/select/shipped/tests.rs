@@ -53,7 +53,7 @@ fn cache_with(dir: &Path, entries: &[(CacheKey, &str)]) -> PathBuf {
     let path = dir.join(cache::FILE_NAME);
     let cache = Cache::at(&path);
     for (key, id) in entries {
-        cache.store(key, &decision(id)).unwrap();
+        cache.store(key, &decision(id), &[]).unwrap();
     }
     path
 }
