@@ -892,6 +892,12 @@ fn a_full_server_sheds_load_with_503_and_retry_after() {
         text.contains("1 requests are in flight (max_in_flight)"),
         "{text}"
     );
+    // A refused body far larger than the socket's buffers is read on, so
+    // its client gets the 503 rather than a reset connection.
+    let large = vec![0u8; 8 << 20];
+    let (code, _, text) = admitted(|| embed_raw(socket, &large));
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("(max_in_flight)"), "{text}");
     // Health is not an in-flight request: it answers while A waits.
     let (code, _, text) = admitted(|| request_head(socket, HEALTH));
     assert_eq!(code, 200, "{text}");
@@ -912,7 +918,7 @@ fn a_full_server_sheds_load_with_503_and_retry_after() {
     });
     assert_eq!(
         metric(&m, "tailor_shed_total{reason=\"in_flight\"}"),
-        Some(1.0),
+        Some(2.0),
         "{m}"
     );
     assert!(

@@ -7,11 +7,13 @@ use std::time::Instant;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER,
 };
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use ndarray::{Array4, Axis};
 use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::limits::{DRAIN_TIME, RETRY_AFTER_S};
 use super::metrics::Shed;
@@ -218,26 +220,43 @@ impl Input {
 }
 
 async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
-    let input = Input::from_headers(req.headers())?;
-    let patch_tokens = req.uri().query().is_some_and(|q| {
+    let (head, body) = req.into_parts();
+    let limit = state.limits.max_body_bytes();
+    match admit(state, &head, limit) {
+        Ok(admitted) => run_embed(state, admitted, body, limit).await,
+        Err(refused) => {
+            // A client that waits for `100 Continue` sends no body: none to read.
+            if !head.headers.contains_key(EXPECT) {
+                drain(body, limit).await;
+            }
+            Err(refused)
+        }
+    }
+}
+
+/// An embed request the server takes on: what its body holds, and the
+/// in-flight slot it holds until answered.
+struct Admitted {
+    input: Input,
+    patch_tokens: bool,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Everything an embed request is refused for before its body is read: its
+/// headers, its declared length, and a full server.
+fn admit(state: &State, head: &Parts, limit: u64) -> Result<Admitted, ApiError> {
+    let input = Input::from_headers(&head.headers)?;
+    let patch_tokens = head.uri.query().is_some_and(|q| {
         q.split('&')
             .any(|pair| matches!(pair, "patch_tokens=1" | "patch_tokens=true"))
     });
-    let limits = &state.limits;
-    let limit = limits.max_body_bytes();
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over the {limit}-byte limit (--max-body-mb)"),
-        )
-    };
     // Refused on the declared length, before a byte of the body is read.
-    let declared = req
-        .headers()
+    let declared = head
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     // Held from here to the end of inference: bodies buffered, images
     // decoded and blocking threads are all bounded by `max_in_flight`.
@@ -247,10 +266,36 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
             state.metrics.shed(Shed::InFlight);
             ApiError::busy(format!(
                 "{} requests are in flight (max_in_flight)",
-                limits.max_in_flight
+                state.limits.max_in_flight
             ))
         })?;
-    let mut body = req.into_body();
+    Ok(Admitted {
+        input,
+        patch_tokens,
+        permit,
+    })
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is over the {limit}-byte limit (--max-body-mb)"),
+    )
+}
+
+/// Reads an admitted request's body and runs it.
+async fn run_embed(
+    state: &State,
+    admitted: Admitted,
+    mut body: Incoming,
+    limit: u64,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Admitted {
+        input,
+        patch_tokens,
+        permit,
+    } = admitted;
+    let limits = &state.limits;
     let read = tokio::time::timeout(limits.body_timeout, collect(&mut body, limit))
         .await
         .map_err(|_| {
@@ -264,7 +309,7 @@ async fn embed(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
         })??;
     let Some(body) = read else {
         drain(body, limit).await;
-        return Err(too_large());
+        return Err(too_large(limit));
     };
     let max_pixels = limits.max_pixels;
     // Taken after the body is in: a re-selection meanwhile is served already.
@@ -296,7 +341,7 @@ async fn collect(body: &mut Incoming, limit: u64) -> Result<Option<Bytes>, ApiEr
 
 /// Reads and discards what a client still sends of a refused body, up to
 /// `limit` more bytes or [`DRAIN_TIME`]: closing with unread data makes the
-/// kernel reset the connection, and the client would lose the 413.
+/// kernel reset the connection, and the client would lose the refusal.
 async fn drain(mut body: Incoming, limit: u64) {
     let mut left = limit;
     let discard = async {
