@@ -36,11 +36,15 @@
 //! candidate, and each is selected with tract only and with `auto`, back to
 //! back.
 //!
-//! Usage: `cargo bench [--features ort] --bench select [-- --limits N] [--auto-only]`
+//! `--judge-noise` measures instead how far the judge's figure for one
+//! candidate lands from its typical p90 beside the bursty load
+//! (`select/judge_noise.rs`).
+//!
+//! Usage: `cargo bench [--features ort] --bench select [-- --limits N] [--auto-only] [--judge-noise]`
 
 use std::path::Path;
-use std::process::{Child, Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
 use indicatif::ProgressBar;
 use ndarray::Array4;
@@ -59,6 +63,13 @@ use tailor::runtime::select::{
 use tailor::runtime::trial::{self, Isolation, Job};
 use tract_onnx::prelude::*;
 
+#[path = "select/bursts.rs"]
+mod bursts;
+#[path = "select/judge_noise.rs"]
+mod judge_noise;
+
+use bursts::{burst, Bursts, BURST_COMMAND};
+
 /// A DeiT-Ti-like teacher at 64² so 90 candidates measure in seconds.
 const TEACHER: Geometry = Geometry {
     max_width: 192,
@@ -74,12 +85,6 @@ const TEACHER: Geometry = Geometry {
 const PASSES: usize = 3;
 /// A pick this much over the limit (by the careful measurement) violates it.
 const VIOLATION: f64 = 0.05;
-/// The hidden first argument that makes this program a burst of load.
-const BURST_COMMAND: &str = "__bench-burst";
-/// Busy and idle spans of the bursty load, in ms.
-const BURST_MS: (u64, u64) = (50, 400);
-/// Bursts end on their own after this long, whatever becomes of the bench.
-const BURST_BOUND: Duration = Duration::from_secs(40 * 60);
 
 fn main() -> ExitCode {
     // Selection measures candidates in children: this program re-executed.
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
         .map(|v| v.parse().expect("TAILOR_BENCH_LIMITS=N"))
         .unwrap_or(16);
     let mut auto_only = false;
+    let mut judge_noise = false;
     while let Some(a) = args.next() {
         if a == "--limits" {
             sweep = args
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
                 .expect("--limits N");
         }
         auto_only |= a == "--auto-only";
+        judge_noise |= a == "--judge-noise";
     }
     let dir = tempfile::tempdir().unwrap();
     let teacher = dir.path().join("teacher.safetensors");
@@ -156,6 +163,10 @@ fn main() -> ExitCode {
     let n = manifest.subnets.len();
     let shape = rt.input_shape(1);
     eprintln!("bundle: {n} sub-networks");
+    if judge_noise {
+        judge_noise::run(&manifest.subnets, |s| rt.bundle().graph_path(s), shape);
+        return ExitCode::SUCCESS;
+    }
     #[cfg(feature = "ort")]
     if auto_only {
         let p90 = |s: Option<&Subnet<'_>>| rt.profile(s.unwrap().id, 1).unwrap().p90_ms;
@@ -419,50 +430,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Two processes of bursty load, killed when dropped.
-struct Bursts(Vec<Child>);
-
-impl Bursts {
-    fn start() -> Bursts {
-        let exe = std::env::current_exe().unwrap();
-        Bursts(
-            (0..2)
-                .map(|_| Command::new(&exe).arg(BURST_COMMAND).spawn().unwrap())
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Bursts {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Alternates busy and idle spans of random length until [`BURST_BOUND`].
-fn burst() {
-    let start = Instant::now();
-    let mut x = std::process::id() ^ 0x9e37_79b9;
-    let mut span = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        Duration::from_millis(BURST_MS.0 + u64::from(x) % (BURST_MS.1 - BURST_MS.0 + 1))
-    };
-    while start.elapsed() < BURST_BOUND {
-        let busy = Instant::now();
-        let until = span();
-        let mut spin = 0u64;
-        while busy.elapsed() < until {
-            spin = std::hint::black_box(spin.wrapping_add(1));
-        }
-        std::thread::sleep(span());
-    }
-}
-
 /// Each limit's pick with `--engine auto` next to tract's.
 #[cfg(feature = "ort")]
 struct AutoSweep {
@@ -569,17 +536,8 @@ fn careful(
     let bar = ProgressBar::new((passes * setups.len()) as u64);
     for _ in 0..passes {
         for ((subnet, threads), p90s) in setups.iter().zip(&mut p90s) {
-            let job = Job {
-                graphs: vec![rt.bundle().graph_path(subnet)],
-                engine: EngineKind::Tract,
-                options: EngineOptions {
-                    threads: Some(*threads),
-                    ..EngineOptions::default()
-                },
-                measure: MeasureOptions::default(),
-                input_shape: shape,
-            };
-            p90s.push(trial::measure(&isolation, &job).unwrap()[0].p90_ms);
+            let graph = rt.bundle().graph_path(subnet);
+            p90s.push(fresh_p90(&isolation, &graph, *threads, shape));
             bar.inc(1);
         }
     }
@@ -589,6 +547,22 @@ fn careful(
         .zip(p90s)
         .map(|(&(s, threads), p90s)| Careful::new(s.id.to_owned(), threads, s.macs, p90s))
         .collect()
+}
+
+/// One fresh job's p90 of `graph` with tract on `threads`, with the default
+/// measuring options: one measurement of the careful brute force.
+fn fresh_p90(isolation: &Isolation, graph: &Path, threads: usize, shape: [usize; 4]) -> f64 {
+    let job = Job {
+        graphs: vec![graph.to_owned()],
+        engine: EngineKind::Tract,
+        options: EngineOptions {
+            threads: Some(threads),
+            ..EngineOptions::default()
+        },
+        measure: MeasureOptions::default(),
+        input_shape: shape,
+    };
+    trial::measure(isolation, &job).unwrap()[0].p90_ms
 }
 
 /// The careful brute force, or with `TAILOR_BENCH_JUDGE=DIR` the one
