@@ -212,3 +212,50 @@ fn a_decision_made_choosing_threads_is_not_reused_with_threads_fixed() {
         (CacheOutcome::Hit, "s7", 1)
     );
 }
+
+#[test]
+fn the_same_choice_with_fewer_threads_and_more_headroom_is_served_so() {
+    if available_cpus() < 2 {
+        eprintln!("one usable CPU: nothing to choose");
+        return;
+    }
+    let pick = |latency: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = bundle(dir.path(), false);
+        select_with(&bundle, options(dir.path(), latency, latency), 9.5).unwrap()
+    };
+    // s8, the largest, fits with every thread count; one thread leaves it
+    // more headroom (8 ms against 9). Broken by looking with fewer threads
+    // only among candidates ranked above the choice.
+    let chosen = pick("n + (t > 1)");
+    assert_eq!(
+        (chosen.id.as_str(), chosen.threads),
+        ("s8", 1),
+        "{:?}",
+        chosen.notes
+    );
+    assert_eq!(chosen.measured.p90_ms, 8.0);
+    assert!(
+        chosen
+            .notes
+            .iter()
+            .any(|n| n.contains("s8 fits with") && n.contains("at 8.00 ms against 9.00 ms")),
+        "{:?}",
+        chosen.notes
+    );
+    // The other way round, all the threads keep it. Broken by preferring
+    // fewer threads whatever they measure.
+    let chosen = pick("n + (t == 1)");
+    let all = thread_counts(available_cpus())[0];
+    assert_eq!(
+        (chosen.id.as_str(), chosen.threads),
+        ("s8", all),
+        "{:?}",
+        chosen.notes
+    );
+    assert!(
+        chosen.notes.iter().any(|n| n.contains("s8 fits too")),
+        "{:?}",
+        chosen.notes
+    );
+}

@@ -9,11 +9,15 @@
 //! into the policy's candidates: the latency model is one device curve per
 //! setup and format (another thread count, or int8 in place of fp32, is
 //! another curve, not another point on it), and a look confined to the
-//! candidates ranked above the choice costs two measurements when it finds
-//! nothing, where a second full search would cost eight. The largest thread
+//! choice and the candidates ranked above it costs about three measurements
+//! when it finds nothing better, where a second full search would cost
+//! eight. The choice itself is looked at so that the same result with more
+//! headroom (a lower confirmed latency) wins. The largest thread
 //! count searches first: on a quiet device it runs every candidate fastest,
 //! so the looks with fewer threads only pay where other load stretches its
 //! tail. The widest format searches first: it is the one every engine runs.
+
+use std::cmp::Ordering;
 
 use super::precision::{self, Curve, Precisions};
 use super::search::{Decided, Ended, EngineTrial, Search};
@@ -42,7 +46,7 @@ impl Runtime {
     /// Searches the widest format's candidates with the first engine on the
     /// first of `threads` (racing the other engines on the first candidate).
     /// With `auto`, the engine that lost the race then looks among the
-    /// candidates ranked above the choice, or among all when nothing fit or
+    /// choice and the candidates ranked above it, or among all when nothing fit or
     /// the search stopped: one race on the cheapest candidate does not
     /// decide which engine fits the most at every limit. Each other format
     /// then looks the same way, racing the engines again; then each other
@@ -108,8 +112,8 @@ impl Runtime {
         looked.search.end(looked.ended)
     }
 
-    /// `engines[0]` on `threads` looks among `curve`'s candidates ranked
-    /// above `looked`'s choice, or among all of them when it has none
+    /// `engines[0]` on `threads` looks among `looked`'s choice and `curve`'s
+    /// candidates ranked above it, or among all of them when it has none
     /// (racing the other `engines` on its first candidate); the better of
     /// the two decisions, with every trial and a note of the look.
     fn look_again<'r>(
@@ -124,10 +128,11 @@ impl Runtime {
         let objective = first.objective;
         let score = |i: usize| objective.score(&Candidate::from(&manifest.subnets[i]));
         let pool: Vec<usize> = match &looked.ended {
+            // The choice itself too: it may fit with more headroom here.
             Ended::Winner { index, .. } => {
                 let best = score(*index);
-                let above = curve.members.iter().copied();
-                above.filter(|&i| score(i).outranks(&best)).collect()
+                let at_or_above = curve.members.iter().copied();
+                at_or_above.filter(|&i| !best.outranks(&score(i))).collect()
             }
             Ended::NothingFits(_) | Ended::Stopped(_) => curve.members.clone(),
         };
@@ -146,20 +151,49 @@ impl Runtime {
             engine: second.setup.engine.clone(),
             dead: whole && second.trials.is_empty(),
         };
-        let beaten = match &looked.ended {
-            Ended::Winner { index, .. } => format!(
-                "ranked above {}'s choice, {}",
-                first.setup, manifest.subnets[*index].id
-            ),
-            Ended::NothingFits(_) => format!("where nothing fit with {}", first.setup),
-            Ended::Stopped(e) => format!("where the search with {} ended: {e}", first.setup),
+        // A winner ranked above the choice beats it; one ranked equal (the
+        // same candidate, typically) beats it only by a lower confirmed
+        // latency: more headroom for the same result. Either way, why.
+        let confirmed_ms = |search: &Search<'_>, index: usize| {
+            (search.confirmation(index))
+                .and_then(|t| Some(t.measured.as_ref()?.percentile_ms(percentile)))
+                .unwrap_or(f64::INFINITY)
         };
-        let why = match outcome {
-            Ok(ended @ Ended::Winner { index, .. }) => {
-                let note = format!(
-                    "{} fits with {}, {beaten}",
-                    manifest.subnets[index].id, second.setup
-                );
+        let beats = |index: usize| -> Result<String, String> {
+            let id = manifest.subnets[index].id;
+            match &looked.ended {
+                Ended::Winner { index: chosen, .. }
+                    if score(index).rank(&score(*chosen)) != Ordering::Greater =>
+                {
+                    let (new, old) = (confirmed_ms(&second, index), confirmed_ms(first, *chosen));
+                    let versus = format!("at {new:.2} ms against {old:.2} ms with {}", first.setup);
+                    if new < old {
+                        Ok(format!("{id} fits with {}, {versus}", second.setup))
+                    } else {
+                        Err(format!("{id} fits too, {versus}"))
+                    }
+                }
+                Ended::Winner { index: chosen, .. } => Ok(format!(
+                    "{id} fits with {}, ranked above {}'s choice, {}",
+                    second.setup, first.setup, manifest.subnets[*chosen].id
+                )),
+                Ended::NothingFits(_) => Ok(format!(
+                    "{id} fits with {}, where nothing fit with {}",
+                    second.setup, first.setup
+                )),
+                Ended::Stopped(e) => Ok(format!(
+                    "{id} fits with {}, where the search with {} ended: {e}",
+                    second.setup, first.setup
+                )),
+            }
+        };
+        let won = match outcome {
+            Ok(ended @ Ended::Winner { index, .. }) => beats(index).map(|note| (ended, note)),
+            Ok(Ended::NothingFits(why)) => Err(why),
+            Ok(Ended::Stopped(e)) | Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
+        };
+        let why = match won {
+            Ok((ended, note)) => {
                 let mut first = looked.search;
                 second.trials.splice(0..0, first.trials);
                 second.engine_trials.splice(0..0, first.engine_trials);
@@ -172,8 +206,7 @@ impl Runtime {
                 };
                 return Ok((looked, seen));
             }
-            Ok(Ended::NothingFits(why)) => why,
-            Ok(Ended::Stopped(e)) | Err(e) => format!("{:#}", anyhow::Error::from(e)),
+            Err(why) => why,
         };
         let note = format!(
             "{} among {} found nothing better: {why}",

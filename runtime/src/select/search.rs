@@ -471,12 +471,7 @@ impl<'r> Search<'r> {
         let runtime = self.runtime;
         let manifest = runtime.bundle.manifest();
         let id = manifest.subnets[index].id;
-        let confirmed_trial = |id: &str| {
-            self.trials.iter().rev().find(|t| {
-                t.id == id && t.stage == Stage::Confirm && self.ran(t) && t.measured.is_some()
-            })
-        };
-        let (winner, jobs) = confirmed_trial(id)
+        let (winner, jobs) = (self.confirmation(index))
             .and_then(|t| Some((t.measured.clone()?, t.jobs)))
             .expect("the policy chooses only confirmed candidates");
         // The rival measured in turns with the winner's last confirmation.
@@ -524,6 +519,15 @@ impl<'r> Search<'r> {
             memory_bytes: (m.peak_mb * MB) as u64,
             spread: m.spread(self.percentile) as f32,
         }
+    }
+
+    /// The last confirmation of candidate `index` with this setup that
+    /// measured it: a winner's.
+    pub(super) fn confirmation(&self, index: usize) -> Option<&Trial> {
+        let id = self.runtime.bundle.manifest().subnets[index].id;
+        self.trials.iter().rev().find(|t| {
+            t.id == id && t.stage == Stage::Confirm && self.ran(t) && t.measured.is_some()
+        })
     }
 
     /// Of `pool` (manifest indices), the candidate some trial so far, with
